@@ -1,0 +1,497 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: static upstream (direct) vs nginx reverse proxy vs
+# gatewayd, on one machine. See bench/README.md.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+
+usage() {
+  cat <<'EOF'
+Usage: bench/run.sh [options]
+
+Benchmarks gatewayd against a static OpenAI-shaped upstream (nginx, "direct")
+and an nginx reverse proxy in front of the same upstream, then prints one
+markdown report (also written to bench/results/latest.md).
+
+Measures: req/s, p50 and p99 for non-streaming and SSE streaming chat
+completions (wrk, interleaved rounds, median); latency added at a fixed
+request rate; streaming time to first byte; gatewayd RSS idle, after load,
+while holding N concurrent streams, and over a soak; chat with a session
+(X-Session-Id) vs nginx. Ends with a PASS/MISS list against the targets.
+
+Options:
+  --duration S     seconds per wrk / fixed-rate run (default 10; --quick: 3)
+  --rounds N       interleaved rounds per measurement; medians are reported
+                   (default 3; --quick: 1)
+  --streams N      concurrent streams held for the memory test
+                   (default 10000; --quick: 1000; 0 skips)
+  --soak S         soak length in seconds, RSS sampled every 10 s
+                   (default 300; --quick: 30; 0 skips)
+  --quick          short smoke run (the values above marked --quick);
+                   explicit options still win
+  --rate R         request rate of the fixed-rate latency test (default 1000)
+  --connections C  wrk connections (default 32)
+  --ttfb-count N   sequential streaming requests for TTFB (default 500;
+                   --quick: 200)
+  --sessions N     sessions rotated through by the session test (default 32)
+  --port-base P    first of the local ports used, P..P+30 (default 27100)
+  --gatewayd PATH  use this gatewayd binary instead of building one
+  --no-install     never call apt-get; fail if nginx/wrk/python3/curl missing
+  --keep           keep the temporary work dir (configs, logs, raw results)
+  -h, --help       show this help and exit
+
+Environment:
+  CARGO_TARGET_DIR  honoured when building (binary: $CARGO_TARGET_DIR/release/gatewayd)
+  GATEWAYD_ARGS     extra arguments appended to every gatewayd command line
+  RUST_LOG          passed to gatewayd (default: warn)
+
+Needs a Debian machine; installs nginx-light (or nginx), wrk, python3 and
+curl with apt-get when missing (root or sudo), and cargo to build gatewayd.
+EOF
+}
+
+# ---------------------------------------------------------------- options
+DURATION="" ROUNDS="" STREAMS="" SOAK="" TTFB_COUNT=""
+QUICK=0 RATE=1000 CONNS=32 SESSIONS=32 PORT_BASE=27100 GW_BIN="" NO_INSTALL=0 KEEP=0
+
+need_arg() { [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --duration) need_arg "$@"; DURATION="$2"; shift 2 ;;
+    --rounds) need_arg "$@"; ROUNDS="$2"; shift 2 ;;
+    --streams) need_arg "$@"; STREAMS="$2"; shift 2 ;;
+    --soak) need_arg "$@"; SOAK="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --rate) need_arg "$@"; RATE="$2"; shift 2 ;;
+    --connections) need_arg "$@"; CONNS="$2"; shift 2 ;;
+    --ttfb-count) need_arg "$@"; TTFB_COUNT="$2"; shift 2 ;;
+    --sessions) need_arg "$@"; SESSIONS="$2"; shift 2 ;;
+    --port-base) need_arg "$@"; PORT_BASE="$2"; shift 2 ;;
+    --gatewayd) need_arg "$@"; GW_BIN="$2"; shift 2 ;;
+    --no-install) NO_INSTALL=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "run.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [[ $QUICK -eq 1 ]]; then
+  : "${DURATION:=3}" "${ROUNDS:=1}" "${STREAMS:=1000}" "${SOAK:=30}" "${TTFB_COUNT:=200}"
+else
+  : "${DURATION:=10}" "${ROUNDS:=3}" "${STREAMS:=10000}" "${SOAK:=300}" "${TTFB_COUNT:=500}"
+fi
+for v in DURATION ROUNDS STREAMS SOAK TTFB_COUNT RATE CONNS SESSIONS PORT_BASE; do
+  is_uint "${!v}" || { echo "run.sh: --$(tr '_A-Z' '-a-z' <<<"$v") must be a non-negative integer, got '${!v}'" >&2; exit 2; }
+done
+[[ $DURATION -ge 1 && $ROUNDS -ge 1 && $RATE -ge 1 && $CONNS -ge 1 && $SESSIONS -ge 1 && $TTFB_COUNT -ge 1 ]] ||
+  { echo "run.sh: --duration, --rounds, --rate, --connections, --sessions and --ttfb-count must be >= 1" >&2; exit 2; }
+(( PORT_BASE >= 1024 && PORT_BASE <= 65000 )) || { echo "run.sh: --port-base must be within 1024..65000" >&2; exit 2; }
+
+# ---------------------------------------------------------------- helpers
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+info() { printf '    %s\n' "$*" >&2; }
+warn() { printf '\033[33mWARNING: %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[31mERROR: %s\033[0m\n' "$*" >&2; exit 1; }
+
+WORK=""
+PIDS=()
+FAILED=1
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [[ $alive -eq 0 ]] && break
+    sleep 0.1
+  done
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n "$WORK" && -d "$WORK" ]]; then
+    if [[ $FAILED -ne 0 || $KEEP -eq 1 ]]; then
+      echo "Work dir (configs, logs, raw results) kept: $WORK" >&2
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget_pid() {  # remove one pid from PIDS after we stopped it ourselves
+  local p keep=()
+  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+stop_pid() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {  # wait_port PORT PID NAME LOGFILE
+  local port="$1" pid="$2" name="$3" logf="$4"
+  for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$logf" >&2 || true; die "$name exited during start-up (log: $logf)"; }
+    port_in_use "$port" && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$logf" >&2 || true
+  die "$name did not listen on 127.0.0.1:$port within 30 s (log: $logf)"
+}
+
+wait_health() {  # wait_health PORT PID NAME LOGFILE
+  local port="$1" pid="$2" name="$3" logf="$4" body
+  for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$logf" >&2 || true; die "$name exited during start-up (log: $logf)"; }
+    if body=$(curl -fsS --max-time 2 "http://127.0.0.1:$port/health" 2>/dev/null); then
+      [[ "$body" == *'"ok"'* ]] || warn "$name /health answered: $body"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$logf" >&2 || true
+  die "$name: GET /health did not answer 200 within 30 s (log: $logf)"
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
+
+py() { python3 "$BENCH_DIR/bench.py" "$@"; }
+
+# ---------------------------------------------------------------- prerequisites
+log "Checking prerequisites"
+[[ -r /etc/debian_version ]] || warn "this does not look like Debian; continuing anyway"
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then command -v sudo >/dev/null && SUDO="sudo"; fi
+NGINX="$(command -v nginx || true)"; [[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+missing=()
+[[ -n "$NGINX" ]] || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v python3 >/dev/null || missing+=(python3)
+command -v curl >/dev/null || missing+=(curl)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  [[ $NO_INSTALL -eq 0 ]] || die "missing: ${missing[*]} (and --no-install was given)"
+  command -v apt-get >/dev/null || die "missing: ${missing[*]}; apt-get not found (install them by hand)"
+  [[ $(id -u) -eq 0 || -n "$SUDO" ]] || die "missing: ${missing[*]}; need root or sudo for apt-get"
+  pkgs=()
+  for m in "${missing[@]}"; do [[ "$m" == nginx ]] || pkgs+=("$m"); done
+  log "Installing with apt-get: ${missing[*]}"
+  $SUDO apt-get update -qq || die "apt-get update failed"
+  if [[ " ${missing[*]} " == *" nginx "* ]]; then
+    # nginx-light (Debian <= 12) is the smallest build; newer Debian ships only "nginx".
+    if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >&2 || die "apt-get install ${pkgs[*]} failed"
+  NGINX="$(command -v nginx || true)"; [[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+  [[ -n "$NGINX" ]] || die "nginx still not found after install"
+  command -v wrk >/dev/null || die "wrk still not found after install"
+fi
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' || die "python3 >= 3.8 needed"
+
+# file descriptors: N streams cost gatewayd two sockets each
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"
+[[ "$NOFILE" == unlimited ]] && NOFILE=1048576
+info "open-file limit: $NOFILE"
+
+ports=()
+for off in 0 1 2 10 11 20 21 22; do ports+=($((PORT_BASE + off))); done
+for p in "${ports[@]}"; do
+  port_in_use "$p" && die "port $p is already in use; pick another range with --port-base"
+done
+read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=0; EPH_HI=0; }
+if (( PORT_BASE + 30 >= EPH_LO && PORT_BASE <= EPH_HI )); then
+  warn "ports $PORT_BASE..$((PORT_BASE + 30)) overlap the ephemeral range $EPH_LO..$EPH_HI; connections may collide"
+fi
+UP_JSON=$((PORT_BASE + 0)) UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2))
+PX_JSON=$((PORT_BASE + 10)) PX_SSE=$((PORT_BASE + 11))
+GW_JSON=$((PORT_BASE + 20)) GW_SSE=$((PORT_BASE + 21)) GW_SLOW=$((PORT_BASE + 22))
+
+# ---------------------------------------------------------------- gatewayd build
+if [[ -z "$GW_BIN" ]]; then
+  command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) or pass --gatewayd PATH"
+  log "Building gatewayd (cargo build --release)"
+  (cd "$REPO_DIR" && cargo build --release --bin gatewayd) >&2 || die "cargo build --release failed"
+  tdir="${CARGO_TARGET_DIR:-target}"
+  [[ "$tdir" == /* ]] || tdir="$REPO_DIR/$tdir"
+  GW_BIN="$tdir/release/gatewayd"
+fi
+[[ -x "$GW_BIN" ]] || die "gatewayd binary not found or not executable: $GW_BIN"
+GW_BIN="$(cd "$(dirname "$GW_BIN")" && pwd)/$(basename "$GW_BIN")"
+
+KEY="$("$GW_BIN" keygen 2>/dev/null | grep -oE 'gwd_[^[:space:]]+' | head -n 1 || true)"
+[[ -n "$KEY" ]] || die "'$GW_BIN keygen' printed no gwd_... key"
+
+# ---------------------------------------------------------------- work dir
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gatewayd-bench.XXXXXX")"
+mkdir -p "$WORK"/tmp/{client_body,proxy,fastcgi,uwsgi,scgi} "$WORK/data" "$WORK/raw"
+RESULTS="$WORK/results.jsonl"
+: > "$RESULTS"
+info "work dir: $WORK"
+
+WORKERS="$(nproc 2>/dev/null || echo 2)"
+render() {
+  sed -e "s|@DIR@|$WORK|g" -e "s|@WORKERS@|$WORKERS|g" \
+      -e "s|@UP_JSON@|$UP_JSON|g" -e "s|@UP_SSE@|$UP_SSE|g" \
+      -e "s|@PX_JSON@|$PX_JSON|g" -e "s|@PX_SSE@|$PX_SSE|g" "$1" > "$2"
+}
+render "$BENCH_DIR/nginx/common.conf.in" "$WORK/common.conf"
+render "$BENCH_DIR/nginx/upstream.conf.in" "$WORK/upstream.conf"
+render "$BENCH_DIR/nginx/proxy.conf.in" "$WORK/proxy.conf"
+
+printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' > "$WORK/body.json"
+printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}' > "$WORK/body-stream.json"
+AUTH="Authorization: Bearer $KEY"
+
+# ---------------------------------------------------------------- start servers
+LAST_PID=""
+start_nginx() {  # start_nginx NAME CONF PORT...; sets LAST_PID
+  local name="$1" conf="$2"; shift 2
+  "$NGINX" -t -q -p "$WORK" -e "$WORK/$name-error.log" -c "$conf" 2>"$WORK/$name-test.log" ||
+    { cat "$WORK/$name-test.log" >&2; die "nginx rejected $conf"; }
+  "$NGINX" -p "$WORK" -e "$WORK/$name-error.log" -c "$conf" -g 'daemon off;' >"$WORK/$name.out" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  local p
+  for p in "$@"; do wait_port "$p" "$pid" "nginx ($name)" "$WORK/$name-error.log"; done
+  LAST_PID="$pid"
+}
+
+start_gatewayd() {  # start_gatewayd NAME PORT UPSTREAM_PORT; sets LAST_PID
+  local name="$1" port="$2" up="$3"
+  mkdir -p "$WORK/data/$name"
+  # shellcheck disable=SC2086  # GATEWAYD_ARGS is split on purpose
+  API_SERVER_KEY="$KEY" RUST_LOG="${RUST_LOG:-warn}" \
+    "$GW_BIN" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
+    --data-dir "$WORK/data/$name" ${GATEWAYD_ARGS:-} >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_health "$port" "$pid" "gatewayd ($name)" "$WORK/$name.log"
+  LAST_PID="$pid"
+}
+
+log "Starting static upstream (nginx) on :$UP_JSON (JSON) and :$UP_SSE (SSE)"
+start_nginx upstream "$WORK/upstream.conf" "$UP_JSON" "$UP_SSE"
+log "Starting nginx reverse proxy on :$PX_JSON -> :$UP_JSON and :$PX_SSE -> :$UP_SSE"
+start_nginx proxy "$WORK/proxy.conf" "$PX_JSON" "$PX_SSE"
+log "Starting gatewayd on :$GW_JSON -> :$UP_JSON and :$GW_SSE -> :$UP_SSE"
+start_gatewayd gw-json "$GW_JSON" "$UP_JSON"; GWJ_PID="$LAST_PID"
+start_gatewayd gw-sse "$GW_SSE" "$UP_SSE"; GWS_PID="$LAST_PID"
+
+sleep 1
+IDLE_KB="$(rss_kb "$GWJ_PID")"
+echo "{\"phase\":\"rss\",\"what\":\"idle\",\"kb\":${IDLE_KB:-null}}" >> "$RESULTS"
+echo "{\"phase\":\"rss\",\"what\":\"stream_idle\",\"kb\":$(rss_kb "$GWS_PID" || echo null)}" >> "$RESULTS"
+info "gatewayd idle RSS: ${IDLE_KB:-?} kB"
+
+declare -A URL_JSON=(
+  [direct]="http://127.0.0.1:$UP_JSON/v1/chat/completions"
+  [nginx]="http://127.0.0.1:$PX_JSON/v1/chat/completions"
+  [gatewayd]="http://127.0.0.1:$GW_JSON/v1/chat/completions"
+)
+declare -A URL_SSE=(
+  [direct]="http://127.0.0.1:$UP_SSE/v1/chat/completions"
+  [nginx]="http://127.0.0.1:$PX_SSE/v1/chat/completions"
+  [gatewayd]="http://127.0.0.1:$GW_SSE/v1/chat/completions"
+)
+
+# ---------------------------------------------------------------- sanity checks
+check_target() {  # check_target NAME URL BODYFILE EXPECT_SUBSTRING [extra curl args...]
+  local name="$1" url="$2" bodyf="$3" expect="$4"; shift 4
+  local out code
+  out="$(curl -sS --max-time 10 -o "$WORK/check.body" -w '%{http_code} %{content_type}' \
+          -H 'Content-Type: application/json' -H "$AUTH" "$@" --data-binary "@$bodyf" "$url" 2>&1)" ||
+    die "$name: request to $url failed: $out"
+  code="${out%% *}"
+  [[ "$code" == 200 ]] || die "$name: POST $url answered HTTP $code: $(head -c 400 "$WORK/check.body")"
+  grep -q -- "$expect" "$WORK/check.body" ||
+    die "$name: POST $url: body lacks '$expect': $(head -c 400 "$WORK/check.body")"
+  info "ok  $name  ($out)"
+}
+log "Checking every target answers"
+for t in direct nginx gatewayd; do
+  check_target "$t non-stream" "${URL_JSON[$t]}" "$WORK/body.json" '"chat.completion"'
+  check_target "$t stream" "${URL_SSE[$t]}" "$WORK/body-stream.json" 'data: \[DONE\]'
+done
+# gatewayd must reject an unauthenticated request, or the numbers mean nothing
+code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
+        --data-binary "@$WORK/body.json" "${URL_JSON[gatewayd]}" || true)"
+[[ "$code" == 401 || "$code" == 403 ]] || die "gatewayd answered HTTP $code without a key; auth is not on"
+info "ok  gatewayd rejects a request without a key (HTTP $code)"
+
+log "Creating $SESSIONS sessions on gatewayd"
+py mk-sessions --url "http://127.0.0.1:$GW_JSON/v1/sessions" -H "$AUTH" --n "$SESSIONS" > "$WORK/sessions.txt" ||
+  die "could not create sessions (POST /v1/sessions)"
+check_target "gatewayd session" "${URL_JSON[gatewayd]}" "$WORK/body.json" '"chat.completion"' \
+  -H "X-Session-Id: $(head -n 1 "$WORK/sessions.txt")"
+
+# ---------------------------------------------------------------- throughput (wrk)
+run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS [SESSIONS_FILE]
+  local kind="$1" target="$2" round="$3" url="$4" bodyf="$5" secs="$6" sessf="${7:-}"
+  local out="$WORK/raw/wrk-$kind-$target-$round.txt"
+  WRK_BODY_FILE="$bodyf" WRK_HEADERS="$AUTH" WRK_SESSIONS_FILE="$sessf" \
+    wrk -t1 -c"$CONNS" -d"${secs}s" --latency --timeout 10s -s "$BENCH_DIR/post.lua" "$url" > "$out" 2>&1 ||
+    { cat "$out" >&2; die "wrk failed against $url"; }
+  local json
+  json="$(py parse-wrk "$out")"
+  [[ "$round" == warmup ]] && return 0
+  py tag phase=tput "kind=$kind" "target=$target" "round=$round" <<<"$json" >> "$RESULTS"
+  py show tput "$kind $target round $round" "$json"
+}
+
+WARM=$(( DURATION < 3 ? 1 : 2 ))
+log "Warm-up (${WARM}s per target)"
+for t in direct nginx gatewayd; do
+  run_wrk nonstream "$t" warmup "${URL_JSON[$t]}" "$WORK/body.json" "$WARM"
+  run_wrk stream "$t" warmup "${URL_SSE[$t]}" "$WORK/body-stream.json" "$WARM"
+done
+
+log "Throughput: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved round(s)"
+for r in $(seq 1 "$ROUNDS"); do
+  run_wrk nonstream direct "$r" "${URL_JSON[direct]}" "$WORK/body.json" "$DURATION"
+  run_wrk nonstream nginx "$r" "${URL_JSON[nginx]}" "$WORK/body.json" "$DURATION"
+  run_wrk nonstream gatewayd "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION"
+  run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$WORK/sessions.txt"
+  run_wrk stream direct "$r" "${URL_SSE[direct]}" "$WORK/body-stream.json" "$DURATION"
+  run_wrk stream nginx "$r" "${URL_SSE[nginx]}" "$WORK/body-stream.json" "$DURATION"
+  run_wrk stream gatewayd "$r" "${URL_SSE[gatewayd]}" "$WORK/body-stream.json" "$DURATION"
+done
+
+# ---------------------------------------------------------------- fixed rate
+log "Latency at a fixed $RATE req/s (${DURATION}s per run, $ROUNDS round(s))"
+for r in $(seq 1 "$ROUNDS"); do
+  for t in direct nginx gatewayd; do
+    json="$(py fixed-rate --url "${URL_JSON[$t]}" -H "$AUTH" --body-file "$WORK/body.json" \
+              --rate "$RATE" --conns 16 --duration "$DURATION" --warmup 1)" ||
+      die "fixed-rate driver failed against ${URL_JSON[$t]}"
+    py tag phase=fixed "target=$t" "round=$r" <<<"$json" >> "$RESULTS"
+    py show fixed "$t round $r" "$json"
+  done
+done
+
+# ---------------------------------------------------------------- TTFB
+log "Streaming time to first byte ($TTFB_COUNT sequential requests per run, $ROUNDS round(s))"
+for r in $(seq 1 "$ROUNDS"); do
+  for t in direct nginx gatewayd; do
+    json="$(py ttfb --url "${URL_SSE[$t]}" -H "$AUTH" --body-file "$WORK/body-stream.json" --count "$TTFB_COUNT")" ||
+      die "TTFB client failed against ${URL_SSE[$t]}"
+    py tag phase=ttfb "target=$t" "round=$r" <<<"$json" >> "$RESULTS"
+    py show ttfb "$t round $r" "$json"
+  done
+done
+
+AFTER_KB="$(rss_kb "$GWJ_PID")"
+echo "{\"phase\":\"rss\",\"what\":\"after_load\",\"kb\":${AFTER_KB:-null}}" >> "$RESULTS"
+echo "{\"phase\":\"rss\",\"what\":\"stream_after_load\",\"kb\":$(rss_kb "$GWS_PID" || echo null)}" >> "$RESULTS"
+info "gatewayd RSS after load: ${AFTER_KB:-?} kB"
+
+# ---------------------------------------------------------------- concurrent streams
+if [[ $STREAMS -gt 0 ]]; then
+  N="$STREAMS"
+  MAXN=$(( (NOFILE - 256) / 2 ))
+  if (( N > MAXN )); then
+    warn "open-file limit $NOFILE allows gatewayd about $MAXN streams (2 sockets each); holding $MAXN and estimating $STREAMS linearly"
+    N="$MAXN"
+  fi
+  log "Holding $N concurrent streams through a fresh gatewayd (slow upstream on :$UP_SLOW)"
+  py slow-upstream --port "$UP_SLOW" --hold 900 > "$WORK/slow-upstream.log" 2>&1 &
+  SLOW_PID=$!
+  PIDS+=("$SLOW_PID")
+  wait_port "$UP_SLOW" "$SLOW_PID" "slow upstream" "$WORK/slow-upstream.log"
+  start_gatewayd gw-slow "$GW_SLOW" "$UP_SLOW"; GWSL_PID="$LAST_PID"
+  sleep 1
+  json="$(py hold-streams --url "http://127.0.0.1:$GW_SLOW/v1/chat/completions" -H "$AUTH" \
+            --body-file "$WORK/body-stream.json" --n "$N" --pid "$GWSL_PID" \
+            --total-timeout $(( 60 + N / 50 )))" || die "stream holder failed"
+  py tag phase=streams "want=$STREAMS" <<<"$json" >> "$RESULTS"
+  py show streams "gatewayd" "$json"
+  stop_pid "$GWSL_PID"
+  stop_pid "$SLOW_PID"
+else
+  info "concurrent-stream test skipped (--streams 0)"
+fi
+
+# ---------------------------------------------------------------- soak
+if [[ $SOAK -gt 0 ]]; then
+  INTERVAL=10
+  (( SOAK < 100 )) && INTERVAL=$(( SOAK / 10 > 0 ? SOAK / 10 : 1 ))
+  log "Soak: ${SOAK}s of wrk load (plain + session chat) on gatewayd, RSS every ${INTERVAL}s"
+  WRK_BODY_FILE="$WORK/body.json" WRK_HEADERS="$AUTH" WRK_SESSIONS_FILE="$WORK/sessions.txt" WRK_MIX_PLAIN=1 \
+    wrk -t1 -c"$CONNS" -d"$((SOAK + 2))s" --latency --timeout 10s -s "$BENCH_DIR/post.lua" "${URL_JSON[gatewayd]}" \
+    > "$WORK/raw/wrk-soak.txt" 2>&1 &
+  SOAK_WRK=$!
+  PIDS+=("$SOAK_WRK")
+  samples=()
+  t0=$SECONDS
+  for (( i = 1; i * INTERVAL <= SOAK; i++ )); do
+    while (( SECONDS - t0 < i * INTERVAL )); do sleep 0.2; done
+    kill -0 "$GWJ_PID" 2>/dev/null || die "gatewayd exited during the soak (log: $WORK/gw-json.log)"
+    s="$(rss_kb "$GWJ_PID")"
+    samples+=("$s")
+    info "t=$(( i * INTERVAL ))s RSS ${s} kB"
+  done
+  wait "$SOAK_WRK" || { cat "$WORK/raw/wrk-soak.txt" >&2; die "soak wrk failed"; }
+  forget_pid "$SOAK_WRK"
+  json="$(py parse-wrk "$WORK/raw/wrk-soak.txt")"
+  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); sys.exit(1 if (j["non2xx"] or 0)+(j["socket_errors"] or 0) else 0)' "$json" ||
+    warn "soak: wrk saw non-2xx responses or socket errors (see $WORK/raw/wrk-soak.txt)"
+  py tag phase=soak "seconds=$SOAK" "interval=$INTERVAL" "samples_kb=[$(IFS=,; echo "${samples[*]}")]" <<<"$json" >> "$RESULTS"
+else
+  info "soak skipped (--soak 0)"
+fi
+
+# ---------------------------------------------------------------- report
+OS_NAME="$( (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}") || echo unknown)"
+M_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
+M_OS="$OS_NAME" \
+M_GW="$("$GW_BIN" --version 2>/dev/null | head -n 1 || true) (git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none))" \
+M_NGINX="$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
+M_WRK="$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')" \
+M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}" \
+python3 - "$WORK/meta.json" <<'EOF'
+import json, os, platform, sys
+cpu = "?"
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+e = os.environ
+meta = {
+    "date": e["M_DATE"],
+    "host": f"{e['M_OS']}, kernel {platform.release()}",
+    "cpus": f"{os.cpu_count()} x {cpu}",
+    "gatewayd": e["M_GW"].strip(),
+    "nginx": e["M_NGINX"],
+    "wrk": e["M_WRK"],
+    "python": platform.python_version(),
+    "settings": e["M_SETTINGS"],
+}
+with open(sys.argv[1], "w") as f:
+    json.dump(meta, f)
+EOF
+
+mkdir -p "$BENCH_DIR/results"
+echo >&2
+py report --results "$RESULTS" --meta "$WORK/meta.json" --out "$BENCH_DIR/results/latest.md"
+cp "$RESULTS" "$BENCH_DIR/results/latest.jsonl"
+echo >&2
+info "report written to bench/results/latest.md (raw numbers: bench/results/latest.jsonl)"
+FAILED=0

@@ -1,0 +1,202 @@
+//! The auth boundary: a tower layer that lets a request reach a handler only with a valid key.
+//!
+//! Deny by default: the layer wraps the whole router, fallbacks included. The only
+//! exemptions are the route patterns in [`PUBLIC_ROUTES`].
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::MatchedPath;
+use axum::http::{HeaderMap, Method, Request};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+use tower::{Layer, Service};
+
+use crate::error::ApiError;
+use crate::keys::{digest, ClientKey, KeySet};
+
+/// Routes anyone may call without a key, matched on the router's route pattern (never
+/// on a path prefix, so `/health/../v1/models` tricks cannot widen it).
+pub const PUBLIC_ROUTES: &[(Method, &str)] = &[(Method::GET, "/health")];
+
+/// Who is calling: the key's name, or "local" in keyless loopback mode. Sessions and
+/// rate limits are scoped by this name.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: Arc<str>,
+    /// Position of the key in the key set at the time of the request (None when keyless).
+    pub key: Option<Arc<ClientKey>>,
+}
+
+/// Why the presented credentials could not even be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialError {
+    /// Two Authorization (or x-api-key) headers: which one counts would be a guess.
+    Duplicate,
+    /// Authorization and x-api-key carry different tokens.
+    Conflicting,
+    /// A header is present but is not `Bearer <token68>`.
+    Malformed,
+}
+
+/// Finds the presented token: `Authorization: Bearer <token>` (scheme in any case, one or
+/// more spaces) or `x-api-key: <token>`. Query strings are never consulted.
+pub fn extract_token(headers: &HeaderMap) -> Result<Option<&[u8]>, CredentialError> {
+    let mut authorization = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let mut api_key = headers.get_all("x-api-key").iter();
+    let (auth_first, auth_second) = (authorization.next(), authorization.next());
+    let (key_first, key_second) = (api_key.next(), api_key.next());
+    if auth_second.is_some() || key_second.is_some() {
+        return Err(CredentialError::Duplicate);
+    }
+    let bearer = auth_first
+        .map(|v| parse_bearer(v.as_bytes()).ok_or(CredentialError::Malformed))
+        .transpose()?;
+    let x_api_key = key_first
+        .map(|v| v.as_bytes())
+        .map(|t| {
+            valid_token(t)
+                .then_some(t)
+                .ok_or(CredentialError::Malformed)
+        })
+        .transpose()?;
+    match (bearer, x_api_key) {
+        (Some(a), Some(b)) if a != b => Err(CredentialError::Conflicting),
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
+}
+
+/// `Bearer` (any case), one or more spaces, then an RFC 6750 token. Never panics.
+pub fn parse_bearer(value: &[u8]) -> Option<&[u8]> {
+    if value.len() < 7 || !value[..6].eq_ignore_ascii_case(b"bearer") || value[6] != b' ' {
+        return None;
+    }
+    let token = value[6..].trim_ascii_start();
+    valid_token(token).then_some(token)
+}
+
+fn valid_token(token: &[u8]) -> bool {
+    std::str::from_utf8(token).is_ok_and(crate::keys::is_token68)
+}
+
+/// Compares the token's SHA-256 with every key's digest in constant time, visiting all
+/// keys whatever matches, so timing reveals neither which key nor how much matched.
+pub fn verify(keys: &KeySet, token: &[u8]) -> Option<Arc<ClientKey>> {
+    let presented = digest(token);
+    let mut matched = subtle::Choice::from(0);
+    let mut index = 0u32;
+    for (i, key) in keys.keys.iter().enumerate() {
+        let equal = presented.ct_eq(&key.digest);
+        index.conditional_assign(&(i as u32), equal);
+        matched |= equal;
+    }
+    bool::from(matched).then(|| keys.keys[index as usize].clone())
+}
+
+/// Applies [`RequireApiKey`] to every route.
+#[derive(Clone)]
+pub struct RequireApiKeyLayer {
+    keys: Arc<ArcSwap<KeySet>>,
+}
+
+impl RequireApiKeyLayer {
+    pub fn new(keys: Arc<ArcSwap<KeySet>>) -> Self {
+        RequireApiKeyLayer { keys }
+    }
+}
+
+impl<S> Layer<S> for RequireApiKeyLayer {
+    type Service = RequireApiKey<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireApiKey {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequireApiKey<S> {
+    inner: S,
+    keys: Arc<ArcSwap<KeySet>>,
+}
+
+fn is_public(request: &Request<Body>) -> bool {
+    let Some(pattern) = request.extensions().get::<MatchedPath>() else {
+        return false;
+    };
+    PUBLIC_ROUTES
+        .iter()
+        .any(|(method, path)| method == request.method() && *path == pattern.as_str())
+}
+
+impl<S> RequireApiKey<S> {
+    fn authorize(&self, request: &Request<Body>) -> Result<Option<Caller>, ApiError> {
+        if is_public(request) {
+            return Ok(None);
+        }
+        let keys = self.keys.load();
+        let token = extract_token(request.headers()).map_err(|e| match e {
+            CredentialError::Duplicate => ApiError::bad_request(
+                "Send exactly one Authorization header (or one x-api-key header).",
+                None,
+            ),
+            CredentialError::Conflicting => ApiError::bad_request(
+                "The Authorization and x-api-key headers carry different keys; send one.",
+                None,
+            ),
+            CredentialError::Malformed => ApiError::Unauthorized {
+                token_presented: true,
+            },
+        })?;
+        if keys.is_empty() {
+            // Keyless mode exists only on loopback (the startup guard saw to that).
+            return Ok(Some(Caller {
+                name: Arc::from("local"),
+                key: None,
+            }));
+        }
+        let token = token.ok_or(ApiError::Unauthorized {
+            token_presented: false,
+        })?;
+        match verify(&keys, token) {
+            Some(key) => Ok(Some(Caller {
+                name: Arc::from(key.name.as_str()),
+                key: Some(key),
+            })),
+            None => Err(ApiError::Unauthorized {
+                token_presented: true,
+            }),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for RequireApiKey<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        match self.authorize(&request) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Box::pin(self.inner.call(request))
+            }
+            Err(error) => Box::pin(async move { Ok(error.into_response()) }),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Config: the TOML file, env and flags merged and validated once, immutable afterwards.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, ServeArgs};
+use crate::keys::KeyEntry;
+
+/// The config file as written. Unknown fields are errors so typos never silently
+/// weaken a setting.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sessions: SessionsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    /// Exact browser origins allowed by CORS; empty disables CORS entirely.
+    pub cors_origins: Option<Vec<String>>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub stream_keepalive_secs: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+/// One OpenAI-compatible provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Base URL including the version path, e.g. https://api.openai.com/v1.
+    pub base_url: String,
+    /// Env var holding the upstream's key; read once at startup.
+    pub api_key_env: Option<String>,
+    /// File holding the upstream's key (one trailing newline stripped).
+    pub api_key_file: Option<PathBuf>,
+    /// Exact model names or trailing-`*` patterns; `"*"` serves any model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Client-facing name → upstream model name.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "defaults::first_byte_timeout")]
+    pub first_byte_timeout_secs: u64,
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout_secs: u64,
+}
+
+/// Resource limits. Every field has a safe default; 0 means unlimited where noted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout_secs: u64,
+    pub keepalive_idle_secs: u64,
+    /// Connections beyond this wait in the kernel backlog until one closes.
+    pub max_connections: usize,
+    /// 0 = unlimited.
+    pub per_key_requests_per_minute: u32,
+    /// 0 = unlimited.
+    pub per_key_concurrent_requests: u32,
+    /// Failed authentication attempts allowed per peer IP per minute.
+    pub failed_auth_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            header_read_timeout_secs: 10,
+            keepalive_idle_secs: 75,
+            max_connections: 10_000,
+            per_key_requests_per_minute: 0,
+            per_key_concurrent_requests: 0,
+            failed_auth_per_minute: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    pub database_url: Option<String>,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        SessionsSection {
+            database_url: None,
+            max_messages: 1000,
+            max_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+mod defaults {
+    pub fn connect_timeout() -> u64 {
+        5
+    }
+    pub fn first_byte_timeout() -> u64 {
+        60
+    }
+    pub fn idle_timeout() -> u64 {
+        60
+    }
+}
+
+/// Everything gatewayd runs with, after merging. Built once; never mutated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub cors_origins: Vec<String>,
+    pub shutdown_grace: Duration,
+    pub stream_keepalive: Duration,
+    pub max_attempts: u32,
+    pub key_entries: Vec<KeyEntry>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub limits: Limits,
+    pub sessions: SessionsSection,
+    pub config_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges flags and env (already combined by clap) over the file over defaults.
+    pub fn load(args: &ServeArgs, env_cors: Option<String>) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut upstreams = file.upstreams;
+        if let Some(url) = &args.upstream {
+            upstreams.insert(
+                0,
+                UpstreamConfig {
+                    name: "default".into(),
+                    base_url: url.clone(),
+                    api_key_env: std::env::var_os("GATEWAYD_UPSTREAM_API_KEY")
+                        .map(|_| "GATEWAYD_UPSTREAM_API_KEY".into()),
+                    api_key_file: None,
+                    models: vec!["*".into()],
+                    aliases: BTreeMap::new(),
+                    connect_timeout_secs: defaults::connect_timeout(),
+                    first_byte_timeout_secs: defaults::first_byte_timeout(),
+                    idle_timeout_secs: defaults::idle_timeout(),
+                },
+            );
+        }
+        let cors_origins = match env_cors {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect(),
+            None => file.server.cors_origins.unwrap_or_default(),
+        };
+        let mut sessions = file.sessions;
+        if args.database_url.is_some() {
+            sessions.database_url = args.database_url.clone();
+        }
+        let config = Config {
+            host: args
+                .host
+                .clone()
+                .or(file.server.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: args.port.or(file.server.port).unwrap_or(8642),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.server.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            log_format: args
+                .log_format
+                .or(file.server.log_format)
+                .unwrap_or(LogFormat::Text),
+            cors_origins,
+            shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs.unwrap_or(30)),
+            stream_keepalive: Duration::from_secs(
+                file.server.stream_keepalive_secs.unwrap_or(15).max(1),
+            ),
+            max_attempts: file.server.max_attempts.unwrap_or(3).clamp(1, 10),
+            key_entries: file.keys,
+            upstreams,
+            limits: file.limits,
+            sessions,
+            config_path: args.config.clone(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
+            return Err(ConfigError::Invalid(format!(
+                "upstream name {:?} is used twice; names must be unique",
+                pair[0]
+            )));
+        }
+        for upstream in &self.upstreams {
+            let url = upstream.base_url.as_str();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: base_url must start with http:// or https://",
+                    upstream.name
+                )));
+            }
+            if upstream.api_key_env.is_some() && upstream.api_key_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: set api_key_env or api_key_file, not both",
+                    upstream.name
+                )));
+            }
+            if upstream.models.is_empty() && upstream.aliases.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: list the models it serves (\"*\" for any)",
+                    upstream.name
+                )));
+            }
+            if let Some(bad) = upstream
+                .models
+                .iter()
+                .find(|m| m.is_empty() || m.trim_end_matches('*').contains('*'))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: model pattern {bad:?} may only end with '*'",
+                    upstream.name
+                )));
+            }
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "[limits] max_body_bytes and max_connections must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_names_field_and_file() {
+        let dir = std::env::temp_dir().join(format!("gwd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[server]\nhots = \"0.0.0.0\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = Config::load(&args, None).unwrap_err().to_string();
+        assert!(err.contains("hots"), "{err}");
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = std::env::temp_dir().join(format!("gwd-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ok.toml");
+        std::fs::write(&path, "[server]\nhost = \"::1\"\nport = 9000\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            port: Some(9100),
+            ..Default::default()
+        };
+        let config = Config::load(&args, None).unwrap();
+        assert_eq!(config.host, "::1");
+        assert_eq!(config.port, 9100);
+        let defaults = Config::load(&ServeArgs::default(), None).unwrap();
+        assert_eq!((defaults.host.as_str(), defaults.port), ("127.0.0.1", 8642));
+    }
+}

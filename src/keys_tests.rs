@@ -1,0 +1,185 @@
+//! Unit tests for the strong-key policy, key sources and keygen.
+
+use super::*;
+use std::collections::HashMap;
+
+struct FakeEnv(HashMap<&'static str, String>);
+
+impl Env for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+const GOOD: &str = "gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe";
+
+#[test]
+fn every_denylist_entry_is_refused() {
+    for entry in DENYLIST {
+        assert!(check_strength(entry).is_err(), "{entry} passed");
+    }
+    assert_eq!(
+        check_strength("your-super-secret-jwt-token-with-at-least-32-characters-long"),
+        Err(WeakKey::Denylisted)
+    );
+}
+
+#[test]
+fn good_key_passes() {
+    assert_eq!(check_strength(GOOD), Ok(()));
+}
+
+#[test]
+fn short_key_is_refused() {
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6c"),
+        Err(WeakKey::TooShort)
+    );
+}
+
+#[test]
+fn bad_characters_are_refused_without_trimming() {
+    for key in [
+        " gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe",
+        "gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe\n",
+        "gwd_Q9vK2mX7pL4rT8wZ3n\tB6cF1hJ5sD0aGe",
+        "gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGé",
+        "gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe\u{0}",
+        "gwd_Q9vK2mX7pL4rT8=wZ3nB6cF1hJ5sD0aGe",
+        "gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe!",
+    ] {
+        assert_eq!(check_strength(key), Err(WeakKey::BadCharacter), "{key:?}");
+    }
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe=="),
+        Ok(())
+    );
+}
+
+#[test]
+fn too_few_distinct_characters_is_refused() {
+    assert_eq!(
+        check_strength("abababababababababababacacacacacadadadad"),
+        Err(WeakKey::TooFewDistinct)
+    );
+}
+
+#[test]
+fn repeated_run_is_refused() {
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZZZZ3nB6cF1hJ5sD0aGe"),
+        Err(WeakKey::RepeatedRun)
+    );
+}
+
+#[test]
+fn ascending_and_descending_runs_are_refused() {
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGeMNOP"),
+        Err(WeakKey::SequentialRun)
+    );
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe9876"),
+        Err(WeakKey::SequentialRun)
+    );
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGedcba"),
+        Err(WeakKey::SequentialRun)
+    );
+}
+
+#[test]
+fn placeholder_words_are_refused_in_any_case() {
+    for word in PLACEHOLDER_WORDS {
+        let key = format!("Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe{}", word.to_uppercase());
+        assert!(check_strength(&key).is_err(), "{key} passed");
+    }
+    assert_eq!(
+        check_strength("Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGeSeCrEt"),
+        Err(WeakKey::PlaceholderWord)
+    );
+}
+
+#[test]
+fn thousand_generated_keys_pass() {
+    for _ in 0..1000 {
+        let key = generate().unwrap();
+        assert!(key.starts_with("gwd_"));
+        assert_eq!(key.len(), 4 + 43);
+        assert_eq!(check_strength(&key), Ok(()), "generated key failed");
+    }
+}
+
+#[test]
+fn secret_debug_is_redacted() {
+    let secret = Secret::new(GOOD.into());
+    assert_eq!(format!("{secret:?}"), "[REDACTED]");
+}
+
+#[test]
+fn weak_key_error_never_contains_the_key() {
+    let env = FakeEnv(HashMap::from([(
+        "API_SERVER_KEY",
+        "changeme-please-0000".into(),
+    )]));
+    let err = load(&env, &[]).unwrap_err().to_string();
+    assert!(!err.contains("changeme-please"), "{err}");
+    assert!(err.contains("gatewayd keygen"));
+}
+
+#[test]
+fn both_env_vars_are_ambiguous() {
+    let env = FakeEnv(HashMap::from([
+        ("API_SERVER_KEY", GOOD.into()),
+        ("API_SERVER_KEY_FILE", "/nonexistent".into()),
+    ]));
+    assert!(matches!(load(&env, &[]), Err(KeyError::AmbiguousEnv)));
+}
+
+#[test]
+fn unreadable_key_file_is_refused() {
+    let env = FakeEnv(HashMap::from([(
+        "API_SERVER_KEY_FILE",
+        "/nonexistent/gatewayd/key".into(),
+    )]));
+    assert!(matches!(load(&env, &[]), Err(KeyError::Unreadable { .. })));
+}
+
+#[test]
+fn key_file_strips_exactly_one_newline() {
+    let dir = std::env::temp_dir().join(format!("gwd-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = dir.join("one");
+    std::fs::write(&one, format!("{GOOD}\n")).unwrap();
+    let env = FakeEnv(HashMap::from([(
+        "API_SERVER_KEY_FILE",
+        one.display().to_string(),
+    )]));
+    let set = load(&env, &[]).unwrap();
+    assert_eq!(set.keys[0].digest, digest(GOOD.as_bytes()));
+    let two = dir.join("two");
+    std::fs::write(&two, format!("{GOOD}\n\n")).unwrap();
+    let env = FakeEnv(HashMap::from([(
+        "API_SERVER_KEY_FILE",
+        two.display().to_string(),
+    )]));
+    assert!(matches!(load(&env, &[]), Err(KeyError::Weak { .. })));
+}
+
+#[test]
+fn config_entries_are_digests() {
+    let entry = KeyEntry {
+        name: "ci".into(),
+        sha256: hex::encode(digest(GOOD.as_bytes())),
+        requests_per_minute: None,
+        concurrent_requests: None,
+    };
+    let set = load(&FakeEnv(HashMap::new()), std::slice::from_ref(&entry)).unwrap();
+    assert_eq!(set.names(), vec!["ci"]);
+    let plaintext = KeyEntry {
+        sha256: GOOD.into(),
+        ..entry.clone()
+    };
+    assert!(load(&FakeEnv(HashMap::new()), &[plaintext]).is_err());
+    assert!(load(&FakeEnv(HashMap::new()), &[entry.clone(), entry]).is_err());
+}

@@ -1,0 +1,51 @@
+//! gatewayd: a secure-by-default OpenAI-compatible API gateway.
+//!
+//! # Layout
+//! - `cli`      — command-line flags and env fallbacks (the `--help` text).
+//! - `config`   — file + env + flags merged and validated once.
+//! - `keys`     — key sources, the strong-key policy, digests, `keygen`.
+//! - `guard`    — pure: which addresses a host means; may we serve on them?
+//! - `startup`  — binds sockets under the guard.
+//! - `server`   — accept loops, connection limits, timeouts, graceful drain.
+//! - `router`   — `app(state)`: routes plus the whole layer stack.
+//! - `auth`     — the auth boundary (tower layer).
+//! - `error`    — `ApiError`, the OpenAI-shaped error every client sees.
+//! - `openai`   — the few wire fields the gateway reads; the rest passes through.
+//! - `proxy`    — routing a request across upstreams with fallback.
+//! - `relay`    — byte-faithful SSE relay with keep-alives and error endings.
+//! - `upstream` — the provider trait, registry, HTTP client and the `echo` model.
+//! - `routes`   — one module per resource.
+//! - `state`    — `AppState`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod guard;
+pub mod keys;
+pub mod openai;
+pub mod proxy;
+pub mod relay;
+pub mod router;
+pub mod routes;
+pub mod server;
+pub mod startup;
+pub mod state;
+pub mod upstream;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use router::app;
+pub use state::AppState;
+
+/// Serves an already-built state on listeners that are already bound (and judged).
+/// Returns once `shutdown` has fired and connections have drained.
+pub async fn run(state: AppState, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    let options = server::ServeOptions {
+        limits: state.config.limits.clone(),
+        grace: state.config.shutdown_grace,
+        hard_stop: state.hard_stop.clone(),
+    };
+    server::serve(listeners, app(state), options, shutdown).await;
+}

@@ -1,0 +1,236 @@
+//! The few OpenAI wire fields the gateway must read; every other byte passes through untouched.
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What the gateway reads from a request body. Borrowed, so nothing is copied or
+/// re-serialised; fields it does not name are skipped by serde and forwarded as bytes.
+/// Duplicate top-level keys are refused, so no two parsers can disagree on the model.
+#[derive(Debug, Deserialize)]
+pub struct RequestPreamble<'a> {
+    #[serde(borrow)]
+    pub model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub stream: Option<&'a RawValue>,
+}
+
+/// A validated request: the model name, whether it streams, and where the model and
+/// messages sit in the original bytes (so aliases and session history can be spliced in).
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub body: Bytes,
+    pub model: String,
+    pub stream: bool,
+    model_span: (usize, usize),
+    messages_span: Option<(usize, usize)>,
+}
+
+/// Which field was wrong, for the OpenAI error's `param`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Invalid {
+    Invalid {
+        message: message.into(),
+        param,
+    }
+}
+
+/// Which endpoint a body is for: chat needs `messages`; completions and embeddings do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Checks only what the gateway needs: a JSON object with a `model` string and, for
+/// chat, a non-empty `messages` array. Never panics on any input.
+pub fn parse_request(body: Bytes, endpoint: Endpoint) -> Result<ChatRequest, Invalid> {
+    let text = std::str::from_utf8(&body).map_err(|_| invalid("Body is not UTF-8.", None))?;
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        return Err(invalid("Body must be a JSON object.", None));
+    }
+    let preamble: RequestPreamble<'_> = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("Body is not valid JSON: {e}"), None))?;
+    let model_raw = preamble
+        .model
+        .ok_or_else(|| invalid("Missing required parameter: 'model'.", Some("model")))?;
+    let model: String = match serde_json::from_str::<String>(model_raw.get()) {
+        Ok(m) if !m.is_empty() => m,
+        _ => {
+            return Err(invalid(
+                "'model' must be a non-empty string.",
+                Some("model"),
+            ))
+        }
+    };
+    let messages_span = match (endpoint, preamble.messages) {
+        (Endpoint::ChatCompletions, None) => {
+            return Err(invalid(
+                "Missing required parameter: 'messages'.",
+                Some("messages"),
+            ))
+        }
+        (Endpoint::ChatCompletions, Some(raw)) => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+                invalid("'messages' must be an array of messages.", Some("messages"))
+            })?;
+            if items.is_empty() {
+                return Err(invalid("'messages' must not be empty.", Some("messages")));
+            }
+            if let Some(bad) = items.iter().position(|m| !m.get().starts_with('{')) {
+                return Err(invalid(
+                    format!("'messages[{bad}]' must be an object."),
+                    Some("messages"),
+                ));
+            }
+            Some(span_of(text, raw))
+        }
+        (_, Some(raw)) => Some(span_of(text, raw)),
+        (_, None) => None,
+    };
+    let stream = match preamble.stream.map(|s| s.get()) {
+        None | Some("null") | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(invalid("'stream' must be a boolean.", Some("stream"))),
+    };
+    let model_span = span_of(text, model_raw);
+    Ok(ChatRequest {
+        body,
+        model,
+        stream,
+        model_span,
+        messages_span,
+    })
+}
+
+/// Byte offsets of a borrowed sub-slice within the text it was parsed from.
+fn span_of(text: &str, raw: &RawValue) -> (usize, usize) {
+    let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+    (start, start + raw.get().len())
+}
+
+impl ChatRequest {
+    /// The raw JSON text of `messages`, as sent.
+    pub fn messages_json(&self) -> Option<&[u8]> {
+        self.messages_span.map(|(s, e)| &self.body[s..e])
+    }
+
+    /// The body to forward: the original bytes, with the model renamed (alias) and
+    /// history placed before the request's own messages. Untouched when neither applies.
+    pub fn forward_body(&self, upstream_model: Option<&str>, history: Option<&[u8]>) -> Bytes {
+        let rename = upstream_model.filter(|m| *m != self.model);
+        let prefix = history.filter(|h| !h.is_empty());
+        if rename.is_none() && prefix.is_none() {
+            return self.body.clone();
+        }
+        let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+        if let Some(name) = rename {
+            let quoted = serde_json::to_vec(name).unwrap_or_default();
+            edits.push((self.model_span.0, self.model_span.1, quoted));
+        }
+        if let (Some(history), Some((start, _))) = (prefix, self.messages_span) {
+            // `history` is a comma-separated list of JSON objects; insert it right after '['.
+            let mut insert = history.to_vec();
+            insert.push(b',');
+            edits.push((start + 1, start + 1, insert));
+        }
+        edits.sort_by_key(|e| e.0);
+        let extra: usize = edits.iter().map(|e| e.2.len()).sum();
+        let mut out = BytesMut::with_capacity(self.body.len() + extra);
+        let mut cursor = 0;
+        for (start, end, replacement) in edits {
+            out.extend_from_slice(&self.body[cursor..start]);
+            out.extend_from_slice(&replacement);
+            cursor = end;
+        }
+        out.extend_from_slice(&self.body[cursor..]);
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ChatRequest, Invalid> {
+        parse_request(Bytes::from(body.to_string()), Endpoint::ChatCompletions)
+    }
+
+    #[test]
+    fn validates_only_what_it_needs() {
+        let ok =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":1}"#).unwrap();
+        assert_eq!((ok.model.as_str(), ok.stream), ("m", false));
+        assert_eq!(chat("[]").unwrap_err().param, None);
+        assert_eq!(
+            chat(r#"{"messages":[{}]}"#).unwrap_err().param,
+            Some("model")
+        );
+        assert_eq!(
+            chat(r#"{"model":5,"messages":[{}]}"#).unwrap_err().param,
+            Some("model")
+        );
+        assert_eq!(
+            chat(r#"{"model":"m"}"#).unwrap_err().param,
+            Some("messages")
+        );
+        assert_eq!(
+            chat(r#"{"model":"m","messages":[]}"#).unwrap_err().param,
+            Some("messages")
+        );
+        assert_eq!(
+            chat(r#"{"model":"m","messages":{}}"#).unwrap_err().param,
+            Some("messages")
+        );
+        assert_eq!(
+            chat(r#"{"model":"m","messages":[{}],"stream":"yes"}"#)
+                .unwrap_err()
+                .param,
+            Some("stream")
+        );
+        assert!(chat(r#"{"model":"m","model":"n","messages":[{}]}"#).is_err());
+        assert!(chat(r#"{"model":"m","messages":[{}]"#).is_err());
+        assert!(chat("\u{0}").is_err());
+    }
+
+    #[test]
+    fn forward_body_is_untouched_without_edits() {
+        let body =
+            r#"{ "model" : "m", "messages":[{"role":"user","content":"hi"}], "stream":true }"#;
+        let req = chat(body).unwrap();
+        assert!(req.stream);
+        assert_eq!(req.forward_body(Some("m"), None), Bytes::from(body));
+    }
+
+    #[test]
+    fn forward_body_renames_and_prepends_history() {
+        let req = chat(r#"{"model":"fast","messages":[{"role":"user","content":"b"}]}"#).unwrap();
+        let out = req.forward_body(
+            Some("gpt-4o-mini"),
+            Some(br#"{"role":"user","content":"a"}"#),
+        );
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["model"], "gpt-4o-mini");
+        assert_eq!(value["messages"][0]["content"], "a");
+        assert_eq!(value["messages"][1]["content"], "b");
+    }
+}

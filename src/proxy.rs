@@ -1,0 +1,177 @@
+//! Sends one request to the upstreams that serve its model, in fallback order, and shapes the answer.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+use crate::openai::{ChatRequest, Endpoint};
+use crate::relay::{relay, RelayOptions, StreamObserver};
+use crate::state::AppState;
+use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+
+/// Largest non-streaming upstream body gatewayd will hold (embeddings can be large).
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// What the upstreams answered.
+pub enum Answer {
+    /// A complete, non-streaming body with the upstream's status.
+    Complete {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+    /// A successful event stream, still flowing.
+    Stream(UpstreamResponse),
+}
+
+/// Tries each upstream serving the model, in order, up to `max_attempts`. Connect
+/// errors, 429 and 5xx move on to the next; timeouts do not (the upstream may already be
+/// working on it). Nothing has reached the client yet, so retrying is safe.
+pub async fn forward(
+    state: &AppState,
+    endpoint: Endpoint,
+    request: &ChatRequest,
+    history: Option<&[u8]>,
+) -> Result<Answer, ApiError> {
+    let candidates = state.upstreams.candidates(&request.model);
+    if candidates.is_empty() {
+        return Err(ApiError::NotFound {
+            message: format!(
+                "The model '{}' does not exist or is not served by this gateway.",
+                truncate(&request.model, 128)
+            ),
+            code: Some("model_not_found"),
+        });
+    }
+    let attempts = candidates.len().min(state.config.max_attempts as usize);
+    let mut last_error = ApiError::BadGateway;
+    for (attempt, candidate) in candidates.into_iter().take(attempts).enumerate() {
+        let is_last = attempt + 1 == attempts;
+        let body = request.forward_body(Some(&candidate.upstream_model), history);
+        let upstream = candidate.upstream.name().to_string();
+        let response = match candidate
+            .upstream
+            .send(UpstreamRequest { endpoint, body })
+            .await
+        {
+            Ok(response) => response,
+            Err(err @ UpstreamError::Timeout(_)) => {
+                tracing::warn!(%upstream, error = %err, "upstream timed out");
+                return Err(ApiError::GatewayTimeout);
+            }
+            Err(err) => {
+                tracing::warn!(%upstream, error = %err, "upstream failed; trying the next one");
+                last_error = ApiError::BadGateway;
+                continue;
+            }
+        };
+        let status = response.status;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            tracing::warn!(%upstream, %status, "upstream refused the request");
+            if !is_last {
+                continue;
+            }
+            if status.is_server_error() {
+                return Err(ApiError::BadGateway);
+            }
+        }
+        if matches!(status.as_u16(), 401 | 403 | 407) {
+            // The upstream rejected *our* credentials: a gateway misconfiguration, and its
+            // message may quote part of the upstream key. Never pass it on.
+            tracing::error!(%upstream, %status, "upstream rejected the gateway's credentials");
+            return Err(ApiError::BadGateway);
+        }
+        let is_event_stream = response
+            .content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if request.stream && status.is_success() && is_event_stream {
+            return Ok(Answer::Stream(response));
+        }
+        return collect(response).await;
+    }
+    Err(last_error)
+}
+
+async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {
+    let mut body = BytesMut::new();
+    let mut stream = response.body;
+    loop {
+        let next = tokio::time::timeout(response.idle_timeout, stream.next()).await;
+        match next {
+            Err(_) => return Err(ApiError::GatewayTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(err))) => {
+                tracing::warn!(error = %err, "upstream body failed");
+                return Err(ApiError::BadGateway);
+            }
+            Ok(Some(Ok(chunk))) => {
+                if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+                    return Err(ApiError::BadGateway);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(Answer::Complete {
+        status: response.status,
+        content_type: response.content_type,
+        body: body.freeze(),
+    })
+}
+
+/// Turns an answer into the client's response; streams are relayed as they arrive.
+pub fn respond(
+    state: &AppState,
+    answer: Answer,
+    observer: Option<Box<dyn StreamObserver>>,
+) -> Response {
+    match answer {
+        Answer::Complete {
+            status,
+            content_type,
+            body,
+        } => {
+            let content_type =
+                content_type.unwrap_or_else(|| HeaderValue::from_static("application/json"));
+            (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Answer::Stream(upstream) => {
+            let options = RelayOptions {
+                idle_timeout: upstream.idle_timeout,
+                keep_alive: state.config.stream_keepalive,
+                hard_stop: state.hard_stop.clone(),
+            };
+            let body = axum::body::Body::from_stream(relay(upstream.body, options, observer));
+            (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    ),
+                    (
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("no-cache, no-store"),
+                    ),
+                    (
+                        header::HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}

@@ -1,0 +1,41 @@
+//! HTTP resources. Each module is a table of paths → thin handlers; the router merges them.
+
+pub mod chat;
+pub mod health;
+pub mod models;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+
+use crate::error::ApiError;
+
+/// POST bodies must be JSON. This also stops text/plain "simple request" CSRF.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes, chunked or not.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let too_large = std::error::Error::source(&err)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || err.to_string().contains("length limit");
+        if too_large {
+            ApiError::PayloadTooLarge(format!("Request body exceeds the limit of {limit} bytes."))
+        } else {
+            ApiError::bad_request("The request body could not be read.", None)
+        }
+    })
+}

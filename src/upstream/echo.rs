@@ -1,0 +1,159 @@
+//! The built-in offline `echo` model: replies with the last user message, so gatewayd works with no upstream.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{stream, FutureExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+
+pub struct EchoUpstream;
+
+#[derive(Deserialize)]
+struct EchoRequest {
+    #[serde(default)]
+    messages: Vec<Value>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The text of a message: a string, or the text parts of a content array.
+fn text_of(message: &Value) -> String {
+    match message.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+fn json_response(status: ::http::StatusCode, body: Value) -> UpstreamResponse {
+    UpstreamResponse {
+        status,
+        content_type: Some(::http::HeaderValue::from_static("application/json")),
+        body: stream::once(async move { Ok(Bytes::from(body.to_string())) }).boxed(),
+        idle_timeout: Duration::from_secs(60),
+    }
+}
+
+fn sse_event(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+fn complete(request: EchoRequest) -> UpstreamResponse {
+    let reply = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .map(text_of)
+        .unwrap_or_default();
+    let prompt_tokens: usize = request.messages.iter().map(|m| words(&text_of(m))).sum();
+    let completion_tokens = words(&reply);
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let id = format!("chatcmpl-echo-{created}");
+    if !request.stream {
+        return json_response(
+            ::http::StatusCode::OK,
+            json!({
+                "id": id, "object": "chat.completion", "created": created, "model": "echo",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                             "finish_reason": "stop"}],
+                "usage": usage,
+            }),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        sse_event(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": "echo",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }))
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for (i, word) in reply.split_whitespace().enumerate() {
+        let piece = if i == 0 {
+            word.to_string()
+        } else {
+            format!(" {word}")
+        };
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if request.stream_options.is_some_and(|o| o.include_usage) {
+        events.push(sse_event(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": "echo",
+            "choices": [], "usage": usage,
+        })));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    UpstreamResponse {
+        status: ::http::StatusCode::OK,
+        content_type: Some(::http::HeaderValue::from_static("text/event-stream")),
+        body: stream::iter(events.into_iter().map(Ok)).boxed(),
+        idle_timeout: Duration::from_secs(60),
+    }
+}
+
+impl Upstream for EchoUpstream {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn send(
+        &self,
+        request: UpstreamRequest,
+    ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
+        async move {
+            if request.endpoint != Endpoint::ChatCompletions {
+                return Ok(json_response(
+                    ::http::StatusCode::BAD_REQUEST,
+                    json!({"error": {"message": "The echo model only supports chat completions.",
+                                     "type": "invalid_request_error", "param": "model",
+                                     "code": "unsupported_endpoint"}}),
+                ));
+            }
+            match serde_json::from_slice::<EchoRequest>(&request.body) {
+                Ok(parsed) => Ok(complete(parsed)),
+                Err(_) => Ok(json_response(
+                    ::http::StatusCode::BAD_REQUEST,
+                    json!({"error": {"message": "The echo model could not read the request.",
+                                     "type": "invalid_request_error", "param": null, "code": null}}),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, UpstreamError>> {
+        async { Ok(vec!["echo".to_string()]) }.boxed()
+    }
+}

@@ -1,0 +1,192 @@
+//! Upstreams: the provider trait, the model→upstream registry and its fallback order.
+
+mod echo;
+mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use http::HttpUpstream;
+
+use crate::config::UpstreamConfig;
+pub use crate::openai::Endpoint;
+pub use echo::EchoUpstream;
+
+/// What went wrong talking to an upstream. Carries no URL and no key, so it is safe to
+/// log; the HTTP layer turns it into a generic 502/504.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to upstream {0}")]
+    Connect(Arc<str>),
+    #[error("upstream {0} timed out")]
+    Timeout(Arc<str>),
+    #[error("upstream {0} broke the response: {1}")]
+    Broken(Arc<str>, String),
+    #[error("upstream {0} is misconfigured: {1}")]
+    Config(Arc<str>, String),
+}
+
+impl UpstreamError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Timeout(_))
+    }
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, UpstreamError>>;
+
+/// One call to an upstream: the endpoint and the exact bytes to send.
+pub struct UpstreamRequest {
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+}
+
+/// The upstream's answer, with its body still streaming.
+pub struct UpstreamResponse {
+    pub status: ::http::StatusCode,
+    pub content_type: Option<::http::HeaderValue>,
+    pub body: ByteStream,
+    /// The longest silence allowed between body chunks.
+    pub idle_timeout: Duration,
+}
+
+/// An OpenAI-compatible provider. The built-in echo model is one too.
+pub trait Upstream: Send + Sync {
+    fn name(&self) -> &str;
+    /// Sends the request and resolves once response headers have arrived.
+    fn send(
+        &self,
+        request: UpstreamRequest,
+    ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>>;
+    /// The upstream's own model list, for `"*"` upstreams.
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, UpstreamError>>;
+}
+
+/// One way to serve a requested model: which upstream, and under which name.
+#[derive(Clone)]
+pub struct Candidate {
+    pub upstream: Arc<dyn Upstream>,
+    /// The model name the upstream expects (differs from the request for aliases).
+    pub upstream_model: String,
+}
+
+struct Entry {
+    upstream: Arc<dyn Upstream>,
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+    aliases: Vec<(String, String)>,
+    serves_any_listed: bool,
+}
+
+/// All configured upstreams in config order, plus how models map to them.
+pub struct Registry {
+    entries: Vec<Entry>,
+}
+
+impl Registry {
+    /// Builds the registry; with no upstream configured, the built-in `echo` model.
+    pub fn from_config(configs: &[UpstreamConfig]) -> Result<Registry, UpstreamError> {
+        if configs.is_empty() {
+            return Ok(Registry::echo_only());
+        }
+        let client = http::shared_client(configs)?;
+        let mut entries = Vec::with_capacity(configs.len());
+        for config in configs {
+            let upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(config, client.clone())?);
+            entries.push(Entry::new(upstream, &config.models, &config.aliases));
+        }
+        Ok(Registry { entries })
+    }
+
+    pub fn echo_only() -> Registry {
+        let echo: Arc<dyn Upstream> = Arc::new(EchoUpstream);
+        Registry {
+            entries: vec![Entry::new(echo, &["echo".to_string()], &Default::default())],
+        }
+    }
+
+    pub fn upstream_names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.upstream.name()).collect()
+    }
+
+    /// Every upstream that serves `model`: exact names and aliases first, then
+    /// patterns, each in config order.
+    pub fn candidates(&self, model: &str) -> Vec<Candidate> {
+        let exact = self.entries.iter().filter_map(|e| {
+            if e.exact.iter().any(|m| m == model) {
+                return Some(e.candidate(model));
+            }
+            e.aliases
+                .iter()
+                .find(|(alias, _)| alias == model)
+                .map(|(_, target)| e.candidate(target))
+        });
+        let patterns = self
+            .entries
+            .iter()
+            .filter(|e| e.prefixes.iter().any(|p| model.starts_with(p.as_str())))
+            .map(|e| e.candidate(model));
+        let mut out: Vec<Candidate> = exact.collect();
+        out.extend(patterns);
+        out
+    }
+
+    /// The union of configured model names and aliases, plus the live lists of
+    /// pattern upstreams (filtered by their patterns). Sorted, without duplicates.
+    pub async fn list_models(&self) -> Vec<(String, String)> {
+        let mut models: Vec<(String, String)> = Vec::new();
+        for entry in &self.entries {
+            let owner = entry.upstream.name().to_string();
+            for name in entry.exact.iter().chain(entry.aliases.iter().map(|a| &a.0)) {
+                models.push((name.clone(), owner.clone()));
+            }
+            if entry.serves_any_listed {
+                match entry.upstream.list_models().await {
+                    Ok(listed) => models.extend(
+                        listed
+                            .into_iter()
+                            .filter(|m| entry.prefixes.iter().any(|p| m.starts_with(p.as_str())))
+                            .map(|m| (m, owner.clone())),
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "could not list upstream models"),
+                }
+            }
+        }
+        models.sort();
+        models.dedup_by(|a, b| a.0 == b.0);
+        models
+    }
+}
+
+impl Entry {
+    fn new(
+        upstream: Arc<dyn Upstream>,
+        models: &[String],
+        aliases: &std::collections::BTreeMap<String, String>,
+    ) -> Entry {
+        let (prefixes, exact): (Vec<&String>, Vec<&String>) =
+            models.iter().partition(|m| m.ends_with('*'));
+        Entry {
+            upstream,
+            exact: exact.into_iter().cloned().collect(),
+            serves_any_listed: !prefixes.is_empty(),
+            prefixes: prefixes
+                .into_iter()
+                .map(|p| p.trim_end_matches('*').to_string())
+                .collect(),
+            aliases: aliases
+                .iter()
+                .map(|(a, t)| (a.clone(), t.clone()))
+                .collect(),
+        }
+    }
+
+    fn candidate(&self, upstream_model: &str) -> Candidate {
+        Candidate {
+            upstream: self.upstream.clone(),
+            upstream_model: upstream_model.to_string(),
+        }
+    }
+}
