@@ -440,13 +440,13 @@ def cmd_slow_upstream(args) -> None:
 
     async def main() -> None:
         server = await asyncio.start_server(handle, args.host, args.port, backlog=4096, reuse_address=True)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            # thousands of held streams: exit at once rather than unwinding each
+            loop.add_signal_handler(sig, os._exit, 0)
         print(f"slow-upstream listening on {args.host}:{args.port}", flush=True)
         async with server:
-            await stop.wait()
+            await server.serve_forever()
 
     asyncio.run(main())
 
@@ -541,13 +541,11 @@ def cmd_hold_streams(args) -> None:
 # mk-sessions
 
 
-def cmd_mk_sessions(args) -> None:
-    host, port, path = parse_target(args.url)
-    req = build_request("POST", host, port, path, args.header, b"{}")
+def _mk_sessions_on_one_socket(host: str, port: int, req: bytes, n: int, url: str) -> list[str]:
     sock = _connect(host, port)
-    ids = []
     rd = SockReader(sock)
-    for _ in range(args.n):
+    ids = []
+    for _ in range(n):
         sock.sendall(req)
         head = rd.until(b"\r\n\r\n")
         status, hdrs = parse_head(head[:-4])
@@ -563,19 +561,34 @@ def cmd_mk_sessions(args) -> None:
         else:
             body = rd.exactly(int(hdrs.get("content-length", "0")))
         if status not in (200, 201):
-            die(f"POST {args.url} returned HTTP {status}: {body[:300]!r}")
+            raise HttpError(f"POST {url} returned HTTP {status}: {body[:300]!r}")
         try:
-            sid = json.loads(body)["id"]
+            ids.append(json.loads(body)["id"])
         except (ValueError, KeyError, TypeError):
-            die(f"POST {args.url}: no 'id' in response {body[:300]!r}")
-        ids.append(sid)
+            raise HttpError(f"POST {url}: no 'id' in response {body[:300]!r}")
         if hdrs.get("connection", "").lower() == "close":
             sock.close()
             sock = _connect(host, port)
             rd = SockReader(sock)
     sock.close()
-    for sid in ids:
-        print(sid)
+    return ids
+
+
+def cmd_mk_sessions(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    host, port, path = parse_target(args.url)
+    req = build_request("POST", host, port, path, args.header, b"{}")
+    par = max(1, min(args.parallel, args.n))
+    shares = [args.n // par + (1 if k < args.n % par else 0) for k in range(par)]
+    try:
+        with ThreadPoolExecutor(par) as ex:
+            parts = list(ex.map(lambda n: _mk_sessions_on_one_socket(host, port, req, n, args.url), shares))
+    except (OSError, HttpError, ValueError) as e:
+        die(str(e))
+    for part in parts:
+        for sid in part:
+            print(sid)
 
 
 def cmd_tag(args) -> None:
@@ -682,7 +695,11 @@ def cmd_report(args) -> None:
             bad = sum((r.get("non2xx") or 0) + (r.get("socket_errors") or 0) for r in rs)
             if bad:
                 problems.append(f"{kind}/{t}: {bad} non-2xx responses or socket errors during wrk runs")
+            turns = None
+            if t == "gatewayd-session":
+                turns = _med([(r.get("requests") or 0) / r["sessions"] for r in rs if r.get("sessions")])
             tput[(kind, t)] = {
+                "turns": turns,
                 "rps": _med([r.get("rps") for r in rs]),
                 "p50": _med([r.get("p50_ms") for r in rs]),
                 "p99": _med([r.get("p99_ms") for r in rs]),
@@ -709,7 +726,10 @@ def cmd_report(args) -> None:
             rd = ratio(v["rps"], d) if t != "direct" else None
             rn = ratio(v["rps"], n) if t not in ("direct", "nginx") else None
             runs = ", ".join(_f(x, 0) for x in v["all_rps"])
-            w(f"| {kname} | {label[t]} | {_f(v['rps'], 0)} | {_f(v['p50'], 3)} | {_f(v['p99'], 3)} | "
+            lab = label[t]
+            if v.get("turns") is not None:
+                lab += f" (~{_f(v['turns'], 0)} turns per session)"
+            w(f"| {kname} | {lab} | {_f(v['rps'], 0)} | {_f(v['p50'], 3)} | {_f(v['p99'], 3)} | "
               f"{_f(rd, 2, 'x') if rd is not None else '-'} | {_f(rn, 2, 'x') if rn is not None else '-'} | {runs} |")
     w("")
 
@@ -809,9 +829,10 @@ def cmd_report(args) -> None:
         lo, hi = min(s), max(s)
         mid = (lo + hi) / 2.0
         soak_spread = (hi - lo) / 2.0 / mid * 100.0 if mid else None
+        rps = _med(soak.get("segment_rps") or [])
         w(f"| soak {soak.get('seconds')} s under load, {len(s)} samples every {soak.get('interval')} s | "
           f"{_f(_mb(lo), 1)} .. {_f(_mb(hi), 1)} | ±{_f(soak_spread, 1)} % spread; "
-          f"{_f(soak.get('rps'), 0)} req/s during soak; samples MB: {', '.join(_f(_mb(x), 1) for x in s)} |")
+          f"median {_f(rps, 0)} req/s during soak; samples MB: {', '.join(_f(_mb(x), 1) for x in s)} |")
     w("")
 
     # ---- targets
@@ -920,6 +941,7 @@ def main() -> None:
     sp.add_argument("--url", required=True)
     sp.add_argument("--header", "-H", action="append", default=[])
     sp.add_argument("--n", type=int, default=1)
+    sp.add_argument("--parallel", type=int, default=8)
     sp.set_defaults(fn=cmd_mk_sessions)
 
     sp = sub.add_parser("tag")

@@ -53,7 +53,7 @@ EOF
 
 # ---------------------------------------------------------------- options
 DURATION="" ROUNDS="" STREAMS="" SOAK="" TTFB_COUNT=""
-QUICK=0 RATE=1000 CONNS=32 SESSIONS=32 PORT_BASE=27100 GW_BIN="" NO_INSTALL=0 KEEP=0
+QUICK=0 RATE=1000 CONNS=32 SESSIONS=1000 PORT_BASE=27100 GW_BIN="" NO_INSTALL=0 KEEP=0
 
 need_arg() { [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -334,11 +334,13 @@ code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: 
 [[ "$code" == 401 || "$code" == 403 ]] || die "gatewayd answered HTTP $code without a key; auth is not on"
 info "ok  gatewayd rejects a request without a key (HTTP $code)"
 
-log "Creating $SESSIONS sessions on gatewayd"
-py mk-sessions --url "http://127.0.0.1:$GW_JSON/v1/sessions" -H "$AUTH" --n "$SESSIONS" > "$WORK/sessions.txt" ||
-  die "could not create sessions (POST /v1/sessions)"
+mk_sessions() {  # mk_sessions N FILE: fresh sessions, one id per line
+  py mk-sessions --url "http://127.0.0.1:$GW_JSON/v1/sessions" -H "$AUTH" --n "$1" > "$2" ||
+    die "could not create sessions (POST /v1/sessions on :$GW_JSON)"
+}
+mk_sessions 1 "$WORK/sessions-check.txt"
 check_target "gatewayd session" "${URL_JSON[gatewayd]}" "$WORK/body.json" '"chat.completion"' \
-  -H "X-Session-Id: $(head -n 1 "$WORK/sessions.txt")"
+  -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check.txt")"
 
 # ---------------------------------------------------------------- throughput (wrk)
 run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS [SESSIONS_FILE]
@@ -350,7 +352,9 @@ run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS [SESSIONS_FILE]
   local json
   json="$(py parse-wrk "$out")"
   [[ "$round" == warmup ]] && return 0
-  py tag phase=tput "kind=$kind" "target=$target" "round=$round" <<<"$json" >> "$RESULTS"
+  local extra=()
+  [[ -n "$sessf" ]] && extra=("sessions=$(wc -l < "$sessf")")
+  py tag phase=tput "kind=$kind" "target=$target" "round=$round" "${extra[@]}" <<<"$json" >> "$RESULTS"
   py show tput "$kind $target round $round" "$json"
 }
 
@@ -366,7 +370,9 @@ for r in $(seq 1 "$ROUNDS"); do
   run_wrk nonstream direct "$r" "${URL_JSON[direct]}" "$WORK/body.json" "$DURATION"
   run_wrk nonstream nginx "$r" "${URL_JSON[nginx]}" "$WORK/body.json" "$DURATION"
   run_wrk nonstream gatewayd "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION"
-  run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$WORK/sessions.txt"
+  # a fresh pool per round, so conversations are equally long in every round
+  mk_sessions "$SESSIONS" "$WORK/sessions-$r.txt"
+  run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$WORK/sessions-$r.txt"
   run_wrk stream direct "$r" "${URL_SSE[direct]}" "$WORK/body-stream.json" "$DURATION"
   run_wrk stream nginx "$r" "${URL_SSE[nginx]}" "$WORK/body-stream.json" "$DURATION"
   run_wrk stream gatewayd "$r" "${URL_SSE[gatewayd]}" "$WORK/body-stream.json" "$DURATION"
@@ -409,7 +415,7 @@ if [[ $STREAMS -gt 0 ]]; then
     N="$MAXN"
   fi
   log "Holding $N concurrent streams through a fresh gatewayd (slow upstream on :$UP_SLOW)"
-  py slow-upstream --port "$UP_SLOW" --hold 900 > "$WORK/slow-upstream.log" 2>&1 &
+  python3 "$BENCH_DIR/bench.py" slow-upstream --port "$UP_SLOW" --hold 900 > "$WORK/slow-upstream.log" 2>&1 &
   SLOW_PID=$!
   PIDS+=("$SLOW_PID")
   wait_port "$UP_SLOW" "$SLOW_PID" "slow upstream" "$WORK/slow-upstream.log"
@@ -430,32 +436,42 @@ fi
 if [[ $SOAK -gt 0 ]]; then
   INTERVAL=10
   (( SOAK < 100 )) && INTERVAL=$(( SOAK / 10 > 0 ? SOAK / 10 : 1 ))
-  log "Soak: ${SOAK}s of wrk load (plain + session chat) on gatewayd, RSS every ${INTERVAL}s"
-  WRK_BODY_FILE="$WORK/body.json" WRK_HEADERS="$AUTH" WRK_SESSIONS_FILE="$WORK/sessions.txt" WRK_MIX_PLAIN=1 \
-    wrk -t1 -c"$CONNS" -d"$((SOAK + 2))s" --latency --timeout 10s -s "$BENCH_DIR/post.lua" "${URL_JSON[gatewayd]}" \
-    > "$WORK/raw/wrk-soak.txt" 2>&1 &
-  SOAK_WRK=$!
-  PIDS+=("$SOAK_WRK")
+  SEGMENTS=$(( SOAK / INTERVAL ))
+  # The load is a run of back-to-back wrk segments of INTERVAL seconds, each
+  # half plain chat and half chat in a fresh pool of sessions, so conversation
+  # length (history spliced into each request) stays bounded over the soak.
+  # RSS is read near the end of each segment, while the load is on.
+  log "Soak: $SEGMENTS x ${INTERVAL}s of wrk load (plain + session chat) on gatewayd, RSS every ${INTERVAL}s"
   samples=()
-  t0=$SECONDS
-  for (( i = 1; i * INTERVAL <= SOAK; i++ )); do
-    while (( SECONDS - t0 < i * INTERVAL )); do sleep 0.2; done
+  soak_rps=()
+  for (( i = 1; i <= SEGMENTS; i++ )); do
     kill -0 "$GWJ_PID" 2>/dev/null || die "gatewayd exited during the soak (log: $WORK/gw-json.log)"
+    mk_sessions "$SESSIONS" "$WORK/sessions-soak.txt"
+    out="$WORK/raw/wrk-soak-$i.txt"
+    WRK_BODY_FILE="$WORK/body.json" WRK_HEADERS="$AUTH" WRK_SESSIONS_FILE="$WORK/sessions-soak.txt" WRK_MIX_PLAIN=1 \
+      wrk -t1 -c"$CONNS" -d"${INTERVAL}s" --latency --timeout 10s -s "$BENCH_DIR/post.lua" "${URL_JSON[gatewayd]}" \
+      > "$out" 2>&1 &
+    SOAK_WRK=$!
+    PIDS+=("$SOAK_WRK")
+    sleep "$(python3 -c "print(max(0.5, $INTERVAL - 0.5))")"
     s="$(rss_kb "$GWJ_PID")"
+    [[ -n "$s" ]] || die "gatewayd exited during the soak (log: $WORK/gw-json.log)"
+    wait "$SOAK_WRK" || { cat "$out" >&2; die "soak wrk failed"; }
+    forget_pid "$SOAK_WRK"
+    json="$(py parse-wrk "$out")"
+    python3 -c 'import json,sys; j=json.loads(sys.argv[1]); sys.exit(1 if (j["non2xx"] or 0)+(j["socket_errors"] or 0) else 0)' "$json" ||
+      warn "soak: wrk saw non-2xx responses or socket errors (see $out)"
     samples+=("$s")
-    info "t=$(( i * INTERVAL ))s RSS ${s} kB"
+    soak_rps+=("$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["rps"] or 0)' "$json")")
+    info "t=$(( i * INTERVAL ))s RSS ${s} kB  ($(printf '%.0f' "${soak_rps[-1]}") req/s)"
   done
-  wait "$SOAK_WRK" || { cat "$WORK/raw/wrk-soak.txt" >&2; die "soak wrk failed"; }
-  forget_pid "$SOAK_WRK"
-  json="$(py parse-wrk "$WORK/raw/wrk-soak.txt")"
-  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); sys.exit(1 if (j["non2xx"] or 0)+(j["socket_errors"] or 0) else 0)' "$json" ||
-    warn "soak: wrk saw non-2xx responses or socket errors (see $WORK/raw/wrk-soak.txt)"
-  py tag phase=soak "seconds=$SOAK" "interval=$INTERVAL" "samples_kb=[$(IFS=,; echo "${samples[*]}")]" <<<"$json" >> "$RESULTS"
+  echo "{\"phase\":\"soak\",\"seconds\":$SOAK,\"interval\":$INTERVAL,\"samples_kb\":[$(IFS=,; echo "${samples[*]}")],\"segment_rps\":[$(IFS=,; echo "${soak_rps[*]}")]}" >> "$RESULTS"
 else
   info "soak skipped (--soak 0)"
 fi
 
 # ---------------------------------------------------------------- report
+# shellcheck disable=SC1091
 OS_NAME="$( (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}") || echo unknown)"
 M_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
 M_OS="$OS_NAME" \

@@ -1,0 +1,210 @@
+//! Shared test harness: in-process gateways, mock upstreams, the real binary, keys.
+#![allow(dead_code)] // each test file uses a different subset of these helpers
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gatewayd::cli::ServeArgs;
+use gatewayd::config::Config;
+use gatewayd::keys::{self, Env, KeySet};
+use gatewayd::upstream::Registry;
+use gatewayd::AppState;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_A: &str = "gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe";
+pub const KEY_B: &str = "gwd_Zr8Nq2Wv5Ty9Lk3Hs7Gd1Fb4Mx6Cp0Ju";
+
+pub fn sha256_hex(key: &str) -> String {
+    hex::encode(keys::digest(key.as_bytes()))
+}
+
+/// A fresh temporary directory, removed by nothing: tests are short-lived and the OS
+/// temp dir is cleaned by the machine.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random).unwrap();
+    let dir = std::env::temp_dir().join(format!("gatewayd-{tag}-{}", hex::encode(random)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct FakeEnv(pub HashMap<String, String>);
+
+impl Env for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+/// Config from TOML text, exactly as the binary would load it from a file.
+pub fn config_from_toml(toml: &str) -> Config {
+    let dir = temp_dir("cfg");
+    let path = dir.join("gatewayd.toml");
+    let toml = format!("[server]\ndata_dir = {:?}\n{toml}", dir.join("data"));
+    std::fs::write(&path, toml).unwrap();
+    let args = ServeArgs {
+        config: Some(path),
+        ..Default::default()
+    };
+    Config::load(&args, None).unwrap()
+}
+
+/// `[[keys]]` entries for KEY_A ("alice") and KEY_B ("bob").
+pub fn two_keys_toml() -> String {
+    format!(
+        "[[keys]]\nname = \"alice\"\nsha256 = \"{}\"\n\n[[keys]]\nname = \"bob\"\nsha256 = \"{}\"\n",
+        sha256_hex(KEY_A),
+        sha256_hex(KEY_B)
+    )
+}
+
+pub fn state_for(config: Config) -> AppState {
+    let keys: KeySet = keys::load(&FakeEnv(HashMap::new()), &config.key_entries).unwrap();
+    let registry = Registry::from_config(&config.upstreams).unwrap();
+    AppState::new(config, keys, registry)
+}
+
+/// A gateway served in-process on 127.0.0.1:0.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+pub async fn spawn_gateway(config: Config) -> Gateway {
+    let state = state_for(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(gatewayd::run(state.clone(), vec![listener], shutdown.clone()));
+    Gateway {
+        addr,
+        state,
+        shutdown,
+        handle,
+    }
+}
+
+/// Serves `router` on 127.0.0.1:0 as a mock upstream; returns its base URL (…/v1).
+pub async fn mock_upstream(router: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    format!("http://{addr}/v1")
+}
+
+/// A base URL where nothing listens: the port was bound, then released.
+pub async fn refused_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The gatewayd binary with a clean environment (no inherited keys or config).
+pub fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatewayd"));
+    for var in [
+        "API_SERVER_KEY",
+        "API_SERVER_KEY_FILE",
+        "API_SERVER_HOST",
+        "API_SERVER_PORT",
+        "GATEWAYD_CONFIG",
+        "GATEWAYD_UPSTREAM_URL",
+        "GATEWAYD_DATABASE_URL",
+        "CREDENTIALS_DIRECTORY",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "NOTIFY_SOCKET",
+        "API_SERVER_CORS_ORIGINS",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("GATEWAYD_DATA_DIR", temp_dir("bin"));
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// A running gatewayd process and the address it logged.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.addr.port(), path)
+    }
+    pub fn stderr(&self) -> String {
+        self.stderr_lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and waits for its "listening" line; panics if it exits first.
+pub fn start(mut command: Command) -> Process {
+    use std::io::BufRead;
+    command.stderr(Stdio::piped()).stdout(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("gatewayd listening") {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("gatewayd did not start: {}", lines.lock().unwrap().join("\n"));
+        }
+    };
+    let addr = parse_listening(&line);
+    Process {
+        child,
+        addr,
+        stderr_lines: lines,
+    }
+}
+
+/// The first address in a "gatewayd listening addresses=…" line.
+pub fn parse_listening(line: &str) -> SocketAddr {
+    let start = line.find("addresses=").unwrap() + "addresses=".len();
+    let rest = &line[start..];
+    let rest = rest.trim_start_matches('"');
+    let end = rest.find([',', ' ', '"']).unwrap_or(rest.len());
+    rest[..end].parse().unwrap()
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit + integration tests (SQLite and PostgreSQL session
+# backends) and the OpenAI Python SDK compatibility test. This is the command CI runs.
+#
+#   GATEWAYD_TEST_POSTGRES_URL  PostgreSQL for the session tests
+#                               (default postgres://postgres@127.0.0.1:5432/test; "none" skips)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export GATEWAYD_TEST_POSTGRES_URL="${GATEWAYD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+if [ "$GATEWAYD_TEST_POSTGRES_URL" = "none" ]; then
+    unset GATEWAYD_TEST_POSTGRES_URL
+fi
+
+cargo test --all-targets
+bash tests/sdk/run.sh
