@@ -875,6 +875,7 @@ def cmd_report(args) -> None:
     line("soak RSS stability", "within ±10 %", ("±" + _f(soak_spread, 1, " %")) if soak_spread is not None else "not run",
          chk(soak_spread, lambda v: v <= 10.0))
     w("")
+    problems = [r.get("text", "") for r in sel("warning")] + problems
     if problems:
         w("## Warnings")
         w("")

@@ -338,9 +338,21 @@ mk_sessions() {  # mk_sessions N FILE: fresh sessions, one id per line
   py mk-sessions --url "http://127.0.0.1:$GW_JSON/v1/sessions" -H "$AUTH" --n "$1" > "$2" ||
     die "could not create sessions (POST /v1/sessions on :$GW_JSON)"
 }
-mk_sessions 1 "$WORK/sessions-check.txt"
-check_target "gatewayd session" "${URL_JSON[gatewayd]}" "$WORK/body.json" '"chat.completion"' \
-  -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check.txt")"
+note() {  # a warning that also goes into the report
+  warn "$*"
+  python3 -c 'import json,sys; print(json.dumps({"phase": "warning", "text": sys.argv[1]}))' "$*" >> "$RESULTS"
+}
+HAVE_SESSIONS=1
+code="$(curl -sS -o "$WORK/check.body" -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
+        -H "$AUTH" --data-binary '{}' "http://127.0.0.1:$GW_JSON/v1/sessions" || true)"
+if [[ "$code" == 404 || "$code" == 405 || "$code" == 501 ]]; then
+  HAVE_SESSIONS=0
+  note "POST /v1/sessions answered HTTP $code: this gatewayd has no sessions; session test skipped, soak without sessions"
+else
+  mk_sessions 1 "$WORK/sessions-check.txt"
+  check_target "gatewayd session" "${URL_JSON[gatewayd]}" "$WORK/body.json" '"chat.completion"' \
+    -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check.txt")"
+fi
 
 # ---------------------------------------------------------------- throughput (wrk)
 run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS [SESSIONS_FILE]
@@ -370,9 +382,11 @@ for r in $(seq 1 "$ROUNDS"); do
   run_wrk nonstream direct "$r" "${URL_JSON[direct]}" "$WORK/body.json" "$DURATION"
   run_wrk nonstream nginx "$r" "${URL_JSON[nginx]}" "$WORK/body.json" "$DURATION"
   run_wrk nonstream gatewayd "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION"
-  # a fresh pool per round, so conversations are equally long in every round
-  mk_sessions "$SESSIONS" "$WORK/sessions-$r.txt"
-  run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$WORK/sessions-$r.txt"
+  if [[ $HAVE_SESSIONS -eq 1 ]]; then
+    # a fresh pool per round, so conversations are equally long in every round
+    mk_sessions "$SESSIONS" "$WORK/sessions-$r.txt"
+    run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$WORK/sessions-$r.txt"
+  fi
   run_wrk stream direct "$r" "${URL_SSE[direct]}" "$WORK/body-stream.json" "$DURATION"
   run_wrk stream nginx "$r" "${URL_SSE[nginx]}" "$WORK/body-stream.json" "$DURATION"
   run_wrk stream gatewayd "$r" "${URL_SSE[gatewayd]}" "$WORK/body-stream.json" "$DURATION"
@@ -446,7 +460,7 @@ if [[ $SOAK -gt 0 ]]; then
   soak_rps=()
   for (( i = 1; i <= SEGMENTS; i++ )); do
     kill -0 "$GWJ_PID" 2>/dev/null || die "gatewayd exited during the soak (log: $WORK/gw-json.log)"
-    mk_sessions "$SESSIONS" "$WORK/sessions-soak.txt"
+    if [[ $HAVE_SESSIONS -eq 1 ]]; then mk_sessions "$SESSIONS" "$WORK/sessions-soak.txt"; else : > "$WORK/sessions-soak.txt"; fi
     out="$WORK/raw/wrk-soak-$i.txt"
     WRK_BODY_FILE="$WORK/body.json" WRK_HEADERS="$AUTH" WRK_SESSIONS_FILE="$WORK/sessions-soak.txt" WRK_MIX_PLAIN=1 \
       wrk -t1 -c"$CONNS" -d"${INTERVAL}s" --latency --timeout 10s -s "$BENCH_DIR/post.lua" "${URL_JSON[gatewayd]}" \

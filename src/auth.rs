@@ -3,6 +3,7 @@
 //! Deny by default: the layer wraps the whole router, fallbacks included. The only
 //! exemptions are the route patterns in [`PUBLIC_ROUTES`].
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,6 +18,8 @@ use tower::{Layer, Service};
 
 use crate::error::ApiError;
 use crate::keys::{digest, ClientKey, KeySet};
+use crate::ratelimit::Limiter;
+use crate::server::Peer;
 
 /// Routes anyone may call without a key, matched on the router's route pattern (never
 /// on a path prefix, so `/health/../v1/models` tricks cannot widen it).
@@ -101,11 +104,13 @@ pub fn verify(keys: &KeySet, token: &[u8]) -> Option<Arc<ClientKey>> {
 #[derive(Clone)]
 pub struct RequireApiKeyLayer {
     keys: Arc<ArcSwap<KeySet>>,
+    limiter: Arc<Limiter>,
 }
 
 impl RequireApiKeyLayer {
-    pub fn new(keys: Arc<ArcSwap<KeySet>>) -> Self {
-        RequireApiKeyLayer { keys }
+    /// `limiter` throttles failed attempts per peer address.
+    pub fn new(keys: Arc<ArcSwap<KeySet>>, limiter: Arc<Limiter>) -> Self {
+        RequireApiKeyLayer { keys, limiter }
     }
 }
 
@@ -115,6 +120,7 @@ impl<S> Layer<S> for RequireApiKeyLayer {
         RequireApiKey {
             inner,
             keys: self.keys.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -123,6 +129,16 @@ impl<S> Layer<S> for RequireApiKeyLayer {
 pub struct RequireApiKey<S> {
     inner: S,
     keys: Arc<ArcSwap<KeySet>>,
+    limiter: Arc<Limiter>,
+}
+
+/// The address failed attempts are counted against. Without a recorded peer (only
+/// in-process callers) all such requests share the unspecified address.
+fn peer_ip(request: &Request<Body>) -> IpAddr {
+    match request.extensions().get::<Peer>() {
+        Some(Peer::Tcp(addr)) => addr.ip(),
+        Some(Peer::Unix) | None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 fn is_public(request: &Request<Body>) -> bool {
@@ -163,13 +179,22 @@ impl<S> RequireApiKey<S> {
         let token = token.ok_or(ApiError::Unauthorized {
             token_presented: false,
         })?;
+        // Throttle guessing: an address over its failure quota is refused before any
+        // key comparison runs, and only failures spend quota.
+        let peer = peer_ip(request);
+        if let Some(retry_after_secs) = self.limiter.auth_blocked(peer) {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
         match verify(&keys, token) {
             Some(key) => Ok(Some(Caller {
                 name: Arc::from(key.name.as_str()),
                 key: Some(key),
             })),
-            None => Err(ApiError::Unauthorized {
-                token_presented: true,
+            None => Err(match self.limiter.auth_failed(peer) {
+                Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs },
+                None => ApiError::Unauthorized {
+                    token_presented: true,
+                },
             }),
         }
     }

@@ -31,6 +31,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("Content-Type must be application/json.")]
     UnsupportedMediaType,
+    #[error("The request has too many header fields.")]
+    HeadersTooLarge,
     #[error("Rate limit exceeded; retry after {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
     #[error("The upstream model provider failed to answer. Try again later.")]
@@ -68,6 +70,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
             ApiError::UnsupportedMediaType => Some("unsupported_media_type"),
+            ApiError::HeadersTooLarge => Some("request_headers_too_large"),
             ApiError::GatewayTimeout => Some("upstream_timeout"),
             ApiError::BadGateway => Some("upstream_error"),
             _ => None,

@@ -7,31 +7,43 @@
 //! - `guard`    — pure: which addresses a host means; may we serve on them?
 //! - `startup`  — binds sockets under the guard.
 //! - `server`   — accept loops, connection limits, timeouts, graceful drain.
+//! - `watchdog` — per-connection deadlines: silent, slowloris and idle connections.
+//! - `hold`     — a response body that holds a permit until the body ends.
 //! - `router`   — `app(state)`: routes plus the whole layer stack.
+//! - `hardening` — header count, keyless mode's Host/Origin/peer/proxy checks, CORS.
 //! - `auth`     — the auth boundary (tower layer).
+//! - `ratelimit` — per-caller rate and concurrency limits; failed-auth throttle.
 //! - `error`    — `ApiError`, the OpenAI-shaped error every client sees.
 //! - `openai`   — the few wire fields the gateway reads; the rest passes through.
 //! - `proxy`    — routing a request across upstreams with fallback.
 //! - `relay`    — byte-faithful SSE relay with keep-alives and error endings.
 //! - `upstream` — the provider trait, registry, HTTP client and the `echo` model.
+//! - `conversation` — continuing a stored session around one chat turn.
+//! - `sessions` — the session store (SQLite or PostgreSQL) and reply assembly.
 //! - `routes`   — one module per resource.
 //! - `state`    — `AppState`.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod guard;
+pub mod hardening;
+pub mod hold;
 pub mod keys;
 pub mod openai;
 pub mod proxy;
+pub mod ratelimit;
 pub mod relay;
 pub mod router;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod upstream;
+pub mod watchdog;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -7,6 +7,7 @@ use gatewayd::cli::{Cli, Command, LogFormat};
 use gatewayd::config::Config;
 use gatewayd::guard::SystemResolver;
 use gatewayd::keys::{self, KeySet, ProcessEnv};
+use gatewayd::sessions::{SessionError, SessionLimits, SessionStore};
 use gatewayd::upstream::Registry;
 use gatewayd::{startup, AppState};
 use tokio_util::sync::CancellationToken;
@@ -124,13 +125,29 @@ fn serve(config: Config, keys: KeySet) -> ExitCode {
             tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
         }
         tracing::info!(addresses = %bound.join(", "), auth = %auth_mode(&keys), "gatewayd listening");
-        let state = AppState::new(config, keys, registry);
+        let store = match open_sessions(&config).await {
+            Ok(store) => store,
+            Err(err) => return fatal(err, 1),
+        };
+        tracing::info!(backend = store.backend(), "session storage ready");
+        let state = AppState::new(config, keys, registry).with_sessions(store);
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
         gatewayd::run(state, listeners, shutdown).await;
         tracing::info!("gatewayd stopped");
         ExitCode::SUCCESS
     })
+}
+
+async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
+    let limits = SessionLimits {
+        max_messages: config.sessions.max_messages,
+        max_bytes: config.sessions.max_bytes,
+    };
+    match &config.sessions.database_url {
+        Some(url) => SessionStore::open_postgres(url, limits).await,
+        None => SessionStore::open_sqlite(&config.data_dir, limits).await,
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

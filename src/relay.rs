@@ -15,11 +15,13 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Watches the relayed bytes, e.g. to assemble a reply for a session.
 pub trait StreamObserver: Send + 'static {
-    /// Called with each chunk before it is forwarded.
-    fn chunk(&mut self, bytes: &Bytes);
-    /// Called once when the upstream ended cleanly, before the stream closes.
-    /// The returned future runs before the client sees the end of the stream.
-    fn finish(self: Box<Self>) -> futures_util::future::BoxFuture<'static, ()>;
+    /// Called with each chunk before it is forwarded. Returns true when the chunk ends the
+    /// reply (`data: [DONE]`): `finish` then runs before that chunk is forwarded.
+    fn chunk(&mut self, bytes: &Bytes) -> bool;
+    /// Called once when the reply is complete, before the client sees its end. May return
+    /// an event to send first (e.g. an error event if the turn could not be stored).
+    /// Never called for a failed or abandoned stream: the observer is just dropped.
+    fn finish(self: Box<Self>) -> futures_util::future::BoxFuture<'static, Option<Bytes>>;
 }
 
 pub struct RelayOptions {
@@ -83,8 +85,11 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                     }
                     state.last_sent = state.last_upstream_byte;
                     state.at_event_boundary = bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\r\n");
-                    if let Some(observer) = state.observer.as_mut() {
-                        observer.chunk(&bytes);
+                    let ends_reply = state.observer.as_mut().is_some_and(|o| o.chunk(&bytes));
+                    if ends_reply {
+                        if let Some(prefix) = finish_observer(state).await {
+                            return Some([prefix, bytes].concat().into());
+                        }
                     }
                     return Some(bytes);
                 }
@@ -94,10 +99,7 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                 }
                 None => {
                     state.finished = true;
-                    if let Some(observer) = state.observer.take() {
-                        observer.finish().await;
-                    }
-                    return None;
+                    return finish_observer(state).await;
                 }
             },
             _ = sleep_until(idle_deadline) => {
@@ -109,6 +111,13 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                 return Some(Bytes::from_static(KEEP_ALIVE));
             }
         }
+    }
+}
+
+async fn finish_observer(state: &mut RelayState) -> Option<Bytes> {
+    match state.observer.take() {
+        Some(observer) => observer.finish().await,
+        None => None,
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::{header, HeaderName, HeaderValue, Request};
+use axum::middleware::from_fn_with_state;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{
@@ -33,14 +34,24 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::health::routes())
         .merge(routes::models::routes())
         .merge(routes::chat::routes())
+        .merge(routes::sessions::routes())
         .fallback(|| async { ApiError::not_found("Unknown route.") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone());
 
     // AUTH BOUNDARY. Everything below `RequireApiKeyLayer` — every route and both
     // fallbacks — runs only for a caller with a valid key (or "local" in keyless
-    // loopback mode). The sole exemptions are `auth::PUBLIC_ROUTES`.
-    let protected = routes.layer(RequireApiKeyLayer::new(state.keys.clone()));
+    // loopback mode). The sole exemptions are `auth::PUBLIC_ROUTES`. Right after it,
+    // the caller's rate and concurrency limits (429).
+    let protected = routes
+        .layer(from_fn_with_state(
+            state.limiter.clone(),
+            crate::ratelimit::per_caller,
+        ))
+        .layer(RequireApiKeyLayer::new(
+            state.keys.clone(),
+            state.limiter.clone(),
+        ));
 
     protected.layer(
         ServiceBuilder::new()
@@ -63,7 +74,12 @@ pub fn app(state: AppState) -> Router {
             .layer(SetResponseHeaderLayer::overriding(
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-            )),
+            ))
+            // Header count; keyless mode's Host/Origin/peer/proxy/JSON checks (403, 415).
+            .layer(from_fn_with_state(state.clone(), crate::hardening::guard))
+            // CORS answers preflights (which carry no key) before auth; off when no
+            // origin is configured.
+            .option_layer(crate::hardening::cors_layer(&state.config.cors_origins)),
     )
 }
 

@@ -1,21 +1,25 @@
 //! Serving: accept loops over the listeners, per-connection limits and timeouts, graceful drain.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::Limits;
+use crate::hold::HoldBody;
+use crate::watchdog::{Activity, Timeouts, Tracked};
 
 /// The peer of a connection, put into every request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -46,23 +50,26 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(options.limits.max_connections));
+    let timeouts = Timeouts {
+        header_read: Duration::from_secs(options.limits.header_read_timeout_secs.max(1)),
+        keepalive_idle: Duration::from_secs(options.limits.keepalive_idle_secs.max(1)),
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header timeout is off: it would also cut idle keep-alive connections at
+    // the header timeout. The watchdog keeps both clocks (see `watchdog`).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            options.limits.header_read_timeout_secs.max(1),
-        ))
+        .header_read_timeout(None)
+        .max_headers(options.limits.max_headers.max(1))
         .max_buf_size(options.limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(
-            options.limits.keepalive_idle_secs.max(1),
-        )))
+        .keep_alive_interval(Some(timeouts.keepalive_idle))
         .max_header_list_size(options.limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
 
@@ -70,20 +77,23 @@ pub async fn serve(
     for listener in listeners {
         loops.push(tokio::spawn(accept_loop(
             listener,
-            app.clone(),
-            builder.clone(),
-            graceful.clone(),
-            permits.clone(),
-            shutdown.clone(),
+            Shared {
+                app: app.clone(),
+                builder: builder.clone(),
+                connections: connections.clone(),
+                permits: permits.clone(),
+                timeouts,
+                shutdown: shutdown.clone(),
+            },
         )));
     }
     shutdown.cancelled().await;
     for handle in loops {
         let _ = handle.await;
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = async {
             tokio::time::sleep(options.grace).await;
             options.hard_stop.cancel();
@@ -92,19 +102,24 @@ pub async fn serve(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every accept loop shares.
+struct Shared {
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
+    connections: TaskTracker,
     permits: Arc<Semaphore>,
+    timeouts: Timeouts,
     shutdown: CancellationToken,
-) {
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared) {
+    let shutdown = &shared.shutdown;
     loop {
-        // Beyond max_connections, new connections wait in the kernel backlog.
+        // Beyond max_connections, new connections wait in the kernel backlog; the
+        // connections already open (and their streams) carry on untouched.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = shared.permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
@@ -121,20 +136,40 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = app
-            .clone()
-            .map_request(move |request: Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(Peer::Tcp(peer));
-                request
-            });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
+        let activity = Activity::new();
+        let app = shared.app.clone();
+        let requests = activity.clone();
+        let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(Peer::Tcp(peer));
+            let busy = requests.begin();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await?;
+                Ok::<_, Infallible>(response.map(|body| HoldBody::wrap(body, busy)))
+            }
+        });
+        let builder = shared.builder.clone();
+        let timeouts = shared.timeouts;
+        let shutdown = shutdown.clone();
+        shared.connections.spawn(async move {
+            let _permit = permit;
+            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+            let connection =
+                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            let mut connection = std::pin::pin!(connection);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    _ = shutdown.cancelled(), if !draining => {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    // Silent, too slow with its headers, or idle too long: drop it.
+                    _ = activity.expired(timeouts) => break,
+                }
+            }
         });
     }
 }

@@ -1,4 +1,6 @@
 //! The auth layer, driven in-process through `app(state)` with `oneshot`.
+// Tests fail by panicking; unwrap/expect here are assertions, not error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -11,15 +13,24 @@ fn keyed_app() -> axum::Router {
     gatewayd::app(state_for(config_from_toml(&two_keys_toml())))
 }
 
-async fn get(app: axum::Router, uri: &str, auth: Option<&str>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+async fn get(
+    app: axum::Router,
+    uri: &str,
+    auth: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
     let mut request = Request::get(uri);
     if let Some(value) = auth {
         request = request.header("authorization", value);
     }
-    let response = app.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, headers, body)
 }
@@ -56,8 +67,7 @@ async fn wrong_keys_are_401_with_invalid_token() {
         let (status, headers, body) = get(keyed_app(), "/v1/models", Some(value)).await;
         assert_unauthorized(status, &body);
         assert_eq!(
-            headers["www-authenticate"],
-            r#"Bearer realm="gatewayd", error="invalid_token""#,
+            headers["www-authenticate"], r#"Bearer realm="gatewayd", error="invalid_token""#,
             "{value}"
         );
         let text = body.to_string();
@@ -117,16 +127,42 @@ async fn unknown_route_and_wrong_method_are_openai_shaped() {
 #[tokio::test]
 async fn keyless_loopback_mode_serves_as_local() {
     let app = gatewayd::app(state_for(config_from_toml("")));
-    let (status, _, body) = get(app, "/v1/models", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let request = Request::get("/v1/models")
+        .header("host", "127.0.0.1:8642")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(common::from_localhost(request)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["data"][0]["id"], "echo");
+}
+
+#[tokio::test]
+async fn keyless_mode_without_a_recorded_peer_fails_closed() {
+    let app = gatewayd::app(state_for(config_from_toml("")));
+    let (status, _, body) = get(app, "/v1/models", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "forbidden");
 }
 
 #[test]
 fn verify_matches_any_configured_key() {
     let state = state_for(config_from_toml(&two_keys_toml()));
     let keys = state.keys.load();
-    assert_eq!(gatewayd::auth::verify(&keys, KEY_A.as_bytes()).unwrap().name, "alice");
-    assert_eq!(gatewayd::auth::verify(&keys, KEY_B.as_bytes()).unwrap().name, "bob");
+    assert_eq!(
+        gatewayd::auth::verify(&keys, KEY_A.as_bytes())
+            .unwrap()
+            .name,
+        "alice"
+    );
+    assert_eq!(
+        gatewayd::auth::verify(&keys, KEY_B.as_bytes())
+            .unwrap()
+            .name,
+        "bob"
+    );
     assert!(gatewayd::auth::verify(&keys, b"gwd_nope").is_none());
 }

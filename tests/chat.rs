@@ -1,4 +1,6 @@
 //! Chat completions through a real socket to an in-process mock upstream.
+// Tests fail by panicking; unwrap/expect here are assertions, not error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -42,13 +44,13 @@ impl Drop for DropSignal {
 
 async fn upstream_chat(seen: Seen, headers: HeaderMap, body: Bytes) -> Response {
     seen.bodies.lock().unwrap().push(body.clone());
-    let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_string());
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
     seen.auth.lock().unwrap().push(auth.unwrap_or_default());
     let request: Value = serde_json::from_slice(&body).unwrap();
     let model = request["model"].as_str().unwrap_or_default().to_string();
-    let sse = |body: Body| {
-        ([("content-type", "text/event-stream")], body).into_response()
-    };
+    let sse = |body: Body| ([("content-type", "text/event-stream")], body).into_response();
     match model.as_str() {
         "bad" => (StatusCode::BAD_REQUEST, [("content-type", "application/json")],
                   r#"{"error":{"message":"bad temperature","type":"invalid_request_error","param":"temperature","code":null}}"#).into_response(),
@@ -136,7 +138,10 @@ async fn start_mock() -> (Seen, String) {
     let seen = Seen::default();
     let s = seen.clone();
     let router = Router::new()
-        .route("/v1/chat/completions", post(move |h: HeaderMap, b: Bytes| upstream_chat(s.clone(), h, b)))
+        .route(
+            "/v1/chat/completions",
+            post(move |h: HeaderMap, b: Bytes| upstream_chat(s.clone(), h, b)),
+        )
         .merge(other_routes());
     (seen.clone(), mock_upstream(router).await)
 }
@@ -173,7 +178,10 @@ async fn non_stream_round_trip_is_byte_for_byte() {
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["choices"][0]["message"]["content"], "Hello");
     assert_eq!(seen.bodies.lock().unwrap()[0].as_ref(), sent.as_slice());
-    assert_eq!(seen.auth.lock().unwrap()[0], format!("Bearer {UPSTREAM_KEY}"));
+    assert_eq!(
+        seen.auth.lock().unwrap()[0],
+        format!("Bearer {UPSTREAM_KEY}")
+    );
 }
 
 #[tokio::test]
@@ -185,7 +193,10 @@ async fn stream_round_trip_is_byte_for_byte_with_sse_headers() {
     let response = post_chat(&gw, &body).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    assert!(response.headers()["cache-control"].to_str().unwrap().contains("no-cache"));
+    assert!(response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-cache"));
     assert_eq!(response.headers()["x-accel-buffering"], "no");
     let text = response.text().await.unwrap();
     assert_eq!(text, SSE);
@@ -195,7 +206,11 @@ async fn stream_round_trip_is_byte_for_byte_with_sse_headers() {
 async fn first_stream_bytes_arrive_before_the_upstream_finishes() {
     let (seen, url) = start_mock().await;
     let gw = gateway_with(&upstream_toml("a", &url, r#"["hang"]"#, "")).await;
-    let response = post_chat(&gw, &json!({"model": "hang", "messages": messages(), "stream": true})).await;
+    let response = post_chat(
+        &gw,
+        &json!({"model": "hang", "messages": messages(), "stream": true}),
+    )
+    .await;
     let mut body = response.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
     let first = first.expect("first event was buffered").unwrap().unwrap();
@@ -257,7 +272,10 @@ async fn upstream_500_is_retried_on_the_next_upstream() {
     // The backup's mock answers "flaky" with 500 too, so the client gets a clean 502...
     assert_eq!(response.status(), 502);
     let text = response.text().await.unwrap();
-    assert!(!text.contains("internal-host") && !text.contains("127.0.0.1"), "{text}");
+    assert!(
+        !text.contains("internal-host") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["error"]["type"], "upstream_error");
     // ...after both upstreams were tried, in order.
@@ -271,7 +289,12 @@ async fn a_failed_upstream_falls_back_to_a_working_one() {
     let (second_seen, second_url) = start_mock().await;
     let config = format!(
         "{}{}",
-        upstream_toml("primary", &first_url, r#"["m"]"#, r#"aliases = { m2 = "flaky" }"#),
+        upstream_toml(
+            "primary",
+            &first_url,
+            r#"["m"]"#,
+            r#"aliases = { m2 = "flaky" }"#
+        ),
         upstream_toml("backup", &second_url, r#"["m2"]"#, "")
     );
     let gw = gateway_with(&config).await;
@@ -285,8 +308,18 @@ async fn a_failed_upstream_falls_back_to_a_working_one() {
 #[tokio::test]
 async fn aliases_rename_the_model_for_the_upstream() {
     let (seen, url) = start_mock().await;
-    let gw = gateway_with(&upstream_toml("a", &url, r#"["gpt-4o-mini"]"#, r#"aliases = { fast = "gpt-4o-mini" }"#)).await;
-    let response = post_chat(&gw, &json!({"model": "fast", "messages": messages(), "seed": 7})).await;
+    let gw = gateway_with(&upstream_toml(
+        "a",
+        &url,
+        r#"["gpt-4o-mini"]"#,
+        r#"aliases = { fast = "gpt-4o-mini" }"#,
+    ))
+    .await;
+    let response = post_chat(
+        &gw,
+        &json!({"model": "fast", "messages": messages(), "seed": 7}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let received: Value = serde_json::from_slice(&seen.bodies.lock().unwrap()[0]).unwrap();
     assert_eq!(received["model"], "gpt-4o-mini");
@@ -307,7 +340,13 @@ async fn connection_refused_is_502() {
 #[tokio::test]
 async fn slow_upstream_is_504_after_the_timeout() {
     let (_seen, url) = start_mock().await;
-    let gw = gateway_with(&upstream_toml("a", &url, r#"["slow"]"#, "first_byte_timeout_secs = 1")).await;
+    let gw = gateway_with(&upstream_toml(
+        "a",
+        &url,
+        r#"["slow"]"#,
+        "first_byte_timeout_secs = 1",
+    ))
+    .await;
     let started = std::time::Instant::now();
     let response = post_chat(&gw, &json!({"model": "slow", "messages": messages()})).await;
     assert_eq!(response.status(), 504);
@@ -320,13 +359,21 @@ async fn slow_upstream_is_504_after_the_timeout() {
 async fn mid_stream_failure_ends_with_an_error_event() {
     let (_seen, url) = start_mock().await;
     let gw = gateway_with(&upstream_toml("a", &url, r#"["midfail"]"#, "")).await;
-    let response = post_chat(&gw, &json!({"model": "midfail", "messages": messages(), "stream": true})).await;
+    let response = post_chat(
+        &gw,
+        &json!({"model": "midfail", "messages": messages(), "stream": true}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     // The body ends cleanly (no transport error) with a final error event.
     let text = response.text().await.expect("stream did not end cleanly");
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
-    assert_eq!(events[0], "data: {\"choices\":[{\"delta\":{\"content\":\"par\"}}]}");
-    let last: Value = serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        events[0],
+        "data: {\"choices\":[{\"delta\":{\"content\":\"par\"}}]}"
+    );
+    let last: Value =
+        serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "upstream_error");
     assert!(text.ends_with("\n\n"));
 }
@@ -356,7 +403,10 @@ async fn validation_names_the_param_and_non_json_is_415() {
     for (body, param) in [
         (json!({"messages": messages()}), Value::from("model")),
         (json!({"model": "echo"}), Value::from("messages")),
-        (json!({"model": "echo", "messages": []}), Value::from("messages")),
+        (
+            json!({"model": "echo", "messages": []}),
+            Value::from("messages"),
+        ),
         (json!(["not an object"]), Value::Null),
     ] {
         let response = post_chat(&gw, &body).await;
@@ -384,9 +434,16 @@ async fn echo_model_answers_without_upstreams() {
     assert_eq!(body["choices"][0]["message"]["content"], "say three words");
     assert_eq!(body["usage"]["completion_tokens"], 3);
     assert_eq!(body["usage"]["prompt_tokens"], 5);
-    let response = post_chat(&gw, &json!({"model": "echo", "stream": true, "messages": messages()})).await;
+    let response = post_chat(
+        &gw,
+        &json!({"model": "echo", "stream": true, "messages": messages()}),
+    )
+    .await;
     let text = response.text().await.unwrap();
-    assert!(text.contains("\"content\":\"hi\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        text.contains("\"content\":\"hi\"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -394,20 +451,41 @@ async fn models_lists_configured_names_and_live_pattern_models() {
     let (_seen, url) = start_mock().await;
     let gw = gateway_with(&format!(
         "{}{}",
-        upstream_toml("a", &url, r#"["gpt-4o-mini"]"#, r#"aliases = { fast = "gpt-4o-mini" }"#),
+        upstream_toml(
+            "a",
+            &url,
+            r#"["gpt-4o-mini"]"#,
+            r#"aliases = { fast = "gpt-4o-mini" }"#
+        ),
         upstream_toml("b", &url, r#"["live-*"]"#, "")
     ))
     .await;
-    let response = client().get(gw.url("/v1/models")).bearer_auth(KEY_A).send().await.unwrap();
+    let response = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
     let body: Value = response.json().await.unwrap();
-    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["fast", "gpt-4o-mini", "live-1"]);
 }
 
 #[tokio::test]
 async fn embeddings_are_routed_and_forwarded() {
     let (_seen, url) = start_mock().await;
-    let gw = gateway_with(&upstream_toml("a", &url, r#"["text-embedding-3-small"]"#, "")).await;
+    let gw = gateway_with(&upstream_toml(
+        "a",
+        &url,
+        r#"["text-embedding-3-small"]"#,
+        "",
+    ))
+    .await;
     let response = client()
         .post(gw.url("/v1/embeddings"))
         .bearer_auth(KEY_A)
@@ -448,7 +526,12 @@ fn upstream_key_appears_in_no_response_and_no_log_line() {
         }
         texts
     });
-    assert!(seen.auth.lock().unwrap().iter().all(|a| a == &format!("Bearer {UPSTREAM_KEY}")));
+    assert!(seen
+        .auth
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|a| a == &format!("Bearer {UPSTREAM_KEY}")));
     std::thread::sleep(Duration::from_millis(200));
     let log = process.stderr();
     for text in bodies.iter().chain(std::iter::once(&log)) {

@@ -1,4 +1,6 @@
 //! The startup guard and key policy, tested on the real binary: exit codes, stderr, sockets.
+// Tests fail by panicking; unwrap/expect here are assertions, not error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -48,7 +50,11 @@ fn address_in_use_is_its_own_error() {
     let port = holder.local_addr().unwrap().port().to_string();
     let output = run(&["--host", "127.0.0.1", "--port", &port], &[]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("already in use"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("already in use"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -60,7 +66,10 @@ fn weak_key_exits_78_without_echoing_it() {
     assert!(err.contains("gatewayd keygen"), "{err}");
     let output = run(
         &["--port", "0"],
-        &[("API_SERVER_KEY", "Xk29-my-longer-but-still-password-ish-value")],
+        &[(
+            "API_SERVER_KEY",
+            "Xk29-my-longer-but-still-password-ish-value",
+        )],
     );
     assert_eq!(output.status.code(), Some(78));
     assert!(!stderr(&output).contains("Xk29"));
@@ -70,7 +79,12 @@ fn weak_key_exits_78_without_echoing_it() {
 fn ipv6_wildcard_without_key_exits_78() {
     for host in ["::", "[::]", "::ffff:0.0.0.0"] {
         let output = run(&["--host", host, "--port", "0"], &[]);
-        assert_eq!(output.status.code(), Some(78), "{host}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{host}: {}",
+            stderr(&output)
+        );
     }
 }
 
@@ -187,6 +201,9 @@ async fn wildcard_with_generated_key_serves_and_requires_it() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "echo");
     let log = process.stderr();
-    assert!(log.contains("0.0.0.0:"), "startup line names the address: {log}");
+    assert!(
+        log.contains("0.0.0.0:"),
+        "startup line names the address: {log}"
+    );
     assert!(!log.contains(key), "key leaked into logs");
 }

@@ -7,10 +7,11 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 
+use crate::conversation::{continue_session, SESSION_HEADER};
 use crate::error::ApiError;
-use crate::openai::{parse_request, Endpoint};
+use crate::openai::{parse_request, ChatRequest, Endpoint};
 use crate::proxy::{forward, respond};
-use crate::routes::{read_body, require_json};
+use crate::routes::{read_body, require_json, Owner};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -20,12 +21,19 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/embeddings", post(embeddings))
 }
 
+/// With `X-Session-Id`, the stored conversation continues; without it nothing is stored.
 async fn chat_completions(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    stateless(state, headers, body, Endpoint::ChatCompletions).await
+    let Some(session) = headers.get(SESSION_HEADER) else {
+        return stateless(state, headers, body, Endpoint::ChatCompletions).await;
+    };
+    let id = session.to_str().unwrap_or_default().to_string();
+    let request = parse(&state, &headers, body, Endpoint::ChatCompletions).await?;
+    continue_session(&state, owner, &id, &request).await
 }
 
 async fn completions(
@@ -50,10 +58,25 @@ async fn stateless(
     body: Body,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let body = read_body(body, state.config.limits.max_body_bytes).await?;
-    let request = parse_request(body, endpoint)
-        .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))?;
+    if endpoint != Endpoint::ChatCompletions && headers.contains_key(SESSION_HEADER) {
+        return Err(ApiError::bad_request(
+            "X-Session-Id applies to /v1/chat/completions only.",
+            Some("session_id"),
+        ));
+    }
+    let request = parse(&state, &headers, body, endpoint).await?;
     let answer = forward(&state, endpoint, &request, None).await?;
     Ok(respond(&state, answer, None))
+}
+
+async fn parse(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Result<ChatRequest, ApiError> {
+    require_json(headers)?;
+    let body = read_body(body, state.config.limits.max_body_bytes).await?;
+    parse_request(body, endpoint)
+        .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))
 }

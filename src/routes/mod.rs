@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod health;
 pub mod models;
+pub mod sessions;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
@@ -38,4 +39,25 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::bad_request("The request body could not be read.", None)
         }
     })
+}
+
+/// The caller's name, as the auth layer recorded it. Missing means the request never
+/// passed the auth layer: fail closed.
+pub struct Owner(pub std::sync::Arc<str>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<crate::auth::Caller>()
+            .map(|caller| Owner(caller.name.clone()))
+            .ok_or(ApiError::Unauthorized {
+                token_presented: false,
+            })
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use gatewayd::cli::ServeArgs;
 use gatewayd::config::Config;
 use gatewayd::keys::{self, Env, KeySet};
+use gatewayd::sessions::{SessionLimits, SessionStore};
 use gatewayd::upstream::Registry;
 use gatewayd::AppState;
 use tokio::net::TcpListener;
@@ -55,8 +56,14 @@ pub fn config_from_toml(toml: &str) -> Config {
 
 /// `[[keys]]` entries for KEY_A ("alice") and KEY_B ("bob").
 pub fn two_keys_toml() -> String {
+    named_keys_toml("alice", "bob")
+}
+
+/// `[[keys]]` entries for KEY_A and KEY_B under the given names (unique names keep
+/// tests apart in a shared PostgreSQL database).
+pub fn named_keys_toml(a: &str, b: &str) -> String {
     format!(
-        "[[keys]]\nname = \"alice\"\nsha256 = \"{}\"\n\n[[keys]]\nname = \"bob\"\nsha256 = \"{}\"\n",
+        "[[keys]]\nname = \"{a}\"\nsha256 = \"{}\"\n\n[[keys]]\nname = \"{b}\"\nsha256 = \"{}\"\n",
         sha256_hex(KEY_A),
         sha256_hex(KEY_B)
     )
@@ -82,12 +89,37 @@ impl Gateway {
     }
 }
 
+/// Session storage for tests: PostgreSQL when GATEWAYD_TEST_POSTGRES_URL is set and
+/// `postgres` is asked for, otherwise SQLite in the config's data dir.
+pub async fn open_store(config: &Config, postgres: bool) -> SessionStore {
+    let limits = SessionLimits {
+        max_messages: config.sessions.max_messages,
+        max_bytes: config.sessions.max_bytes,
+    };
+    match (postgres, std::env::var("GATEWAYD_TEST_POSTGRES_URL")) {
+        (true, Ok(url)) => SessionStore::open_postgres(&url, limits).await.unwrap(),
+        (true, Err(_)) => panic!("GATEWAYD_TEST_POSTGRES_URL is not set"),
+        (false, _) => SessionStore::open_sqlite(&config.data_dir, limits)
+            .await
+            .unwrap(),
+    }
+}
+
 pub async fn spawn_gateway(config: Config) -> Gateway {
-    let state = state_for(config);
+    let store = open_store(&config, false).await;
+    spawn_gateway_with_store(config, store).await
+}
+
+pub async fn spawn_gateway_with_store(config: Config, store: SessionStore) -> Gateway {
+    let state = state_for(config).with_sessions(store);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(gatewayd::run(state.clone(), vec![listener], shutdown.clone()));
+    let handle = tokio::spawn(gatewayd::run(
+        state.clone(),
+        vec![listener],
+        shutdown.clone(),
+    ));
     Gateway {
         addr,
         state,
@@ -178,7 +210,10 @@ pub fn start(mut command: Command) -> Process {
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = lines.clone();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.contains("gatewayd listening") {
                 let _ = tx.send(line.clone());
             }
@@ -189,7 +224,10 @@ pub fn start(mut command: Command) -> Process {
         Ok(line) => line,
         Err(_) => {
             let _ = child.kill();
-            panic!("gatewayd did not start: {}", lines.lock().unwrap().join("\n"));
+            panic!(
+                "gatewayd did not start: {}",
+                lines.lock().unwrap().join("\n")
+            );
         }
     };
     let addr = parse_listening(&line);
@@ -207,4 +245,14 @@ pub fn parse_listening(line: &str) -> SocketAddr {
     let rest = rest.trim_start_matches('"');
     let end = rest.find([',', ' ', '"']).unwrap_or(rest.len());
     rest[..end].parse().unwrap()
+}
+
+/// Marks an in-process (`oneshot`) request as coming from a loopback peer, as the server
+/// would. Keyless mode refuses requests without a recorded peer (fail closed).
+pub fn from_localhost<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    request
+        .extensions_mut()
+        .insert(gatewayd::server::Peer::Tcp(peer));
+    request
 }

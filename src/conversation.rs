@@ -1,0 +1,139 @@
+//! Continuing a session: stored history goes in before the request, the answered turn is appended after.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde_json::value::RawValue;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::ApiError;
+use crate::openai::{ChatRequest, Endpoint};
+use crate::proxy::{forward, respond, Answer};
+use crate::relay::StreamObserver;
+use crate::routes::sessions::{checked_id, session_error, store};
+use crate::sessions::{message_from_reply, ReplyAssembler, SessionStore};
+use crate::state::AppState;
+
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
+
+/// Runs one turn of session `id` for `owner`. The session's lock is held from reading the
+/// history until the turn is stored (or abandoned), so concurrent continuations of one
+/// session form one consistent sequence.
+pub async fn continue_session(
+    state: &AppState,
+    owner: Arc<str>,
+    id: &str,
+    request: &ChatRequest,
+) -> Result<Response, ApiError> {
+    let id = checked_id(id)?.to_string();
+    let store = store(state)?.clone();
+    let guard = store.lock(&id).await;
+    let history = store.history(&owner, &id).await.map_err(session_error)?;
+
+    let mut turn: Vec<String> = request_messages(request)?;
+    let limits = store.limits();
+    let new_bytes: usize = turn.iter().map(String::len).sum();
+    if history.messages.len() + turn.len() + 1 > limits.max_messages
+        || history.bytes + new_bytes > limits.max_bytes
+    {
+        return Err(session_error(store.limit_error()));
+    }
+
+    let history_json = history.to_json_list();
+    let answer = forward(
+        state,
+        Endpoint::ChatCompletions,
+        request,
+        Some(history_json.as_bytes()),
+    )
+    .await?;
+    let session_header = HeaderValue::from_str(&id).map_err(|_| ApiError::Internal)?;
+    let mut response = match answer {
+        Answer::Complete {
+            status,
+            content_type,
+            body,
+        } if status.is_success() => {
+            let reply = message_from_reply(&body).ok_or_else(|| {
+                tracing::warn!("upstream reply had no choices[0].message; turn not stored");
+                ApiError::BadGateway
+            })?;
+            turn.push(reply.to_string());
+            // Stored before the client sees the answer: an acknowledged turn is never lost.
+            store
+                .append(&owner, &id, &turn)
+                .await
+                .map_err(session_error)?;
+            drop(guard);
+            respond(
+                state,
+                Answer::Complete {
+                    status,
+                    content_type,
+                    body,
+                },
+                None,
+            )
+        }
+        Answer::Complete { .. } => respond(state, answer, None),
+        Answer::Stream(upstream) => {
+            let recorder = SessionRecorder {
+                assembler: ReplyAssembler::default(),
+                store,
+                owner,
+                id: id.clone(),
+                turn,
+                _guard: guard,
+            };
+            respond(state, Answer::Stream(upstream), Some(Box::new(recorder)))
+        }
+    };
+    response
+        .headers_mut()
+        .insert(SESSION_HEADER, session_header);
+    Ok(response)
+}
+
+/// Each of the request's messages as its exact JSON text.
+fn request_messages(request: &ChatRequest) -> Result<Vec<String>, ApiError> {
+    let raw = request.messages_json().unwrap_or(b"[]");
+    let items: Vec<&RawValue> = serde_json::from_slice(raw)
+        .map_err(|_| ApiError::bad_request("'messages' must be an array.", Some("messages")))?;
+    Ok(items.into_iter().map(|m| m.get().to_string()).collect())
+}
+
+/// Assembles a streamed reply and stores the turn when the stream completes.
+struct SessionRecorder {
+    assembler: ReplyAssembler,
+    store: Arc<SessionStore>,
+    owner: Arc<str>,
+    id: String,
+    turn: Vec<String>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl StreamObserver for SessionRecorder {
+    fn chunk(&mut self, bytes: &Bytes) -> bool {
+        let was_done = self.assembler.is_done();
+        self.assembler.push(bytes) && !was_done
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Option<Bytes>> {
+        async move {
+            let mut turn = self.turn;
+            turn.push(self.assembler.message().to_string());
+            match self.store.append(&self.owner, &self.id, &turn).await {
+                Ok(()) => None,
+                Err(err) => {
+                    let error = session_error(err);
+                    Some(Bytes::from(format!("data: {}\n\n", error.body())))
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,217 @@
+//! Who may send how much: per-caller request rate and concurrency, and failed
+//! authentication attempts per peer address.
+//!
+//! Every map here is sharded (DashMap) and every counter is a GCRA cell or a semaphore
+//! permit: the request path never takes a global lock.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use governor::clock::{Clock, QuantaInstant, Reference};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Caller;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::hold::HoldBody;
+
+/// Past this many tracked addresses, forgotten ones are swept on the next failure.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// All limiters of one running gateway; built once with the state.
+pub struct Limiter {
+    /// `[limits] per_key_requests_per_minute` (0 = unlimited).
+    default_rpm: u32,
+    /// `[limits] per_key_concurrent_requests` (0 = unlimited).
+    default_concurrent: u32,
+    /// Caller name → its budget. Rebuilt for a name whose configured limits changed.
+    budgets: DashMap<Arc<str>, Arc<Budget>>,
+    /// Failed authentications per address; `None` when `failed_auth_per_minute = 0`.
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses whose last failure was over quota, until they may try again.
+    /// Kept apart from `failures` so the check before a key comparison consumes nothing.
+    blocked: DashMap<IpAddr, QuantaInstant>,
+}
+
+struct Budget {
+    rpm: u32,
+    concurrent: u32,
+    rate: Option<DefaultDirectRateLimiter>,
+    slots: Option<Arc<Semaphore>>,
+}
+
+impl Budget {
+    fn new(rpm: u32, concurrent: u32) -> Self {
+        Budget {
+            rpm,
+            concurrent,
+            rate: NonZeroU32::new(rpm).map(|n| RateLimiter::direct(Quota::per_minute(n))),
+            slots: (concurrent > 0).then(|| Arc::new(Semaphore::new(concurrent as usize))),
+        }
+    }
+}
+
+impl Limiter {
+    pub fn new(limits: &Limits) -> Self {
+        Limiter {
+            default_rpm: limits.per_key_requests_per_minute,
+            default_concurrent: limits.per_key_concurrent_requests,
+            budgets: DashMap::new(),
+            failures: NonZeroU32::new(limits.failed_auth_per_minute)
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            blocked: DashMap::new(),
+        }
+    }
+
+    /// Admits one request of `caller`, or says when to retry. The returned permit (if
+    /// any) must be held until the response body has ended.
+    pub fn admit(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        let key = caller.key.as_deref();
+        let rpm = key
+            .and_then(|k| k.requests_per_minute)
+            .unwrap_or(self.default_rpm);
+        let concurrent = key
+            .and_then(|k| k.concurrent_requests)
+            .unwrap_or(self.default_concurrent);
+        if rpm == 0 && concurrent == 0 {
+            return Ok(None);
+        }
+        let budget = self.budget(&caller.name, rpm, concurrent);
+        // The slot first: a request refused for concurrency must not spend rate quota.
+        let permit = match &budget.slots {
+            Some(slots) => {
+                Some(
+                    slots
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| ApiError::RateLimited {
+                            retry_after_secs: 1,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(rate) = &budget.rate {
+            rate.check().map_err(|not_until| ApiError::RateLimited {
+                retry_after_secs: whole_seconds(not_until.wait_time_from(rate.clock().now())),
+            })?;
+        }
+        Ok(permit)
+    }
+
+    fn budget(&self, name: &Arc<str>, rpm: u32, concurrent: u32) -> Arc<Budget> {
+        if let Some(budget) = self.budgets.get(name.as_ref()) {
+            if budget.rpm == rpm && budget.concurrent == concurrent {
+                return budget.clone();
+            }
+        }
+        self.budgets
+            .entry(name.clone())
+            .and_modify(|budget| {
+                if budget.rpm != rpm || budget.concurrent != concurrent {
+                    *budget = Arc::new(Budget::new(rpm, concurrent));
+                }
+            })
+            .or_insert_with(|| Arc::new(Budget::new(rpm, concurrent)))
+            .clone()
+    }
+
+    /// Before any key comparison: is `peer` still serving a failed-auth penalty?
+    /// Returns the seconds to wait. Consumes no quota.
+    pub fn auth_blocked(&self, peer: IpAddr) -> Option<u64> {
+        let failures = self.failures.as_ref()?;
+        let peer = bucket(peer);
+        let until = *self.blocked.get(&peer)?;
+        let now = failures.clock().now();
+        if until > now {
+            return Some(whole_seconds(until.duration_since(now).into()));
+        }
+        self.blocked.remove_if(&peer, |_, until| *until <= now);
+        None
+    }
+
+    /// After a failed key comparison: counts it, and returns the seconds to wait when
+    /// `peer` is now over its quota.
+    pub fn auth_failed(&self, peer: IpAddr) -> Option<u64> {
+        let failures = self.failures.as_ref()?;
+        let peer = bucket(peer);
+        if failures.len() > SWEEP_ABOVE {
+            let now = failures.clock().now();
+            failures.retain_recent();
+            self.blocked.retain(|_, until| *until > now);
+        }
+        let not_until = failures.check_key(&peer).err()?;
+        self.blocked.insert(peer, not_until.earliest_possible());
+        Some(whole_seconds(
+            not_until.wait_time_from(failures.clock().now()),
+        ))
+    }
+}
+
+/// The unit failures are counted in: one IPv4 address, or one IPv6 /64 (a single
+/// host usually holds a whole /64, so counting single v6 addresses would be no limit).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Retry-After is whole seconds; round up so a client that obeys it is admitted.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_millis().div_ceil(1000) as u64).max(1)
+}
+
+/// The per-caller layer: runs after auth (it needs the [`Caller`]), refuses with 429
+/// and Retry-After, and holds the concurrency permit until the response body ends.
+pub async fn per_caller(
+    State(limiter): State<Arc<Limiter>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        // Public routes carry no caller; they are not metered.
+        return next.run(request).await;
+    };
+    match limiter.admit(caller) {
+        Err(refused) => refused.into_response(),
+        Ok(None) => next.run(request).await,
+        Ok(Some(permit)) => next
+            .run(request)
+            .await
+            .map(|body| HoldBody::wrap(body, permit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v6_addresses_share_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket(a), bucket(b));
+        assert_ne!(bucket(a), bucket(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(bucket(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_at_least_one_second() {
+        assert_eq!(whole_seconds(Duration::from_millis(0)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
+    }
+}
