@@ -68,6 +68,11 @@ pub struct ServeArgs {
     )]
     pub database_url: Option<String>,
 
+    /// Also serve GET /metrics (still key-protected) on this HOST:PORT, e.g.
+    /// 127.0.0.1:9464. The startup guard judges it like the main address.
+    #[arg(long, env = "GATEWAYD_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
+
     /// Log format. [default: text]
     #[arg(long, env = "GATEWAYD_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,

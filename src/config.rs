@@ -38,6 +38,7 @@ pub struct ServerSection {
     pub shutdown_grace_secs: Option<u64>,
     pub stream_keepalive_secs: Option<u64>,
     pub max_attempts: Option<u32>,
+    pub metrics_addr: Option<String>,
 }
 
 /// One OpenAI-compatible provider.
@@ -146,6 +147,8 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: SessionsSection,
     pub config_path: Option<PathBuf>,
+    /// Optional separate `HOST:PORT` for /metrics.
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +229,7 @@ impl Config {
             limits: file.limits,
             sessions,
             config_path: args.config.clone(),
+            metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
         };
         config.validate()?;
         Ok(config)
@@ -277,6 +281,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// The `[[keys]]` of the config file as it is now on disk (for a SIGHUP reload). The
+/// whole file must still parse: a broken file never half-applies.
+pub fn reread_key_entries(path: Option<&Path>) -> Result<Vec<KeyEntry>, ConfigError> {
+    match path {
+        Some(path) => Ok(read_file(path)?.keys),
+        None => Ok(Vec::new()),
     }
 }
 

@@ -26,6 +26,8 @@ pub enum GuardError {
     InvalidHost { host: String, reason: &'static str },
     #[error("--host {host:?} could not be resolved; refusing to start rather than guess")]
     Unresolvable { host: String },
+    #[error("refusing to serve on the abstract or unnamed Unix socket {name}: any process in this network namespace can reach it and no strong API key is configured. Fix: set API_SERVER_KEY to a key from `gatewayd keygen`, or use a Unix socket with a filesystem path")]
+    AbstractUnixWithoutKey { name: String },
     #[error("refusing to serve on {addr}: it is reachable from the network and no strong API key is configured. Anyone who can reach it could use your upstream credentials. Fix: set API_SERVER_KEY to a key from `gatewayd keygen`, or bind to 127.0.0.1")]
     NetworkWithoutKey { addr: String },
 }
@@ -106,6 +108,30 @@ pub fn judge(addrs: &[SocketAddr], strong_key_configured: bool) -> Result<(), Gu
             addr: addr.to_string(),
         }),
         None => Ok(()),
+    }
+}
+
+/// How a Unix domain socket is addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnixSocketKind {
+    /// A filesystem path: file permissions decide who may connect. Local.
+    Path,
+    /// An abstract name (or unnamed): no permissions at all, so it needs a key.
+    Abstract,
+}
+
+/// The guard's verdict on an inherited Unix socket.
+pub fn judge_unix(
+    kind: UnixSocketKind,
+    name: &str,
+    strong_key_configured: bool,
+) -> Result<(), GuardError> {
+    match kind {
+        UnixSocketKind::Path => Ok(()),
+        UnixSocketKind::Abstract if strong_key_configured => Ok(()),
+        UnixSocketKind::Abstract => Err(GuardError::AbstractUnixWithoutKey {
+            name: name.to_string(),
+        }),
     }
 }
 

@@ -177,3 +177,13 @@ fn ports_are_kept() {
     let addrs = plan("127.0.0.1", 0, &FakeResolver::new(vec![])).unwrap();
     assert_eq!(addrs, vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()]);
 }
+
+#[test]
+fn unix_sockets_with_paths_are_local_and_abstract_ones_need_a_key() {
+    assert!(judge_unix(UnixSocketKind::Path, "/run/gatewayd.sock", false).is_ok());
+    assert!(matches!(
+        judge_unix(UnixSocketKind::Abstract, "@gatewayd", false),
+        Err(GuardError::AbstractUnixWithoutKey { .. })
+    ));
+    assert!(judge_unix(UnixSocketKind::Abstract, "@gatewayd", true).is_ok());
+}

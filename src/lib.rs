@@ -5,6 +5,7 @@
 //! - `config`   — file + env + flags merged and validated once.
 //! - `keys`     — key sources, the strong-key policy, digests, `keygen`.
 //! - `guard`    — pure: which addresses a host means; may we serve on them?
+//! - `daemon`   — the daemon's life: guard, sockets, storage, signals, systemd.
 //! - `startup`  — binds sockets under the guard.
 //! - `server`   — accept loops, connection limits, timeouts, graceful drain.
 //! - `watchdog` — per-connection deadlines: silent, slowloris and idle connections.
@@ -17,16 +18,20 @@
 //! - `openai`   — the few wire fields the gateway reads; the rest passes through.
 //! - `proxy`    — routing a request across upstreams with fallback.
 //! - `relay`    — byte-faithful SSE relay with keep-alives and error endings.
+//! - `reload`   — SIGHUP: swap the key set atomically.
+//! - `systemd`  — sd_notify readiness/watchdog and socket activation.
 //! - `upstream` — the provider trait, registry, HTTP client and the `echo` model.
 //! - `conversation` — continuing a stored session around one chat turn.
 //! - `sessions` — the session store (SQLite or PostgreSQL) and reply assembly.
 //! - `routes`   — one module per resource.
 //! - `state`    — `AppState`.
+//! - `telemetry` — Prometheus metrics and the per-request metrics layer.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod conversation;
+pub mod daemon;
 pub mod error;
 pub mod guard;
 pub mod hardening;
@@ -36,28 +41,43 @@ pub mod openai;
 pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
+pub mod reload;
 pub mod router;
 pub mod routes;
 pub mod server;
 pub mod sessions;
 pub mod startup;
 pub mod state;
+pub mod systemd;
+pub mod telemetry;
 pub mod upstream;
 pub mod watchdog;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use router::app;
+pub use startup::Listener;
 pub use state::AppState;
 
 /// Serves an already-built state on listeners that are already bound (and judged).
 /// Returns once `shutdown` has fired and connections have drained.
-pub async fn run(state: AppState, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+pub async fn run(state: AppState, listeners: Vec<Listener>, shutdown: CancellationToken) {
+    let app = app(state.clone());
+    serve_router(state, app, listeners, shutdown).await;
+}
+
+/// Serves `router` (the main app, or the metrics-only app) with the state's limits.
+pub async fn serve_router(
+    state: AppState,
+    router: axum::Router,
+    listeners: Vec<Listener>,
+    shutdown: CancellationToken,
+) {
+    telemetry::handle();
     let options = server::ServeOptions {
         limits: state.config.limits.clone(),
         grace: state.config.shutdown_grace,
         hard_stop: state.hard_stop.clone(),
     };
-    server::serve(listeners, app(state), options, shutdown).await;
+    server::serve(listeners, router, options, shutdown).await;
 }

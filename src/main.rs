@@ -1,16 +1,14 @@
-//! The `gatewayd` binary: parse the CLI, load config and keys, apply the guard, serve.
+//! The `gatewayd` binary: parse the CLI, load config and keys, then keygen, check-config or serve.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use gatewayd::cli::{Cli, Command, LogFormat};
 use gatewayd::config::Config;
+use gatewayd::daemon::{self, auth_mode};
 use gatewayd::guard::SystemResolver;
 use gatewayd::keys::{self, KeySet, ProcessEnv};
-use gatewayd::sessions::{SessionError, SessionLimits, SessionStore};
 use gatewayd::upstream::Registry;
-use gatewayd::{startup, AppState};
-use tokio_util::sync::CancellationToken;
 
 /// EX_CONFIG: the configuration was refused. systemd units use RestartPreventExitStatus=78.
 const EXIT_CONFIG: u8 = 78;
@@ -30,6 +28,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a fatal error once, on one line, and returns its exit code.
 fn fatal(message: impl std::fmt::Display, code: u8) -> ExitCode {
     eprintln!("gatewayd: error: {message}");
     ExitCode::from(code)
@@ -52,31 +51,42 @@ fn load(cli: &Cli) -> Result<(Config, KeySet), ExitCode> {
     let cors = std::env::var("API_SERVER_CORS_ORIGINS").ok();
     let config = Config::load(&cli.serve, cors).map_err(|e| fatal(e, EXIT_CONFIG))?;
     let keys = keys::load(&ProcessEnv, &config.key_entries).map_err(|e| fatal(e, EXIT_CONFIG))?;
+    gatewayd::hardening::check_cors_origins(&config.cors_origins, keys.is_empty())
+        .map_err(|e| fatal(e, EXIT_CONFIG))?;
     Ok((config, keys))
 }
 
-fn auth_mode(keys: &KeySet) -> String {
-    if keys.is_empty() {
-        "keyless (loopback only)".into()
-    } else {
-        format!("api key required (keys: {})", keys.names().join(", "))
-    }
-}
-
+/// Applies exactly serve's guard and policy, prints the verdict, and opens nothing.
 fn check_config(config: &Config, keys: &KeySet) -> ExitCode {
-    match startup::plan(&config.host, config.port, !keys.is_empty(), &SystemResolver) {
-        Ok(addrs) => {
-            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            println!("would serve on: {}", addrs.join(", "));
-            println!("auth: {}", auth_mode(keys));
-            match Registry::from_config(&config.upstreams) {
-                Ok(registry) => println!("upstreams: {}", registry.upstream_names().join(", ")),
-                Err(err) => return fatal(err, EXIT_CONFIG),
-            }
-            ExitCode::SUCCESS
-        }
-        Err(err) => fatal(err, EXIT_CONFIG),
+    let inherited = std::env::var_os("LISTEN_FDS").is_some();
+    let plan = match daemon::plan(config, !keys.is_empty(), inherited, &SystemResolver) {
+        Ok(plan) => plan,
+        Err(err) => return fatal(&err, err.exit_code()),
+    };
+    let show = |addrs: &[std::net::SocketAddr]| {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &plan.main {
+        Some(addrs) => println!("would serve on: {}", show(addrs)),
+        None => println!("would serve on: the sockets systemd passes (judged when passed)"),
     }
+    if let Some(addrs) = &plan.metrics {
+        println!("metrics on: {}", show(addrs));
+    }
+    println!("auth: {}", auth_mode(keys));
+    match Registry::from_config(&config.upstreams) {
+        Ok(registry) => println!("upstreams: {}", registry.upstream_names().join(", ")),
+        Err(err) => return fatal(err, EXIT_CONFIG),
+    }
+    match &config.sessions.database_url {
+        Some(_) => println!("sessions: postgresql"),
+        None => println!("sessions: sqlite in {}", config.data_dir.display()),
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(format: LogFormat) {
@@ -94,16 +104,6 @@ fn init_tracing(format: LogFormat) {
 
 fn serve(config: Config, keys: KeySet) -> ExitCode {
     init_tracing(config.log_format);
-    let strong_key = !keys.is_empty();
-    // The guard judges every address before any socket is created.
-    let addrs = match startup::plan(&config.host, config.port, strong_key, &SystemResolver) {
-        Ok(addrs) => addrs,
-        Err(err) => return fatal(err, EXIT_CONFIG),
-    };
-    let registry = match Registry::from_config(&config.upstreams) {
-        Ok(registry) => registry,
-        Err(err) => return fatal(err, EXIT_CONFIG),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,58 +111,8 @@ fn serve(config: Config, keys: KeySet) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fatal(format!("cannot start the async runtime: {err}"), 1),
     };
-    runtime.block_on(async move {
-        let listeners = match startup::bind(&addrs, strong_key) {
-            Ok(listeners) => listeners,
-            Err(err) => return fatal(&err, err.exit_code()),
-        };
-        let bound: Vec<String> = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
-            .collect();
-        if config.upstreams.is_empty() {
-            tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
-        }
-        tracing::info!(addresses = %bound.join(", "), auth = %auth_mode(&keys), "gatewayd listening");
-        let store = match open_sessions(&config).await {
-            Ok(store) => store,
-            Err(err) => return fatal(err, 1),
-        };
-        tracing::info!(backend = store.backend(), "session storage ready");
-        let state = AppState::new(config, keys, registry).with_sessions(store);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
-        gatewayd::run(state, listeners, shutdown).await;
-        tracing::info!("gatewayd stopped");
-        ExitCode::SUCCESS
-    })
-}
-
-async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
-    let limits = SessionLimits {
-        max_messages: config.sessions.max_messages,
-        max_bytes: config.sessions.max_bytes,
-    };
-    match &config.sessions.database_url {
-        Some(url) => SessionStore::open_postgres(url, limits).await,
-        None => SessionStore::open_sqlite(&config.data_dir, limits).await,
+    match runtime.block_on(daemon::run(config, keys, &SystemResolver)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fatal(&err, err.exit_code()),
     }
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested; draining");
-    shutdown.cancel();
 }

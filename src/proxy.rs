@@ -1,5 +1,7 @@
 //! Sends one request to the upstreams that serve its model, in fallback order, and shapes the answer.
 
+use std::time::Instant;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -9,6 +11,7 @@ use crate::error::ApiError;
 use crate::openai::{ChatRequest, Endpoint};
 use crate::relay::{relay, RelayOptions, StreamObserver};
 use crate::state::AppState;
+use crate::telemetry;
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Largest non-streaming upstream body gatewayd will hold (embeddings can be large).
@@ -91,7 +94,10 @@ pub async fn forward(
         if request.stream && status.is_success() && is_event_stream {
             return Ok(Answer::Stream(response));
         }
-        return collect(response).await;
+        let started = Instant::now();
+        let collected = collect(response).await;
+        telemetry::record_upstream(started, &upstream);
+        return collected;
     }
     Err(last_error)
 }

@@ -8,6 +8,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::telemetry::StreamGauge;
 use crate::upstream::{ByteStream, UpstreamError};
 
 /// Sent after a quiet period so proxies and clients keep the connection open.
@@ -38,6 +39,7 @@ struct RelayState {
     at_event_boundary: bool,
     finished: bool,
     observer: Option<Box<dyn StreamObserver>>,
+    _open: StreamGauge,
 }
 
 /// The client-facing body: upstream bytes unchanged, `: keep-alive` comments between
@@ -57,6 +59,7 @@ pub fn relay(
         at_event_boundary: true,
         finished: false,
         observer,
+        _open: StreamGauge::open(),
     };
     stream::unfold(state, |mut state| async move {
         if state.finished {

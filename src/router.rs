@@ -29,12 +29,26 @@ const SENSITIVE_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-api-key"),
 ];
 
+/// The app for `--metrics-addr`: only /metrics and /health, behind the same layers.
+pub fn metrics_app(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(routes::health::routes())
+        .merge(routes::metrics::routes());
+    with_layers(routes, state)
+}
+
 pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .merge(routes::health::routes())
         .merge(routes::models::routes())
         .merge(routes::chat::routes())
         .merge(routes::sessions::routes())
+        .merge(routes::metrics::routes());
+    with_layers(routes, state)
+}
+
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    let routes = routes
         .fallback(|| async { ApiError::not_found("Unknown route.") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone());
@@ -59,6 +73,7 @@ pub fn app(state: AppState) -> Router {
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(SetSensitiveRequestHeadersLayer::new(SENSITIVE_HEADERS))
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(axum::middleware::from_fn(crate::telemetry::track))
             .layer(SetResponseHeaderLayer::overriding(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),

@@ -11,7 +11,6 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +18,7 @@ use tower::ServiceExt;
 
 use crate::config::Limits;
 use crate::hold::HoldBody;
+use crate::startup::Listener;
 use crate::watchdog::{Activity, Timeouts, Tracked};
 
 /// The peer of a connection, put into every request's extensions.
@@ -45,7 +45,7 @@ pub struct ServeOptions {
 /// 3. After `grace`, `hard_stop` fires: streams still open send a final error event.
 /// 4. One more second for those events to flush, then remaining connections are dropped.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     app: Router,
     options: ServeOptions,
     shutdown: CancellationToken,
@@ -112,7 +112,7 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
-async fn accept_loop(listener: TcpListener, shared: Shared) {
+async fn accept_loop(listener: Listener, shared: Shared) {
     let shutdown = &shared.shutdown;
     loop {
         // Beyond max_connections, new connections wait in the kernel backlog; the
@@ -124,24 +124,53 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
                 Err(_) => return,
             },
         };
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
         };
-        let _ = stream.set_nodelay(true);
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, Peer::Tcp(peer), permit, &shared);
+            }
+            Ok(Accepted::Unix(stream)) => spawn_connection(stream, Peer::Unix, permit, &shared),
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(tcp) => tcp.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+        Listener::Unix(unix) => unix.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// Serves one connection (TCP or Unix) until it ends, drains, or its watchdog fires.
+fn spawn_connection<IO>(
+    stream: IO,
+    peer: Peer,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    shared: &Shared,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = &shared.shutdown;
+    {
         let activity = Activity::new();
         let app = shared.app.clone();
         let requests = activity.clone();
         let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
             let mut request = request.map(Body::new);
-            request.extensions_mut().insert(Peer::Tcp(peer));
+            request.extensions_mut().insert(peer);
             let busy = requests.begin();
             let app = app.clone();
             async move {

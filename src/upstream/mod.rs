@@ -70,6 +70,8 @@ pub struct Candidate {
     pub upstream: Arc<dyn Upstream>,
     /// The model name the upstream expects (differs from the request for aliases).
     pub upstream_model: String,
+    /// The configured name or pattern that matched: a bounded label for metrics.
+    pub label: Arc<str>,
 }
 
 struct Entry {
@@ -116,18 +118,17 @@ impl Registry {
     pub fn candidates(&self, model: &str) -> Vec<Candidate> {
         let exact = self.entries.iter().filter_map(|e| {
             if e.exact.iter().any(|m| m == model) {
-                return Some(e.candidate(model));
+                return Some(e.candidate(model, model));
             }
             e.aliases
                 .iter()
                 .find(|(alias, _)| alias == model)
-                .map(|(_, target)| e.candidate(target))
+                .map(|(alias, target)| e.candidate(target, alias))
         });
-        let patterns = self
-            .entries
-            .iter()
-            .filter(|e| e.prefixes.iter().any(|p| model.starts_with(p.as_str())))
-            .map(|e| e.candidate(model));
+        let patterns = self.entries.iter().filter_map(|e| {
+            let prefix = e.prefixes.iter().find(|p| model.starts_with(p.as_str()))?;
+            Some(e.candidate(model, &format!("{prefix}*")))
+        });
         let mut out: Vec<Candidate> = exact.collect();
         out.extend(patterns);
         out
@@ -183,10 +184,11 @@ impl Entry {
         }
     }
 
-    fn candidate(&self, upstream_model: &str) -> Candidate {
+    fn candidate(&self, upstream_model: &str, label: &str) -> Candidate {
         Candidate {
             upstream: self.upstream.clone(),
             upstream_model: upstream_model.to_string(),
+            label: label.into(),
         }
     }
 }

@@ -117,7 +117,7 @@ pub async fn spawn_gateway_with_store(config: Config, store: SessionStore) -> Ga
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(gatewayd::run(
         state.clone(),
-        vec![listener],
+        vec![gatewayd::Listener::Tcp(listener)],
         shutdown.clone(),
     ));
     Gateway {

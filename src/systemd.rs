@@ -1,0 +1,76 @@
+//! systemd integration: readiness, stopping and watchdog notifications, and sockets handed over by socket activation.
+
+use std::time::Duration;
+
+use listenfd::ListenFd;
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+use crate::guard::{self, UnixSocketKind};
+use crate::startup::{Listener, StartupError};
+
+/// READY=1: sent only once the guard has passed and every listener accepts connections.
+pub fn notify_ready() {
+    if let Err(err) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        tracing::warn!(error = %err, "could not notify systemd of readiness");
+    }
+}
+
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+}
+
+/// When systemd set WATCHDOG_USEC, pings it at half that interval until shutdown.
+pub fn spawn_watchdog(shutdown: CancellationToken) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let interval = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                }
+            }
+        }
+    });
+}
+
+/// Sockets passed by systemd (LISTEN_FDS), each judged by the guard on its real address
+/// (getsockname) before gatewayd serves on it. `None` when no socket was passed.
+pub fn inherited_listeners(strong_key: bool) -> Result<Option<Vec<Listener>>, StartupError> {
+    let mut fds = ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let mut listeners = Vec::with_capacity(fds.len());
+    for index in 0..fds.len() {
+        let inherited = |source| StartupError::Inherited { index, source };
+        if let Ok(Some(tcp)) = fds.take_tcp_listener(index) {
+            let local = tcp.local_addr().map_err(inherited)?;
+            guard::judge(&[local], strong_key)?;
+            tcp.set_nonblocking(true).map_err(inherited)?;
+            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(inherited)?;
+            listeners.push(Listener::Tcp(tcp));
+            continue;
+        }
+        let unix = fds
+            .take_unix_listener(index)
+            .map_err(inherited)?
+            .ok_or_else(|| inherited(std::io::Error::other("not a stream socket")))?;
+        let local = unix.local_addr().map_err(inherited)?;
+        let (kind, name) = match local.as_pathname() {
+            Some(path) => (UnixSocketKind::Path, path.display().to_string()),
+            None => (UnixSocketKind::Abstract, format!("(fd {})", index + 3)),
+        };
+        guard::judge_unix(kind, &name, strong_key)?;
+        unix.set_nonblocking(true).map_err(inherited)?;
+        let unix = tokio::net::UnixListener::from_std(unix).map_err(inherited)?;
+        listeners.push(Listener::Unix(unix));
+    }
+    Ok(Some(listeners))
+}

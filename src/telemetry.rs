@@ -1,0 +1,106 @@
+//! Metrics: the Prometheus recorder, the per-request metrics layer and what it measures.
+//!
+//! Gateway overhead is the time a request spends inside gatewayd until its response head
+//! is ready, minus the time spent waiting on upstreams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "gatewayd_requests_total";
+pub const UPSTREAM_SECONDS: &str = "gatewayd_upstream_latency_seconds";
+pub const OVERHEAD_SECONDS: &str = "gatewayd_gateway_overhead_seconds";
+pub const ACTIVE_STREAMS: &str = "gatewayd_active_streams";
+pub const SESSIONS_STORED: &str = "gatewayd_sessions_stored";
+pub const AUTH_FAILURES: &str = "gatewayd_auth_failures_total";
+pub const RATE_LIMITED: &str = "gatewayd_rate_limited_total";
+
+/// The process-wide recorder, installed on first use.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// What the handler learned about a request, for its metrics line.
+#[derive(Default)]
+pub struct RequestTiming {
+    upstream_nanos: AtomicU64,
+    model: OnceLock<Arc<str>>,
+}
+
+tokio::task_local! {
+    static TIMING: Arc<RequestTiming>;
+}
+
+/// Adds time spent waiting on an upstream to the current request (no-op outside one).
+pub fn record_upstream(started: Instant, upstream: &str) {
+    let elapsed = started.elapsed();
+    metrics::histogram!(UPSTREAM_SECONDS, "upstream" => upstream.to_string())
+        .record(elapsed.as_secs_f64());
+    let _ = TIMING.try_with(|t| {
+        t.upstream_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed)
+    });
+}
+
+/// Labels the current request with the routed model. Callers pass a configured name
+/// (never raw client input), so the label set stays bounded.
+pub fn record_model(model: &Arc<str>) {
+    let _ = TIMING.try_with(|t| t.model.set(model.clone()));
+}
+
+/// The metrics middleware: counts requests by route, status and model, and records
+/// the gateway's own overhead.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let timing = Arc::new(RequestTiming::default());
+    let response = TIMING.scope(timing.clone(), next.run(request)).await;
+    let upstream = timing.upstream_nanos.load(Ordering::Relaxed);
+    let overhead = (started.elapsed().as_nanos() as u64).saturating_sub(upstream);
+    let model = timing.model.get().map_or("", |m| m.as_ref()).to_string();
+    metrics::counter!(REQUESTS, "route" => route.clone(), "status" => response.status().as_u16().to_string(), "model" => model)
+        .increment(1);
+    metrics::histogram!(OVERHEAD_SECONDS, "route" => route).record(overhead as f64 / 1e9);
+    response
+}
+
+/// Counts a stream while it is open.
+pub struct StreamGauge;
+
+impl StreamGauge {
+    pub fn open() -> StreamGauge {
+        metrics::gauge!(ACTIVE_STREAMS).increment(1.0);
+        StreamGauge
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(ACTIVE_STREAMS).decrement(1.0);
+    }
+}
