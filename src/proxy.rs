@@ -54,11 +54,14 @@ pub async fn forward(
         let is_last = attempt + 1 == attempts;
         let body = request.forward_body(Some(&candidate.upstream_model), history);
         let upstream = candidate.upstream.name().to_string();
-        let response = match candidate
+        telemetry::record_model(&candidate.label);
+        let started = Instant::now();
+        let sent = candidate
             .upstream
             .send(UpstreamRequest { endpoint, body })
-            .await
-        {
+            .await;
+        telemetry::record_upstream(started, &upstream);
+        let response = match sent {
             Ok(response) => response,
             Err(err @ UpstreamError::Timeout(_)) => {
                 tracing::warn!(%upstream, error = %err, "upstream timed out");

@@ -238,21 +238,18 @@ pub fn start(mut command: Command) -> Process {
     }
 }
 
-/// The first address in a "gatewayd listening addresses=…" line.
+/// The first address in a "gatewayd listening" line, text (`addresses=…`) or JSON
+/// (`"addresses":"…"`).
 pub fn parse_listening(line: &str) -> SocketAddr {
-    let start = line.find("addresses=").unwrap() + "addresses=".len();
-    let rest = &line[start..];
-    let rest = rest.trim_start_matches('"');
+    let start = line
+        .find("addresses=")
+        .map(|i| i + "addresses=".len())
+        .or_else(|| {
+            line.find("\"addresses\":\"")
+                .map(|i| i + "\"addresses\":\"".len())
+        })
+        .unwrap_or_else(|| panic!("no addresses in {line}"));
+    let rest = line[start..].trim_start_matches('"');
     let end = rest.find([',', ' ', '"']).unwrap_or(rest.len());
     rest[..end].parse().unwrap()
-}
-
-/// Marks an in-process (`oneshot`) request as coming from a loopback peer, as the server
-/// would. Keyless mode refuses requests without a recorded peer (fail closed).
-pub fn from_localhost<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
-    let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
-    request
-        .extensions_mut()
-        .insert(gatewayd::server::Peer::Tcp(peer));
-    request
 }
