@@ -1,4 +1,6 @@
 //! Operations, with the test acting as systemd: sd_notify, socket activation, SIGTERM drain, SIGHUP reload, metrics, JSON logs.
+// Tests fail by panicking; unwrap/expect here are assertions, not error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -25,7 +27,7 @@ fn signal(process: &common::Process, name: &str) {
 
 /// gatewayd under tests/support/activate.py, which passes it one socket as fd 3.
 fn activated(socket: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = binary();
+    let command = binary();
     let program = command.get_program().to_owned();
     let mut wrapped = Command::new("python3");
     wrapped.arg(concat!(
