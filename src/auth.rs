@@ -221,7 +221,10 @@ where
                 }
                 Box::pin(self.inner.call(request))
             }
-            Err(error) => Box::pin(async move { Ok(error.into_response()) }),
+            Err(error) => {
+                crate::telemetry::count_refusal(&error);
+                Box::pin(async move { Ok(error.into_response()) })
+            }
         }
     }
 }

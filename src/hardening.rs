@@ -43,7 +43,28 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             return refused.into_response();
         }
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if !state.config.cors_origins.is_empty() {
+        strip_cors_unless_allowed(&mut response);
+    }
+    response
+}
+
+/// tower-http's CORS layer adds Expose-Headers (and preflight Allow-*) even for an origin
+/// it does not allow; an origin that is not allowed gets no Access-Control-* at all.
+fn strip_cors_unless_allowed(response: &mut Response) {
+    let headers = response.headers_mut();
+    if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        headers.remove(name);
+    }
 }
 
 /// Keyless loopback mode: only a direct, local, non-browser-forged request gets through.

@@ -184,7 +184,10 @@ pub async fn per_caller(
         return next.run(request).await;
     };
     match limiter.admit(caller) {
-        Err(refused) => refused.into_response(),
+        Err(refused) => {
+            crate::telemetry::count_refusal(&refused);
+            refused.into_response()
+        }
         Ok(None) => next.run(request).await,
         Ok(Some(permit)) => next
             .run(request)

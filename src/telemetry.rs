@@ -89,6 +89,17 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+/// Counts a request the gateway itself refused: failed authentication or a rate limit.
+pub fn count_refusal(error: &crate::error::ApiError) {
+    match error {
+        crate::error::ApiError::Unauthorized { .. } => {
+            metrics::counter!(AUTH_FAILURES).increment(1)
+        }
+        crate::error::ApiError::RateLimited { .. } => metrics::counter!(RATE_LIMITED).increment(1),
+        _ => {}
+    }
+}
+
 /// Counts a stream while it is open.
 pub struct StreamGauge;
 

@@ -102,7 +102,8 @@ fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
 
 fn assert_security_headers(headers: &HeaderMap) {
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["cache-control"], "no-store");
+    let cache = headers["cache-control"].to_str().unwrap();
+    assert!(cache.contains("no-store"), "{cache}");
     assert_eq!(headers["referrer-policy"], "no-referrer");
     assert_eq!(
         headers["content-security-policy"],
@@ -473,13 +474,28 @@ async fn keyless_allowed_origin_may_post_json() {
 
 #[test]
 fn wildcard_cors_without_a_key_exits_78() {
-    let output = common::binary()
+    let mut child = common::binary()
         .args(["--port", "0"])
         .env("API_SERVER_CORS_ORIGINS", "*")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(output.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gatewayd started with cors_origins = * and no key");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("cors_origins"), "{stderr}");
 }
 
@@ -621,6 +637,28 @@ async fn per_key_concurrency_holds_until_the_body_ends() {
     axum::body::to_bytes(first.into_body(), 1 << 20)
         .await
         .unwrap();
+    assert_eq!(send(app, models_as(KEY_A)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn per_key_concurrency_counts_a_stream_until_its_last_event() {
+    let app = gatewayd::app(state_for(config_from_toml(&keys_toml(
+        "concurrent_requests = 1",
+    ))));
+    let stream_request = || {
+        json_post("/v1/chat/completions")
+            .header("authorization", bearer(KEY_A))
+            .body(chat_body("a streamed answer", true))
+            .unwrap()
+    };
+    let streaming = app.clone().oneshot(stream_request()).await.unwrap();
+    assert_eq!(streaming.status(), StatusCode::OK);
+    let reply = send(app.clone(), models_as(KEY_A)).await;
+    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
+    let events = axum::body::to_bytes(streaming.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&events).contains("data: [DONE]"));
     assert_eq!(send(app, models_as(KEY_A)).await.status, StatusCode::OK);
 }
 

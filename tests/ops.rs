@@ -331,6 +331,12 @@ async fn metrics_count_requests_and_report_overhead() {
         "{text}"
     );
     assert!(text.contains("gatewayd_sessions_stored"), "{text}");
+    // The 401 above was counted as an authentication failure.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gatewayd_auth_failures_total ")),
+        "{text}"
+    );
 }
 
 #[tokio::test]

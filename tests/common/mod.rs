@@ -253,3 +253,13 @@ pub fn parse_listening(line: &str) -> SocketAddr {
     let end = rest.find([',', ' ', '"']).unwrap_or(rest.len());
     rest[..end].parse().unwrap()
 }
+
+/// Marks an in-process (`oneshot`) request as coming from a loopback peer, as the server
+/// would. Keyless mode refuses requests without a recorded peer (fail closed).
+pub fn from_localhost<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    request
+        .extensions_mut()
+        .insert(gatewayd::server::Peer::Tcp(peer));
+    request
+}
