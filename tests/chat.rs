@@ -104,8 +104,22 @@ async fn upstream_chat(seen: Seen, headers: HeaderMap, body: Bytes) -> Response 
     }
 }
 
+const COMPLETION_SSE: &str = concat!(
+    "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"Once\",\"index\":0}]}\n\n",
+    "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\" upon\",\"index\":0,\"finish_reason\":\"length\"}]}\n\n",
+    "data: [DONE]\n\n",
+);
+
 fn other_routes() -> Router {
     Router::new()
+        .route(
+            "/v1/completions",
+            post(|body: Bytes| async move {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(request["prompt"], "Tell a story");
+                ([("content-type", "text/event-stream")], COMPLETION_SSE)
+            }),
+        )
         .route(
             "/v1/embeddings",
             post(|body: Bytes| async move {
@@ -474,6 +488,22 @@ async fn models_lists_configured_names_and_live_pattern_models() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["fast", "gpt-4o-mini", "live-1"]);
+}
+
+#[tokio::test]
+async fn legacy_completions_stream_through() {
+    let (_seen, url) = start_mock().await;
+    let gw = gateway_with(&upstream_toml("a", &url, r#"["davinci-002"]"#, "")).await;
+    let response = client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth(KEY_A)
+        .json(&json!({"model": "davinci-002", "prompt": "Tell a story", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.text().await.unwrap(), COMPLETION_SSE);
 }
 
 #[tokio::test]
