@@ -10,6 +10,11 @@ use gatewayd::guard::SystemResolver;
 use gatewayd::keys::{self, KeySet, ProcessEnv};
 use gatewayd::upstream::Registry;
 
+/// mimalloc: measurably less CPU in malloc/free than glibc on the request path, and
+/// less fragmentation when thousands of streams come and go.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// EX_CONFIG: the configuration was refused. systemd units use RestartPreventExitStatus=78.
 const EXIT_CONFIG: u8 = 78;
 

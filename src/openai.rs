@@ -45,9 +45,9 @@ fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Invalid {
 /// Which endpoint a body is for: chat needs `messages`; completions and embeddings do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
+    ChatCompletions = 0,
+    Completions = 1,
+    Embeddings = 2,
 }
 
 impl Endpoint {

@@ -1,5 +1,6 @@
-//! AppState: everything a handler needs, as one cheaply cloneable struct of Arcs.
+//! AppState: everything a handler needs, behind one Arc so a clone is one atomic increment.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,8 +12,12 @@ use crate::ratelimit::Limiter;
 use crate::sessions::SessionStore;
 use crate::upstream::Registry;
 
+/// Cloned into every handler and layer; derefs to [`SharedState`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+#[derive(Clone)]
+pub struct SharedState {
     pub config: Arc<Config>,
     /// Swapped whole on reload, read without locks on every request.
     pub keys: Arc<ArcSwap<KeySet>>,
@@ -25,21 +30,29 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
 }
 
+impl Deref for AppState {
+    type Target = SharedState;
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
 impl AppState {
     pub fn new(config: Config, keys: KeySet, upstreams: Registry) -> Self {
         let limiter = Arc::new(Limiter::new(&config.limits));
-        AppState {
+        AppState(Arc::new(SharedState {
             config: Arc::new(config),
             keys: Arc::new(ArcSwap::from_pointee(keys)),
             upstreams: Arc::new(upstreams),
             sessions: None,
             hard_stop: CancellationToken::new(),
             limiter,
-        }
+        }))
     }
 
-    pub fn with_sessions(mut self, store: SessionStore) -> Self {
-        self.sessions = Some(Arc::new(store));
-        self
+    pub fn with_sessions(self, store: SessionStore) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.sessions = Some(Arc::new(store));
+        AppState(Arc::new(shared))
     }
 }

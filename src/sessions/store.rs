@@ -23,6 +23,10 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
 
 pub struct SessionStore {
     pool: AnyPool,
+    /// Where writes go. For SQLite a single connection: SQLite has one writer at a time,
+    /// and queueing here (async) is far cheaper than SQLITE_BUSY retries with sleeps.
+    /// For PostgreSQL the same pool as reads.
+    writer: AnyPool,
     limits: SessionLimits,
     locks: Vec<Arc<Mutex<()>>>,
     backend: &'static str,
@@ -59,27 +63,10 @@ impl SessionStore {
         let path = data_dir.join("sessions.db");
         let url = format!("sqlite://{}?mode=rwc", path.display());
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL + NORMAL: a committed turn survives a process crash (SIGKILL);
-                    // the busy timeout makes concurrent writers wait instead of failing.
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA synchronous = NORMAL",
-                        "PRAGMA busy_timeout = 5000",
-                        "PRAGMA foreign_keys = ON",
-                    ] {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        SQLITE_MIGRATIONS.run(&pool).await?;
-        Ok(Self::with_pool(pool, limits, "sqlite"))
+        let pool = sqlite_pool(&url, 8).await?;
+        let writer = sqlite_pool(&url, 1).await?;
+        SQLITE_MIGRATIONS.run(&writer).await?;
+        Ok(Self::with_pools(pool, writer, limits, "sqlite"))
     }
 
     /// Connects to PostgreSQL, shared by every gatewayd instance behind a load balancer.
@@ -91,12 +78,13 @@ impl SessionStore {
             .connect(url)
             .await?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
-        Ok(Self::with_pool(pool, limits, "postgres"))
+        Ok(Self::with_pools(pool.clone(), pool, limits, "postgres"))
     }
 
-    fn with_pool(pool: AnyPool, limits: SessionLimits, backend: &'static str) -> Self {
+    fn with_pools(pool: AnyPool, writer: AnyPool, limits: SessionLimits, backend: &'static str) -> Self {
         SessionStore {
             pool,
+            writer,
             limits,
             locks: (0..LOCK_STRIPES)
                 .map(|_| Arc::new(Mutex::new(())))
@@ -143,7 +131,7 @@ impl SessionStore {
         .bind(metadata_json)
         .bind(system)
         .bind(bytes)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(Session {
             id,
@@ -274,7 +262,7 @@ impl SessionStore {
         let count = messages.len() as i64;
         let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
         let (created_at, _) = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // The UPDATE comes first so it takes the write lock (SQLite) or the row lock
         // (PostgreSQL) at once; concurrent appends to one session queue here.
         let updated = sqlx::query(
@@ -326,7 +314,7 @@ impl SessionStore {
 
     /// Deletes the session and its messages from storage (not just hides them).
     pub async fn delete(&self, owner: &str, id: &str) -> Result<(), SessionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
@@ -350,6 +338,28 @@ impl SessionStore {
             .await?;
         Ok(row.try_get("n")?)
     }
+}
+
+async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool, SessionError> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL + NORMAL: a committed turn survives a process crash (SIGKILL);
+                // the busy timeout covers other processes touching the file.
+                for pragma in [
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA foreign_keys = ON",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
 
 fn session_from_row(row: &AnyRow) -> Result<Session, SessionError> {

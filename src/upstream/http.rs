@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
-use super::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::config::UpstreamConfig;
 use crate::keys::Secret;
 
@@ -14,7 +14,7 @@ use crate::keys::Secret;
 const MODEL_LIST_TTL: Duration = Duration::from_secs(60);
 
 /// One pooled client for every upstream: TCP_NODELAY, keep-alive, rustls, no redirects
-/// (a redirect could carry the upstream key elsewhere). reqwest has one connect timeout
+/// (a redirect could carry the upstream key elsewhere), no proxies from the environment. reqwest has one connect timeout
 /// per client, so it is the largest any upstream asks for; first-byte and idle timeouts
 /// are per upstream.
 pub fn shared_client(configs: &[UpstreamConfig]) -> Result<reqwest::Client, UpstreamError> {
@@ -29,6 +29,9 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<reqwest::Client, Upst
         .pool_max_idle_per_host(256)
         .connect_timeout(Duration::from_secs(connect.max(1)))
         .redirect(reqwest::redirect::Policy::none())
+        // No implicit HTTP(S)_PROXY from the environment: upstream keys go only where
+        // the config says, and the per-request proxy lookup is skipped.
+        .no_proxy()
         .build()
         .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))
 }
@@ -36,6 +39,8 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<reqwest::Client, Upst
 pub struct HttpUpstream {
     name: Arc<str>,
     base_url: String,
+    /// Parsed once: the per-request cost is a clone, not a URL parse.
+    endpoint_urls: [reqwest::Url; 3],
     api_key: Option<Secret>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
@@ -47,8 +52,19 @@ impl HttpUpstream {
     pub fn new(config: &UpstreamConfig, client: reqwest::Client) -> Result<Self, UpstreamError> {
         let name: Arc<str> = config.name.as_str().into();
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
+        let base_url = config.base_url.trim_end_matches('/').to_string();
+        let parse = |endpoint: Endpoint| {
+            reqwest::Url::parse(&format!("{base_url}/{}", endpoint.path()))
+                .map_err(|_| UpstreamError::Config(name.clone(), "base_url is not a valid URL".into()))
+        };
+        let endpoint_urls = [
+            parse(Endpoint::ChatCompletions)?,
+            parse(Endpoint::Completions)?,
+            parse(Endpoint::Embeddings)?,
+        ];
         Ok(HttpUpstream {
-            base_url: config.base_url.trim_end_matches('/').to_string(),
+            endpoint_urls,
+            base_url,
             api_key,
             client,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
@@ -69,10 +85,7 @@ impl HttpUpstream {
         }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self
-            .client
-            .request(method, format!("{}/{}", self.base_url, path));
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.api_key {
             Some(key) => builder.bearer_auth(key.expose()),
             None => builder,
@@ -116,8 +129,9 @@ impl Upstream for HttpUpstream {
         request: UpstreamRequest,
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
         async move {
+            let url = self.endpoint_urls[request.endpoint as usize].clone();
             let pending = self
-                .request(reqwest::Method::POST, request.endpoint.path())
+                .authorized(self.client.post(url))
                 .header(::http::header::CONTENT_TYPE, "application/json")
                 .body(request.body)
                 .send();
@@ -162,7 +176,8 @@ impl Upstream for HttpUpstream {
             struct List {
                 data: Vec<Listed>,
             }
-            let fetch = self.request(reqwest::Method::GET, "models").send();
+            let models_url = format!("{}/models", self.base_url);
+            let fetch = self.authorized(self.client.get(models_url)).send();
             let response = tokio::time::timeout(self.first_byte_timeout, fetch)
                 .await
                 .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
