@@ -81,7 +81,12 @@ impl SessionStore {
         Ok(Self::with_pools(pool.clone(), pool, limits, "postgres"))
     }
 
-    fn with_pools(pool: AnyPool, writer: AnyPool, limits: SessionLimits, backend: &'static str) -> Self {
+    fn with_pools(
+        pool: AnyPool,
+        writer: AnyPool,
+        limits: SessionLimits,
+        backend: &'static str,
+    ) -> Self {
         SessionStore {
             pool,
             writer,
@@ -230,23 +235,28 @@ impl SessionStore {
 
     /// What a continuation sends before the request's own messages.
     pub async fn history(&self, owner: &str, id: &str) -> Result<History, SessionError> {
-        let row = sqlx::query(
-            "SELECT system_prompt, byte_count FROM sessions WHERE id = $1 AND owner = $2",
+        // One round trip: the session row joined with its messages (if any), in order.
+        let rows = sqlx::query(
+            "SELECT s.system_prompt, s.byte_count, m.message FROM sessions s \
+             LEFT JOIN messages m ON m.session_id = s.id \
+             WHERE s.id = $1 AND s.owner = $2 ORDER BY m.seq",
         )
         .bind(id)
         .bind(owner)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(SessionError::NotFound)?;
-        let bytes: i64 = row.try_get("byte_count")?;
+        .fetch_all(&self.pool)
+        .await?;
+        let first = rows.first().ok_or(SessionError::NotFound)?;
+        let bytes: i64 = first.try_get("byte_count")?;
+        let system: Option<String> = first.try_get("system_prompt")?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(message) = row.try_get::<Option<String>, _>("message")? {
+                messages.push(message);
+            }
+        }
         Ok(History {
-            system: row.try_get("system_prompt")?,
-            messages: self
-                .messages(id)
-                .await?
-                .into_iter()
-                .map(|m| m.json)
-                .collect(),
+            system,
+            messages,
             bytes: bytes.max(0) as usize,
         })
     }
@@ -290,16 +300,32 @@ impl SessionStore {
             });
         };
         let total: i64 = row.try_get("message_count")?;
+        // One multi-row INSERT: one round trip for the whole turn.
+        let placeholders: Vec<String> = (0..messages.len())
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    4 * i + 1,
+                    4 * i + 2,
+                    4 * i + 3,
+                    4 * i + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO messages (session_id, seq, message, created_at) VALUES {}",
+            placeholders.join(", ")
+        );
+        let mut insert = sqlx::query(&sql);
         for (offset, message) in messages.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO messages (session_id, seq, message, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id)
-            .bind(total - count + offset as i64)
-            .bind(message)
-            .bind(created_at)
-            .execute(&mut *tx)
-            .await?;
+            insert = insert
+                .bind(id)
+                .bind(total - count + offset as i64)
+                .bind(message.as_str())
+                .bind(created_at);
+        }
+        if !messages.is_empty() {
+            insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -352,6 +378,9 @@ async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool, SessionErro
                     "PRAGMA synchronous = NORMAL",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA foreign_keys = ON",
+                    // Reads through a memory map: no read() copy when another
+                    // connection's commit invalidates this one's page cache.
+                    "PRAGMA mmap_size = 268435456",
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
