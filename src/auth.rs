@@ -78,7 +78,9 @@ pub fn parse_bearer(value: &[u8]) -> Option<&[u8]> {
     if value.len() < 7 || !value[..6].eq_ignore_ascii_case(b"bearer") || value[6] != b' ' {
         return None;
     }
-    let token = value[6..].trim_ascii_start();
+    // Spaces only (RFC 7235 `1*SP`): a tab or other whitespace makes the header malformed.
+    let start = value[6..].iter().position(|b| *b != b' ').map_or(value.len(), |i| i + 6);
+    let token = &value[start..];
     valid_token(token).then_some(token)
 }
 

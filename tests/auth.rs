@@ -166,3 +166,12 @@ fn verify_matches_any_configured_key() {
     );
     assert!(gatewayd::auth::verify(&keys, b"gwd_nope").is_none());
 }
+
+#[test]
+fn bearer_separator_is_spaces_only() {
+    // Found by the auth_header fuzz target: a tab after "Bearer " was skipped.
+    assert_eq!(gatewayd::auth::parse_bearer(b"Bearer \tabc"), None);
+    assert_eq!(gatewayd::auth::parse_bearer(b"Bearer\tabc"), None);
+    assert_eq!(gatewayd::auth::parse_bearer(b"Bearer   abc"), Some(&b"abc"[..]));
+    assert_eq!(gatewayd::auth::parse_bearer(b"bearer abc=="), Some(&b"abc=="[..]));
+}

@@ -22,6 +22,18 @@ fn is_b64token(t: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(b))
 }
 
+/// What may sit between "Bearer" and the token: one or more SP (RFC 7235). The fuzzer
+/// once found `parse_bearer` also skipping HTAB ("Bearer \tx"); that was fixed, and this
+/// check is strict so it stays fixed.
+fn is_separator(b: u8) -> bool {
+    const STRICT_SEPARATOR: bool = true;
+    if STRICT_SEPARATOR {
+        b == b' '
+    } else {
+        b.is_ascii_whitespace()
+    }
+}
+
 /// True when `inner` points into `outer`'s memory (a real subslice, not a copy).
 fn is_subslice(inner: &[u8], outer: &[u8]) -> bool {
     let (o, i) = (outer.as_ptr() as usize, inner.as_ptr() as usize);
@@ -34,21 +46,31 @@ fn check_bearer(input: &[u8]) -> Option<&[u8]> {
     if let Some(token) = out {
         assert!(!token.is_empty(), "empty bearer token from {input:?}");
         assert!(is_b64token(token), "non-token68 bearer token {token:?}");
-        assert!(is_subslice(token, input), "bearer token is not a subslice of its input");
-        // The token is a suffix; before it: "bearer" (any case) and one or more spaces.
+        assert!(
+            is_subslice(token, input),
+            "bearer token is not a subslice of its input"
+        );
+        // The token is a suffix; before it: "bearer" (any case), a space, separators.
         let prefix = &input[..input.len() - token.len()];
         assert_eq!(token, &input[prefix.len()..]);
         assert!(prefix.len() >= 7, "prefix too short: {prefix:?}");
-        assert!(prefix[..6].eq_ignore_ascii_case(b"bearer"), "bad scheme: {prefix:?}");
-        assert!(prefix[6..].iter().all(|&b| b == b' '), "bad separator: {prefix:?}");
-    } else if input.len() >= 7
-        && input[..6].eq_ignore_ascii_case(b"bearer")
-        && input[6] == b' '
-    {
+        assert!(
+            prefix[..6].eq_ignore_ascii_case(b"bearer"),
+            "bad scheme: {prefix:?}"
+        );
+        assert_eq!(prefix[6], b' ', "bad separator: {prefix:?}");
+        assert!(
+            prefix[6..].iter().all(|&b| is_separator(b)),
+            "bad separator: {prefix:?}"
+        );
+    } else if input.len() >= 7 && input[..6].eq_ignore_ascii_case(b"bearer") && input[6] == b' ' {
         // Conversely: a well-formed header must be accepted.
         let rest = &input[6..];
-        let token = &rest[rest.iter().take_while(|&&b| b == b' ').count()..];
-        assert!(!is_b64token(token), "rejected a valid bearer header {input:?}");
+        let token = &rest[rest.iter().take_while(|&&b| is_separator(b)).count()..];
+        assert!(
+            !is_b64token(token),
+            "rejected a valid bearer header {input:?}"
+        );
     }
     out
 }
@@ -110,7 +132,10 @@ fuzz_target!(|data: &[u8]| {
             // A subslice of the header value it came from, and of the fuzz input.
             let from_auth = auth_value.is_some_and(|v| is_subslice(token, v));
             let from_key = key_value.is_some_and(|v| is_subslice(token, v));
-            assert!(from_auth || from_key, "token is not a subslice of a header value");
+            assert!(
+                from_auth || from_key,
+                "token is not a subslice of a header value"
+            );
             assert!(
                 rest.windows(token.len()).any(|w| w == token),
                 "token is not part of the input"
