@@ -10,9 +10,16 @@ fn bench_script_help_works_without_building_anything() {
         .arg("--help")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let help = String::from_utf8_lossy(&output.stdout);
     for option in ["--duration", "--rounds", "--streams", "--soak", "--quick"] {
-        assert!(help.contains(option), "--help does not document {option}:\n{help}");
+        assert!(
+            help.contains(option),
+            "--help does not document {option}:\n{help}"
+        );
     }
 }
