@@ -44,7 +44,7 @@ Options:
 Environment:
   CARGO_TARGET_DIR  honoured when building (binary: $CARGO_TARGET_DIR/release/gatewayd)
   GATEWAYD_ARGS     extra arguments appended to every gatewayd command line
-  RUST_LOG          passed to gatewayd (default: warn)
+  RUST_LOG          passed to gatewayd (default: info, the same as a production start)
 
 Needs a Debian machine; installs nginx-light (or nginx), wrk, python3 and
 curl with apt-get when missing (root or sudo), and cargo to build gatewayd.
@@ -288,7 +288,7 @@ start_gatewayd() {  # start_gatewayd NAME PORT UPSTREAM_PORT; sets LAST_PID
   local name="$1" port="$2" up="$3"
   mkdir -p "$WORK/data/$name"
   # shellcheck disable=SC2086  # GATEWAYD_ARGS is split on purpose
-  API_SERVER_KEY="$KEY" RUST_LOG="${RUST_LOG:-warn}" \
+  API_SERVER_KEY="$KEY" RUST_LOG="${RUST_LOG:-info}" \
     "$GW_BIN" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
     --data-dir "$WORK/data/$name" ${GATEWAYD_ARGS:-} >"$WORK/$name.log" 2>&1 &
   local pid=$!
