@@ -79,7 +79,10 @@ pub fn parse_bearer(value: &[u8]) -> Option<&[u8]> {
         return None;
     }
     // Spaces only (RFC 7235 `1*SP`): a tab or other whitespace makes the header malformed.
-    let start = value[6..].iter().position(|b| *b != b' ').map_or(value.len(), |i| i + 6);
+    let start = value[6..]
+        .iter()
+        .position(|b| *b != b' ')
+        .map_or(value.len(), |i| i + 6);
     let token = &value[start..];
     valid_token(token).then_some(token)
 }

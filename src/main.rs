@@ -12,6 +12,7 @@ use gatewayd::upstream::Registry;
 
 /// mimalloc: measurably less CPU in malloc/free than glibc on the request path, and
 /// less fragmentation when thousands of streams come and go.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

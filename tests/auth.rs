@@ -172,6 +172,12 @@ fn bearer_separator_is_spaces_only() {
     // Found by the auth_header fuzz target: a tab after "Bearer " was skipped.
     assert_eq!(gatewayd::auth::parse_bearer(b"Bearer \tabc"), None);
     assert_eq!(gatewayd::auth::parse_bearer(b"Bearer\tabc"), None);
-    assert_eq!(gatewayd::auth::parse_bearer(b"Bearer   abc"), Some(&b"abc"[..]));
-    assert_eq!(gatewayd::auth::parse_bearer(b"bearer abc=="), Some(&b"abc=="[..]));
+    assert_eq!(
+        gatewayd::auth::parse_bearer(b"Bearer   abc"),
+        Some(&b"abc"[..])
+    );
+    assert_eq!(
+        gatewayd::auth::parse_bearer(b"bearer abc=="),
+        Some(&b"abc=="[..])
+    );
 }

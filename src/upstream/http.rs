@@ -1,71 +1,120 @@
-//! The OpenAI-compatible HTTP upstream, on one pooled client shared by all upstreams.
+//! The OpenAI-compatible HTTP upstream, on one pooled hyper client shared by all upstreams.
 
+use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use ::http::{HeaderValue, Method, Request, Response, Uri};
+use base64::Engine as _;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use http_body_util::{BodyDataStream, BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::config::UpstreamConfig;
 use crate::keys::Secret;
 
+/// The pooled client every upstream shares; cloning it shares the pool.
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// How long a fetched `/models` list is reused.
 const MODEL_LIST_TTL: Duration = Duration::from_secs(60);
+/// The largest `/models` answer read.
+const MAX_MODEL_LIST: usize = 4 * 1024 * 1024;
+/// Safe retries after an HTTP/2 upstream refused a stream it never processed.
+const MAX_NACK_RETRIES: u32 = 2;
+const SEND_FAILED: &str = "the request could not be sent";
+const BODY_FAILED: &str = "the response body was cut short or malformed";
 
-/// One pooled client for every upstream: TCP_NODELAY, keep-alive, rustls, no redirects
-/// (a redirect could carry the upstream key elsewhere), no proxies from the environment. reqwest has one connect timeout
-/// per client, so it is the largest any upstream asks for; first-byte and idle timeouts
-/// are per upstream.
-pub fn shared_client(configs: &[UpstreamConfig]) -> Result<reqwest::Client, UpstreamError> {
+/// One pooled client for every upstream: TCP_NODELAY and keep-alive probes, rustls with
+/// the webpki roots, HTTP/2 by ALPN, no redirects (a redirect could carry the upstream
+/// key elsewhere) and no proxies from the environment (keys go only where the config
+/// says). There is one connect timeout per client, so it is the largest any upstream
+/// asks for; first-byte and idle timeouts are per upstream.
+pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError> {
     let connect = configs
         .iter()
         .map(|c| c.connect_timeout_secs)
         .max()
         .unwrap_or(5);
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .connect_timeout(Duration::from_secs(connect.max(1)))
-        .redirect(reqwest::redirect::Policy::none())
-        // No implicit HTTP(S)_PROXY from the environment: upstream keys go only where
-        // the config says, and the per-request proxy lookup is skipped.
-        .no_proxy()
-        .build()
-        .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(connect.max(1))));
+    http.enforce_http(false);
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))?
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https),
+    )
 }
 
 pub struct HttpUpstream {
     name: Arc<str>,
-    base_url: String,
-    /// Parsed once: the per-request cost is a clone, not a URL parse.
-    endpoint_urls: [reqwest::Url; 3],
-    api_key: Option<Secret>,
-    client: reqwest::Client,
+    /// Built once: the per-request cost is a clone, not a URL parse.
+    endpoint_uris: [Uri; 3],
+    models_uri: Uri,
+    /// `Authorization` values (sensitive), built once: credentials from the base URL,
+    /// then the upstream key.
+    authorization: Vec<HeaderValue>,
+    client: Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     model_cache: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
 impl HttpUpstream {
-    pub fn new(config: &UpstreamConfig, client: reqwest::Client) -> Result<Self, UpstreamError> {
+    pub fn new(config: &UpstreamConfig, client: Client) -> Result<Self, UpstreamError> {
         let name: Arc<str> = config.name.as_str().into();
+        let config_error = |m: &str| UpstreamError::Config(name.clone(), m.to_string());
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
-        let base_url = config.base_url.trim_end_matches('/').to_string();
-        let parse = |endpoint: Endpoint| {
-            reqwest::Url::parse(&format!("{base_url}/{}", endpoint.path()))
-                .map_err(|_| UpstreamError::Config(name.clone(), "base_url is not a valid URL".into()))
+        let base_url = config.base_url.trim_end_matches('/');
+        let mut authorization = Vec::with_capacity(2);
+        let mut uri = |path: &str| -> Result<Uri, UpstreamError> {
+            let mut url = url::Url::parse(&format!("{base_url}/{path}"))
+                .map_err(|_| config_error("base_url is not a valid URL"))?;
+            if let Some(basic) = take_credentials(&mut url).map_err(config_error)? {
+                if authorization.is_empty() {
+                    authorization.push(basic);
+                }
+            }
+            Uri::try_from(url.as_str()).map_err(|_| config_error("base_url is not a valid URL"))
         };
-        let endpoint_urls = [
-            parse(Endpoint::ChatCompletions)?,
-            parse(Endpoint::Completions)?,
-            parse(Endpoint::Embeddings)?,
+        let endpoint_uris = [
+            uri(Endpoint::ChatCompletions.path())?,
+            uri(Endpoint::Completions.path())?,
+            uri(Endpoint::Embeddings.path())?,
         ];
+        let models_uri = uri("models")?;
+        if let Some(key) = api_key {
+            authorization.push(
+                sensitive(format!("Bearer {}", key.expose()))
+                    .ok_or_else(|| config_error("the API key is not a valid header value"))?,
+            );
+        }
         Ok(HttpUpstream {
-            endpoint_urls,
-            base_url,
-            api_key,
+            endpoint_uris,
+            models_uri,
+            authorization,
             client,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
@@ -74,33 +123,112 @@ impl HttpUpstream {
         })
     }
 
-    fn classify(&self, err: reqwest::Error) -> UpstreamError {
-        if err.is_timeout() {
-            UpstreamError::Timeout(self.name.clone())
-        } else if err.is_connect() {
-            UpstreamError::Connect(self.name.clone())
-        } else {
-            // reqwest errors can include the URL; keep only the kind.
-            UpstreamError::Broken(self.name.clone(), describe(&err))
-        }
+    /// Sends one request and waits for the response headers, within the first-byte
+    /// timeout. A stream an HTTP/2 upstream refused unprocessed is sent again.
+    async fn call(
+        &self,
+        method: Method,
+        uri: &Uri,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let exchange = async {
+            let mut retries = 0;
+            loop {
+                let mut request = Request::new(Full::new(body.clone()));
+                *request.method_mut() = method.clone();
+                *request.uri_mut() = uri.clone();
+                let headers = request.headers_mut();
+                if method == Method::POST {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+                for value in &self.authorization {
+                    headers.append(AUTHORIZATION, value.clone());
+                }
+                match self.client.request(request).await {
+                    Ok(response) => return Ok(response),
+                    Err(err) if retries < MAX_NACK_RETRIES && is_protocol_nack(&err) => {
+                        retries += 1;
+                    }
+                    Err(err) => return Err(self.classify(&err, SEND_FAILED)),
+                }
+            }
+        };
+        tokio::time::timeout(self.first_byte_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
     }
 
-    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(key) => builder.bearer_auth(key.expose()),
-            None => builder,
+    /// Errors carry only their kind: the underlying text can include the URL.
+    fn classify(&self, err: &(dyn StdError + 'static), what: &str) -> UpstreamError {
+        if timed_out(err) {
+            UpstreamError::Timeout(self.name.clone())
+        } else if err
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect())
+        {
+            UpstreamError::Connect(self.name.clone())
+        } else {
+            UpstreamError::Broken(self.name.clone(), what.into())
         }
     }
 }
 
-fn describe(err: &reqwest::Error) -> String {
-    if err.is_body() || err.is_decode() {
-        "the response body was cut short or malformed".into()
-    } else if err.is_request() {
-        "the request could not be sent".into()
-    } else {
-        "protocol error".into()
+/// Moves `user:password@` out of the URL into a Basic `Authorization` value.
+fn take_credentials(url: &mut url::Url) -> Result<Option<HeaderValue>, &'static str> {
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(None);
     }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+    };
+    let bad = "base_url credentials are not valid UTF-8";
+    let username = decode(url.username()).map_err(|_| bad)?;
+    let password = url.password().map(decode).transpose().map_err(|_| bad)?;
+    let cleared = url.set_username("").and_then(|()| url.set_password(None));
+    cleared.map_err(|()| "base_url credentials cannot be removed")?;
+    let pair = format!("{username}:{}", password.unwrap_or_default());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    sensitive(format!("Basic {encoded}"))
+        .map(Some)
+        .ok_or("base_url credentials are not a valid header value")
+}
+
+/// A header value kept out of debug output and HPACK tables.
+fn sensitive(value: String) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The error and its chain of causes.
+fn sources<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source())
+}
+
+fn timed_out(err: &(dyn StdError + 'static)) -> bool {
+    sources(err).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_timeout())
+    })
+}
+
+/// An HTTP/2 graceful GOAWAY or REFUSED_STREAM from the upstream: it did not process
+/// the request, so sending it again is safe.
+fn is_protocol_nack(err: &(dyn StdError + 'static)) -> bool {
+    sources(err).any(|e| {
+        e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        })
+    })
 }
 
 fn read_api_key(config: &UpstreamConfig) -> Result<Option<Secret>, String> {
@@ -129,29 +257,16 @@ impl Upstream for HttpUpstream {
         request: UpstreamRequest,
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
         async move {
-            let url = self.endpoint_urls[request.endpoint as usize].clone();
-            let pending = self
-                .authorized(self.client.post(url))
-                .header(::http::header::CONTENT_TYPE, "application/json")
-                .body(request.body)
-                .send();
-            let response = tokio::time::timeout(self.first_byte_timeout, pending)
-                .await
-                .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
-                .map_err(|e| self.classify(e))?;
-            let status = response.status();
-            let content_type = response
-                .headers()
-                .get(::http::header::CONTENT_TYPE)
-                .cloned();
+            let uri = &self.endpoint_uris[request.endpoint as usize];
+            let response = self.call(Method::POST, uri, request.body).await?;
+            let (mut parts, body) = response.into_parts();
             let name = self.name.clone();
-            let body = response
-                .bytes_stream()
-                .map_err(move |e| UpstreamError::Broken(name.clone(), describe(&e)))
+            let body = BodyDataStream::new(body)
+                .map_err(move |_| UpstreamError::Broken(name.clone(), BODY_FAILED.into()))
                 .boxed();
             Ok(UpstreamResponse {
-                status,
-                content_type,
+                status: parts.status,
+                content_type: parts.headers.remove(CONTENT_TYPE),
                 body,
                 idle_timeout: self.idle_timeout,
             })
@@ -176,19 +291,26 @@ impl Upstream for HttpUpstream {
             struct List {
                 data: Vec<Listed>,
             }
-            let models_url = format!("{}/models", self.base_url);
-            let fetch = self.authorized(self.client.get(models_url)).send();
-            let response = tokio::time::timeout(self.first_byte_timeout, fetch)
-                .await
-                .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
-                .map_err(|e| self.classify(e))?;
+            let response = self
+                .call(Method::GET, &self.models_uri, Bytes::new())
+                .await?;
             if !response.status().is_success() {
                 return Err(UpstreamError::Broken(
                     self.name.clone(),
                     format!("model list answered {}", response.status()),
                 ));
             }
-            let list: List = response.json().await.map_err(|e| self.classify(e))?;
+            let collect = Limited::new(response.into_body(), MAX_MODEL_LIST).collect();
+            let body = tokio::time::timeout(self.idle_timeout, collect)
+                .await
+                .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+                .map_err(|e| match e.is::<LengthLimitError>() {
+                    true => UpstreamError::Broken(self.name.clone(), "model list too large".into()),
+                    false => self.classify(&*e, BODY_FAILED),
+                })?
+                .to_bytes();
+            let list: List = serde_json::from_slice(&body)
+                .map_err(|_| UpstreamError::Broken(self.name.clone(), BODY_FAILED.into()))?;
             let models: Vec<String> = list.data.into_iter().map(|m| m.id).collect();
             if let Ok(mut cache) = self.model_cache.lock() {
                 *cache = Some((Instant::now(), models.clone()));
