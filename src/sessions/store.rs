@@ -378,9 +378,8 @@ async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool, SessionErro
                     "PRAGMA synchronous = NORMAL",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA foreign_keys = ON",
-                    // Reads through a memory map: no read() copy when another
-                    // connection's commit invalidates this one's page cache.
-                    "PRAGMA mmap_size = 268435456",
+                    // No mmap: mapped database pages would count as gatewayd's RSS and
+                    // grow with the file (measured in the soak), hiding real leaks.
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
