@@ -73,7 +73,7 @@ pub async fn serve_router(
     listeners: Vec<Listener>,
     shutdown: CancellationToken,
 ) {
-    telemetry::handle();
+    telemetry::start_upkeep();
     let options = server::ServeOptions {
         limits: state.config.limits.clone(),
         grace: state.config.shutdown_grace,

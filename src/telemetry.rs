@@ -41,6 +41,23 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Histogram samples wait in a per-metric queue until the exporter's upkeep folds them
+/// into buckets. Without a periodic upkeep they pile up between scrapes (a slow leak when
+/// nobody scrapes), so one task per process runs it. Must be called inside a runtime.
+pub fn start_upkeep() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let handle = handle();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                ticks.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    });
+}
+
 /// What the handler learned about a request, for its metrics line.
 #[derive(Default)]
 pub struct RequestTiming {
