@@ -14,8 +14,7 @@ use crate::error::ApiError;
 use crate::openai::{ChatRequest, Endpoint};
 use crate::proxy::{forward, respond, Answer};
 use crate::relay::StreamObserver;
-use crate::routes::sessions::{checked_id, session_error, store};
-use crate::sessions::{message_from_reply, ReplyAssembler, SessionStore};
+use crate::sessions::{message_from_reply, parse_session_id, ReplyAssembler, SessionStore};
 use crate::state::AppState;
 
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
@@ -29,10 +28,10 @@ pub async fn continue_session(
     id: &str,
     request: &ChatRequest,
 ) -> Result<Response, ApiError> {
-    let id = checked_id(id)?.to_string();
-    let store = store(state)?.clone();
+    let id = parse_session_id(id)?.to_string();
+    let store = state.session_store()?.clone();
     let guard = store.lock(&id).await;
-    let history = store.history(&owner, &id).await.map_err(session_error)?;
+    let history = store.history(&owner, &id).await.map_err(ApiError::from)?;
 
     let mut turn: Vec<String> = request_messages(request)?;
     let limits = store.limits();
@@ -40,7 +39,7 @@ pub async fn continue_session(
     if history.messages.len() + turn.len() + 1 > limits.max_messages
         || history.bytes + new_bytes > limits.max_bytes
     {
-        return Err(session_error(store.limit_error()));
+        return Err(ApiError::from(store.limit_error()));
     }
 
     let history_json = history.to_json_list();
@@ -67,7 +66,7 @@ pub async fn continue_session(
             store
                 .append(&owner, &id, &turn)
                 .await
-                .map_err(session_error)?;
+                .map_err(ApiError::from)?;
             drop(guard);
             respond(
                 state,
@@ -129,7 +128,7 @@ impl StreamObserver for SessionRecorder {
             match self.store.append(&self.owner, &self.id, &turn).await {
                 Ok(()) => None,
                 Err(err) => {
-                    let error = session_error(err);
+                    let error = ApiError::from(err);
                     Some(Bytes::from(format!("data: {}\n\n", error.body())))
                 }
             }

@@ -166,6 +166,31 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// Storage errors as clients see them: unknown and foreign ids get the same 404, so a
+/// session's existence is never revealed; storage failures are logged, not shown.
+impl From<crate::sessions::SessionError> for ApiError {
+    fn from(err: crate::sessions::SessionError) -> Self {
+        use crate::sessions::SessionError;
+        match err {
+            SessionError::NotFound => ApiError::NotFound {
+                message: "No session found with that id.".into(),
+                code: Some("session_not_found"),
+            },
+            SessionError::InvalidId => ApiError::BadRequest {
+                message: "Malformed session id: expected 'sess_' followed by 32 hex characters."
+                    .into(),
+                param: Some("session_id"),
+                code: Some("invalid_session_id"),
+            },
+            SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
+            other => {
+                tracing::error!(error = %other, "session storage failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
 /// `Json<T>` whose rejection is an [`ApiError`], so malformed bodies get OpenAI-shaped errors.
 #[derive(axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]

@@ -159,10 +159,10 @@ impl Limiter {
 /// host usually holds a whole /64, so counting single v6 addresses would be no limit).
 fn bucket(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
+        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
+            Ok(net) => IpAddr::V6(net.network()),
+            Err(_) => IpAddr::V6(v6),
+        },
         v4 => v4,
     }
 }

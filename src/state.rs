@@ -50,6 +50,14 @@ impl AppState {
         }))
     }
 
+    /// The session store, or a logged 500 if this state was built without one.
+    pub fn session_store(&self) -> Result<&Arc<SessionStore>, crate::error::ApiError> {
+        self.sessions.as_ref().ok_or_else(|| {
+            tracing::error!("session storage is not configured");
+            crate::error::ApiError::Internal
+        })
+    }
+
     pub fn with_sessions(self, store: SessionStore) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.sessions = Some(Arc::new(store));

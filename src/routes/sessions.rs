@@ -1,7 +1,6 @@
 //! /v1/sessions: create, list, read and delete the caller's stored conversations.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -14,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::routes::{read_body, require_json, Owner};
-use crate::sessions::{is_valid_session_id, SessionError, SessionStore};
+use crate::sessions::parse_session_id;
 use crate::state::AppState;
 
 const MAX_METADATA_PAIRS: usize = 16;
@@ -25,40 +24,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/sessions", post(create).get(list))
         .route("/v1/sessions/{id}", get(read).delete(remove))
-}
-
-pub fn store(state: &AppState) -> Result<&Arc<SessionStore>, ApiError> {
-    state.sessions.as_ref().ok_or_else(|| {
-        tracing::error!("session storage is not configured");
-        ApiError::Internal
-    })
-}
-
-/// One mapping for every storage error: unknown and foreign ids look identical.
-pub fn session_error(err: SessionError) -> ApiError {
-    match err {
-        SessionError::NotFound => ApiError::NotFound {
-            message: "No session found with that id.".into(),
-            code: Some("session_not_found"),
-        },
-        SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
-        other => {
-            tracing::error!(error = %other, "session storage failed");
-            ApiError::Internal
-        }
-    }
-}
-
-pub fn checked_id(id: &str) -> Result<&str, ApiError> {
-    if is_valid_session_id(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::BadRequest {
-            message: "Malformed session id: expected 'sess_' followed by 32 hex characters.".into(),
-            param: Some("session_id"),
-            code: Some("invalid_session_id"),
-        })
-    }
 }
 
 #[derive(Deserialize, Default)]
@@ -75,7 +40,7 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let store = store(&state)?;
+    let store = state.session_store()?;
     let body = read_body(body, state.config.limits.max_body_bytes).await?;
     let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
         CreateSession::default()
@@ -100,12 +65,12 @@ async fn create(
         .as_ref()
         .is_some_and(|s| s.len() > store.limits().max_bytes)
     {
-        return Err(session_error(store.limit_error()));
+        return Err(ApiError::from(store.limit_error()));
     }
     let session = store
         .create(&owner, request.metadata, request.system)
         .await
-        .map_err(session_error)?;
+        .map_err(ApiError::from)?;
     Ok((StatusCode::CREATED, axum::Json(session)).into_response())
 }
 
@@ -130,11 +95,12 @@ async fn list(
             Some("limit"),
         ));
     }
-    let after = query.after.as_deref().map(checked_id).transpose()?;
-    let (sessions, has_more) = store(&state)?
+    let after = query.after.as_deref().map(parse_session_id).transpose()?;
+    let (sessions, has_more) = state
+        .session_store()?
         .list(&owner, limit, after)
         .await
-        .map_err(session_error)?;
+        .map_err(ApiError::from)?;
     Ok(axum::Json(json!({
         "object": "list",
         "data": sessions,
@@ -149,11 +115,12 @@ async fn read(
     Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let id = checked_id(&id)?;
-    let (session, system, messages) = store(&state)?
+    let id = parse_session_id(&id)?;
+    let (session, system, messages) = state
+        .session_store()?
         .get(&owner, id)
         .await
-        .map_err(session_error)?;
+        .map_err(ApiError::from)?;
     let messages: Vec<Value> = messages
         .into_iter()
         .map(|m| {
@@ -179,11 +146,12 @@ async fn remove(
     Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let id = checked_id(&id)?;
-    store(&state)?
+    let id = parse_session_id(&id)?;
+    state
+        .session_store()?
         .delete(&owner, id)
         .await
-        .map_err(session_error)?;
+        .map_err(ApiError::from)?;
     Ok(axum::Json(
         json!({"id": id, "object": "session.deleted", "deleted": true}),
     ))

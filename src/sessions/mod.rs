@@ -41,6 +41,8 @@ impl History {
 pub enum SessionError {
     #[error("session not found")]
     NotFound,
+    #[error("malformed session id")]
+    InvalidId,
     #[error("{0}")]
     LimitExceeded(String),
     #[error("session storage failed: {0}")]
@@ -56,6 +58,15 @@ pub fn new_session_id() -> Result<String, SessionError> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes).map_err(|e| SessionError::Setup(e.to_string()))?;
     Ok(format!("sess_{}", hex::encode(bytes)))
+}
+
+/// The id if it is well-formed, so storage is never asked about arbitrary strings.
+pub fn parse_session_id(id: &str) -> Result<&str, SessionError> {
+    if is_valid_session_id(id) {
+        Ok(id)
+    } else {
+        Err(SessionError::InvalidId)
+    }
 }
 
 pub fn is_valid_session_id(id: &str) -> bool {

@@ -16,10 +16,9 @@ use super::{new_session_id, History, Session, SessionError, SessionLimits};
 /// Striped, so there is no global lock and no map to clean up.
 const LOCK_STRIPES: usize = 1024;
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("src/sessions/migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("src/sessions/migrations/postgres");
+/// One migration set for both backends: the schema uses only SQL that SQLite and
+/// PostgreSQL read the same way (TEXT, BIGINT, a foreign key, plain indexes).
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/sessions/migrations");
 
 pub struct SessionStore {
     pool: AnyPool,
@@ -65,7 +64,7 @@ impl SessionStore {
         sqlx::any::install_default_drivers();
         let pool = sqlite_pool(&url, 8).await?;
         let writer = sqlite_pool(&url, 1).await?;
-        SQLITE_MIGRATIONS.run(&writer).await?;
+        MIGRATIONS.run(&writer).await?;
         Ok(Self::with_pools(pool, writer, limits, "sqlite"))
     }
 
@@ -77,7 +76,7 @@ impl SessionStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        POSTGRES_MIGRATIONS.run(&pool).await?;
+        MIGRATIONS.run(&pool).await?;
         Ok(Self::with_pools(pool.clone(), pool, limits, "postgres"))
     }
 
