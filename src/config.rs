@@ -64,6 +64,41 @@ pub struct UpstreamConfig {
     pub first_byte_timeout_secs: u64,
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// `/models` of a pattern upstream must answer within this; a slow one must not
+    /// hold up the whole list.
+    #[serde(default = "defaults::models_timeout")]
+    pub models_timeout_secs: u64,
+    /// Header that carries the upstream key: `api-key` for Azure OpenAI, `x-api-key`
+    /// for some others. Default `Authorization`.
+    pub auth_header: Option<String>,
+    /// Scheme before the key in `auth_header`; `""` sends the bare key. Default `Bearer`.
+    pub auth_scheme: Option<String>,
+    /// Static headers sent on every request; a value `env:NAME` or `file:PATH` is read
+    /// once at startup and never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSource>,
+    /// Fixed query parameters on every upstream URL, e.g. Azure's `api-version`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Client request headers forwarded beyond the default safe list (exact names or a
+    /// trailing `*`). Credentials, cookies and proxy headers are never forwarded.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+/// A static upstream header value as written: literal, `env:NAME` or `file:PATH`. Its
+/// `Debug` shows only where the value comes from, never the value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct HeaderSource(pub String);
+
+impl std::fmt::Debug for HeaderSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.split_once(':') {
+            Some((kind @ ("env" | "file"), _)) => write!(f, "{kind}:[REDACTED]"),
+            _ => f.write_str("[REDACTED]"),
+        }
+    }
 }
 
 /// Resource limits. Every field has a safe default; 0 means unlimited where noted.
@@ -129,6 +164,9 @@ mod defaults {
     pub fn idle_timeout() -> u64 {
         60
     }
+    pub fn models_timeout() -> u64 {
+        5
+    }
 }
 
 /// Everything gatewayd runs with, after merging. Built once; never mutated.
@@ -186,6 +224,12 @@ impl Config {
                     connect_timeout_secs: defaults::connect_timeout(),
                     first_byte_timeout_secs: defaults::first_byte_timeout(),
                     idle_timeout_secs: defaults::idle_timeout(),
+                    models_timeout_secs: defaults::models_timeout(),
+                    auth_header: None,
+                    auth_scheme: None,
+                    headers: BTreeMap::new(),
+                    query: BTreeMap::new(),
+                    forward_headers: Vec::new(),
                 },
             );
         }

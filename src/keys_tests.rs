@@ -67,23 +67,28 @@ fn too_few_distinct_characters_is_refused() {
 #[test]
 fn repeated_run_is_refused() {
     assert_eq!(
-        check_strength("gwd_Q9vK2mX7pL4rT8wZZZZ3nB6cF1hJ5sD0aGe"),
+        check_strength("gwd_Q9vK2mX7pL4rT8wZZZZZZZZ3nB6cF1hJ5sD0aGe"),
         Err(WeakKey::RepeatedRun)
+    );
+    // Runs of 4 happen in random keys (about 1 in 6,000 base64 keys), so they pass.
+    assert_eq!(
+        check_strength("gwd_Q9vK2mX7pL4rT8wZZZZ3nB6cF1hJ5sD0aGe"),
+        Ok(())
     );
 }
 
 #[test]
 fn ascending_and_descending_runs_are_refused() {
     assert_eq!(
-        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGeMNOP"),
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGeMNOPQRST"),
         Err(WeakKey::SequentialRun)
     );
     assert_eq!(
-        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe9876"),
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe98765432"),
         Err(WeakKey::SequentialRun)
     );
     assert_eq!(
-        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGedcba"),
+        check_strength("gwd_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGehgfedcba"),
         Err(WeakKey::SequentialRun)
     );
 }
@@ -91,13 +96,49 @@ fn ascending_and_descending_runs_are_refused() {
 #[test]
 fn placeholder_words_are_refused_in_any_case() {
     for word in PLACEHOLDER_WORDS {
-        let key = format!("Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe{}", word.to_uppercase());
-        assert!(check_strength(&key).is_err(), "{key} passed");
+        // Short words count only as words of their own (see ANYWHERE_WORD_LEN).
+        let separator = if word.len() < ANYWHERE_WORD_LEN {
+            "-"
+        } else {
+            ""
+        };
+        let key = format!(
+            "Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe{separator}{}",
+            word.to_uppercase()
+        );
+        assert_eq!(check_strength(&key), Err(WeakKey::PlaceholderWord), "{key}");
+        let key = format!("{}_Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe", word);
+        assert_eq!(check_strength(&key), Err(WeakKey::PlaceholderWord), "{key}");
+    }
+    for key in [
+        "sk-test-Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe",
+        "my-super-secret-key-with-enough-length-xyz",
+        "your.key.goes.here.Q9vK2mX7pL4rT8wZ3nB6cF",
+    ] {
+        assert_eq!(check_strength(key), Err(WeakKey::PlaceholderWord), "{key}");
     }
     assert_eq!(
         check_strength("Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGeSeCrEt"),
         Err(WeakKey::PlaceholderWord)
     );
+}
+
+#[test]
+fn entropy_is_estimated_from_alphabet_and_length() {
+    assert_eq!(Alphabet::of(&"7".repeat(40)).size, 10);
+    let uuid = Alphabet::of("3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b");
+    assert_eq!((uuid.size, uuid.symbols), (16, 32));
+    assert_eq!(Alphabet::of("q9vk2mx7pl4rt8wz3nb6cf1hj5sd0age").size, 36);
+    assert_eq!(Alphabet::of("Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe").size, 62);
+    let base64 = Alphabet::of("Q9vK2mX7pL4rT8wZ3nB6cF1hJ5sD0aGe+/Q9vK2mX7pL=");
+    assert_eq!((base64.size, base64.symbols), (64, 44));
+    // 32 digits carry about 106 bits: too few.
+    assert_eq!(
+        check_strength("73920584613049275816302947518206"),
+        Err(WeakKey::LowEntropy)
+    );
+    // 28 hex characters are exactly 112 bits, but shorter than 32 characters.
+    assert!(Alphabet::of("3f2b8c1e9a4d4e6f8b2a1c3d5e7f").bits() >= MIN_ENTROPY_BITS);
 }
 
 #[test]

@@ -24,6 +24,9 @@ pub struct ChatRequest {
     pub body: Bytes,
     pub model: String,
     pub stream: bool,
+    /// The client's headers that may travel upstream (set by the route; credentials
+    /// already removed). Each upstream forwards its own allowed subset.
+    pub client_headers: std::sync::Arc<http::HeaderMap>,
     model_span: (usize, usize),
     messages_span: Option<(usize, usize)>,
 }
@@ -117,6 +120,7 @@ pub fn parse_request(body: Bytes, endpoint: Endpoint) -> Result<ChatRequest, Inv
         body,
         model,
         stream,
+        client_headers: Default::default(),
         model_span,
         messages_span,
     })

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -22,7 +22,10 @@ pub enum Answer {
     /// A complete, non-streaming body with the upstream's status.
     Complete {
         status: StatusCode,
-        content_type: Option<HeaderValue>,
+        /// Every upstream header the client sees, Content-Type included (filtered by
+        /// `upstream::headers::pass_through`). The field keeps its first name so callers
+        /// that only move it along need no change; rename it to `headers` with them.
+        content_type: HeaderMap,
         body: Bytes,
     },
     /// A successful event stream, still flowing.
@@ -58,7 +61,11 @@ pub async fn forward(
         let started = Instant::now();
         let sent = candidate
             .upstream
-            .send(UpstreamRequest { endpoint, body })
+            .send(UpstreamRequest {
+                endpoint,
+                body,
+                client_headers: request.client_headers.clone(),
+            })
             .await;
         telemetry::record_upstream(started, &upstream);
         let response = match sent {
@@ -68,7 +75,11 @@ pub async fn forward(
                 return Err(ApiError::GatewayTimeout);
             }
             Err(err) => {
-                tracing::warn!(%upstream, error = %err, "upstream failed; trying the next one");
+                if is_last {
+                    tracing::warn!(%upstream, error = %err, "upstream failed");
+                } else {
+                    tracing::warn!(%upstream, error = %err, "upstream failed; trying the next one");
+                }
                 last_error = ApiError::BadGateway;
                 continue;
             }
@@ -90,8 +101,8 @@ pub async fn forward(
             return Err(ApiError::BadGateway);
         }
         let is_event_stream = response
-            .content_type
-            .as_ref()
+            .headers
+            .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if request.stream && status.is_success() && is_event_stream {
@@ -127,7 +138,7 @@ async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {
     }
     Ok(Answer::Complete {
         status: response.status,
-        content_type: response.content_type,
+        content_type: response.headers,
         body: body.freeze(),
     })
 }
@@ -141,12 +152,16 @@ pub fn respond(
     match answer {
         Answer::Complete {
             status,
-            content_type,
+            content_type: mut headers,
             body,
         } => {
-            let content_type =
-                content_type.unwrap_or_else(|| HeaderValue::from_static("application/json"));
-            (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+            if !headers.contains_key(header::CONTENT_TYPE) {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            (status, headers, body).into_response()
         }
         Answer::Stream(upstream) => {
             let options = RelayOptions {
@@ -157,6 +172,7 @@ pub fn respond(
             let body = axum::body::Body::from_stream(relay(upstream.body, options, observer));
             (
                 StatusCode::OK,
+                upstream.headers,
                 [
                     (
                         header::CONTENT_TYPE,

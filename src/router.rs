@@ -49,7 +49,7 @@ pub fn app(state: AppState) -> Router {
 
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let routes = routes
-        .fallback(|| async { ApiError::not_found("Unknown route.") })
+        .fallback(routes::unsupported::fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone());
 

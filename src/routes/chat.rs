@@ -11,8 +11,9 @@ use crate::conversation::{continue_session, SESSION_HEADER};
 use crate::error::ApiError;
 use crate::openai::{parse_request, ChatRequest, Endpoint};
 use crate::proxy::{forward, respond};
-use crate::routes::{read_body, require_json, Owner};
+use crate::routes::{read_json_body, Owner};
 use crate::state::AppState;
+use crate::upstream::headers::forwardable;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -75,8 +76,11 @@ async fn parse(
     body: Body,
     endpoint: Endpoint,
 ) -> Result<ChatRequest, ApiError> {
-    require_json(headers)?;
-    let body = read_body(body, state.config.limits.max_body_bytes).await?;
-    parse_request(body, endpoint)
-        .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))
+    let keyless = state.keys.load().is_empty();
+    let body = read_json_body(headers, body, state.config.limits.max_body_bytes, keyless).await?;
+    let mut request = parse_request(body, endpoint)
+        .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))?;
+    let token = crate::auth::extract_token(headers).ok().flatten();
+    request.client_headers = std::sync::Arc::new(forwardable(headers, token));
+    Ok(request)
 }

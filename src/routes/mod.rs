@@ -5,6 +5,7 @@ pub mod health;
 pub mod metrics;
 pub mod models;
 pub mod sessions;
+pub mod unsupported;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
@@ -25,6 +26,26 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// A request body that must be JSON. A Content-Type header must say JSON (else 415).
+/// Without one, a keyed gateway reads the body and accepts it if it parses as JSON, as
+/// OpenAI does; keyless mode insists on the header, because there it is the CSRF defence.
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    keyless: bool,
+) -> Result<Bytes, ApiError> {
+    if headers.contains_key(header::CONTENT_TYPE) || keyless {
+        require_json(headers)?;
+        return read_body(body, limit).await;
+    }
+    let body = read_body(body, limit).await?;
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        Ok(_) => Ok(body),
+        Err(_) => Err(ApiError::UnsupportedMediaType),
     }
 }
 

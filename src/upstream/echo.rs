@@ -8,7 +8,7 @@ use futures_util::{stream, FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::{Endpoint, ModelObject, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 pub struct EchoUpstream;
 
@@ -48,10 +48,19 @@ fn words(text: &str) -> usize {
 fn json_response(status: ::http::StatusCode, body: Value) -> UpstreamResponse {
     UpstreamResponse {
         status,
-        content_type: Some(::http::HeaderValue::from_static("application/json")),
+        headers: content_type("application/json"),
         body: stream::once(async move { Ok(Bytes::from(body.to_string())) }).boxed(),
         idle_timeout: Duration::from_secs(60),
     }
+}
+
+fn content_type(value: &'static str) -> ::http::HeaderMap {
+    let mut headers = ::http::HeaderMap::new();
+    headers.insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static(value),
+    );
+    headers
 }
 
 fn sse_event(value: &Value) -> Bytes {
@@ -117,7 +126,7 @@ fn complete(request: EchoRequest) -> UpstreamResponse {
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     UpstreamResponse {
         status: ::http::StatusCode::OK,
-        content_type: Some(::http::HeaderValue::from_static("text/event-stream")),
+        headers: content_type("text/event-stream"),
         body: stream::iter(events.into_iter().map(Ok)).boxed(),
         idle_timeout: Duration::from_secs(60),
     }
@@ -153,7 +162,9 @@ impl Upstream for EchoUpstream {
         .boxed()
     }
 
-    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, UpstreamError>> {
-        async { Ok(vec!["echo".to_string()]) }.boxed()
+    fn list_models(
+        &self,
+    ) -> BoxFuture<'_, Result<std::sync::Arc<Vec<ModelObject>>, UpstreamError>> {
+        async { Ok(Default::default()) }.boxed()
     }
 }

@@ -4,8 +4,8 @@ use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use ::http::{HeaderValue, Method, Request, Response, Uri};
+use ::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use ::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -16,7 +16,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::headers::{pass_through, sensitive, RequestHeaders};
+use super::{Endpoint, ModelObject, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::config::UpstreamConfig;
 use crate::keys::Secret;
 
@@ -73,13 +74,21 @@ pub struct HttpUpstream {
     /// Built once: the per-request cost is a clone, not a URL parse.
     endpoint_uris: [Uri; 3],
     models_uri: Uri,
-    /// `Authorization` values (sensitive), built once: credentials from the base URL,
-    /// then the upstream key.
-    authorization: Vec<HeaderValue>,
+    /// Basic credentials from the base URL (sensitive), built once.
+    basic_auth: Option<HeaderValue>,
+    /// Forwarded client headers, static headers and the key's header, decided once.
+    request_headers: RequestHeaders,
+    /// `host:port`, for logs an operator can act on (never the URL or key).
+    authority: Arc<str>,
+    /// Lowercase host: a response header naming it is not passed to clients.
+    host: String,
     client: Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
-    model_cache: Mutex<Option<(Instant, Vec<String>)>>,
+    models_timeout: Duration,
+    /// The last good `/models` list; served stale when the upstream fails, never
+    /// replaced by a failure.
+    model_cache: Mutex<Option<(Instant, Arc<Vec<ModelObject>>)>>,
 }
 
 impl HttpUpstream {
@@ -88,14 +97,15 @@ impl HttpUpstream {
         let config_error = |m: &str| UpstreamError::Config(name.clone(), m.to_string());
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let base_url = config.base_url.trim_end_matches('/');
-        let mut authorization = Vec::with_capacity(2);
+        let mut basic_auth = None;
         let mut uri = |path: &str| -> Result<Uri, UpstreamError> {
             let mut url = url::Url::parse(&format!("{base_url}/{path}"))
                 .map_err(|_| config_error("base_url is not a valid URL"))?;
             if let Some(basic) = take_credentials(&mut url).map_err(config_error)? {
-                if authorization.is_empty() {
-                    authorization.push(basic);
-                }
+                basic_auth = Some(basic);
+            }
+            if !config.query.is_empty() {
+                url.query_pairs_mut().extend_pairs(&config.query);
             }
             Uri::try_from(url.as_str()).map_err(|_| config_error("base_url is not a valid URL"))
         };
@@ -105,19 +115,26 @@ impl HttpUpstream {
             uri(Endpoint::Embeddings.path())?,
         ];
         let models_uri = uri("models")?;
-        if let Some(key) = api_key {
-            authorization.push(
-                sensitive(format!("Bearer {}", key.expose()))
-                    .ok_or_else(|| config_error("the API key is not a valid header value"))?,
-            );
-        }
+        let request_headers = RequestHeaders::new(config, api_key.as_ref().map(Secret::expose))
+            .map_err(|m| UpstreamError::Config(name.clone(), m))?;
+        let host = models_uri.host().unwrap_or_default().to_ascii_lowercase();
+        let port = models_uri
+            .port_u16()
+            .unwrap_or(match models_uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
         Ok(HttpUpstream {
             endpoint_uris,
             models_uri,
-            authorization,
+            basic_auth,
+            request_headers,
+            authority: format!("{host}:{port}").into(),
+            host,
             client,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            models_timeout: Duration::from_secs(config.models_timeout_secs.max(1)),
             model_cache: Mutex::new(None),
             name,
         })
@@ -130,6 +147,7 @@ impl HttpUpstream {
         method: Method,
         uri: &Uri,
         body: Bytes,
+        client_headers: &HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let exchange = async {
             let mut retries = 0;
@@ -141,10 +159,10 @@ impl HttpUpstream {
                 if method == Method::POST {
                     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 }
-                headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
-                for value in &self.authorization {
-                    headers.append(AUTHORIZATION, value.clone());
+                if let Some(basic) = &self.basic_auth {
+                    headers.insert(AUTHORIZATION, basic.clone());
                 }
+                self.request_headers.apply(client_headers, headers);
                 match self.client.request(request).await {
                     Ok(response) => return Ok(response),
                     Err(err) if retries < MAX_NACK_RETRIES && is_protocol_nack(&err) => {
@@ -167,7 +185,14 @@ impl HttpUpstream {
             .downcast_ref::<hyper_util::client::legacy::Error>()
             .is_some_and(|e| e.is_connect())
         {
-            UpstreamError::Connect(self.name.clone())
+            let os_error = sources(err)
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .last()
+                .map_or_else(|| "connection failed".to_string(), ToString::to_string);
+            UpstreamError::Connect(
+                self.name.clone(),
+                format!("{} ({os_error})", self.authority),
+            )
         } else {
             UpstreamError::Broken(self.name.clone(), what.into())
         }
@@ -194,13 +219,6 @@ fn take_credentials(url: &mut url::Url) -> Result<Option<HeaderValue>, &'static 
     sensitive(format!("Basic {encoded}"))
         .map(Some)
         .ok_or("base_url credentials are not a valid header value")
-}
-
-/// A header value kept out of debug output and HPACK tables.
-fn sensitive(value: String) -> Option<HeaderValue> {
-    let mut value = HeaderValue::try_from(value).ok()?;
-    value.set_sensitive(true);
-    Some(value)
 }
 
 /// The error and its chain of causes.
@@ -258,15 +276,17 @@ impl Upstream for HttpUpstream {
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
         async move {
             let uri = &self.endpoint_uris[request.endpoint as usize];
-            let response = self.call(Method::POST, uri, request.body).await?;
-            let (mut parts, body) = response.into_parts();
+            let response = self
+                .call(Method::POST, uri, request.body, &request.client_headers)
+                .await?;
+            let (parts, body) = response.into_parts();
             let name = self.name.clone();
             let body = BodyDataStream::new(body)
                 .map_err(move |_| UpstreamError::Broken(name.clone(), BODY_FAILED.into()))
                 .boxed();
             Ok(UpstreamResponse {
                 status: parts.status,
-                content_type: parts.headers.remove(CONTENT_TYPE),
+                headers: pass_through(parts.headers, &self.host),
                 body,
                 idle_timeout: self.idle_timeout,
             })
@@ -274,49 +294,71 @@ impl Upstream for HttpUpstream {
         .boxed()
     }
 
-    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, UpstreamError>> {
+    fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>> {
         async move {
-            if let Ok(cache) = self.model_cache.lock() {
-                if let Some((at, models)) = cache.as_ref() {
-                    if at.elapsed() < MODEL_LIST_TTL {
-                        return Ok(models.clone());
-                    }
+            let cached = self.model_cache.lock().ok().and_then(|c| c.clone());
+            if let Some((at, models)) = &cached {
+                if at.elapsed() < MODEL_LIST_TTL {
+                    return Ok(models.clone());
                 }
             }
-            #[derive(serde::Deserialize)]
-            struct Listed {
-                id: String,
-            }
-            #[derive(serde::Deserialize)]
-            struct List {
-                data: Vec<Listed>,
-            }
-            let response = self
-                .call(Method::GET, &self.models_uri, Bytes::new())
-                .await?;
-            if !response.status().is_success() {
-                return Err(UpstreamError::Broken(
-                    self.name.clone(),
-                    format!("model list answered {}", response.status()),
-                ));
-            }
-            let collect = Limited::new(response.into_body(), MAX_MODEL_LIST).collect();
-            let body = tokio::time::timeout(self.idle_timeout, collect)
+            let fetched = tokio::time::timeout(self.models_timeout, self.fetch_models())
                 .await
-                .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
-                .map_err(|e| match e.is::<LengthLimitError>() {
-                    true => UpstreamError::Broken(self.name.clone(), "model list too large".into()),
-                    false => self.classify(&*e, BODY_FAILED),
-                })?
-                .to_bytes();
-            let list: List = serde_json::from_slice(&body)
-                .map_err(|_| UpstreamError::Broken(self.name.clone(), BODY_FAILED.into()))?;
-            let models: Vec<String> = list.data.into_iter().map(|m| m.id).collect();
-            if let Ok(mut cache) = self.model_cache.lock() {
-                *cache = Some((Instant::now(), models.clone()));
+                .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone())));
+            match (fetched, cached) {
+                (Ok(models), _) => {
+                    let models = Arc::new(models);
+                    if let Ok(mut cache) = self.model_cache.lock() {
+                        *cache = Some((Instant::now(), models.clone()));
+                    }
+                    Ok(models)
+                }
+                (Err(err), Some((_, stale))) => {
+                    tracing::warn!(upstream = %self.name, error = %err, "model list failed; serving the last good one");
+                    Ok(stale)
+                }
+                (Err(err), None) => Err(err),
             }
-            Ok(models)
         }
         .boxed()
+    }
+}
+
+impl HttpUpstream {
+    /// `GET /models`, parsed: objects with a string `id`, everything else they carry kept.
+    async fn fetch_models(&self) -> Result<Vec<ModelObject>, UpstreamError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            data: Vec<ModelObject>,
+        }
+        let response = self
+            .call(
+                Method::GET,
+                &self.models_uri,
+                Bytes::new(),
+                &HeaderMap::new(),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::Broken(
+                self.name.clone(),
+                format!("model list answered {}", response.status()),
+            ));
+        }
+        let body = Limited::new(response.into_body(), MAX_MODEL_LIST)
+            .collect()
+            .await
+            .map_err(|e| match e.is::<LengthLimitError>() {
+                true => UpstreamError::Broken(self.name.clone(), "model list too large".into()),
+                false => self.classify(&*e, BODY_FAILED),
+            })?
+            .to_bytes();
+        let list: List = serde_json::from_slice(&body)
+            .map_err(|_| UpstreamError::Broken(self.name.clone(), BODY_FAILED.into()))?;
+        Ok(list
+            .data
+            .into_iter()
+            .filter(|m| m.get("id").is_some_and(serde_json::Value::is_string))
+            .collect())
     }
 }

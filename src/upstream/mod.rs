@@ -1,6 +1,8 @@
 //! Upstreams: the provider trait, the model→upstream registry and its fallback order.
 
+mod catalog;
 mod echo;
+pub mod headers;
 mod http;
 
 use std::sync::Arc;
@@ -13,14 +15,16 @@ use http::HttpUpstream;
 
 use crate::config::UpstreamConfig;
 pub use crate::openai::Endpoint;
+pub use catalog::CatalogError;
 pub use echo::EchoUpstream;
 
 /// What went wrong talking to an upstream. Carries no URL and no key, so it is safe to
 /// log; the HTTP layer turns it into a generic 502/504.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("could not connect to upstream {0}")]
-    Connect(Arc<str>),
+    /// The upstream's name, then its `host:port` and the OS error (never the URL or key).
+    #[error("could not connect to upstream {0} at {1}")]
+    Connect(Arc<str>, String),
     #[error("upstream {0} timed out")]
     Timeout(Arc<str>),
     #[error("upstream {0} broke the response: {1}")]
@@ -37,16 +41,24 @@ impl UpstreamError {
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, UpstreamError>>;
 
-/// One call to an upstream: the endpoint and the exact bytes to send.
+/// One call to an upstream: the endpoint, the exact bytes to send and the client headers
+/// that may be forwarded (already stripped of credentials; see [`headers::forwardable`]).
 pub struct UpstreamRequest {
     pub endpoint: Endpoint,
     pub body: Bytes,
+    pub client_headers: Arc<::http::HeaderMap>,
 }
+
+/// One model object as an upstream lists it (`id` is always a string); its other fields
+/// (`created`, `owned_by`, vendor extras) are kept as they came.
+pub type ModelObject = serde_json::Map<String, serde_json::Value>;
 
 /// The upstream's answer, with its body still streaming.
 pub struct UpstreamResponse {
     pub status: ::http::StatusCode,
-    pub content_type: Option<::http::HeaderValue>,
+    /// The headers a client may see (Content-Type included), already filtered by
+    /// [`headers::pass_through`].
+    pub headers: ::http::HeaderMap,
     pub body: ByteStream,
     /// The longest silence allowed between body chunks.
     pub idle_timeout: Duration,
@@ -60,8 +72,8 @@ pub trait Upstream: Send + Sync {
         &self,
         request: UpstreamRequest,
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>>;
-    /// The upstream's own model list, for `"*"` upstreams.
-    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, UpstreamError>>;
+    /// The upstream's own model list, for pattern upstreams.
+    fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>>;
 }
 
 /// One way to serve a requested model: which upstream, and under which name.
@@ -85,6 +97,8 @@ struct Entry {
 /// All configured upstreams in config order, plus how models map to them.
 pub struct Registry {
     entries: Vec<Entry>,
+    /// Unix time the registry was built: the `created` of configured model names.
+    created: u64,
 }
 
 impl Registry {
@@ -99,13 +113,17 @@ impl Registry {
             let upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(config, client.clone())?);
             entries.push(Entry::new(upstream, &config.models, &config.aliases));
         }
-        Ok(Registry { entries })
+        Ok(Registry {
+            entries,
+            created: unix_now(),
+        })
     }
 
     pub fn echo_only() -> Registry {
         let echo: Arc<dyn Upstream> = Arc::new(EchoUpstream);
         Registry {
             entries: vec![Entry::new(echo, &["echo".to_string()], &Default::default())],
+            created: unix_now(),
         }
     }
 
@@ -133,32 +151,12 @@ impl Registry {
         out.extend(patterns);
         out
     }
+}
 
-    /// The union of configured model names and aliases, plus the live lists of
-    /// pattern upstreams (filtered by their patterns). Sorted, without duplicates.
-    pub async fn list_models(&self) -> Vec<(String, String)> {
-        let mut models: Vec<(String, String)> = Vec::new();
-        for entry in &self.entries {
-            let owner = entry.upstream.name().to_string();
-            for name in entry.exact.iter().chain(entry.aliases.iter().map(|a| &a.0)) {
-                models.push((name.clone(), owner.clone()));
-            }
-            if entry.serves_any_listed {
-                match entry.upstream.list_models().await {
-                    Ok(listed) => models.extend(
-                        listed
-                            .into_iter()
-                            .filter(|m| entry.prefixes.iter().any(|p| m.starts_with(p.as_str())))
-                            .map(|m| (m, owner.clone())),
-                    ),
-                    Err(err) => tracing::warn!(error = %err, "could not list upstream models"),
-                }
-            }
-        }
-        models.sort();
-        models.dedup_by(|a, b| a.0 == b.0);
-        models
-    }
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Entry {
