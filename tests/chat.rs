@@ -487,7 +487,8 @@ async fn models_lists_configured_names_and_live_pattern_models() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec!["fast", "gpt-4o-mini", "live-1"]);
+    // Config order: upstream a's name and alias, then what b lists.
+    assert_eq!(ids, vec!["gpt-4o-mini", "fast", "live-1"]);
 }
 
 #[tokio::test]
