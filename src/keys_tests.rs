@@ -1,5 +1,6 @@
 //! Unit tests for the strong-key policy, key sources and keygen.
 
+use super::policy::{ANYWHERE_WORD_LEN, DENYLIST, PLACEHOLDER_WORDS};
 use super::*;
 use std::collections::HashMap;
 
