@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit + integration tests (SQLite and PostgreSQL session
-# backends) and the OpenAI Python SDK compatibility test. This is the command CI runs.
+# backends) and the official OpenAI Python and Node SDK compatibility tests. This is the
+# command CI runs (.ci/run) and the README's test command. Needs cargo, python3 and node/npm.
 #
 #   GATEWAYD_TEST_POSTGRES_URL  PostgreSQL for the session tests
 #                               (default postgres://postgres@127.0.0.1:5432/test; "none" skips)
@@ -14,3 +15,4 @@ fi
 
 cargo test --all-targets
 bash tests/sdk/run.sh
+bash tests/sdk-node/run.sh

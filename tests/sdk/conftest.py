@@ -40,6 +40,16 @@ MOCK_TOOL_ARGUMENTS = '{"location": "Paris, France", "unit": "celsius"}'
 # Argument fragments as a real provider streams them: split mid-token.
 MOCK_TOOL_ARGUMENT_PIECES = ['{"loc', 'ation": "Par', 'is, France", ', '"unit": "cel', 'sius"}']
 assert "".join(MOCK_TOOL_ARGUMENT_PIECES) == MOCK_TOOL_ARGUMENTS
+# Model "rate-limited": the first request with a given body gets 429 with these headers,
+# a retry of the same body gets the normal answer.
+RATE_LIMIT_RETRY_AFTER_SECS = 2
+RATE_LIMIT_HEADERS = {
+    "Retry-After": str(RATE_LIMIT_RETRY_AFTER_SECS),
+    "x-ratelimit-limit-requests": "500",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": f"{RATE_LIMIT_RETRY_AFTER_SECS}s",
+    "x-request-id": "req_mock_ratelimited",
+}
 MOCK_BAD_REQUEST_ERROR = {
     "error": {
         "message": "Invalid value for 'model': 'bad-request' is not a model.",
@@ -94,6 +104,7 @@ class RecordedRequest:
     authorization: str | None
     raw_body: bytes
     body: object  # parsed JSON, or None when the body was not JSON
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -247,11 +258,13 @@ class _MockHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send_json(self, status: int, payload: object) -> None:
+    def _send_json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -294,6 +307,13 @@ class _MockHandler(BaseHTTPRequestHandler):
         if body.get("model") == "bad-request":
             self._send_json(400, MOCK_BAD_REQUEST_ERROR)
             return
+        if body.get("model") == "rate-limited":
+            tries = sum(1 for r in self.mock.snapshot() if r.raw_body == raw)
+            if tries == 1:
+                error = {"error": {"message": "Rate limit reached.", "type": "requests",
+                                   "param": None, "code": "rate_limit_exceeded"}}
+                self._send_json(429, error, RATE_LIMIT_HEADERS)
+                return
         if body.get("stream") is True:
             self._send_sse(_stream_events(body))
         else:

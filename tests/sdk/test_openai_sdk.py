@@ -20,6 +20,7 @@ from conftest import (
     MOCK_TOOL_ARGUMENTS,
     MOCK_TOOL_CALL_ID,
     MOCK_USAGE,
+    RATE_LIMIT_RETRY_AFTER_SECS,
     UPSTREAM_KEY,
 )
 
@@ -395,3 +396,53 @@ def test_echo_unknown_model(echo_client):
     assert info.value.status_code == 404
     error = assert_error_shape(info.value)
     assert error["code"] == "model_not_found"
+
+
+# ---------------------------------------------------------------------------
+# 6. Upstream headers reach the SDK: rate limits and retries, models.retrieve
+# ---------------------------------------------------------------------------
+
+
+def test_rate_limit_retry_after_makes_the_sdk_wait(gateway, client_key, mock_upstream):
+    """A 429 with Retry-After passes through, so the SDK waits as long as the upstream
+    asked (its own backoff without the header is under a second) and then retries."""
+    marker, messages = marked_messages("Rate limited once.")
+    with openai.OpenAI(
+        base_url=gateway.base_url, api_key=client_key, timeout=30.0, max_retries=2
+    ) as retrying:
+        raw = retrying.chat.completions.with_raw_response.create(
+            model="rate-limited", messages=messages
+        )
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content == MOCK_TEXT
+
+    tries = [r for r in mock_upstream.snapshot() if marker.encode() in r.raw_body]
+    assert len(tries) == 2, "one 429, then one retry"
+    waited = tries[1].received_at - tries[0].received_at
+    assert waited >= RATE_LIMIT_RETRY_AFTER_SECS - 0.1, f"retried after {waited:.2f} s"
+    # The SDK's own retry headers reach the upstream too.
+    assert tries[1].headers.get("x-stainless-retry-count") == "1"
+
+
+def test_rate_limit_headers_reach_the_client(gateway, client_key):
+    _, messages = marked_messages("Rate limit headers.")
+    with openai.OpenAI(
+        base_url=gateway.base_url, api_key=client_key, timeout=30.0, max_retries=0
+    ) as once:
+        with pytest.raises(openai.RateLimitError) as info:
+            once.chat.completions.create(model="rate-limited", messages=messages)
+    headers = info.value.response.headers
+    assert headers["retry-after"] == str(RATE_LIMIT_RETRY_AFTER_SECS)
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-upstream-request-id"] == "req_mock_ratelimited"
+    assert headers["x-request-id"].startswith("req_")
+    assert assert_error_shape(info.value)["code"] == "rate_limit_exceeded"
+
+
+def test_models_retrieve(client):
+    model = client.models.retrieve("mock-model")
+    assert (model.id, model.object, model.owned_by) == ("mock-model", "model", "mock")
+    assert model.created > 0
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert assert_error_shape(info.value)["code"] == "model_not_found"
