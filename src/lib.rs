@@ -3,7 +3,7 @@
 //! # Layout
 //! - `cli`      — command-line flags and env fallbacks (the `--help` text).
 //! - `config`   — file + env + flags merged and validated once.
-//! - `keys`     — key sources, the strong-key policy, digests, `keygen`.
+//! - `keys`     — key sources, the strong-key policy (`keys/policy.rs`), digests, `keygen`.
 //! - `guard`    — pure: which addresses a host means; may we serve on them?
 //! - `daemon`   — the daemon's life: guard, sockets, storage, signals, systemd.
 //! - `startup`  — binds sockets under the guard.
@@ -20,10 +20,11 @@
 //! - `relay`    — byte-faithful SSE relay with keep-alives and error endings.
 //! - `reload`   — SIGHUP: swap the key set atomically.
 //! - `systemd`  — sd_notify readiness/watchdog and socket activation.
-//! - `upstream` — the provider trait, registry, HTTP client and the `echo` model.
+//! - `upstream` — the provider trait, registry, HTTP client, the `echo` model, which
+//!   headers cross the gateway (`upstream/headers.rs`) and the model catalog.
 //! - `conversation` — continuing a stored session around one chat turn.
 //! - `sessions` — the session store (SQLite or PostgreSQL) and reply assembly.
-//! - `routes`   — one module per resource.
+//! - `routes`   — one module per resource, and the 404 fallback (`routes/unsupported.rs`).
 //! - `state`    — `AppState`.
 //! - `telemetry` — Prometheus metrics and the per-request metrics layer.
 
