@@ -79,6 +79,7 @@ pub struct HttpUpstream {
     client: Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    require_done: bool,
     model_cache: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
@@ -118,6 +119,7 @@ impl HttpUpstream {
             client,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            require_done: config.stream_end == crate::config::StreamEnd::Done,
             model_cache: Mutex::new(None),
             name,
         })
@@ -269,6 +271,7 @@ impl Upstream for HttpUpstream {
                 content_type: parts.headers.remove(CONTENT_TYPE),
                 body,
                 idle_timeout: self.idle_timeout,
+                require_done: self.require_done,
             })
         }
         .boxed()
