@@ -349,3 +349,170 @@ async fn a_postgres_backend_killed_mid_turn_stores_nothing_and_recovers() {
     test_pool.close().await;
     database.drop_now().await;
 }
+
+/// A throwaway PostgreSQL server of its own (initdb in a temp dir, a Unix socket only),
+/// so the test can stop and start it without disturbing anything else.
+struct PrivateServer {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    fn pg(&self, tool: &str) -> Command {
+        let tool = self.bin.join(tool);
+        // PostgreSQL refuses to run as root: run its tools as the postgres user then.
+        if nix_is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(tool);
+            command
+        } else {
+            Command::new(tool)
+        }
+    }
+
+    fn init() -> PrivateServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .map(|entry| entry.unwrap().path().join("bin"))
+            .find(|bin| bin.join("initdb").exists())
+            .expect("initdb");
+        let dir = common::temp_dir("pgcluster");
+        if nix_is_root() {
+            assert!(Command::new("chown")
+                .args(["postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let server = PrivateServer { bin, dir };
+        let initdb = server
+            .pg("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(server.dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(initdb.status.success(), "{initdb:?}");
+        server.start();
+        server
+    }
+
+    fn start(&self) {
+        let options = format!("-c listen_addresses= -k {}", self.dir.display());
+        let started = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+    }
+
+    fn stop(&self) {
+        let stopped = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(stopped.status.success(), "{stopped:?}");
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres@localhost/postgres?host={}",
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() {
+    if std::env::var("GATEWAYD_TEST_POSTGRES_URL").is_err() {
+        eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL restart test not run");
+        return;
+    }
+    let server = tokio::task::spawn_blocking(PrivateServer::init)
+        .await
+        .unwrap();
+    let limits = gatewayd::config::SessionsSection::default().limits();
+    let store = SessionStore::open_postgres(&server.url(), limits)
+        .await
+        .unwrap();
+    let url = echo_upstream().await;
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        common::two_keys_toml()
+    ));
+    let gw = spawn_gateway_with_store(config, store).await;
+    let id = create_ok(&gw).await;
+    assert_eq!(say(&gw, &id, "before", false).await.status(), 200);
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    assert_storage_unavailable(say(&gw, &id, "while-down", false).await).await;
+    assert_storage_unavailable(create(&gw).await).await;
+    assert_eq!(status_of(&gw, "/health/ready").await, 503);
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.start();
+        server
+    })
+    .await
+    .unwrap();
+    // Readiness probes at most once a second; a balancer polls until it is back.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = status_of(&gw, "/health/ready").await;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
+    assert_eq!(say(&gw, &id, "after", false).await.status(), 200);
+
+    let output = Command::new("psql")
+        .arg(server.url())
+        .args(["-tAc"])
+        .arg(format!(
+            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stored: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(stored, ["before", "echo: before", "after", "echo: after"]);
+    gw.shutdown.cancel();
+    gw.handle.await.unwrap();
+}
