@@ -23,7 +23,8 @@ use crate::server::Peer;
 
 /// Routes anyone may call without a key, matched on the router's route pattern (never
 /// on a path prefix, so `/health/../v1/models` tricks cannot widen it).
-pub const PUBLIC_ROUTES: &[(Method, &str)] = &[(Method::GET, "/health")];
+pub const PUBLIC_ROUTES: &[(Method, &str)] =
+    &[(Method::GET, "/health"), (Method::GET, "/health/ready")];
 
 /// Who is calling: the key's name, or "local" in keyless loopback mode. Sessions and
 /// rate limits are scoped by this name.

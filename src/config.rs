@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::keys::KeyEntry;
+use crate::sessions::SessionLimits;
 
 /// The config file as written. Unknown fields are errors so typos never silently
 /// weaken a setting.
@@ -84,6 +85,9 @@ pub struct UpstreamConfig {
     /// trailing `*`). Credentials, cookies and proxy headers are never forwarded.
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// How a complete event stream ends; anything else is a truncated stream.
+    #[serde(default)]
+    pub stream_end: StreamEnd,
 }
 
 /// A static upstream header value as written: literal, `env:NAME` or `file:PATH`. Its
@@ -99,6 +103,17 @@ impl std::fmt::Debug for HeaderSource {
             _ => f.write_str("[REDACTED]"),
         }
     }
+}
+
+/// How an upstream marks the end of a complete stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamEnd {
+    /// `data: [DONE]`, as OpenAI sends it. A stream that ends without it is truncated.
+    #[default]
+    Done,
+    /// The end of the body, for an upstream known to omit `[DONE]`.
+    Eof,
 }
 
 /// Resource limits. Every field has a safe default; 0 means unlimited where noted.
@@ -142,14 +157,41 @@ pub struct SessionsSection {
     pub database_url: Option<String>,
     pub max_messages: usize,
     pub max_bytes: usize,
+    /// Sessions one key may hold; 0 = unlimited.
+    pub max_sessions_per_key: usize,
+    /// How long a continuation waits while another turn of the same session runs.
+    pub busy_timeout_secs: u64,
+    /// Sessions not continued for this many days are deleted; 0 keeps them forever.
+    pub retention_days: u64,
+    /// SQLite only: the database file never grows past this; 0 = no cap.
+    pub max_database_bytes: u64,
 }
 
 impl Default for SessionsSection {
     fn default() -> Self {
+        let limits = SessionLimits::default();
         SessionsSection {
             database_url: None,
-            max_messages: 1000,
-            max_bytes: 8 * 1024 * 1024,
+            max_messages: limits.max_messages,
+            max_bytes: limits.max_bytes,
+            max_sessions_per_key: limits.max_sessions_per_key,
+            busy_timeout_secs: limits.busy_timeout.as_secs(),
+            retention_days: 0,
+            max_database_bytes: limits.max_database_bytes,
+        }
+    }
+}
+
+impl SessionsSection {
+    pub fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            max_sessions_per_key: self.max_sessions_per_key,
+            busy_timeout: Duration::from_secs(self.busy_timeout_secs),
+            retention: (self.retention_days > 0)
+                .then(|| Duration::from_secs(self.retention_days.saturating_mul(86_400))),
+            max_database_bytes: self.max_database_bytes,
         }
     }
 }
@@ -230,6 +272,7 @@ impl Config {
                     headers: BTreeMap::new(),
                     query: BTreeMap::new(),
                     forward_headers: Vec::new(),
+                    stream_end: StreamEnd::Done,
                 },
             );
         }

@@ -8,20 +8,22 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
-use tokio::sync::OwnedMutexGuard;
 
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Endpoint};
 use crate::proxy::{forward, respond, Answer};
 use crate::relay::StreamObserver;
-use crate::sessions::{message_from_reply, parse_session_id, ReplyAssembler, SessionStore};
+use crate::sessions::{
+    message_from_reply, parse_session_id, ReplyAssembler, SessionLease, SessionStore,
+};
 use crate::state::AppState;
 
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 
-/// Runs one turn of session `id` for `owner`. The session's lock is held from reading the
-/// history until the turn is stored (or abandoned), so concurrent continuations of one
-/// session form one consistent sequence.
+/// Runs one turn of session `id` for `owner`. The session's lease is held from reading
+/// the history until the turn is stored (or abandoned), so concurrent continuations of
+/// one session form one consistent sequence, on one instance or several. The reply
+/// reaches the client only after [`SessionStore::commit_turn`] has made it durable.
 pub async fn continue_session(
     state: &AppState,
     owner: Arc<str>,
@@ -30,7 +32,7 @@ pub async fn continue_session(
 ) -> Result<Response, ApiError> {
     let id = parse_session_id(id)?.to_string();
     let store = state.session_store()?.clone();
-    let guard = store.lock(&id).await;
+    let lease = store.lease(&owner, &id).await?;
     let history = store.history(&owner, &id).await.map_err(ApiError::from)?;
 
     let mut turn: Vec<String> = request_messages(request)?;
@@ -63,11 +65,7 @@ pub async fn continue_session(
             })?;
             turn.push(reply.to_string());
             // Stored before the client sees the answer: an acknowledged turn is never lost.
-            store
-                .append(&owner, &id, &turn)
-                .await
-                .map_err(ApiError::from)?;
-            drop(guard);
+            store.commit_turn(&owner, lease, &turn).await?;
             respond(
                 state,
                 Answer::Complete {
@@ -84,9 +82,8 @@ pub async fn continue_session(
                 assembler: ReplyAssembler::default(),
                 store,
                 owner,
-                id: id.clone(),
                 turn,
-                _guard: guard,
+                lease,
             };
             respond(state, Answer::Stream(upstream), Some(Box::new(recorder)))
         }
@@ -110,22 +107,20 @@ struct SessionRecorder {
     assembler: ReplyAssembler,
     store: Arc<SessionStore>,
     owner: Arc<str>,
-    id: String,
     turn: Vec<String>,
-    _guard: OwnedMutexGuard<()>,
+    lease: SessionLease,
 }
 
 impl StreamObserver for SessionRecorder {
-    fn chunk(&mut self, bytes: &Bytes) -> bool {
-        let was_done = self.assembler.is_done();
-        self.assembler.push(bytes) && !was_done
+    fn chunk(&mut self, bytes: &Bytes) {
+        self.assembler.push(bytes);
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, Option<Bytes>> {
         async move {
             let mut turn = self.turn;
             turn.push(self.assembler.message().to_string());
-            match self.store.append(&self.owner, &self.id, &turn).await {
+            match self.store.commit_turn(&self.owner, self.lease, &turn).await {
                 Ok(()) => None,
                 Err(err) => {
                     let error = ApiError::from(err);

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::guard::{GuardError, Resolver};
 use crate::keys::{KeySet, ProcessEnv};
-use crate::sessions::{SessionError, SessionLimits, SessionStore};
+use crate::sessions::{SessionError, SessionStore};
 use crate::startup::{self, Listener, StartupError};
 use crate::upstream::{Registry, UpstreamError};
 use crate::{systemd, AppState};
@@ -89,10 +89,7 @@ pub fn auth_mode(keys: &KeySet) -> String {
 }
 
 async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
-    let limits = SessionLimits {
-        max_messages: config.sessions.max_messages,
-        max_bytes: config.sessions.max_bytes,
-    };
+    let limits = config.sessions.limits();
     match &config.sessions.database_url {
         Some(url) => SessionStore::open_postgres(url, limits).await,
         None => SessionStore::open_sqlite(&config.data_dir, limits).await,
@@ -137,6 +134,9 @@ pub async fn run(config: Config, keys: KeySet, resolver: &dyn Resolver) -> Resul
     );
     let state = AppState::new(config, keys, registry).with_sessions(store);
     let shutdown = CancellationToken::new();
+    if let Some(store) = &state.sessions {
+        store.spawn_retention(shutdown.clone());
+    }
     tokio::spawn(handle_signals(state.clone(), shutdown.clone()));
     if !metrics_listeners.is_empty() {
         let metrics_app = crate::router::metrics_app(state.clone());

@@ -39,8 +39,16 @@ pub enum ApiError {
     BadGateway,
     #[error("The upstream model provider did not answer in time.")]
     GatewayTimeout,
+    #[error("The upstream ended its stream before the reply was complete.")]
+    UpstreamTruncated,
     #[error("The gateway is shutting down.")]
     Unavailable,
+    #[error("Session storage is unavailable, so nothing was stored. Retry shortly.")]
+    StorageUnavailable,
+    #[error("Another request is still continuing this session. Retry when it has finished.")]
+    SessionBusy,
+    #[error("This key has reached its limit of {0} sessions. Delete sessions it no longer needs.")]
+    SessionLimitReached(usize),
     #[error("Internal error.")]
     Internal,
 }
@@ -72,9 +80,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::BadGateway => StatusCode::BAD_GATEWAY,
+            ApiError::BadGateway | ApiError::UpstreamTruncated => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SessionBusy => StatusCode::CONFLICT,
+            ApiError::SessionLimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,11 +92,12 @@ impl ApiError {
     fn error_type(&self) -> &'static str {
         match self {
             ApiError::Unauthorized { .. } | ApiError::Forbidden(_) => "invalid_request_error",
-            ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::BadGateway | ApiError::GatewayTimeout | ApiError::Unavailable => {
-                "upstream_error"
-            }
-            ApiError::Internal => "server_error",
+            ApiError::RateLimited { .. } | ApiError::SessionLimitReached(_) => "rate_limit_error",
+            ApiError::BadGateway
+            | ApiError::GatewayTimeout
+            | ApiError::Unavailable
+            | ApiError::UpstreamTruncated => "upstream_error",
+            ApiError::Internal | ApiError::StorageUnavailable => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -102,6 +113,10 @@ impl ApiError {
             ApiError::HeadersTooLarge => Some("request_headers_too_large"),
             ApiError::GatewayTimeout => Some("upstream_timeout"),
             ApiError::BadGateway => Some("upstream_error"),
+            ApiError::UpstreamTruncated => Some("upstream_truncated"),
+            ApiError::StorageUnavailable => Some("storage_unavailable"),
+            ApiError::SessionBusy => Some("session_busy"),
+            ApiError::SessionLimitReached(_) => Some("session_limit_reached"),
             _ => None,
         }
     }
@@ -145,6 +160,9 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
+            ApiError::StorageUnavailable | ApiError::SessionBusy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response
@@ -167,7 +185,8 @@ impl From<JsonRejection> for ApiError {
 }
 
 /// Storage errors as clients see them: unknown and foreign ids get the same 404, so a
-/// session's existence is never revealed; storage failures are logged, not shown.
+/// session's existence is never revealed; storage failures are a 503 `storage_unavailable`
+/// (logged, never shown), so a client never mistakes an unstored write for a stored one.
 impl From<crate::sessions::SessionError> for ApiError {
     fn from(err: crate::sessions::SessionError) -> Self {
         use crate::sessions::SessionError;
@@ -183,9 +202,11 @@ impl From<crate::sessions::SessionError> for ApiError {
                 code: Some("invalid_session_id"),
             },
             SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
-            other => {
-                tracing::error!(error = %other, "session storage failed");
-                ApiError::Internal
+            SessionError::Busy | SessionError::LeaseLost => ApiError::SessionBusy,
+            SessionError::QuotaReached(limit) => ApiError::SessionLimitReached(limit),
+            // Counted and logged (operation and cause) where it happened, in the store.
+            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
+                ApiError::StorageUnavailable
             }
         }
     }

@@ -170,7 +170,7 @@ pub fn is_local_authority(authority: &str, bound: Option<IpAddr>) -> bool {
             None => (authority, None),
         }
     };
-    if !port.map_or(true, is_port) {
+    if !port.is_none_or(is_port) {
         return false;
     }
     let host = host.strip_suffix('.').unwrap_or(host);

@@ -136,6 +136,15 @@ async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {
             }
         }
     }
+    // A success whose body is not JSON was cut short or mangled on the way: never pass
+    // it on (or store it) as an answer. A body cut short of its Content-Length already
+    // failed above, as a broken body.
+    if response.status.is_success()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+    {
+        tracing::warn!(status = %response.status, "upstream success body is not valid JSON");
+        return Err(ApiError::BadGateway);
+    }
     Ok(Answer::Complete {
         status: response.status,
         content_type: response.headers,
@@ -168,6 +177,7 @@ pub fn respond(
                 idle_timeout: upstream.idle_timeout,
                 keep_alive: state.config.stream_keepalive,
                 hard_stop: state.hard_stop.clone(),
+                require_done: upstream.require_done,
             };
             let body = axum::body::Body::from_stream(relay(upstream.body, options, observer));
             (

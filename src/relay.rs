@@ -1,4 +1,8 @@
 //! Relays an upstream SSE stream to the client byte for byte, with keep-alives and a clean error end.
+//!
+//! A stream is complete only when its terminal `data: [DONE]` arrives (unless the upstream
+//! is configured with `stream_end = "eof"`). A stream that ends without it was cut short:
+//! the client gets an `upstream_truncated` error event, and nothing is stored.
 
 use std::time::Duration;
 
@@ -16,12 +20,12 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Watches the relayed bytes, e.g. to assemble a reply for a session.
 pub trait StreamObserver: Send + 'static {
-    /// Called with each chunk before it is forwarded. Returns true when the chunk ends the
-    /// reply (`data: [DONE]`): `finish` then runs before that chunk is forwarded.
-    fn chunk(&mut self, bytes: &Bytes) -> bool;
-    /// Called once when the reply is complete, before the client sees its end. May return
-    /// an event to send first (e.g. an error event if the turn could not be stored).
-    /// Never called for a failed or abandoned stream: the observer is just dropped.
+    /// Called with each chunk before it is forwarded.
+    fn chunk(&mut self, bytes: &Bytes);
+    /// Called once when the reply is complete (at `data: [DONE]`, or at the end of the
+    /// body for a `stream_end = "eof"` upstream), before the client sees its end. An
+    /// error event it returns replaces `data: [DONE]` (e.g. the turn could not be stored).
+    /// Never called for a failed, truncated or abandoned stream: it is just dropped.
     fn finish(self: Box<Self>) -> futures_util::future::BoxFuture<'static, Option<Bytes>>;
 }
 
@@ -29,6 +33,69 @@ pub struct RelayOptions {
     pub idle_timeout: Duration,
     pub keep_alive: Duration,
     pub hard_stop: CancellationToken,
+    /// The upstream ends every complete stream with `data: [DONE]`.
+    pub require_done: bool,
+}
+
+/// Finds the `data: [DONE]` line in a stream that arrives in arbitrary pieces, without
+/// copying: each chunk is searched in place, and the few bytes that straddle two chunks
+/// are checked in a small stack window.
+struct DoneScanner {
+    /// The last bytes seen (a newline at the start of the stream).
+    tail: [u8; DONE_LINE.len()],
+    tail_len: usize,
+    seen: bool,
+}
+
+/// `data: [DONE]` at the start of a line (JSON text cannot contain a raw newline, so
+/// this never matches inside an event's data).
+const DONE_LINE: &[u8] = b"\ndata: [DONE]";
+const DONE_LINE_TIGHT: &[u8] = b"\ndata:[DONE]";
+
+impl DoneScanner {
+    fn new() -> Self {
+        let mut tail = [0u8; DONE_LINE.len()];
+        tail[0] = b'\n';
+        DoneScanner {
+            tail,
+            tail_len: 1,
+            seen: false,
+        }
+    }
+
+    /// Where in `chunk` the `[DONE]` line starts (0 if it began in an earlier chunk), the
+    /// first time it is complete.
+    fn push(&mut self, chunk: &[u8]) -> Option<usize> {
+        if self.seen {
+            return None;
+        }
+        let found = Self::find(chunk).map(|at| at + 1).or_else(|| {
+            let mut window = [0u8; 2 * DONE_LINE.len()];
+            let head = chunk.len().min(DONE_LINE.len());
+            window[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            window[self.tail_len..self.tail_len + head].copy_from_slice(&chunk[..head]);
+            Self::find(&window[..self.tail_len + head]).map(|_| 0)
+        });
+        let keep = chunk.len().min(DONE_LINE.len());
+        if keep == DONE_LINE.len() {
+            self.tail.copy_from_slice(&chunk[chunk.len() - keep..]);
+            self.tail_len = keep;
+        } else {
+            let total = self.tail_len + keep;
+            let drop = total.saturating_sub(DONE_LINE.len());
+            self.tail.copy_within(drop..self.tail_len, 0);
+            self.tail_len -= drop;
+            self.tail[self.tail_len..self.tail_len + keep].copy_from_slice(chunk);
+            self.tail_len += keep;
+        }
+        self.seen = found.is_some();
+        found
+    }
+
+    fn find(haystack: &[u8]) -> Option<usize> {
+        memchr::memmem::find(haystack, DONE_LINE)
+            .or_else(|| memchr::memmem::find(haystack, DONE_LINE_TIGHT))
+    }
 }
 
 struct RelayState {
@@ -38,6 +105,7 @@ struct RelayState {
     last_sent: Instant,
     at_event_boundary: bool,
     finished: bool,
+    done: DoneScanner,
     observer: Option<Box<dyn StreamObserver>>,
     _open: StreamGauge,
 }
@@ -58,6 +126,7 @@ pub fn relay(
         last_sent: now,
         at_event_boundary: true,
         finished: false,
+        done: DoneScanner::new(),
         observer,
         _open: StreamGauge::open(),
     };
@@ -88,10 +157,15 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                     }
                     state.last_sent = state.last_upstream_byte;
                     state.at_event_boundary = bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\r\n");
-                    let ends_reply = state.observer.as_mut().is_some_and(|o| o.chunk(&bytes));
-                    if ends_reply {
-                        if let Some(prefix) = finish_observer(state).await {
-                            return Some([prefix, bytes].concat().into());
+                    if let Some(observer) = state.observer.as_mut() {
+                        observer.chunk(&bytes);
+                    }
+                    if let Some(done_at) = state.done.push(&bytes) {
+                        if let Some(error_event) = finish_observer(state).await {
+                            // Not stored: the error event takes the place of [DONE].
+                            state.finished = true;
+                            let separator: &[u8] = if done_at == 0 { b"\n\n" } else { b"" };
+                            return Some([&bytes[..done_at], separator, &error_event].concat().into());
                         }
                     }
                     return Some(bytes);
@@ -99,6 +173,10 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "upstream stream failed");
                     return Some(finish_with_error(state, &upstream_error(&err)));
+                }
+                None if state.options.require_done && !state.done.seen => {
+                    tracing::warn!("upstream stream ended without data: [DONE]; treated as truncated");
+                    return Some(finish_with_error(state, &ApiError::UpstreamTruncated));
                 }
                 None => {
                     state.finished = true;
@@ -139,4 +217,41 @@ fn finish_with_error(state: &mut RelayState, error: &ApiError) -> Bytes {
     state.observer = None;
     let separator = if state.at_event_boundary { "" } else { "\n\n" };
     Bytes::from(format!("{separator}data: {}\n\n", error.body()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DoneScanner;
+
+    fn scan(pieces: &[&[u8]]) -> Vec<Option<usize>> {
+        let mut scanner = DoneScanner::new();
+        pieces.iter().map(|p| scanner.push(p)).collect()
+    }
+
+    #[test]
+    fn done_is_found_whole_split_or_at_the_start() {
+        assert_eq!(scan(&[b"data: {}\n\ndata: [DONE]\n\n"]), [Some(10)]);
+        assert_eq!(scan(&[b"data: [DONE]\n\n"]), [Some(0)]);
+        assert_eq!(scan(&[b"data:[DONE]\n\n"]), [Some(0)]);
+        assert_eq!(
+            scan(&[b"data: {}\n\nda", b"ta: [DO", b"NE]\n\n"]),
+            [None, None, Some(0)]
+        );
+        assert_eq!(
+            scan(&[b"data: {}\n\n", b"d", b"a", b"ta: [DONE]"]),
+            [None, None, None, Some(0)]
+        );
+        // Seen once only.
+        assert_eq!(
+            scan(&[b"data: [DONE]\n\n", b"\ndata: [DONE]"]),
+            [Some(0), None]
+        );
+    }
+
+    #[test]
+    fn done_inside_event_data_is_not_the_end() {
+        let event = br#"data: {"content":"data: [DONE]"}"#;
+        assert_eq!(scan(&[event, b"\n\n"]), [None, None]);
+        assert_eq!(scan(&[b"data: {}\n\n", b"xdata: [DONE]"]), [None, None]);
+    }
 }

@@ -169,7 +169,7 @@ fn has_placeholder_word(lower: &str) -> bool {
         if word.len() >= ANYWHERE_WORD_LEN {
             return lower.contains(word);
         }
-        let separator = |c: Option<char>| c.map_or(true, |c| matches!(c, '-' | '_' | '.'));
+        let separator = |c: Option<char>| c.is_none_or(|c| matches!(c, '-' | '_' | '.'));
         lower.match_indices(word).any(|(at, _)| {
             separator(lower[..at].chars().next_back())
                 && separator(lower[at + word.len()..].chars().next())

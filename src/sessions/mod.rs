@@ -1,12 +1,18 @@
 //! Server-side conversation sessions: types, ids, limits and the store over SQLite or PostgreSQL.
 
 mod assemble;
+mod lease;
+mod retention;
 mod store;
+mod turns;
+mod writer;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub use assemble::{message_from_reply, ReplyAssembler};
-pub use store::SessionStore;
+pub use lease::SessionLease;
+pub use store::{SessionStore, StoredMessage};
 
 /// A session as listed: no messages.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -45,6 +51,15 @@ pub enum SessionError {
     InvalidId,
     #[error("{0}")]
     LimitExceeded(String),
+    /// Another continuation of the session held it for longer than `busy_timeout`.
+    #[error("session is busy with another turn")]
+    Busy,
+    /// The owner already has `max_sessions_per_key` sessions.
+    #[error("session quota of {0} reached")]
+    QuotaReached(usize),
+    /// The turn's lease expired and another continuation took the session over.
+    #[error("session lease lost before the turn was stored")]
+    LeaseLost,
     #[error("session storage failed: {0}")]
     Storage(#[from] sqlx::Error),
     #[error("session storage migration failed: {0}")]
@@ -55,9 +70,7 @@ pub enum SessionError {
 
 /// `sess_` + 128 random bits as 32 lowercase hex characters. Never derived from content.
 pub fn new_session_id() -> Result<String, SessionError> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| SessionError::Setup(e.to_string()))?;
-    Ok(format!("sess_{}", hex::encode(bytes)))
+    Ok(format!("sess_{}", random_hex()?))
 }
 
 /// The id if it is well-formed, so storage is never asked about arbitrary strings.
@@ -78,11 +91,62 @@ pub fn is_valid_session_id(id: &str) -> bool {
     })
 }
 
-/// Per-session limits from `[sessions]`.
+impl SessionError {
+    /// True when storage itself failed (as opposed to a refusal such as not found, a
+    /// limit or a busy session): counted, logged, and answered with 503.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_)
+        )
+    }
+}
+
+/// Limits and policies from `[sessions]`.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
+    /// 0 = unlimited.
+    pub max_sessions_per_key: usize,
+    /// How long a continuation waits for another turn of the same session.
+    pub busy_timeout: Duration,
+    /// Sessions idle this long are purged; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// SQLite only: the database file never grows past this many bytes (0 = no cap).
+    pub max_database_bytes: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_messages: 1000,
+            max_bytes: 8 * 1024 * 1024,
+            max_sessions_per_key: 10_000,
+            busy_timeout: Duration::from_secs(10),
+            retention: None,
+            max_database_bytes: 0,
+        }
+    }
+}
+
+/// Wall-clock time as (seconds, microseconds, milliseconds) since the Unix epoch.
+fn now() -> (i64, i64, i64) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    (
+        since.as_secs() as i64,
+        since.as_micros() as i64,
+        since.as_millis() as i64,
+    )
+}
+
+/// 128 random bits as hex, for session ids and lease tokens.
+fn random_hex() -> Result<String, SessionError> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| SessionError::Setup(e.to_string()))?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

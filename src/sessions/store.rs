@@ -1,47 +1,36 @@
 //! Where sessions are written: one SQL store over SQLite (embedded) or PostgreSQL (shared).
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sqlx::{AnyPool, Connection, Row};
 
-use super::{new_session_id, History, Session, SessionError, SessionLimits};
-
-/// Continuations of one session are serialised through one of these locks (by id hash).
-/// Striped, so there is no global lock and no map to clean up.
-const LOCK_STRIPES: usize = 1024;
+use super::writer::Writer;
+use super::{new_session_id, now, Session, SessionError, SessionLimits};
 
 /// One migration set for both backends: the schema uses only SQL that SQLite and
 /// PostgreSQL read the same way (TEXT, BIGINT, a foreign key, plain indexes).
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/sessions/migrations");
 
+/// SQLite's page size, for turning `max_database_bytes` into `max_page_count`.
+const SQLITE_PAGE_BYTES: u64 = 4096;
+
 pub struct SessionStore {
-    pool: AnyPool,
-    /// Where writes go. For SQLite a single connection: SQLite has one writer at a time,
-    /// and queueing here (async) is far cheaper than SQLITE_BUSY retries with sleeps.
-    /// For PostgreSQL the same pool as reads.
-    writer: AnyPool,
+    /// Reads. On SQLite several connections read in parallel with the writer (WAL).
+    pub(super) pool: AnyPool,
+    pub(super) writer: Writer,
     limits: SessionLimits,
-    locks: Vec<Arc<Mutex<()>>>,
     backend: &'static str,
+    /// SQLite: an exclusive lock on the data dir, held while the store is open.
+    _owner_lock: Option<std::fs::File>,
 }
 
 /// A stored message: its JSON as sent, and when it was stored.
 pub struct StoredMessage {
     pub json: String,
     pub created_at: i64,
-}
-
-fn now() -> (i64, i64) {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    (since.as_secs() as i64, since.as_micros() as i64)
 }
 
 impl SessionStore {
@@ -59,13 +48,22 @@ impl SessionStore {
                     data_dir.display()
                 ))
             })?;
+        let owner_lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("sessions.db");
         let url = format!("sqlite://{}?mode=rwc", path.display());
         sqlx::any::install_default_drivers();
-        let pool = sqlite_pool(&url, 8).await?;
-        let writer = sqlite_pool(&url, 1).await?;
+        let max_pages = limits.max_database_bytes / SQLITE_PAGE_BYTES;
+        let pool = sqlite_pool(&url, 8, max_pages).await?;
+        let writer = sqlite_pool(&url, 1, max_pages).await?;
         MIGRATIONS.run(&writer).await?;
-        Ok(Self::with_pools(pool, writer, limits, "sqlite"))
+        // This process is the file's only user (the lock above), so every lease in it
+        // belongs to a previous run that crashed mid-turn: none is live.
+        sqlx::query("UPDATE sessions SET lease_token = NULL, lease_until_ms = 0 WHERE lease_token IS NOT NULL")
+            .execute(&writer)
+            .await?;
+        let mut store = Self::with_pools(pool, writer, limits, "sqlite");
+        store._owner_lock = Some(owner_lock);
+        Ok(store)
     }
 
     /// Connects to PostgreSQL, shared by every gatewayd instance behind a load balancer.
@@ -73,7 +71,8 @@ impl SessionStore {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            // A lost server answers 503 in seconds rather than holding requests.
+            .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
         MIGRATIONS.run(&pool).await?;
@@ -88,12 +87,10 @@ impl SessionStore {
     ) -> Self {
         SessionStore {
             pool,
-            writer,
+            writer: Writer::new(writer),
             limits,
-            locks: (0..LOCK_STRIPES)
-                .map(|_| Arc::new(Mutex::new(())))
-                .collect(),
             backend,
+            _owner_lock: None,
         }
     }
 
@@ -105,14 +102,7 @@ impl SessionStore {
         self.limits
     }
 
-    /// Held for a whole continuation (read history → upstream → append).
-    pub async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
-        let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
-        self.locks[stripe].clone().lock_owned().await
-    }
-
+    /// Creates a session, unless `owner` already has `max_sessions_per_key`.
     pub async fn create(
         &self,
         owner: &str,
@@ -120,23 +110,49 @@ impl SessionStore {
         system: Option<String>,
     ) -> Result<Session, SessionError> {
         let id = new_session_id()?;
-        let (created_at, created_us) = now();
+        let (created_at, created_us, _) = now();
         let metadata_json =
             serde_json::to_string(&metadata).map_err(|e| SessionError::Setup(e.to_string()))?;
         let bytes = system.as_ref().map_or(0, |s| s.len()) as i64;
-        sqlx::query(
-            "INSERT INTO sessions (id, owner, created_at, created_us, metadata, system_prompt, message_count, byte_count) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
-        )
-        .bind(&id)
-        .bind(owner)
-        .bind(created_at)
-        .bind(created_us)
-        .bind(metadata_json)
-        .bind(system)
-        .bind(bytes)
-        .execute(&self.writer)
-        .await?;
+        let quota = match self.limits.max_sessions_per_key {
+            0 => i64::MAX,
+            n => n as i64,
+        };
+        let mut conn = self.writer.acquire("create").await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            if self.backend == "postgres" {
+                // Creates by one owner queue here, so concurrent ones cannot overshoot
+                // the quota (SQLite's single writer already serialises them).
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO sessions (id, owner, created_at, created_us, updated_at, metadata, \
+                 system_prompt, message_count, byte_count) \
+                 SELECT $1, $2, $3, $4, $3, $5, $6, 0, $7 \
+                 WHERE (SELECT COUNT(*) FROM sessions WHERE owner = $2) < $8",
+            )
+            .bind(&id)
+            .bind(owner)
+            .bind(created_at)
+            .bind(created_us)
+            .bind(metadata_json)
+            .bind(system)
+            .bind(bytes)
+            .bind(quota)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(SessionError::QuotaReached(self.limits.max_sessions_per_key));
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.writer.finish("create", conn, result)?;
         Ok(Session {
             id,
             object: "session",
@@ -147,6 +163,17 @@ impl SessionStore {
 
     /// The owner's sessions, newest first, starting after the session `after`.
     pub async fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<Session>, bool), SessionError> {
+        self.list_page(owner, limit, after)
+            .await
+            .map_err(|e| self.writer.failed("read", e))
+    }
+
+    async fn list_page(
         &self,
         owner: &str,
         limit: usize,
@@ -201,6 +228,16 @@ impl SessionStore {
         owner: &str,
         id: &str,
     ) -> Result<(Session, Option<String>, Vec<StoredMessage>), SessionError> {
+        self.get_all(owner, id)
+            .await
+            .map_err(|e| self.writer.failed("read", e))
+    }
+
+    async fn get_all(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<(Session, Option<String>, Vec<StoredMessage>), SessionError> {
         let row = sqlx::query(
             "SELECT id, created_at, metadata, system_prompt FROM sessions WHERE id = $1 AND owner = $2",
         )
@@ -232,128 +269,33 @@ impl SessionStore {
             .collect()
     }
 
-    /// What a continuation sends before the request's own messages.
-    pub async fn history(&self, owner: &str, id: &str) -> Result<History, SessionError> {
-        // One round trip: the session row joined with its messages (if any), in order.
-        let rows = sqlx::query(
-            "SELECT s.system_prompt, s.byte_count, m.message FROM sessions s \
-             LEFT JOIN messages m ON m.session_id = s.id \
-             WHERE s.id = $1 AND s.owner = $2 ORDER BY m.seq",
-        )
-        .bind(id)
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        let first = rows.first().ok_or(SessionError::NotFound)?;
-        let bytes: i64 = first.try_get("byte_count")?;
-        let system: Option<String> = first.try_get("system_prompt")?;
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(message) = row.try_get::<Option<String>, _>("message")? {
-                messages.push(message);
-            }
-        }
-        Ok(History {
-            system,
-            messages,
-            bytes: bytes.max(0) as usize,
-        })
-    }
-
-    /// Appends one turn (the request's messages and the reply) in one transaction, or
-    /// nothing: limits are checked inside the same transaction.
-    pub async fn append(
-        &self,
-        owner: &str,
-        id: &str,
-        messages: &[String],
-    ) -> Result<(), SessionError> {
-        let count = messages.len() as i64;
-        let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
-        let (created_at, _) = now();
-        let mut tx = self.writer.begin().await?;
-        // The UPDATE comes first so it takes the write lock (SQLite) or the row lock
-        // (PostgreSQL) at once; concurrent appends to one session queue here.
-        let updated = sqlx::query(
-            "UPDATE sessions SET message_count = message_count + $1, byte_count = byte_count + $2 \
-             WHERE id = $3 AND owner = $4 AND message_count + $1 <= $5 AND byte_count + $2 <= $6 \
-             RETURNING message_count",
-        )
-        .bind(count)
-        .bind(bytes)
-        .bind(id)
-        .bind(owner)
-        .bind(self.limits.max_messages as i64)
-        .bind(self.limits.max_bytes as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = updated else {
-            let exists = sqlx::query("SELECT 1 AS one FROM sessions WHERE id = $1 AND owner = $2")
-                .bind(id)
-                .bind(owner)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Err(match exists {
-                Some(_) => self.limit_error(),
-                None => SessionError::NotFound,
-            });
-        };
-        let total: i64 = row.try_get("message_count")?;
-        // One multi-row INSERT: one round trip for the whole turn.
-        let placeholders: Vec<String> = (0..messages.len())
-            .map(|i| {
-                format!(
-                    "(${}, ${}, ${}, ${})",
-                    4 * i + 1,
-                    4 * i + 2,
-                    4 * i + 3,
-                    4 * i + 4
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO messages (session_id, seq, message, created_at) VALUES {}",
-            placeholders.join(", ")
-        );
-        let mut insert = sqlx::query(&sql);
-        for (offset, message) in messages.iter().enumerate() {
-            insert = insert
-                .bind(id)
-                .bind(total - count + offset as i64)
-                .bind(message.as_str())
-                .bind(created_at);
-        }
-        if !messages.is_empty() {
-            insert.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub fn limit_error(&self) -> SessionError {
-        SessionError::LimitExceeded(format!(
-            "This session would exceed its limits ({} messages, {} bytes). Start a new session.",
-            self.limits.max_messages, self.limits.max_bytes
-        ))
-    }
-
     /// Deletes the session and its messages from storage (not just hides them).
     pub async fn delete(&self, owner: &str, id: &str) -> Result<(), SessionError> {
-        let mut tx = self.writer.begin().await?;
-        let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1 AND owner = $2")
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(SessionError::NotFound);
+        let mut conn = self.writer.acquire("delete").await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1 AND owner = $2")
+                .bind(id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            if deleted.rows_affected() == 0 {
+                return Err(SessionError::NotFound);
+            }
+            sqlx::query("DELETE FROM messages WHERE session_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
         }
-        sqlx::query("DELETE FROM messages WHERE session_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        .await;
+        self.writer.finish("delete", conn, result)
+    }
+
+    /// True while the store takes writes (for `GET /health/ready`).
+    pub async fn ready(&self) -> bool {
+        self.writer.ready().await
     }
 
     /// Number of stored sessions, for metrics.
@@ -365,11 +307,39 @@ impl SessionStore {
     }
 }
 
-async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool, SessionError> {
+/// One gatewayd per SQLite file: a second process would share leases it cannot see
+/// being renewed. Several instances share sessions through PostgreSQL instead.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, SessionError> {
+    let path = data_dir.join("sessions.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SessionError::Setup(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|_| {
+        SessionError::Setup(format!(
+            "the data dir {} is in use by another gatewayd process. SQLite sessions serve one \
+             instance; give each instance its own --data-dir, or share sessions through \
+             PostgreSQL ([sessions] database_url)",
+            data_dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+async fn sqlite_pool(url: &str, connections: u32, max_pages: u64) -> Result<AnyPool, SessionError> {
     Ok(AnyPoolOptions::new()
         .max_connections(connections)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
+                if max_pages > 0 {
+                    // `max_database_bytes`: the file stops growing here, and writes that
+                    // need more room fail exactly as on a full disk.
+                    sqlx::query(&format!("PRAGMA max_page_count = {max_pages}"))
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 // WAL + NORMAL: a committed turn survives a process crash (SIGKILL);
                 // the busy timeout covers other processes touching the file.
                 for pragma in [

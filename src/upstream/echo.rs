@@ -51,6 +51,7 @@ fn json_response(status: ::http::StatusCode, body: Value) -> UpstreamResponse {
         headers: content_type("application/json"),
         body: stream::once(async move { Ok(Bytes::from(body.to_string())) }).boxed(),
         idle_timeout: Duration::from_secs(60),
+        require_done: true,
     }
 }
 
@@ -129,6 +130,7 @@ fn complete(request: EchoRequest) -> UpstreamResponse {
         headers: content_type("text/event-stream"),
         body: stream::iter(events.into_iter().map(Ok)).boxed(),
         idle_timeout: Duration::from_secs(60),
+        require_done: true,
     }
 }
 

@@ -86,6 +86,7 @@ pub struct HttpUpstream {
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     models_timeout: Duration,
+    require_done: bool,
     /// The last good `/models` list; served stale when the upstream fails, never
     /// replaced by a failure.
     model_cache: Mutex<Option<(Instant, Arc<Vec<ModelObject>>)>>,
@@ -135,6 +136,7 @@ impl HttpUpstream {
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
             models_timeout: Duration::from_secs(config.models_timeout_secs.max(1)),
+            require_done: config.stream_end == crate::config::StreamEnd::Done,
             model_cache: Mutex::new(None),
             name,
         })
@@ -289,6 +291,7 @@ impl Upstream for HttpUpstream {
                 headers: pass_through(parts.headers, &self.host),
                 body,
                 idle_timeout: self.idle_timeout,
+                require_done: self.require_done,
             })
         }
         .boxed()

@@ -62,6 +62,8 @@ pub struct UpstreamResponse {
     pub body: ByteStream,
     /// The longest silence allowed between body chunks.
     pub idle_timeout: Duration,
+    /// A complete event stream ends with `data: [DONE]` (`stream_end = "done"`).
+    pub require_done: bool,
 }
 
 /// An OpenAI-compatible provider. The built-in echo model is one too.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use gatewayd::cli::ServeArgs;
 use gatewayd::config::Config;
 use gatewayd::keys::{self, Env, KeySet};
-use gatewayd::sessions::{SessionLimits, SessionStore};
+use gatewayd::sessions::SessionStore;
 use gatewayd::upstream::Registry;
 use gatewayd::AppState;
 use tokio::net::TcpListener;
@@ -92,10 +92,7 @@ impl Gateway {
 /// Session storage for tests: PostgreSQL when GATEWAYD_TEST_POSTGRES_URL is set and
 /// `postgres` is asked for, otherwise SQLite in the config's data dir.
 pub async fn open_store(config: &Config, postgres: bool) -> SessionStore {
-    let limits = SessionLimits {
-        max_messages: config.sessions.max_messages,
-        max_bytes: config.sessions.max_bytes,
-    };
+    let limits = config.sessions.limits();
     match (postgres, std::env::var("GATEWAYD_TEST_POSTGRES_URL")) {
         (true, Ok(url)) => SessionStore::open_postgres(&url, limits).await.unwrap(),
         (true, Err(_)) => panic!("GATEWAYD_TEST_POSTGRES_URL is not set"),

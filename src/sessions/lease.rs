@@ -1,0 +1,190 @@
+//! Session leases: one continuation at a time per session, across every instance sharing the store.
+//!
+//! A lease is a token and an expiry on the session's row, taken and released by single
+//! atomic UPDATEs. No database connection is held while the upstream answers: the
+//! holder renews the expiry in the background, and a crashed holder's lease simply
+//! runs out. Waiting for one session never touches any other session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{now, random_hex, SessionError, SessionStore};
+
+/// How long a lease lasts without renewal: what a crashed holder costs its session.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// The right to run one turn of a session. Committing the turn releases it in the same
+/// statement; dropping it without a commit releases it in the background.
+pub struct SessionLease {
+    store: Arc<SessionStore>,
+    pub(super) id: String,
+    pub(super) token: String,
+    pub(super) released: bool,
+    renewer: JoinHandle<()>,
+}
+
+enum Attempt {
+    Taken,
+    Held,
+    Missing,
+}
+
+impl SessionStore {
+    /// Takes the lease on `owner`'s session `id`, waiting up to `busy_timeout` while
+    /// another turn holds it. Unknown and foreign ids are `NotFound`.
+    pub async fn lease(
+        self: &Arc<Self>,
+        owner: &str,
+        id: &str,
+    ) -> Result<SessionLease, SessionError> {
+        let token = random_hex()?;
+        let deadline = Instant::now() + self.limits().busy_timeout;
+        let mut pause = FIRST_PAUSE;
+        let mut look_first = false;
+        loop {
+            let attempt = if look_first {
+                match self.peek_lease(owner, id).await? {
+                    Attempt::Taken => self.try_take(owner, id, &token).await?,
+                    other => other,
+                }
+            } else {
+                self.try_take(owner, id, &token).await?
+            };
+            match attempt {
+                Attempt::Taken => return Ok(self.held(id, token)),
+                Attempt::Missing => return Err(SessionError::NotFound),
+                Attempt::Held => {}
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(SessionError::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+            look_first = true;
+        }
+    }
+
+    /// One atomic UPDATE: the lease is taken only if free or expired.
+    async fn try_take(&self, owner: &str, id: &str, token: &str) -> Result<Attempt, SessionError> {
+        let (_, _, now_ms) = now();
+        let mut conn = self.writer.acquire("lease").await?;
+        let result = sqlx::query(
+            "UPDATE sessions SET lease_token = $1, lease_until_ms = $2 \
+             WHERE id = $3 AND owner = $4 AND (lease_token IS NULL OR lease_until_ms < $5)",
+        )
+        .bind(token)
+        .bind(now_ms + LEASE_TTL.as_millis() as i64)
+        .bind(id)
+        .bind(owner)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(SessionError::from);
+        let taken = self.writer.finish("lease", conn, result)?.rows_affected() == 1;
+        if taken {
+            return Ok(Attempt::Taken);
+        }
+        self.peek_lease(owner, id).await.map(|seen| match seen {
+            // Freed between the UPDATE and the look: try again after the pause.
+            Attempt::Taken => Attempt::Held,
+            other => other,
+        })
+    }
+
+    /// A read-only look, so waiters do not queue on the writer: `Taken` means free now.
+    async fn peek_lease(&self, owner: &str, id: &str) -> Result<Attempt, SessionError> {
+        let row = sqlx::query(
+            "SELECT lease_token, lease_until_ms FROM sessions WHERE id = $1 AND owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.writer.failed("read", e.into()))?;
+        let Some(row) = row else {
+            return Ok(Attempt::Missing);
+        };
+        let holder: Option<String> = row.try_get("lease_token")?;
+        let until: i64 = row.try_get("lease_until_ms")?;
+        Ok(if holder.is_none() || until < now().2 {
+            Attempt::Taken
+        } else {
+            Attempt::Held
+        })
+    }
+
+    fn held(self: &Arc<Self>, id: &str, token: String) -> SessionLease {
+        let store = self.clone();
+        let (renew_id, renew_token) = (id.to_string(), token.clone());
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                if let Err(err) = store.renew(&renew_id, &renew_token).await {
+                    tracing::warn!(error = %err, "could not renew a session lease");
+                }
+            }
+        });
+        SessionLease {
+            store: self.clone(),
+            id: id.to_string(),
+            token,
+            released: false,
+            renewer,
+        }
+    }
+
+    async fn renew(&self, id: &str, token: &str) -> Result<(), SessionError> {
+        let mut conn = self.writer.acquire("lease").await?;
+        let result = sqlx::query(
+            "UPDATE sessions SET lease_until_ms = $1 WHERE id = $2 AND lease_token = $3",
+        )
+        .bind(now().2 + LEASE_TTL.as_millis() as i64)
+        .bind(id)
+        .bind(token)
+        .execute(&mut *conn)
+        .await
+        .map_err(SessionError::from);
+        self.writer.finish("lease", conn, result).map(drop)
+    }
+
+    async fn release(&self, id: &str, token: &str) -> Result<(), SessionError> {
+        let mut conn = self.writer.acquire("lease").await?;
+        let result = sqlx::query(
+            "UPDATE sessions SET lease_token = NULL, lease_until_ms = 0 \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id)
+        .bind(token)
+        .execute(&mut *conn)
+        .await
+        .map_err(SessionError::from);
+        self.writer.finish("lease", conn, result).map(drop)
+    }
+}
+
+impl Drop for SessionLease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        if self.released {
+            return;
+        }
+        let (store, id, token) = (
+            self.store.clone(),
+            std::mem::take(&mut self.id),
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // If this fails the lease still runs out after LEASE_TTL.
+                let _ = store.release(&id, &token).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Where every write to the store goes: a failed write discards its connection, is counted, and marks the store unready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool};
+
+use super::SessionError;
+
+/// Counter of failed storage operations, labelled by `op`.
+pub const STORAGE_ERRORS: &str = "gatewayd_storage_errors_total";
+/// How often an unready store may be probed with a test write.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Size of the probe row: large enough to need a fresh page when the database is full.
+const PROBE_BYTES: usize = 8 * 1024;
+
+/// The write side of the store. For SQLite a single connection (SQLite has one writer at
+/// a time, and queueing here is cheaper than SQLITE_BUSY retries); for PostgreSQL the
+/// shared pool.
+pub struct Writer {
+    pool: AnyPool,
+    writable: AtomicBool,
+    last_probe: Mutex<Option<Instant>>,
+}
+
+impl Writer {
+    pub fn new(pool: AnyPool) -> Self {
+        Writer {
+            pool,
+            writable: AtomicBool::new(true),
+            last_probe: Mutex::new(None),
+        }
+    }
+
+    /// A connection for one write operation. Hand it back through [`Writer::finish`].
+    pub async fn acquire(&self, op: &'static str) -> Result<PoolConnection<Any>, SessionError> {
+        match self.pool.acquire().await {
+            Ok(conn) => Ok(conn),
+            Err(err) => Err(self.failed(op, SessionError::Storage(err))),
+        }
+    }
+
+    /// Settles a write. On a storage failure the connection is closed instead of going
+    /// back to the pool: after SQLITE_FULL or a lost PostgreSQL backend it may sit inside
+    /// a transaction the server already rolled back, and every later "commit" on it would
+    /// silently do nothing. The next write opens a fresh connection.
+    pub fn finish<T>(
+        &self,
+        op: &'static str,
+        mut conn: PoolConnection<Any>,
+        result: Result<T, SessionError>,
+    ) -> Result<T, SessionError> {
+        match result {
+            Ok(value) => {
+                self.writable.store(true, Ordering::Relaxed);
+                Ok(value)
+            }
+            Err(err) if err.is_storage_failure() => {
+                conn.close_on_drop();
+                Err(self.failed(op, err))
+            }
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    /// Counts and logs a failed read or write (the operation and the error, never content).
+    pub fn failed(&self, op: &'static str, err: SessionError) -> SessionError {
+        if err.is_storage_failure() {
+            if op != "read" {
+                self.writable.store(false, Ordering::Relaxed);
+            }
+            metrics::counter!(STORAGE_ERRORS, "op" => op).increment(1);
+            tracing::error!(op, error = %err, "session storage failed");
+        }
+        err
+    }
+
+    /// True while the store takes writes. After a failure, a probe write (at most once a
+    /// second) decides: a row big enough to need a new page, committed, then removed.
+    pub async fn ready(&self) -> bool {
+        if self.writable.load(Ordering::Relaxed) {
+            return true;
+        }
+        {
+            let Ok(mut last) = self.last_probe.lock() else {
+                return false;
+            };
+            if last.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let Ok(mut conn) = self.acquire("probe").await else {
+            return false;
+        };
+        let result = probe(&mut conn).await;
+        self.finish("probe", conn, result).is_ok()
+    }
+}
+
+async fn probe(conn: &mut PoolConnection<Any>) -> Result<(), SessionError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    sqlx::query("DELETE FROM store_probe WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO store_probe (id, payload) VALUES (1, $1)")
+        .bind("x".repeat(PROBE_BYTES))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    sqlx::query("DELETE FROM store_probe WHERE id = 1")
+        .execute(&mut **conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! Storage faults: a full SQLite database and a killed PostgreSQL backend never turn into an acknowledged but unstored turn, and the store recovers by itself.
+// Tests fail by panicking; unwrap/expect here are assertions, not error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::post;
+use axum::Router;
+use common::KEY_A;
+use common::{client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
+use gatewayd::sessions::SessionStore;
+use serde_json::{json, Value};
+
+/// Replies "echo: <last user content>", streamed or not.
+async fn echo_upstream() -> String {
+    mock_upstream(Router::new().route(
+        "/v1/chat/completions",
+        post(|body: Bytes| async move {
+            let request: Value = serde_json::from_slice(&body).unwrap();
+            let last = request["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let text = format!("echo: {last}");
+            if request["stream"] == json!(true) {
+                let event = json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]});
+                let body = format!("data: {event}\n\ndata: [DONE]\n\n");
+                return axum::response::IntoResponse::into_response((
+                    [("content-type", "text/event-stream")],
+                    body,
+                ));
+            }
+            axum::response::IntoResponse::into_response(axum::Json(json!({"choices": [{"index": 0,
+                "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})))
+        }),
+    ))
+    .await
+}
+
+async fn create(gw: &common::Gateway) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/sessions"))
+        .bearer_auth(KEY_A)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn create_ok(gw: &common::Gateway) -> String {
+    let response = create(gw).await;
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn say(gw: &common::Gateway, id: &str, text: &str, stream: bool) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .header("x-session-id", id)
+        .json(&json!({"model": "m", "stream": stream,
+            "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts the OpenAI-shaped 503 a client gets when a write could not be stored.
+async fn assert_storage_unavailable(response: reqwest::Response) {
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    assert_eq!(body["error"]["type"], "server_error");
+}
+
+async fn status_of(gw: &common::Gateway, path: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The user messages stored for a session, read by a separate process (python3's
+/// sqlite3 module) from the database file.
+fn stored_in_sqlite(db: &std::path::Path, id: &str) -> Vec<String> {
+    let script = "import sqlite3, json, sys\n\
+        db = sqlite3.connect(sys.argv[1])\n\
+        rows = db.execute('SELECT message FROM messages WHERE session_id = ? ORDER BY seq', (sys.argv[2],))\n\
+        print(json.dumps([json.loads(r[0])['content'] for r in rows]))";
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .arg(id)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sqlite_database_refuses_writes_then_recovers() {
+    let url = echo_upstream().await;
+    // A 256 KiB cap fills after a few dozen 4 kB turns, exactly as a full disk would.
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n\
+         [sessions]\nmax_database_bytes = 262144\n",
+        common::two_keys_toml()
+    ));
+    let db = config.data_dir.join("sessions.db");
+    let store = open_store(&config, false).await;
+    let gw = spawn_gateway_with_store(config, store).await;
+    let filler = create_ok(&gw).await;
+    let main = create_ok(&gw).await;
+    let padding = "x".repeat(4000);
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+
+    // Fill: alternate turns until the database is full.
+    for turn in 0..200 {
+        let (id, text) = match turn % 2 {
+            0 => (&filler, format!("filler-{turn} {padding}")),
+            _ => (&main, format!("main-{turn} {padding}")),
+        };
+        let response = say(&gw, id, &text, false).await;
+        if response.status() == 200 {
+            response.bytes().await.unwrap();
+            if id == &main {
+                acknowledged.push(text);
+            }
+            continue;
+        }
+        assert_storage_unavailable(response).await;
+        if id == &main {
+            refused.push(text);
+        }
+        break;
+    }
+    eprintln!("acknowledged before full: {}", acknowledged.len());
+    assert!(acknowledged.len() >= 5, "too few turns before full");
+    assert_eq!(status_of(&gw, "/health/ready").await, 503);
+
+    // While full, every write keeps failing honestly: no 200 for an unstored turn.
+    for attempt in 0..3 {
+        let text = format!("while-full-{attempt} {padding}");
+        assert_storage_unavailable(say(&gw, &main, &text, false).await).await;
+        refused.push(text);
+    }
+    let text = format!("while-full-streamed {padding}");
+    let streamed = say(&gw, &main, &text, true).await;
+    assert_eq!(streamed.status(), 200);
+    let events = streamed.text().await.unwrap();
+    assert!(events.contains("\"storage_unavailable\""), "{events}");
+    assert!(!events.contains("[DONE]"), "{events}");
+    refused.push(text);
+    // A session created now either fails or really exists.
+    let created = create(&gw).await;
+    if created.status() == 201 {
+        let id = created.json::<Value>().await.unwrap()["id"].clone();
+        let path = format!("/v1/sessions/{}", id.as_str().unwrap());
+        let read = client().get(gw.url(&path)).bearer_auth(KEY_A).send().await;
+        assert_eq!(read.unwrap().status(), 200);
+    } else {
+        assert_storage_unavailable(created).await;
+    }
+
+    // Free space by deleting the filler session; the store recovers without a restart.
+    let deleted = client()
+        .delete(gw.url(&format!("/v1/sessions/{filler}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_eq!(status_of(&gw, "/health/ready").await, 200);
+    for turn in 0..3 {
+        let text = format!("after-{turn} {padding}");
+        let response = say(&gw, &main, &text, turn == 2).await;
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("\"error\""), "{body}");
+        acknowledged.push(text);
+    }
+    let fresh = create_ok(&gw).await;
+    let path = format!("/v1/sessions/{fresh}");
+    let read = client().get(gw.url(&path)).bearer_auth(KEY_A).send().await;
+    assert_eq!(read.unwrap().status(), 200);
+
+    gw.shutdown.cancel();
+    gw.handle.await.unwrap();
+    let stored: Vec<String> = stored_in_sqlite(&db, &main);
+    let users: Vec<&String> = stored.iter().filter(|m| !m.starts_with("echo: ")).collect();
+    assert_eq!(stored.len(), 2 * users.len(), "a half-stored turn");
+    let users: BTreeSet<&str> = users.into_iter().map(String::as_str).collect();
+    for text in &acknowledged {
+        assert!(users.contains(text.as_str()), "acknowledged turn lost");
+    }
+    for text in &refused {
+        assert!(!users.contains(text.as_str()), "a refused turn was stored");
+    }
+    assert_eq!(users.len(), acknowledged.len());
+}
+
+/// A private database on the test server, so a trigger and killed backends touch no
+/// other test. Dropped (with its connections) at the end.
+struct PrivateDatabase {
+    admin: sqlx::AnyPool,
+    name: String,
+    url: String,
+}
+
+impl PrivateDatabase {
+    async fn create(base_url: &str) -> PrivateDatabase {
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyPool::connect(base_url).await.unwrap();
+        let suffix = common::temp_dir("pgfault");
+        let suffix = suffix.file_name().unwrap().to_str().unwrap();
+        let name = suffix.replace('-', "_");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let (server, _) = base_url.rsplit_once('/').unwrap();
+        let url = format!("{server}/{name}");
+        PrivateDatabase { admin, name, url }
+    }
+
+    async fn drop_now(self) {
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_backend_killed_mid_turn_stores_nothing_and_recovers() {
+    let Ok(base_url) = std::env::var("GATEWAYD_TEST_POSTGRES_URL") else {
+        eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL fault test not run");
+        return;
+    };
+    let database = PrivateDatabase::create(&base_url).await;
+    let limits = gatewayd::config::SessionsSection::default().limits();
+    let store = SessionStore::open_postgres(&database.url, limits)
+        .await
+        .unwrap();
+    // A turn whose text says SLOW-COMMIT stalls inside its INSERT, so the test can kill
+    // the backend exactly while the turn is being committed.
+    let test_pool = sqlx::AnyPool::connect(&database.url).await.unwrap();
+    sqlx::query(
+        "CREATE FUNCTION stall() RETURNS trigger AS $$ BEGIN \
+         IF NEW.message LIKE '%SLOW-COMMIT%' THEN PERFORM pg_sleep(60); END IF; \
+         RETURN NEW; END $$ LANGUAGE plpgsql",
+    )
+    .execute(&test_pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER stall BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION stall()",
+    )
+    .execute(&test_pool)
+    .await
+    .unwrap();
+
+    let url = echo_upstream().await;
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        common::two_keys_toml()
+    ));
+    let gw = spawn_gateway_with_store(config, store).await;
+    let id = create_ok(&gw).await;
+    assert_eq!(say(&gw, &id, "one", false).await.status(), 200);
+
+    let stalled = {
+        let (url, id) = (gw.url("/v1/chat/completions"), id.clone());
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(KEY_A)
+                .header("x-session-id", id)
+                .json(&json!({"model": "m", "messages": [{"role": "user", "content": "SLOW-COMMIT two"}]}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Wait for the commit to stall, then kill the backend running it.
+    let mut killed = 0i64;
+    for _ in 0..1500 {
+        let row = sqlx::query(
+            "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event = 'PgSleep'",
+        )
+        .bind(&database.name)
+        .fetch_one(&test_pool)
+        .await
+        .unwrap();
+        killed = sqlx::Row::try_get(&row, "n").unwrap();
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(killed, 1, "the stalled commit was never seen");
+    assert_storage_unavailable(stalled.await.unwrap()).await;
+
+    // No restart: the next turns are stored (a client honouring Retry-After may meet the
+    // abandoned turn's lease for a moment).
+    let mut status = 0;
+    for _ in 0..20 {
+        status = say(&gw, &id, "three", false).await.status().as_u16();
+        if status != 409 {
+            break;
+        }
+    }
+    assert_eq!(status, 200);
+
+    // A separate process (psql) reads what is really stored.
+    let output = Command::new("psql")
+        .arg(&database.url)
+        .args(["-tAc"])
+        .arg(format!(
+            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stored: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(stored, ["one", "echo: one", "three", "echo: three"]);
+
+    gw.shutdown.cancel();
+    gw.handle.await.unwrap();
+    drop(gw.state);
+    test_pool.close().await;
+    database.drop_now().await;
+}
+
+/// A throwaway PostgreSQL server of its own (initdb in a temp dir, a Unix socket only),
+/// so the test can stop and start it without disturbing anything else.
+struct PrivateServer {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    fn pg(&self, tool: &str) -> Command {
+        let tool = self.bin.join(tool);
+        // PostgreSQL refuses to run as root: run its tools as the postgres user then.
+        if nix_is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(tool);
+            command
+        } else {
+            Command::new(tool)
+        }
+    }
+
+    fn init() -> PrivateServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .map(|entry| entry.unwrap().path().join("bin"))
+            .find(|bin| bin.join("initdb").exists())
+            .expect("initdb");
+        let dir = common::temp_dir("pgcluster");
+        if nix_is_root() {
+            assert!(Command::new("chown")
+                .args(["postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let server = PrivateServer { bin, dir };
+        let initdb = server
+            .pg("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(server.dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(initdb.status.success(), "{initdb:?}");
+        server.start();
+        server
+    }
+
+    fn start(&self) {
+        let options = format!("-c listen_addresses= -k {}", self.dir.display());
+        let started = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+    }
+
+    fn stop(&self) {
+        let stopped = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(stopped.status.success(), "{stopped:?}");
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres@localhost/postgres?host={}",
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() {
+    if std::env::var("GATEWAYD_TEST_POSTGRES_URL").is_err() {
+        eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL restart test not run");
+        return;
+    }
+    let server = tokio::task::spawn_blocking(PrivateServer::init)
+        .await
+        .unwrap();
+    let limits = gatewayd::config::SessionsSection::default().limits();
+    let store = SessionStore::open_postgres(&server.url(), limits)
+        .await
+        .unwrap();
+    let url = echo_upstream().await;
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        common::two_keys_toml()
+    ));
+    let gw = spawn_gateway_with_store(config, store).await;
+    let id = create_ok(&gw).await;
+    assert_eq!(say(&gw, &id, "before", false).await.status(), 200);
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    assert_storage_unavailable(say(&gw, &id, "while-down", false).await).await;
+    assert_storage_unavailable(create(&gw).await).await;
+    assert_eq!(status_of(&gw, "/health/ready").await, 503);
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.start();
+        server
+    })
+    .await
+    .unwrap();
+    // Readiness probes at most once a second; a balancer polls until it is back.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = status_of(&gw, "/health/ready").await;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
+    assert_eq!(say(&gw, &id, "after", false).await.status(), 200);
+
+    let output = Command::new("psql")
+        .arg(server.url())
+        .args(["-tAc"])
+        .arg(format!(
+            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stored: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(stored, ["before", "echo: before", "after", "echo: after"]);
+    gw.shutdown.cancel();
+    gw.handle.await.unwrap();
+}
