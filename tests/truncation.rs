@@ -119,11 +119,14 @@ async fn serve_once(
     let body: Value = serde_json::from_slice(&buffer[head_end..head_end + content_length]).unwrap();
     seen.lock().unwrap().push(body);
     count.fetch_add(1, Ordering::SeqCst);
+    // The gateway may hang up first (e.g. once it has a whole Content-Length body); what
+    // it made of the answer is asserted on the client side.
     for piece in response {
-        socket.write_all(piece).await.unwrap();
-        socket.flush().await.unwrap();
+        if socket.write_all(piece).await.is_err() || socket.flush().await.is_err() {
+            return;
+        }
     }
-    socket.shutdown().await.unwrap();
+    let _ = socket.shutdown().await;
 }
 
 /// `[[upstreams]]` entries: (name, base URL, models, extra lines).
@@ -219,7 +222,10 @@ async fn rows_in_database(data_dir: &Path, id: &str) -> (i64, i64) {
 /// The `data:` payloads of an SSE body, in order; comments (keep-alives) are skipped.
 /// Asserts that the body ends at an event boundary.
 fn data_payloads(text: &str) -> Vec<String> {
-    assert!(text.ends_with("\n\n"), "body does not end an event: {text:?}");
+    assert!(
+        text.ends_with("\n\n"),
+        "body does not end an event: {text:?}"
+    );
     text.split("\n\n")
         .filter_map(|event| {
             let data: Vec<&str> = event
@@ -234,14 +240,13 @@ fn data_payloads(text: &str) -> Vec<String> {
 
 /// An OpenAI error object with exactly the fields message, type, param and code.
 fn assert_openai_error(body: &Value, kind: &str, code: &str) {
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("{body}"));
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"));
     let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
     fields.sort_unstable();
     assert_eq!(fields, ["code", "message", "param", "type"], "{body}");
-    assert!(
-        !error["message"].as_str().unwrap().is_empty(),
-        "{body}"
-    );
+    assert!(!error["message"].as_str().unwrap().is_empty(), "{body}");
     assert_eq!(error["type"], kind, "{body}");
     assert_eq!(error["code"], code, "{body}");
     assert!(error["param"].is_null(), "{body}");
@@ -276,7 +281,10 @@ async fn truncated_stream_in_a_session_stores_nothing() {
     assert_truncated(&response.text().await.unwrap());
     assert_eq!(cut.requests(), 1);
     assert!(stored_messages(&gw, &id).await.is_empty());
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (0, 0));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (0, 0)
+    );
 
     // The session is still usable (the truncated turn released it), and the next turn
     // neither sees nor stores the lost one.
@@ -296,7 +304,10 @@ async fn truncated_stream_in_a_session_stores_nothing() {
             json!({"role": "assistant", "content": "Hello, world"}),
         ]
     );
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (2, 2));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (2, 2)
+    );
     assert_eq!(cut.requests(), 1);
 }
 
@@ -335,7 +346,10 @@ async fn eof_upstream_ends_streams_at_the_close_and_stores_the_turn() {
             json!({"role": "assistant", "content": "Hello, world"}),
         ]
     );
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (2, 2));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (2, 2)
+    );
 
     // Without a session the stream ends cleanly too.
     let response = chat(&gw, None, "m", "hi", true).await;
@@ -363,12 +377,15 @@ async fn stream_ending_with_done_is_stored() {
             json!({"role": "assistant", "content": "Hello, world"}),
         ]
     );
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (2, 2));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (2, 2)
+    );
 }
 
 /// Sends a non-streaming turn with and without a session; both must be a 502 with an
 /// OpenAI error, and the session must hold nothing.
-async fn assert_bad_json_answer_is_502(upstream: &RawUpstream, gw: &Gateway) {
+async fn assert_bad_answer_is_502(upstream: &RawUpstream, gw: &Gateway) {
     let response = chat(gw, None, "m", "plain", false).await;
     assert_eq!(response.status(), 502);
     assert!(response.headers()["content-type"]
@@ -392,7 +409,10 @@ async fn assert_bad_json_answer_is_502(upstream: &RawUpstream, gw: &Gateway) {
     );
     assert_eq!(upstream.requests(), 2);
     assert!(stored_messages(gw, &id).await.is_empty());
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (0, 0));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +421,19 @@ async fn body_cut_short_of_its_content_length_is_a_502() {
     assert!(full.len() > 100);
     let upstream = raw_upstream(json_response(100, &full[..40])).await;
     let gw = gateway(&[("short", &upstream.base_url, "[\"*\"]", "")]).await;
-    assert_bad_json_answer_is_502(&upstream, &gw).await;
+    assert_bad_answer_is_502(&upstream, &gw).await;
+}
+
+/// The 40 bytes that did arrive happen to be a whole reply: only the Content-Length
+/// shows that the body was cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_short_of_its_content_length_is_a_502_even_when_it_parses() {
+    let arrived = format!("{:<40}", r#"{"choices":[{"message":{}}]}"#);
+    assert_eq!(arrived.len(), 40);
+    assert!(serde_json::from_str::<Value>(&arrived).is_ok());
+    let upstream = raw_upstream(json_response(100, arrived.as_bytes())).await;
+    let gw = gateway(&[("short", &upstream.base_url, "[\"*\"]", "")]).await;
+    assert_bad_answer_is_502(&upstream, &gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,5 +441,5 @@ async fn success_body_that_is_not_json_is_a_502() {
     let body = br#"{"choices":["#;
     let upstream = raw_upstream(json_response(body.len(), body)).await;
     let gw = gateway(&[("mangled", &upstream.base_url, "[\"*\"]", "")]).await;
-    assert_bad_json_answer_is_502(&upstream, &gw).await;
+    assert_bad_answer_is_502(&upstream, &gw).await;
 }

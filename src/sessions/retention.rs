@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use super::{now, SessionError, SessionStore};
@@ -22,26 +21,19 @@ impl SessionStore {
         loop {
             let mut conn = self.writer.acquire("purge").await?;
             let result = async {
-                let mut tx = conn.begin().await?;
-                // The same ordered batch twice: messages first, then their sessions.
-                let selected = "SELECT id FROM sessions WHERE updated_at < $1 \
-                     AND (lease_token IS NULL OR lease_until_ms < $2) ORDER BY id LIMIT $3";
-                sqlx::query(&format!(
-                    "DELETE FROM messages WHERE session_id IN ({selected})"
+                // One statement (messages go by ON DELETE CASCADE), and the conditions
+                // stand outside the batch query too: on PostgreSQL a session leased
+                // after the batch was chosen is re-checked on its new row and kept.
+                let idle = "updated_at < $1 AND (lease_token IS NULL OR lease_until_ms < $2)";
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM sessions WHERE {idle} AND id IN \
+                     (SELECT id FROM sessions WHERE {idle} ORDER BY id LIMIT $3)"
                 ))
                 .bind(cutoff)
                 .bind(now_ms)
                 .bind(BATCH)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
-                let deleted =
-                    sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({selected})"))
-                        .bind(cutoff)
-                        .bind(now_ms)
-                        .bind(BATCH)
-                        .execute(&mut *tx)
-                        .await?;
-                tx.commit().await?;
                 Ok(deleted.rows_affected())
             }
             .await;
