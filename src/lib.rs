@@ -24,6 +24,8 @@
 //! - `conversation` — continuing a stored session around one chat turn.
 //! - `sessions` — the session store (SQLite or PostgreSQL) and reply assembly.
 //! - `routes`   — one module per resource.
+//! - `translate` — pure wire-format translations (Responses ⇄ chat).
+//! - `responses` — the Responses API turn: state named by id or conversation, translated, committed.
 //! - `state`    — `AppState`.
 //! - `telemetry` — Prometheus metrics and the per-request metrics layer.
 
@@ -50,6 +52,7 @@ pub mod startup;
 pub mod state;
 pub mod systemd;
 pub mod telemetry;
+pub mod translate;
 pub mod upstream;
 pub mod watchdog;
 
