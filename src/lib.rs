@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
 pub mod reload;
+pub mod responses;
 pub mod router;
 pub mod routes;
 pub mod server;

@@ -21,6 +21,13 @@ impl Refusal {
     }
 }
 
+/// Wall-clock seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// `prefix_` + 128 random bits as 32 lowercase hex characters.
 pub fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
