@@ -270,13 +270,13 @@ async fn remove_item(
     let id = session_id(&id)?;
     let store = state.session_store()?;
     let seq = seq_of(&item_id).ok_or_else(item_not_found)?;
-    store
+    let deleted = store
         .delete_item(&owner, &id, seq)
         .await
-        .map_err(|err| match err {
-            crate::sessions::SessionError::NotFound => item_not_found(),
-            other => ApiError::from(other),
-        })?;
+        .map_err(conversation_error)?;
+    if !deleted {
+        return Err(item_not_found());
+    }
     let (session, _, _) = store.get(&owner, &id).await.map_err(conversation_error)?;
     Ok(axum::Json(object(&session)))
 }

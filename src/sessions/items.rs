@@ -46,20 +46,26 @@ impl SessionStore {
     }
 
     /// Deletes the message at `seq` and adjusts the session's counts in one transaction.
-    pub async fn delete_item(&self, owner: &str, id: &str, seq: i64) -> Result<(), SessionError> {
+    /// `NotFound` for an unknown or foreign session; `Ok(false)` for an unknown seq.
+    pub async fn delete_item(&self, owner: &str, id: &str, seq: i64) -> Result<bool, SessionError> {
         let mut conn = self.writer.acquire("delete").await?;
         let result = async {
             let mut tx = conn.begin().await?;
-            let row = sqlx::query(
-                "SELECT m.message FROM messages m JOIN sessions s ON s.id = m.session_id \
-                 WHERE s.id = $1 AND s.owner = $2 AND m.seq = $3",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(seq)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(SessionError::NotFound)?;
+            sqlx::query("SELECT id FROM sessions WHERE id = $1 AND owner = $2")
+                .bind(id)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(SessionError::NotFound)?;
+            let row =
+                sqlx::query("SELECT message FROM messages WHERE session_id = $1 AND seq = $2")
+                    .bind(id)
+                    .bind(seq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
             let bytes = row.try_get::<String, _>("message")?.len() as i64;
             sqlx::query("DELETE FROM messages WHERE session_id = $1 AND seq = $2")
                 .bind(id)
@@ -76,7 +82,7 @@ impl SessionStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         }
         .await;
         self.writer.finish("delete", conn, result)
