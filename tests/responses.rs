@@ -668,3 +668,35 @@ async fn echo_answers_responses() {
         .unwrap();
     assert_eq!(response["output"][0]["content"][0]["text"], "ping pong");
 }
+
+/// `[responses] retention_days`: responses older than the window are purged, newer ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_responses_are_purged() {
+    let s = setup(Backend::Sqlite, "").await;
+    let (_, fresh) = s
+        .respond(KEY_A, json!({"model": "m", "input": "new"}))
+        .await;
+    let store = s.gw.state.sessions.clone().unwrap();
+    let old = gatewayd::sessions::ResponseRecord {
+        id: "resp_00000000000000000000000000000001".into(),
+        created_at: 1_000,
+        context: "[]".into(),
+        input_items: "[]".into(),
+        response: "{}".into(),
+    };
+    store
+        .commit("someone", None, &[], Some(&old))
+        .await
+        .unwrap();
+    let purged = store
+        .purge_responses(std::time::Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert!(store.response("someone", &old.id).await.is_err());
+    let id = fresh["id"].as_str().unwrap();
+    let (status, _) = s
+        .call(KEY_A, Method::GET, &format!("/v1/responses/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+}
