@@ -25,6 +25,34 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub sessions: SessionsSection,
+    #[serde(default)]
+    pub responses: ResponsesSection,
+}
+
+/// `[responses]`: the Responses API over chat-completions upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesSection {
+    /// Built-in and unknown tools a chat upstream cannot run: "drop" (default) or "reject".
+    pub unsupported_tools: crate::translate::responses::ToolPolicy,
+    /// Stored responses older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u64,
+}
+
+impl ResponsesSection {
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0)
+            .then(|| Duration::from_secs(self.retention_days.saturating_mul(86_400)))
+    }
+}
+
+impl Default for ResponsesSection {
+    fn default() -> Self {
+        ResponsesSection {
+            unsupported_tools: Default::default(),
+            retention_days: 30,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +254,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: Limits,
     pub sessions: SessionsSection,
+    pub responses: ResponsesSection,
     pub config_path: Option<PathBuf>,
     /// Optional separate `HOST:PORT` for /metrics.
     pub metrics_addr: Option<String>,
@@ -315,6 +344,7 @@ impl Config {
             upstreams,
             limits: file.limits,
             sessions,
+            responses: file.responses,
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
         };

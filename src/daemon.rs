@@ -136,6 +136,9 @@ pub async fn run(config: Config, keys: KeySet, resolver: &dyn Resolver) -> Resul
     let shutdown = CancellationToken::new();
     if let Some(store) = &state.sessions {
         store.spawn_retention(shutdown.clone());
+        if let Some(age) = state.config.responses.retention() {
+            store.spawn_response_retention(age, shutdown.clone());
+        }
     }
     tokio::spawn(handle_signals(state.clone(), shutdown.clone()));
     if !metrics_listeners.is_empty() {

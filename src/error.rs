@@ -16,6 +16,9 @@ pub enum ApiError {
         param: Option<&'static str>,
         code: Option<&'static str>,
     },
+    /// A 400 whose parameter is only known at run time (e.g. `input[3].type`).
+    #[error("{message}")]
+    InvalidParam { message: String, param: String },
     #[error("Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.")]
     Unauthorized { token_presented: bool },
     #[error("{0}")]
@@ -71,7 +74,7 @@ impl ApiError {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest { .. } | ApiError::InvalidParam { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -121,9 +124,10 @@ impl ApiError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             ApiError::BadRequest { param, .. } => *param,
+            ApiError::InvalidParam { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -208,6 +212,15 @@ impl From<crate::sessions::SessionError> for ApiError {
             SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
                 ApiError::StorageUnavailable
             }
+        }
+    }
+}
+
+impl From<crate::translate::Refusal> for ApiError {
+    fn from(refusal: crate::translate::Refusal) -> Self {
+        ApiError::InvalidParam {
+            message: refusal.message,
+            param: refusal.param,
         }
     }
 }

@@ -25,6 +25,8 @@
 //! - `conversation` — continuing a stored session around one chat turn.
 //! - `sessions` — the session store (SQLite or PostgreSQL) and reply assembly.
 //! - `routes`   — one module per resource, and the 404 fallback (`routes/unsupported.rs`).
+//! - `translate` — pure wire-format translations (Responses ⇄ chat).
+//! - `responses` — the Responses API turn: state named by id or conversation, translated, committed.
 //! - `state`    — `AppState`.
 //! - `telemetry` — Prometheus metrics and the per-request metrics layer.
 
@@ -43,6 +45,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
 pub mod reload;
+pub mod responses;
 pub mod router;
 pub mod routes;
 pub mod server;
@@ -51,6 +54,7 @@ pub mod startup;
 pub mod state;
 pub mod systemd;
 pub mod telemetry;
+pub mod translate;
 pub mod upstream;
 pub mod watchdog;
 

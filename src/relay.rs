@@ -3,6 +3,10 @@
 //! A stream is complete only when its terminal `data: [DONE]` arrives (unless the upstream
 //! is configured with `stream_end = "eof"`). A stream that ends without it was cut short:
 //! the client gets an `upstream_truncated` error event, and nothing is stored.
+//!
+//! An observer may also translate: then the client gets the observer's events (another
+//! protocol's, e.g. the Responses API's) instead of the upstream's bytes, with the same
+//! keep-alives, deadlines and error endings.
 
 use std::time::Duration;
 
@@ -27,6 +31,17 @@ pub trait StreamObserver: Send + 'static {
     /// error event it returns replaces `data: [DONE]` (e.g. the turn could not be stored).
     /// Never called for a failed, truncated or abandoned stream: it is just dropped.
     fn finish(self: Box<Self>) -> futures_util::future::BoxFuture<'static, Option<Bytes>>;
+    /// For a translating observer: what to send in place of the chunk just observed
+    /// (whole events, possibly none). Its `finish` then returns the stream's whole ending,
+    /// and the upstream's own `[DONE]` is not sent.
+    fn translated(&mut self) -> Option<Bytes> {
+        None
+    }
+    /// The final event(s) of a failed stream in the client's protocol; `None` sends the
+    /// chat-style `data: {"error":…}` event.
+    fn error_event(&mut self, _error: &ApiError) -> Option<Bytes> {
+        None
+    }
 }
 
 pub struct RelayOptions {
@@ -157,18 +172,32 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                     }
                     state.last_sent = state.last_upstream_byte;
                     state.at_event_boundary = bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\r\n");
-                    if let Some(observer) = state.observer.as_mut() {
+                    let translated = state.observer.as_mut().and_then(|observer| {
                         observer.chunk(&bytes);
+                        observer.translated()
+                    });
+                    if translated.is_some() {
+                        state.at_event_boundary = true;
                     }
                     if let Some(done_at) = state.done.push(&bytes) {
-                        if let Some(error_event) = finish_observer(state).await {
+                        let ending = finish_observer(state).await;
+                        if let Some(events) = translated {
+                            // A translated stream ends with the observer's ending.
+                            state.finished = true;
+                            return Some([events, ending.unwrap_or_default()].concat().into());
+                        }
+                        if let Some(error_event) = ending {
                             // Not stored: the error event takes the place of [DONE].
                             state.finished = true;
                             let separator: &[u8] = if done_at == 0 { b"\n\n" } else { b"" };
                             return Some([&bytes[..done_at], separator, &error_event].concat().into());
                         }
                     }
-                    return Some(bytes);
+                    match translated {
+                        Some(events) if events.is_empty() => continue,
+                        Some(events) => return Some(events),
+                        None => return Some(bytes),
+                    }
                 }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "upstream stream failed");
@@ -214,7 +243,13 @@ fn upstream_error(err: &UpstreamError) -> ApiError {
 /// event stands on its own. The observer is dropped: a failed turn is not stored.
 fn finish_with_error(state: &mut RelayState, error: &ApiError) -> Bytes {
     state.finished = true;
-    state.observer = None;
+    if let Some(events) = state
+        .observer
+        .take()
+        .and_then(|mut observer| observer.error_event(error))
+    {
+        return events;
+    }
     let separator = if state.at_event_boundary { "" } else { "\n\n" };
     Bytes::from(format!("{separator}data: {}\n\n", error.body()))
 }

@@ -43,6 +43,8 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::models::routes())
         .merge(routes::chat::routes())
         .merge(routes::sessions::routes())
+        .merge(routes::responses::routes())
+        .merge(routes::conversations::routes())
         .merge(routes::metrics::routes());
     with_layers(routes, state)
 }

@@ -384,7 +384,7 @@ async fn unknown_and_unsupported_routes_say_so() {
     let gw = gateway(&upstream(&url, "")).await;
     let cases = [
         (Method::GET, "/v1/nothing-here", "unknown_route", false),
-        (Method::POST, "/v1/responses", "unsupported_route", true),
+        (Method::POST, "/v1/assistants", "unsupported_route", true),
         (
             Method::POST,
             "/v1/images/generations",

@@ -1,9 +1,11 @@
 //! HTTP resources. Each module is a table of paths → thin handlers; the router merges them.
 
 pub mod chat;
+pub mod conversations;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod responses;
 pub mod sessions;
 pub mod unsupported;
 

@@ -49,17 +49,7 @@ async fn create(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("Invalid session request: {e}"), None))?
     };
-    if request.metadata.len() > MAX_METADATA_PAIRS
-        || request
-            .metadata
-            .iter()
-            .any(|(k, v)| k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
-    {
-        return Err(ApiError::bad_request(
-            format!("metadata allows at most {MAX_METADATA_PAIRS} pairs, keys up to {MAX_METADATA_KEY} and values up to {MAX_METADATA_VALUE} bytes."),
-            Some("metadata"),
-        ));
-    }
+    check_metadata(&request.metadata)?;
     if request
         .system
         .as_ref()
@@ -72,6 +62,21 @@ async fn create(
         .await
         .map_err(ApiError::from)?;
     Ok((StatusCode::CREATED, axum::Json(session)).into_response())
+}
+
+/// Metadata limits shared by sessions and conversations (the same records).
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if metadata.len() > MAX_METADATA_PAIRS
+        || metadata
+            .iter()
+            .any(|(k, v)| k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
+    {
+        return Err(ApiError::bad_request(
+            format!("metadata allows at most {MAX_METADATA_PAIRS} pairs, keys up to {MAX_METADATA_KEY} and values up to {MAX_METADATA_VALUE} bytes."),
+            Some("metadata"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

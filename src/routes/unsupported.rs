@@ -7,10 +7,8 @@ use crate::error::ApiError;
 
 /// OpenAI API routes gatewayd does not serve (matched on whole path segments). Clients
 /// that call them learn it is the gateway, not the model, that is missing. Remove an
-/// entry when its route lands (`/v1/responses` with the Responses API work).
+/// entry when its route lands.
 const OPENAI_ROUTES: &[&str] = &[
-    "/v1/responses",
-    "/v1/conversations",
     "/v1/images",
     "/v1/audio",
     "/v1/moderations",

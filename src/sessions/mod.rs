@@ -1,7 +1,9 @@
 //! Server-side conversation sessions: types, ids, limits and the store over SQLite or PostgreSQL.
 
 mod assemble;
+mod items;
 mod lease;
+mod responses;
 mod retention;
 mod store;
 mod turns;
@@ -11,7 +13,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use assemble::{message_from_reply, ReplyAssembler};
+pub use items::StoredItem;
 pub use lease::SessionLease;
+pub use responses::StoredResponse;
 pub use store::{SessionStore, StoredMessage};
 
 /// A session as listed: no messages.
@@ -41,6 +45,19 @@ impl History {
         parts.extend(self.messages.iter().cloned());
         parts.join(",")
     }
+}
+
+/// A Responses API response as stored with its turn (see [`SessionStore::commit`]).
+#[derive(Debug, Clone)]
+pub struct ResponseRecord {
+    pub id: String,
+    pub created_at: i64,
+    /// JSON array of chat messages: the context the turn continued, its input, its output.
+    pub context: String,
+    /// JSON array of the turn's input items, for `GET /v1/responses/{id}/input_items`.
+    pub input_items: String,
+    /// The response object as the client received it.
+    pub response: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +96,25 @@ pub fn parse_session_id(id: &str) -> Result<&str, SessionError> {
         Ok(id)
     } else {
         Err(SessionError::InvalidId)
+    }
+}
+
+/// A conversation is a session: `conv_<hex>` names the session `sess_<hex>` (same 128
+/// bits), and a `sess_` id is accepted as a conversation id too.
+pub fn session_id_of_conversation(id: &str) -> Result<String, SessionError> {
+    let session = match id.strip_prefix("conv_") {
+        Some(hex) => format!("sess_{hex}"),
+        None => id.to_string(),
+    };
+    parse_session_id(&session)?;
+    Ok(session)
+}
+
+/// The conversation id of a session id (`sess_<hex>` → `conv_<hex>`).
+pub fn conversation_id_of_session(id: &str) -> String {
+    match id.strip_prefix("sess_") {
+        Some(hex) => format!("conv_{hex}"),
+        None => id.to_string(),
     }
 }
 

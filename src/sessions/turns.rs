@@ -1,9 +1,8 @@
 //! Where a turn is committed: reading a session's history, and storing a finished turn under its lease.
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, Connection, Row};
+use sqlx::{Any, Connection, Row, Transaction};
 
-use super::{now, History, SessionError, SessionLease, SessionStore};
+use super::{now, History, ResponseRecord, SessionError, SessionLease, SessionStore};
 
 impl SessionStore {
     /// What a continuation sends before the request's own messages. Read under the
@@ -36,26 +35,65 @@ impl SessionStore {
         })
     }
 
-    /// THE commit point of every turn: appends the request's messages and the reply in
-    /// one transaction, checks the limits inside it, and releases the lease in the same
-    /// UPDATE. Either all of it is durable when this returns Ok, or none of it is.
+    /// Stores a finished chat turn of a session (see [`SessionStore::commit`]).
     pub async fn commit_turn(
         &self,
         owner: &str,
-        mut lease: SessionLease,
+        lease: SessionLease,
         messages: &[String],
     ) -> Result<(), SessionError> {
+        self.commit(owner, Some(lease), messages, None).await
+    }
+
+    /// THE commit point of every turn, chat or Responses: appends the turn's messages to
+    /// the leased session (if any) and stores the response record (if any) in one
+    /// transaction, checks the limits inside it, and releases the lease in the same
+    /// UPDATE. Either all of it is durable when this returns Ok, or none of it is.
+    pub async fn commit(
+        &self,
+        owner: &str,
+        lease: Option<SessionLease>,
+        messages: &[String],
+        response: Option<&ResponseRecord>,
+    ) -> Result<(), SessionError> {
+        if lease.is_none() && response.is_none() {
+            return Ok(());
+        }
         let mut conn = self.writer.acquire("append").await?;
-        let result = self.append(&mut conn, owner, &lease, messages).await;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            if let Some(lease) = &lease {
+                self.append(&mut tx, owner, lease, messages).await?;
+            }
+            if let Some(record) = response {
+                sqlx::query(
+                    "INSERT INTO responses (id, owner, created_at, context, input_items, response) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&record.id)
+                .bind(owner)
+                .bind(record.created_at)
+                .bind(&record.context)
+                .bind(&record.input_items)
+                .bind(&record.response)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
         let committed = self.writer.finish("append", conn, result);
-        // Released by the commit itself; on failure, dropping the lease releases it.
-        lease.released = committed.is_ok();
+        if let Some(mut lease) = lease {
+            // Released by the commit itself; on failure, dropping the lease releases it.
+            lease.released = committed.is_ok();
+        }
         committed
     }
 
     async fn append(
         &self,
-        conn: &mut PoolConnection<Any>,
+        tx: &mut Transaction<'_, Any>,
         owner: &str,
         lease: &SessionLease,
         messages: &[String],
@@ -65,13 +103,12 @@ impl SessionStore {
         let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
         let (created_at, _, _) = now();
         let limits = self.limits();
-        let mut tx = conn.begin().await?;
         let updated = sqlx::query(
             "UPDATE sessions SET message_count = message_count + $1, byte_count = byte_count + $2, \
-             updated_at = $3, lease_token = NULL, lease_until_ms = 0 \
+             next_seq = next_seq + $1, updated_at = $3, lease_token = NULL, lease_until_ms = 0 \
              WHERE id = $4 AND owner = $5 AND lease_token = $6 \
              AND message_count + $1 <= $7 AND byte_count + $2 <= $8 \
-             RETURNING message_count",
+             RETURNING next_seq",
         )
         .bind(count)
         .bind(bytes)
@@ -81,13 +118,13 @@ impl SessionStore {
         .bind(lease.token.as_str())
         .bind(limits.max_messages as i64)
         .bind(limits.max_bytes as i64)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = updated else {
             let seen = sqlx::query("SELECT lease_token FROM sessions WHERE id = $1 AND owner = $2")
                 .bind(id)
                 .bind(owner)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
             return Err(match seen {
                 None => SessionError::NotFound,
@@ -97,7 +134,7 @@ impl SessionStore {
                 },
             });
         };
-        let total: i64 = row.try_get("message_count")?;
+        let total: i64 = row.try_get("next_seq")?;
         if !messages.is_empty() {
             // One multi-row INSERT: one round trip for the whole turn.
             let placeholders: Vec<String> = (0..messages.len())
@@ -123,9 +160,8 @@ impl SessionStore {
                     .bind(message.as_str())
                     .bind(created_at);
             }
-            insert.execute(&mut *tx).await?;
+            insert.execute(&mut **tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 

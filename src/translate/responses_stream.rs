@@ -1,0 +1,349 @@
+//! A chat-completions SSE stream → the Responses API's semantic events, incrementally, with sequence numbers.
+
+use serde_json::{json, Value};
+
+use super::random_id;
+use super::responses_reply::{
+    function_call_item, message_item, output_text_part, response_object, status, Outcome,
+    ResponseMeta,
+};
+
+/// The item being streamed now.
+enum Open {
+    Text {
+        id: String,
+        text: String,
+        refusal: Option<String>,
+    },
+    Call {
+        index: u64,
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Feed it the upstream's bytes in any pieces; it returns the events to send.
+pub struct StreamTranslator {
+    meta: ResponseMeta,
+    pending: Vec<u8>,
+    seq: u64,
+    started: bool,
+    items: Vec<Value>,
+    open: Option<Open>,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+}
+
+impl StreamTranslator {
+    pub fn new(meta: ResponseMeta) -> Self {
+        StreamTranslator {
+            meta,
+            pending: Vec::new(),
+            seq: 0,
+            started: false,
+            items: Vec::new(),
+            open: None,
+            finish_reason: None,
+            usage: None,
+        }
+    }
+
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
+    /// `response.created` and `response.in_progress`, once.
+    pub fn start(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            let response = response_object(
+                &self.meta,
+                &Outcome::default(),
+                Some(("in_progress", Value::Null)),
+            );
+            self.event(
+                &mut out,
+                "response.created",
+                json!({"response": response.clone()}),
+            );
+            self.event(
+                &mut out,
+                "response.in_progress",
+                json!({"response": response}),
+            );
+        }
+        out
+    }
+
+    /// Consumes upstream bytes; returns the Responses events they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = self.start();
+        self.pending.extend_from_slice(bytes);
+        while let Some(newline) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=newline).collect();
+            let Ok(line) = std::str::from_utf8(&line) else {
+                continue;
+            };
+            let Some(data) = line.trim_end_matches(['\n', '\r']).strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(' ').unwrap_or(data);
+            if let Ok(chunk) = serde_json::from_str::<Value>(data) {
+                self.chunk(&chunk, &mut out);
+            }
+        }
+        out
+    }
+
+    fn chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        let Some(choice) = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+            })
+        else {
+            return;
+        };
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_string());
+        }
+        let Some(delta) = choice.get("delta") else {
+            return;
+        };
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            self.text_delta(text, out);
+        }
+        if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
+            self.ensure_text(out);
+            if let Some(Open::Text { refusal: r, .. }) = &mut self.open {
+                r.get_or_insert_with(String::new).push_str(refusal);
+            }
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            self.call_delta(call, out);
+        }
+    }
+
+    fn ensure_text(&mut self, out: &mut Vec<u8>) {
+        if matches!(self.open, Some(Open::Text { .. })) {
+            return;
+        }
+        self.close(out);
+        let id = random_id("msg");
+        let index = self.items.len();
+        self.event(
+            out,
+            "response.output_item.added",
+            json!({"output_index": index,
+            "item": message_item(&id, "in_progress", None, None)}),
+        );
+        self.event(
+            out,
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index,
+            "content_index": 0, "part": output_text_part("")}),
+        );
+        self.open = Some(Open::Text {
+            id,
+            text: String::new(),
+            refusal: None,
+        });
+    }
+
+    fn text_delta(&mut self, text: &str, out: &mut Vec<u8>) {
+        self.ensure_text(out);
+        let index = self.items.len();
+        if let Some(Open::Text { id, text: all, .. }) = &mut self.open {
+            all.push_str(text);
+            let id = id.clone();
+            self.event(
+                out,
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index,
+                "content_index": 0, "delta": text, "logprobs": []}),
+            );
+        }
+    }
+
+    fn call_delta(&mut self, call: &Value, out: &mut Vec<u8>) {
+        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let arguments = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let same = matches!(&self.open, Some(Open::Call { index: i, .. }) if *i == index);
+        if !same {
+            self.close(out);
+            let call_id = match call.get("id").and_then(Value::as_str) {
+                Some(id) => id.to_string(),
+                None => random_id("call"),
+            };
+            let id = random_id("fc");
+            self.event(
+                out,
+                "response.output_item.added",
+                json!({"output_index": self.items.len(),
+                "item": function_call_item(&id, "in_progress", &call_id, name, "")}),
+            );
+            self.open = Some(Open::Call {
+                index,
+                id,
+                call_id,
+                name: name.to_string(),
+                arguments: String::new(),
+            });
+        } else if let Some(Open::Call { name: all, .. }) = &mut self.open {
+            all.push_str(name);
+        }
+        if arguments.is_empty() {
+            return;
+        }
+        let output_index = self.items.len();
+        if let Some(Open::Call {
+            id, arguments: all, ..
+        }) = &mut self.open
+        {
+            all.push_str(arguments);
+            let id = id.clone();
+            self.event(
+                out,
+                "response.function_call_arguments.delta",
+                json!({"item_id": id,
+                "output_index": output_index, "content_index": 0, "delta": arguments}),
+            );
+        }
+    }
+
+    /// Ends the open item with its `.done` events.
+    fn close(&mut self, out: &mut Vec<u8>) {
+        let index = self.items.len();
+        let item_status = if status(self.finish_reason.as_deref()).0 == "completed" {
+            "completed"
+        } else {
+            "incomplete"
+        };
+        match self.open.take() {
+            None => {}
+            Some(Open::Text { id, text, refusal }) => {
+                self.event(
+                    out,
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index,
+                    "content_index": 0, "text": text, "logprobs": []}),
+                );
+                self.event(
+                    out,
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index,
+                    "content_index": 0, "part": output_text_part(&text)}),
+                );
+                let item = message_item(&id, item_status, Some(&text), refusal.as_deref());
+                self.event(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item.clone()}),
+                );
+                self.items.push(item);
+            }
+            Some(Open::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+                ..
+            }) => {
+                self.event(out, "response.function_call_arguments.done", json!({"item_id": id,
+                    "output_index": index, "content_index": 0, "name": name, "arguments": arguments}));
+                let item = function_call_item(&id, "completed", &call_id, &name, &arguments);
+                self.event(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item.clone()}),
+                );
+                self.items.push(item);
+            }
+        }
+    }
+
+    /// Closes the open item (an empty message if nothing was said) and returns the
+    /// finished turn, with the events that close it.
+    pub fn finish(&mut self) -> (Outcome, Vec<u8>) {
+        let mut out = self.start();
+        if self.items.is_empty() && self.open.is_none() {
+            self.ensure_text(&mut out);
+        }
+        self.close(&mut out);
+        let outcome = Outcome {
+            items: self.items.clone(),
+            finish_reason: self.finish_reason.clone(),
+            usage: self.usage.clone(),
+        };
+        (outcome, out)
+    }
+
+    /// `response.completed` or `response.incomplete`, carrying the full response.
+    pub fn terminal(&mut self, response: &Value) -> Vec<u8> {
+        let kind = match response.get("status").and_then(Value::as_str) {
+            Some("incomplete") => "response.incomplete",
+            _ => "response.completed",
+        };
+        let mut out = Vec::new();
+        self.event(&mut out, kind, json!({"response": response}));
+        out
+    }
+
+    /// An `error` event and `response.failed`: the turn ended without a complete answer.
+    pub fn failure(&mut self, error: &Value) -> Vec<u8> {
+        let mut out = self.start();
+        let detail = error.get("error").cloned().unwrap_or(Value::Null);
+        let code = detail.get("code").cloned().unwrap_or(Value::Null);
+        let message = detail.get("message").cloned().unwrap_or(Value::Null);
+        self.event(
+            &mut out,
+            "error",
+            json!({"code": code, "message": message,
+            "param": detail.get("param").cloned().unwrap_or(Value::Null)}),
+        );
+        let outcome = Outcome {
+            items: self.items.clone(),
+            ..Outcome::default()
+        };
+        let response = response_object(
+            &self.meta,
+            &outcome,
+            Some(("failed", json!({"code": code, "message": message}))),
+        );
+        self.event(&mut out, "response.failed", json!({"response": response}));
+        out
+    }
+
+    fn event(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
+        if let Some(object) = data.as_object_mut() {
+            object.insert("type".into(), json!(kind));
+            object.insert("sequence_number".into(), json!(self.seq));
+        }
+        self.seq += 1;
+        out.extend_from_slice(format!("event: {kind}\ndata: {data}\n\n").as_bytes());
+    }
+}
