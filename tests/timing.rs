@@ -16,7 +16,8 @@
 //! - Threshold: |t| < 10, the level at which dudect reports "definitely not constant
 //!   time", for the median of three independent repetitions (a leak repeats; a burst of
 //!   noise from another process on a shared machine does not).
-//! - Every token sits in a buffer of the same size and alignment.
+//! - Every token is copied into one scratch buffer before it is timed, so all classes
+//!   are read from the same address.
 //!
 //! A control pair (a 4-block token against a 1-block one) checks that the harness does
 //! see a real difference.
@@ -63,45 +64,43 @@ fn time_batch(keys: &KeySet, token: &[u8]) -> f64 {
     started.elapsed().as_nanos() as f64
 }
 
-/// Interleaved samples, one vector per token.
-/// A token in a buffer of fixed size and alignment, so every class is read from memory
-/// laid out alike and no class gains or loses from where its allocation happened to land.
+/// The one buffer every token is copied into before it is timed, so every class is read
+/// from the same address: no class gains or loses from where its allocation landed
+/// (cache-set conflicts, 4K aliasing with the stack).
 #[repr(C, align(64))]
-struct Aligned {
+struct Scratch {
     bytes: [u8; 256],
     len: usize,
 }
 
-impl Aligned {
-    fn new(token: &[u8]) -> Box<Aligned> {
-        let mut aligned = Box::new(Aligned {
-            bytes: [0; 256],
-            len: token.len(),
-        });
-        aligned.bytes[..token.len()].copy_from_slice(token);
-        aligned
-    }
-    fn get(&self) -> &[u8] {
+impl Scratch {
+    fn load(&mut self, token: &[u8]) -> &[u8] {
+        self.bytes[..token.len()].copy_from_slice(token);
+        self.len = token.len();
         &self.bytes[..self.len]
     }
 }
 
+/// Interleaved samples, one vector per token.
 fn measure(keys: &KeySet, tokens: &[Vec<u8>], seed: u64) -> Vec<Vec<f64>> {
-    let tokens: Vec<Box<Aligned>> = tokens.iter().map(|t| Aligned::new(t)).collect();
-    let tokens: Vec<&[u8]> = tokens.iter().map(|t| t.get()).collect();
+    let mut scratch = Box::new(Scratch {
+        bytes: [0; 256],
+        len: 0,
+    });
     let mut rng = Rng(seed);
     let mut samples = vec![Vec::with_capacity(ROUNDS); tokens.len()];
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     // Warm-up: caches, lazy allocations, CPU frequency.
-    for token in &tokens {
+    for token in tokens {
         for _ in 0..50 {
-            time_batch(keys, token);
+            time_batch(keys, scratch.load(token));
         }
     }
     for _ in 0..ROUNDS {
         rng.shuffle(&mut order);
         for &class in &order {
-            samples[class].push(time_batch(keys, tokens[class]));
+            let token = scratch.load(&tokens[class]);
+            samples[class].push(time_batch(keys, token));
         }
     }
     samples
