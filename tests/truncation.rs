@@ -219,7 +219,10 @@ async fn rows_in_database(data_dir: &Path, id: &str) -> (i64, i64) {
 /// The `data:` payloads of an SSE body, in order; comments (keep-alives) are skipped.
 /// Asserts that the body ends at an event boundary.
 fn data_payloads(text: &str) -> Vec<String> {
-    assert!(text.ends_with("\n\n"), "body does not end an event: {text:?}");
+    assert!(
+        text.ends_with("\n\n"),
+        "body does not end an event: {text:?}"
+    );
     text.split("\n\n")
         .filter_map(|event| {
             let data: Vec<&str> = event
@@ -234,14 +237,13 @@ fn data_payloads(text: &str) -> Vec<String> {
 
 /// An OpenAI error object with exactly the fields message, type, param and code.
 fn assert_openai_error(body: &Value, kind: &str, code: &str) {
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("{body}"));
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"));
     let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
     fields.sort_unstable();
     assert_eq!(fields, ["code", "message", "param", "type"], "{body}");
-    assert!(
-        !error["message"].as_str().unwrap().is_empty(),
-        "{body}"
-    );
+    assert!(!error["message"].as_str().unwrap().is_empty(), "{body}");
     assert_eq!(error["type"], kind, "{body}");
     assert_eq!(error["code"], code, "{body}");
     assert!(error["param"].is_null(), "{body}");
@@ -276,7 +278,10 @@ async fn truncated_stream_in_a_session_stores_nothing() {
     assert_truncated(&response.text().await.unwrap());
     assert_eq!(cut.requests(), 1);
     assert!(stored_messages(&gw, &id).await.is_empty());
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (0, 0));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (0, 0)
+    );
 
     // The session is still usable (the truncated turn released it), and the next turn
     // neither sees nor stores the lost one.
@@ -296,7 +301,10 @@ async fn truncated_stream_in_a_session_stores_nothing() {
             json!({"role": "assistant", "content": "Hello, world"}),
         ]
     );
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (2, 2));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (2, 2)
+    );
     assert_eq!(cut.requests(), 1);
 }
 
@@ -335,7 +343,10 @@ async fn eof_upstream_ends_streams_at_the_close_and_stores_the_turn() {
             json!({"role": "assistant", "content": "Hello, world"}),
         ]
     );
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (2, 2));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (2, 2)
+    );
 
     // Without a session the stream ends cleanly too.
     let response = chat(&gw, None, "m", "hi", true).await;
@@ -363,7 +374,10 @@ async fn stream_ending_with_done_is_stored() {
             json!({"role": "assistant", "content": "Hello, world"}),
         ]
     );
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (2, 2));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (2, 2)
+    );
 }
 
 /// Sends a non-streaming turn with and without a session; both must be a 502 with an
@@ -392,7 +406,10 @@ async fn assert_bad_json_answer_is_502(upstream: &RawUpstream, gw: &Gateway) {
     );
     assert_eq!(upstream.requests(), 2);
     assert!(stored_messages(gw, &id).await.is_empty());
-    assert_eq!(rows_in_database(&gw.state.config.data_dir, &id).await, (0, 0));
+    assert_eq!(
+        rows_in_database(&gw.state.config.data_dir, &id).await,
+        (0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
