@@ -62,16 +62,19 @@ impl Admission {
     /// Waits for a free slot. Beyond `max_connections`, new connections wait in the
     /// kernel backlog; the connections already open (and their streams) carry on.
     pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        loop {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
                 if self.slots.available_permits() < self.low_water {
                     self.signal_pressure();
                 }
-                Some(slot)
+                return Some(slot);
             }
-            Err(_) => {
-                self.signal_pressure();
-                self.slots.clone().acquire_owned().await.ok()
+            // Full: ask idle connections to go, again while the wait lasts (connections
+            // busy at the first signal may be idle by the next).
+            self.signal_pressure();
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => return slot.ok(),
+                _ = tokio::time::sleep(PRESSURE_EVERY) => {}
             }
         }
     }
