@@ -16,10 +16,10 @@ use futures_util::future::BoxFuture;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tower::{Layer, Service};
 
+use crate::client_ip::ClientAddr;
 use crate::error::ApiError;
 use crate::keys::{digest, ClientKey, KeySet};
 use crate::ratelimit::Limiter;
-use crate::server::Peer;
 
 /// Routes anyone may call without a key, matched on the router's route pattern (never
 /// on a path prefix, so `/health/../v1/models` tricks cannot widen it).
@@ -34,6 +34,12 @@ pub struct Caller {
     /// Position of the key in the key set at the time of the request (None when keyless).
     pub key: Option<Arc<ClientKey>>,
 }
+
+/// Put on the response to a request that passed the auth boundary as a caller (public
+/// routes do not count): the server then gives its connection the normal keep-alive
+/// idle timeout instead of `unauthenticated_idle_secs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Authenticated;
 
 /// Why the presented credentials could not even be judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +120,7 @@ pub struct RequireApiKeyLayer {
 }
 
 impl RequireApiKeyLayer {
-    /// `limiter` throttles failed attempts per peer address.
+    /// `limiter` throttles failed attempts per client address.
     pub fn new(keys: Arc<ArcSwap<KeySet>>, limiter: Arc<Limiter>) -> Self {
         RequireApiKeyLayer { keys, limiter }
     }
@@ -138,12 +144,13 @@ pub struct RequireApiKey<S> {
     limiter: Arc<Limiter>,
 }
 
-/// The address failed attempts are counted against. Without a recorded peer (only
-/// in-process callers) all such requests share the unspecified address.
+/// The address failed attempts are counted against: the client address (behind a
+/// trusted proxy, the forwarded one). Without one (only in-process callers that skip the
+/// layer stack) all such requests share the unspecified address.
 fn peer_ip(request: &Request<Body>) -> IpAddr {
-    match request.extensions().get::<Peer>() {
-        Some(Peer::Tcp(addr)) => addr.ip(),
-        Some(Peer::Unix) | None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    match request.extensions().get::<ClientAddr>() {
+        Some(ClientAddr(ip)) => *ip,
+        None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -222,10 +229,18 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         match self.authorize(&request) {
             Ok(caller) => {
+                let authenticated = caller.is_some();
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
                 }
-                Box::pin(self.inner.call(request))
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let mut response = response.await?;
+                    if authenticated {
+                        response.extensions_mut().insert(Authenticated);
+                    }
+                    Ok(response)
+                })
             }
             Err(error) => {
                 crate::telemetry::count_refusal(&error);

@@ -68,6 +68,10 @@ pub struct ServerSection {
     pub stream_keepalive_secs: Option<u64>,
     pub max_attempts: Option<u32>,
     pub metrics_addr: Option<String>,
+    /// Reverse proxies (CIDRs) whose X-Forwarded-For / Forwarded name the real client.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Refuse to start without a key, even on loopback.
+    pub require_key: Option<bool>,
 }
 
 /// One OpenAI-compatible provider.
@@ -161,6 +165,18 @@ pub struct Limits {
     pub per_key_concurrent_requests: u32,
     /// Failed authentication attempts allowed per peer IP per minute.
     pub failed_auth_per_minute: u32,
+    /// Open connections one client address (IPv4, or IPv6 /64) may hold, so one client
+    /// cannot take every slot; 0 = unlimited. Trusted proxies are exempt.
+    pub max_connections_per_ip: usize,
+    /// Idle timeout for a connection that has not yet sent an authenticated request:
+    /// anonymous keep-alive connections are cheap to hold open by the thousand.
+    pub unauthenticated_idle_secs: u64,
+    /// The whole request body must arrive within this (408 otherwise): a trickled body
+    /// would pin a connection and its buffer.
+    pub body_read_timeout_secs: u64,
+    /// A response whose client accepts no bytes for this long is dropped: the upstream
+    /// request is cancelled and nothing is stored.
+    pub send_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -175,6 +191,10 @@ impl Default for Limits {
             per_key_requests_per_minute: 0,
             per_key_concurrent_requests: 0,
             failed_auth_per_minute: 30,
+            max_connections_per_ip: 256,
+            unauthenticated_idle_secs: 5,
+            body_read_timeout_secs: 30,
+            send_timeout_secs: 60,
         }
     }
 }
@@ -258,6 +278,10 @@ pub struct Config {
     pub config_path: Option<PathBuf>,
     /// Optional separate `HOST:PORT` for /metrics.
     pub metrics_addr: Option<String>,
+    /// `[server] trusted_proxies`; empty = forwarding headers are never believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server] require_key`: keyless mode is refused even on loopback.
+    pub require_key: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +338,10 @@ impl Config {
                 .collect(),
             None => file.server.cors_origins.unwrap_or_default(),
         };
+        let trusted_proxies = crate::client_ip::parse_trusted(
+            file.server.trusted_proxies.as_deref().unwrap_or_default(),
+        )
+        .map_err(ConfigError::Invalid)?;
         let mut sessions = file.sessions;
         if args.database_url.is_some() {
             sessions.database_url = args.database_url.clone();
@@ -347,6 +375,8 @@ impl Config {
             responses: file.responses,
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
+            trusted_proxies,
+            require_key: file.server.require_key.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)

@@ -1,35 +1,29 @@
 //! The daemon's life: guard, bind or inherit sockets, open storage, serve, signals, systemd.
 
-use std::net::SocketAddr;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::guard::{GuardError, Resolver};
-use crate::keys::{KeySet, ProcessEnv};
+use crate::guard::GuardError;
+use crate::reload::Reloader;
 use crate::sessions::{SessionError, SessionStore};
 use crate::startup::{self, Listener, StartupError};
-use crate::upstream::{Registry, UpstreamError};
+use crate::verdict::{auth_mode, Verdict};
 use crate::{systemd, AppState};
 
+/// What can still fail once the verdict is "serve": binding, and opening storage.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Startup(#[from] StartupError),
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
     Sessions(#[from] SessionError),
-    #[error("--metrics-addr {0:?} must be HOST:PORT, e.g. 127.0.0.1:9464")]
-    MetricsAddr(String),
 }
 
 impl DaemonError {
-    /// 78 (EX_CONFIG) for anything the operator must fix in the configuration.
+    /// 78 (EX_CONFIG) for a refusal by the bind-time guard; 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Startup(err) => err.exit_code(),
-            DaemonError::Upstream(_) | DaemonError::MetricsAddr(_) => 78,
             DaemonError::Sessions(_) => 1,
         }
     }
@@ -41,53 +35,6 @@ impl From<GuardError> for DaemonError {
     }
 }
 
-/// What the guard accepted, decided before any socket exists.
-pub struct Plan {
-    pub main: Option<Vec<SocketAddr>>,
-    pub metrics: Option<Vec<SocketAddr>>,
-}
-
-/// Every address serve would bind, judged. `main` is `None` when systemd passes sockets.
-pub fn plan(
-    config: &Config,
-    strong_key: bool,
-    inherited: bool,
-    resolver: &dyn Resolver,
-) -> Result<Plan, DaemonError> {
-    let main = if inherited {
-        None
-    } else {
-        Some(startup::plan(
-            &config.host,
-            config.port,
-            strong_key,
-            resolver,
-        )?)
-    };
-    let metrics = match &config.metrics_addr {
-        Some(addr) => {
-            let (host, port) =
-                split_host_port(addr).ok_or_else(|| DaemonError::MetricsAddr(addr.clone()))?;
-            Some(startup::plan(host, port, strong_key, resolver)?)
-        }
-        None => None,
-    };
-    Ok(Plan { main, metrics })
-}
-
-fn split_host_port(addr: &str) -> Option<(&str, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    Some((host, port.parse().ok()?))
-}
-
-pub fn auth_mode(keys: &KeySet) -> String {
-    if keys.is_empty() {
-        "keyless (loopback only)".into()
-    } else {
-        format!("api key required (keys: {})", keys.names().join(", "))
-    }
-}
-
 async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
     let limits = config.sessions.limits();
     match &config.sessions.database_url {
@@ -96,16 +43,25 @@ async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
     }
 }
 
-/// Runs until SIGTERM/SIGINT and the drain that follows. Must be called inside a runtime.
-pub async fn run(config: Config, keys: KeySet, resolver: &dyn Resolver) -> Result<(), DaemonError> {
+/// Serves what `verdict` accepted until SIGTERM/SIGINT and the drain that follows.
+/// Must be called inside a runtime.
+pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
+    let Verdict {
+        config,
+        keys,
+        plan,
+        inherited,
+        registry,
+    } = verdict;
     let strong_key = !keys.is_empty();
-    // 1. The guard judges every socket systemd passed, by its real address...
-    let inherited = systemd::inherited_listeners(strong_key)?;
-    // 2. ...and every address we would bind, before any socket is created.
-    let plan = plan(&config, strong_key, inherited.is_some(), resolver)?;
-    let registry = Registry::from_config(&config.upstreams)?;
+    // The guard has judged every passed socket and every address we would bind
+    // (`verdict::judge`); binding judges each bound address once more.
     let listeners = match (inherited, &plan.main) {
-        (Some(listeners), _) => listeners,
+        (Some(sockets), _) => sockets
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| socket.into_listener(index))
+            .collect::<Result<Vec<_>, _>>()?,
         (None, Some(addrs)) => startup::bind(addrs, strong_key)?
             .into_iter()
             .map(Listener::Tcp)
@@ -119,6 +75,9 @@ pub async fn run(config: Config, keys: KeySet, resolver: &dyn Resolver) -> Resul
             .collect(),
         None => Vec::new(),
     };
+    for warning in &keys.warnings {
+        tracing::warn!("{warning}");
+    }
     let store = open_sessions(&config).await?;
     if config.upstreams.is_empty() {
         tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
@@ -167,14 +126,27 @@ async fn handle_signals(state: AppState, shutdown: CancellationToken) {
         tracing::error!("cannot install signal handlers");
         return;
     };
+    let reloader = std::sync::Arc::new(Reloader::default());
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => match crate::reload::reload_keys(&state, &ProcessEnv) {
-                Ok(count) => tracing::info!(keys = count, auth = %auth_mode(&state.keys.load()), "keys reloaded"),
-                Err(err) => tracing::error!(error = %err, "key reload rejected; the previous keys stay in force"),
-            },
+            _ = hup.recv() => {
+                // Off the signal loop too: SIGTERM is heard while a reload is stuck.
+                let state = state.clone();
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    match reloader.reload(&state).await {
+                        Ok(keys) => {
+                            for warning in &keys.warnings {
+                                tracing::warn!("{warning}");
+                            }
+                            tracing::info!(keys = keys.keys.len(), auth = %auth_mode(&keys), "keys reloaded");
+                        }
+                        Err(err) => tracing::error!(error = %err, "key reload rejected; the previous keys stay in force"),
+                    }
+                });
+            }
         }
     }
     tracing::info!("shutdown requested; draining");

@@ -36,6 +36,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("The request has too many header fields.")]
     HeadersTooLarge,
+    #[error("The request body did not arrive in time; send it at once, not a trickle.")]
+    RequestTimeout,
     #[error("Rate limit exceeded; retry after {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
     #[error("The upstream model provider failed to answer. Try again later.")]
@@ -82,6 +84,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway | ApiError::UpstreamTruncated => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
             ApiError::UnsupportedMediaType => Some("unsupported_media_type"),
             ApiError::HeadersTooLarge => Some("request_headers_too_large"),
+            ApiError::RequestTimeout => Some("request_timeout"),
             ApiError::GatewayTimeout => Some("upstream_timeout"),
             ApiError::BadGateway => Some("upstream_error"),
             ApiError::UpstreamTruncated => Some("upstream_truncated"),

@@ -21,13 +21,21 @@ use crate::routes::require_json;
 use crate::server::Peer;
 use crate::state::AppState;
 
-/// Headers a reverse proxy adds. Their presence means the peer address is not the client.
-const PROXY_HEADERS: [&str; 6] = [
+/// Headers a reverse proxy, CDN or tunnel adds. Their presence means the peer address is
+/// not the client. (A proxy that adds none cannot be detected: see the README.)
+pub const PROXY_HEADERS: [&str; 13] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
     "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
     "via",
 ];
 
@@ -90,7 +98,8 @@ fn check_keyless(
     if PROXY_HEADERS.iter().any(|name| headers.contains_key(*name)) {
         return Err(ApiError::Forbidden(
             "This request came through a proxy (it carries a Forwarded, X-Forwarded-*, \
-             X-Real-IP or Via header). A gatewayd without an API key serves only direct \
+             X-Real-IP, X-Client-IP, True-Client-IP, CF-Connecting-IP, X-Original-URL, \
+             X-Rewrite-URL or Via header). A gatewayd without an API key serves only direct \
              local clients; a proxied or exposed gatewayd needs a key (API_SERVER_KEY)."
                 .into(),
         ));

@@ -61,6 +61,9 @@ impl fmt::Debug for ClientKey {
 #[derive(Clone, Debug, Default)]
 pub struct KeySet {
     pub keys: Vec<std::sync::Arc<ClientKey>>,
+    /// Problems that do not stop gatewayd (a key file readable by others), logged once
+    /// at start and on each reload.
+    pub warnings: Vec<String>,
 }
 
 impl KeySet {
@@ -91,12 +94,9 @@ pub enum KeyError {
     #[error("a key is given both in the environment and in $CREDENTIALS_DIRECTORY/api_server_key; this is ambiguous. Keep exactly one")]
     AmbiguousCredential,
     #[error(
-        "cannot read key file {path}: {source}. gatewayd never falls back to running without a key"
+        "cannot use key file {path}: {reason}. gatewayd never falls back to running without a key"
     )]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, reason: String },
     #[error("{source_name} is not a strong key: {problem}. Generate one with `gatewayd keygen` (or `openssl rand -base64 32`)")]
     Weak {
         source_name: String,
@@ -146,6 +146,7 @@ impl Env for ProcessEnv {
 /// (all three name the key "default"; at most one may be set) and `[[keys]]` digests.
 pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
     let mut keys = Vec::new();
+    let mut warnings = Vec::new();
     let inline = env.var("API_SERVER_KEY").filter(|v| !v.is_empty());
     let file = env.var("API_SERVER_KEY_FILE").filter(|v| !v.is_empty());
     let plaintext = match (inline, file) {
@@ -153,17 +154,18 @@ pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
         (Some(key), None) => Some(("API_SERVER_KEY".to_string(), Secret::new(key))),
         (None, Some(path)) => Some((
             "API_SERVER_KEY_FILE".to_string(),
-            read_key_file(Path::new(&path))?,
+            read_key_file(Path::new(&path), &mut warnings)?,
         )),
         (None, None) => None,
     };
     let credential = match env.var("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()) {
         Some(dir) => {
             let path = Path::new(&dir).join("api_server_key");
-            if path.exists() {
+            // Absent only when nothing exists there: a dangling link or EACCES refuses.
+            if crate::keyfile::present(&path)? {
                 Some((
                     "credential api_server_key".to_string(),
-                    read_key_file(&path)?,
+                    read_key_file(&path, &mut warnings)?,
                 ))
             } else {
                 None
@@ -200,6 +202,7 @@ pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
     }
     Ok(KeySet {
         keys: keys.into_iter().map(std::sync::Arc::new).collect(),
+        warnings,
     })
 }
 
@@ -228,14 +231,21 @@ fn parse_entry(entry: &KeyEntry) -> Result<ClientKey, KeyError> {
     })
 }
 
-/// A key file's content with exactly one trailing newline stripped; nothing else is trimmed.
-fn read_key_file(path: &Path) -> Result<Secret, KeyError> {
-    let content = std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let key = content.strip_suffix('\n').unwrap_or(&content);
-    Ok(Secret::new(key.to_string()))
+/// A key file's content with exactly one trailing newline stripped; nothing else is
+/// trimmed. Regular files only, bounded and under a deadline (see `keyfile`).
+fn read_key_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret, KeyError> {
+    let file = crate::keyfile::read(path)?;
+    warnings.extend(file.warning);
+    Ok(file.secret)
+}
+
+impl From<crate::keyfile::KeyFileError> for KeyError {
+    fn from(err: crate::keyfile::KeyFileError) -> Self {
+        KeyError::Unreadable {
+            path: err.path,
+            reason: err.reason,
+        }
+    }
 }
 
 #[cfg(test)]

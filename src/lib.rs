@@ -4,13 +4,18 @@
 //! - `cli`      — command-line flags and env fallbacks (the `--help` text).
 //! - `config`   — file + env + flags merged and validated once.
 //! - `keys`     — key sources, the strong-key policy (`keys/policy.rs`), digests, `keygen`.
+//! - `keyfile`  — reading one key file: regular only, non-blocking, bounded, deadline.
+//! - `verdict`  — one judgment, from the environment to serve-or-refuse, for both commands.
 //! - `guard`    — pure: which addresses a host means; may we serve on them?
 //! - `daemon`   — the daemon's life: guard, sockets, storage, signals, systemd.
 //! - `startup`  — binds sockets under the guard.
 //! - `server`   — accept loops, connection limits, timeouts, graceful drain.
-//! - `watchdog` — per-connection deadlines: silent, slowloris and idle connections.
+//! - `watchdog` — per-connection deadlines: silent, slowloris, idle and unread connections.
+//! - `admission` — per-IP connection counts, and closing idle connections near the limit.
+//! - `body_deadline` — the request body must arrive in time (408).
 //! - `hold`     — a response body that holds a permit until the body ends.
 //! - `router`   — `app(state)`: routes plus the whole layer stack.
+//! - `client_ip` — the client address: the peer, or what a trusted proxy forwarded.
 //! - `hardening` — header count, keyless mode's Host/Origin/peer/proxy checks, CORS.
 //! - `auth`     — the auth boundary (tower layer).
 //! - `ratelimit` — per-caller rate and concurrency limits; failed-auth throttle.
@@ -30,8 +35,11 @@
 //! - `state`    — `AppState`.
 //! - `telemetry` — Prometheus metrics and the per-request metrics layer.
 
+pub mod admission;
 pub mod auth;
+pub mod body_deadline;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod conversation;
 pub mod daemon;
@@ -39,6 +47,7 @@ pub mod error;
 pub mod guard;
 pub mod hardening;
 pub mod hold;
+pub mod keyfile;
 pub mod keys;
 pub mod openai;
 pub mod proxy;
@@ -56,6 +65,7 @@ pub mod systemd;
 pub mod telemetry;
 pub mod translate;
 pub mod upstream;
+pub mod verdict;
 pub mod watchdog;
 
 use tokio_util::sync::CancellationToken;
@@ -83,6 +93,7 @@ pub async fn serve_router(
         limits: state.config.limits.clone(),
         grace: state.config.shutdown_grace,
         hard_stop: state.hard_stop.clone(),
+        trusted_proxies: state.config.trusted_proxies.clone(),
     };
     server::serve(listeners, router, options, shutdown).await;
 }

@@ -4,11 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gatewayd::cli::{Cli, Command, LogFormat};
-use gatewayd::config::Config;
-use gatewayd::daemon::{self, auth_mode};
+use gatewayd::daemon;
 use gatewayd::guard::SystemResolver;
-use gatewayd::keys::{self, KeySet, ProcessEnv};
-use gatewayd::upstream::Registry;
+use gatewayd::keys::{self, ProcessEnv};
+use gatewayd::verdict::{self, auth_mode, Verdict};
 
 /// Optional (`--features mimalloc`): less CPU in malloc/free than the system allocator,
 /// but more memory held per open stream (see Cargo.toml).
@@ -16,21 +15,19 @@ use gatewayd::upstream::Registry;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// EX_CONFIG: the configuration was refused. systemd units use RestartPreventExitStatus=78.
-const EXIT_CONFIG: u8 = 78;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keygen { sha256 }) = cli.command {
+        return keygen(sha256);
+    }
+    // One judgment for both commands: check-config prints it, serve acts on it.
+    let verdict = match verdict::judge(&cli.serve, &ProcessEnv, &SystemResolver) {
+        Ok(verdict) => verdict,
+        Err(refusal) => return fatal(&refusal, refusal.exit_code()),
+    };
     match cli.command {
-        Some(Command::Keygen { sha256 }) => keygen(sha256),
-        Some(Command::CheckConfig) => match load(&cli) {
-            Ok((config, keys)) => check_config(&config, &keys),
-            Err(code) => code,
-        },
-        Some(Command::Serve) | None => match load(&cli) {
-            Ok((config, keys)) => serve(config, keys),
-            Err(code) => code,
-        },
+        Some(Command::CheckConfig) => check_config(&verdict),
+        _ => serve(verdict),
     }
 }
 
@@ -53,22 +50,11 @@ fn keygen(sha256: bool) -> ExitCode {
     }
 }
 
-fn load(cli: &Cli) -> Result<(Config, KeySet), ExitCode> {
-    let cors = std::env::var("API_SERVER_CORS_ORIGINS").ok();
-    let config = Config::load(&cli.serve, cors).map_err(|e| fatal(e, EXIT_CONFIG))?;
-    let keys = keys::load(&ProcessEnv, &config.key_entries).map_err(|e| fatal(e, EXIT_CONFIG))?;
-    gatewayd::hardening::check_cors_origins(&config.cors_origins, keys.is_empty())
-        .map_err(|e| fatal(e, EXIT_CONFIG))?;
-    Ok((config, keys))
-}
-
-/// Applies exactly serve's guard and policy, prints the verdict, and opens nothing.
-fn check_config(config: &Config, keys: &KeySet) -> ExitCode {
-    let inherited = std::env::var_os("LISTEN_FDS").is_some();
-    let plan = match daemon::plan(config, !keys.is_empty(), inherited, &SystemResolver) {
-        Ok(plan) => plan,
-        Err(err) => return fatal(&err, err.exit_code()),
-    };
+/// Prints serve's verdict (already reached by `verdict::judge`) and opens nothing.
+fn check_config(verdict: &Verdict) -> ExitCode {
+    for warning in &verdict.keys.warnings {
+        eprintln!("gatewayd: warning: {warning}");
+    }
     let show = |addrs: &[std::net::SocketAddr]| {
         addrs
             .iter()
@@ -76,21 +62,34 @@ fn check_config(config: &Config, keys: &KeySet) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    match &plan.main {
-        Some(addrs) => println!("would serve on: {}", show(addrs)),
-        None => println!("would serve on: the sockets systemd passes (judged when passed)"),
+    match (&verdict.plan.main, &verdict.inherited) {
+        (_, Some(sockets)) => {
+            let names: Vec<String> = sockets.iter().map(|s| s.describe()).collect();
+            println!("would serve on (passed by systemd): {}", names.join(", "));
+        }
+        (Some(addrs), None) => println!("would serve on: {}", show(addrs)),
+        (None, None) => println!("would serve on: nothing"),
     }
-    if let Some(addrs) = &plan.metrics {
+    if let Some(addrs) = &verdict.plan.metrics {
         println!("metrics on: {}", show(addrs));
     }
-    println!("auth: {}", auth_mode(keys));
-    match Registry::from_config(&config.upstreams) {
-        Ok(registry) => println!("upstreams: {}", registry.upstream_names().join(", ")),
-        Err(err) => return fatal(err, EXIT_CONFIG),
-    }
+    let config = &verdict.config;
+    println!("auth: {}", auth_mode(&verdict.keys));
+    println!(
+        "upstreams: {}",
+        verdict.registry.upstream_names().join(", ")
+    );
     match &config.sessions.database_url {
         Some(_) => println!("sessions: postgresql"),
         None => println!("sessions: sqlite in {}", config.data_dir.display()),
+    }
+    if !config.trusted_proxies.is_empty() {
+        let nets: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        println!("trusted proxies: {}", nets.join(", "));
     }
     ExitCode::SUCCESS
 }
@@ -108,8 +107,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn serve(config: Config, keys: KeySet) -> ExitCode {
-    init_tracing(config.log_format);
+fn serve(verdict: Verdict) -> ExitCode {
+    init_tracing(verdict.config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,7 +116,7 @@ fn serve(config: Config, keys: KeySet) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fatal(format!("cannot start the async runtime: {err}"), 1),
     };
-    match runtime.block_on(daemon::run(config, keys, &SystemResolver)) {
+    match runtime.block_on(daemon::run(verdict)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fatal(&err, err.exit_code()),
     }

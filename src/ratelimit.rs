@@ -18,6 +18,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Caller;
+use crate::client_ip::bucket;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::hold::HoldBody;
@@ -155,18 +156,6 @@ impl Limiter {
     }
 }
 
-/// The unit failures are counted in: one IPv4 address, or one IPv6 /64 (a single
-/// host usually holds a whole /64, so counting single v6 addresses would be no limit).
-fn bucket(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
-            Ok(net) => IpAddr::V6(net.network()),
-            Err(_) => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
-
 /// Retry-After is whole seconds; round up so a client that obeys it is admitted.
 fn whole_seconds(wait: Duration) -> u64 {
     (wait.as_millis().div_ceil(1000) as u64).max(1)
@@ -199,17 +188,6 @@ pub async fn per_caller(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn v6_addresses_share_their_64_prefix() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(bucket(a), bucket(b));
-        assert_ne!(bucket(a), bucket(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(bucket(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-    }
 
     #[test]
     fn retry_after_rounds_up_to_at_least_one_second() {

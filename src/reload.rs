@@ -1,10 +1,18 @@
 //! SIGHUP: re-read every key source and swap the key set atomically, or keep the old one.
+//!
+//! The re-read runs on its own thread under a deadline, never on the async workers: a
+//! key or config file on a hung filesystem delays nothing but the reload itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config;
-use crate::keys::{self, Env, KeySet};
+use crate::keys::{self, Env, KeySet, ProcessEnv};
 use crate::state::AppState;
+
+/// How long one reload may take before it is abandoned (the old keys stay in force).
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -14,18 +22,62 @@ pub enum ReloadError {
     Keys(#[from] keys::KeyError),
     #[error("the new key set is empty; a reload never turns authentication off")]
     WouldDisableAuth,
+    #[error("the reload did not finish within {} s; a key or config file may be on a hung filesystem", RELOAD_DEADLINE.as_secs())]
+    TimedOut,
+    #[error("an earlier reload is still running (stuck reading a file); this one is skipped")]
+    StillRunning,
+    #[error("the reload thread could not start: {0}")]
+    Thread(String),
 }
 
 /// Re-reads API_SERVER_KEY_FILE, $CREDENTIALS_DIRECTORY/api_server_key and the config
-/// file's [[keys]], applying the same policy as startup. On success the new set takes
-/// effect for the next request; on any error the old set stays in force.
-pub fn reload_keys(state: &AppState, env: &dyn Env) -> Result<usize, ReloadError> {
+/// file's [[keys]], applying the same policy as startup. Blocking, and it swaps nothing:
+/// [`Reloader::reload`] installs the result only if it arrives within the deadline.
+pub fn fresh_keys(state: &AppState, env: &dyn Env) -> Result<KeySet, ReloadError> {
     let entries = config::reread_key_entries(state.config.config_path.as_deref())?;
     let fresh: KeySet = keys::load(env, &entries)?;
     if fresh.is_empty() && !state.keys.load().is_empty() {
         return Err(ReloadError::WouldDisableAuth);
     }
-    let count = fresh.keys.len();
-    state.keys.store(Arc::new(fresh));
-    Ok(count)
+    Ok(fresh)
+}
+
+/// Runs reloads one at a time on a detached thread (not tokio's blocking pool, whose
+/// threads would hold up shutdown), each under [`RELOAD_DEADLINE`].
+#[derive(Default)]
+pub struct Reloader {
+    running: Arc<AtomicBool>,
+}
+
+impl Reloader {
+    /// On success the new set takes effect for the next request and is returned (for its
+    /// warnings); on any error, including the deadline, the old set stays in force.
+    pub async fn reload(&self, state: &AppState) -> Result<Arc<KeySet>, ReloadError> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Err(ReloadError::StillRunning);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let running = self.running.clone();
+        let worker = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("key-reload".into())
+            .spawn(move || {
+                let result = fresh_keys(&worker, &ProcessEnv);
+                running.store(false, Ordering::Release);
+                let _ = tx.send(result);
+            });
+        if let Err(err) = spawned {
+            self.running.store(false, Ordering::Release);
+            return Err(ReloadError::Thread(err.to_string()));
+        }
+        match tokio::time::timeout(RELOAD_DEADLINE, rx).await {
+            Ok(Ok(result)) => {
+                let fresh = Arc::new(result?);
+                state.keys.store(fresh.clone());
+                Ok(fresh)
+            }
+            Ok(Err(_)) => Err(ReloadError::Thread("the reload thread ended early".into())),
+            Err(_) => Err(ReloadError::TimedOut),
+        }
+    }
 }

@@ -74,6 +74,8 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
             .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(SetSensitiveRequestHeadersLayer::new(SENSITIVE_HEADERS))
+            // The client address (forwarded only by a trusted proxy), for logs and auth.
+            .layer(from_fn_with_state(state.clone(), crate::client_ip::layer))
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
             .layer(axum::middleware::from_fn(crate::telemetry::track))
             .layer(SetResponseHeaderLayer::overriding(
@@ -108,7 +110,18 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+    let client = request
+        .extensions()
+        .get::<crate::client_ip::ClientAddr>()
+        .map(|c| c.0);
+    match client {
+        Some(client) => {
+            tracing::info_span!("request", request_id = %id, %client, method = %request.method(), path = %request.uri().path())
+        }
+        None => {
+            tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+        }
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter; unique, cheap, no lock.

@@ -1,21 +1,22 @@
-//! Serving: accept loops over the listeners, per-connection limits and timeouts, graceful drain.
+//! Serving: accept loops over the listeners, connection admission, per-connection timeouts, graceful drain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::admission::{Admission, Admitted};
+use crate::auth::Authenticated;
+use crate::body_deadline::DeadlineBody;
 use crate::config::Limits;
 use crate::hold::HoldBody;
 use crate::startup::Listener;
@@ -35,6 +36,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// Cancelled when the grace period is over, so streams can end with an error event.
     pub hard_stop: CancellationToken,
+    /// `[server] trusted_proxies`: exempt from the per-address connection limit.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Serves `app` on every listener until `shutdown` fires, then drains.
@@ -51,11 +54,20 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(options.limits.max_connections));
+    let limits = &options.limits;
+    let admission = Admission::new(
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        options.trusted_proxies.clone(),
+    );
+    let secs = |value: u64| Duration::from_secs(value.max(1));
     let timeouts = Timeouts {
-        header_read: Duration::from_secs(options.limits.header_read_timeout_secs.max(1)),
-        keepalive_idle: Duration::from_secs(options.limits.keepalive_idle_secs.max(1)),
+        header_read: secs(limits.header_read_timeout_secs),
+        keepalive_idle: secs(limits.keepalive_idle_secs),
+        unauthenticated_idle: secs(limits.unauthenticated_idle_secs),
+        send: secs(limits.send_timeout_secs),
     };
+    let body_read_timeout = secs(limits.body_read_timeout_secs);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header timeout is off: it would also cut idle keep-alive connections at
     // the header timeout. The watchdog keeps both clocks (see `watchdog`).
@@ -81,8 +93,9 @@ pub async fn serve(
                 app: app.clone(),
                 builder: builder.clone(),
                 connections: connections.clone(),
-                permits: permits.clone(),
+                admission: admission.clone(),
                 timeouts,
+                body_read_timeout,
                 shutdown: shutdown.clone(),
             },
         )));
@@ -107,21 +120,20 @@ struct Shared {
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: TaskTracker,
-    permits: Arc<Semaphore>,
+    admission: Arc<Admission>,
     timeouts: Timeouts,
+    body_read_timeout: Duration,
     shutdown: CancellationToken,
 }
 
 async fn accept_loop(listener: Listener, shared: Shared) {
     let shutdown = &shared.shutdown;
     loop {
-        // Beyond max_connections, new connections wait in the kernel backlog; the
-        // connections already open (and their streams) carry on untouched.
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             _ = shutdown.cancelled() => return,
-            permit = shared.permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
+            slot = shared.admission.slot() => match slot {
+                Some(slot) => slot,
+                None => return,
             },
         };
         let accepted = tokio::select! {
@@ -130,10 +142,19 @@ async fn accept_loop(listener: Listener, shared: Shared) {
         };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
+                // Over its per-address share: closed before hyper sees a byte.
+                let Some(admitted) = shared.admission.admit(Some(peer.ip()), slot) else {
+                    tracing::debug!(%peer, "connection refused: max_connections_per_ip");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                spawn_connection(stream, Peer::Tcp(peer), permit, &shared);
+                spawn_connection(stream, Peer::Tcp(peer), admitted, &shared);
             }
-            Ok(Accepted::Unix(stream)) => spawn_connection(stream, Peer::Unix, permit, &shared),
+            Ok(Accepted::Unix(stream)) => {
+                if let Some(admitted) = shared.admission.admit(None, slot) {
+                    spawn_connection(stream, Peer::Unix, admitted, &shared);
+                }
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,50 +176,53 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
 }
 
 /// Serves one connection (TCP or Unix) until it ends, drains, or its watchdog fires.
-fn spawn_connection<IO>(
-    stream: IO,
-    peer: Peer,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    shared: &Shared,
-) where
+fn spawn_connection<IO>(stream: IO, peer: Peer, admitted: Admitted, shared: &Shared)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let shutdown = &shared.shutdown;
-    {
-        let activity = Activity::new();
-        let app = shared.app.clone();
-        let requests = activity.clone();
-        let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
-            let mut request = request.map(Body::new);
-            request.extensions_mut().insert(peer);
-            let busy = requests.begin();
-            let app = app.clone();
-            async move {
-                let response = app.oneshot(request).await?;
-                Ok::<_, Infallible>(response.map(|body| HoldBody::wrap(body, busy)))
+    let activity = Activity::new();
+    let app = shared.app.clone();
+    let requests = activity.clone();
+    let body_read_timeout = shared.body_read_timeout;
+    let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let mut request = request.map(|body| DeadlineBody::wrap(body, body_read_timeout));
+        request.extensions_mut().insert(peer);
+        let busy = requests.begin();
+        let activity = requests.clone();
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await?;
+            if response.extensions().get::<Authenticated>().is_some() {
+                activity.mark_authenticated();
             }
-        });
-        let builder = shared.builder.clone();
-        let timeouts = shared.timeouts;
-        let shutdown = shutdown.clone();
-        shared.connections.spawn(async move {
-            let _permit = permit;
-            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-            let connection =
-                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
-            let mut connection = std::pin::pin!(connection);
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    _ = connection.as_mut() => break,
-                    _ = shutdown.cancelled(), if !draining => {
-                        draining = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    // Silent, too slow with its headers, or idle too long: drop it.
-                    _ = activity.expired(timeouts) => break,
+            Ok::<_, Infallible>(response.map(|body| HoldBody::wrap(body, busy)))
+        }
+    });
+    let builder = shared.builder.clone();
+    let timeouts = shared.timeouts;
+    let shutdown = shared.shutdown.clone();
+    let admission = shared.admission.clone();
+    shared.connections.spawn(async move {
+        let _admitted = admitted;
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let connection =
+            builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+        let mut connection = std::pin::pin!(connection);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => break,
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
                 }
+                // Silent, too slow with its headers, idle too long, or not reading: drop it.
+                _ = activity.expired(timeouts) => break,
+                // Slots are running low: an idle keep-alive connection gives its slot up.
+                _ = admission.pressure() => if activity.is_idle_keepalive() {
+                    break;
+                },
             }
-        });
-    }
+        }
+    });
 }

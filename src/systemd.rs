@@ -40,22 +40,62 @@ pub fn spawn_watchdog(shutdown: CancellationToken) {
     });
 }
 
-/// Sockets passed by systemd (LISTEN_FDS), each judged by the guard on its real address
-/// (getsockname) before gatewayd serves on it. `None` when no socket was passed.
-pub fn inherited_listeners(strong_key: bool) -> Result<Option<Vec<Listener>>, StartupError> {
+/// A socket systemd passed, judged but not yet handed to the runtime.
+pub enum Inherited {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Inherited {
+    /// The address, for check-config's output.
+    pub fn describe(&self) -> String {
+        match self {
+            Inherited::Tcp(tcp) => tcp
+                .local_addr()
+                .map_or_else(|_| "tcp:?".into(), |a| a.to_string()),
+            Inherited::Unix(unix) => match unix.local_addr() {
+                Ok(addr) => match addr.as_pathname() {
+                    Some(path) => format!("unix:{}", path.display()),
+                    None => "unix:(abstract)".into(),
+                },
+                Err(_) => "unix:?".into(),
+            },
+        }
+    }
+
+    /// The socket as a tokio listener; needs a running runtime.
+    pub fn into_listener(self, index: usize) -> Result<Listener, StartupError> {
+        let inherited = |source| StartupError::Inherited { index, source };
+        match self {
+            Inherited::Tcp(tcp) => {
+                tcp.set_nonblocking(true).map_err(inherited)?;
+                let tcp = tokio::net::TcpListener::from_std(tcp).map_err(inherited)?;
+                Ok(Listener::Tcp(tcp))
+            }
+            Inherited::Unix(unix) => {
+                unix.set_nonblocking(true).map_err(inherited)?;
+                let unix = tokio::net::UnixListener::from_std(unix).map_err(inherited)?;
+                Ok(Listener::Unix(unix))
+            }
+        }
+    }
+}
+
+/// Sockets passed by systemd (LISTEN_FDS, honoured only when LISTEN_PID is unset or is
+/// this process), each judged by the guard on its real address (getsockname) before
+/// gatewayd serves on it. `None` when no socket was passed.
+pub fn inherited_sockets(strong_key: bool) -> Result<Option<Vec<Inherited>>, StartupError> {
     let mut fds = ListenFd::from_env();
     if fds.len() == 0 {
         return Ok(None);
     }
-    let mut listeners = Vec::with_capacity(fds.len());
+    let mut sockets = Vec::with_capacity(fds.len());
     for index in 0..fds.len() {
         let inherited = |source| StartupError::Inherited { index, source };
         if let Ok(Some(tcp)) = fds.take_tcp_listener(index) {
             let local = tcp.local_addr().map_err(inherited)?;
             guard::judge(&[local], strong_key)?;
-            tcp.set_nonblocking(true).map_err(inherited)?;
-            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(inherited)?;
-            listeners.push(Listener::Tcp(tcp));
+            sockets.push(Inherited::Tcp(tcp));
             continue;
         }
         let unix = fds
@@ -68,9 +108,7 @@ pub fn inherited_listeners(strong_key: bool) -> Result<Option<Vec<Listener>>, St
             None => (UnixSocketKind::Abstract, format!("(fd {})", index + 3)),
         };
         guard::judge_unix(kind, &name, strong_key)?;
-        unix.set_nonblocking(true).map_err(inherited)?;
-        let unix = tokio::net::UnixListener::from_std(unix).map_err(inherited)?;
-        listeners.push(Listener::Unix(unix));
+        sockets.push(Inherited::Unix(unix));
     }
-    Ok(Some(listeners))
+    Ok(Some(sockets))
 }

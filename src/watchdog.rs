@@ -1,18 +1,22 @@
 //! Per-connection deadlines: a connection that is silent, sends its headers too slowly,
-//! or idles between requests is closed.
+//! idles between requests, or stops accepting response bytes is closed.
 //!
 //! hyper's own header timeout starts only once hyper reads a request head (not while the
 //! auto builder is still sniffing HTTP/1 vs HTTP/2) and it also cuts idle keep-alive
 //! connections at the header timeout. So the gateway keeps the clock itself:
 //! - no request in flight and no byte since the last one: closed after
-//!   `header_read_timeout_secs` on a fresh connection, `keepalive_idle_secs` after a request;
+//!   `header_read_timeout_secs` on a fresh connection, `keepalive_idle_secs` after a
+//!   request; never later than `unauthenticated_idle_secs` until a request has passed auth;
 //! - bytes of a request arrived but no complete head: closed `header_read_timeout_secs`
 //!   after the first byte (slowloris);
-//! - a request in flight (including a streamed response body): never closed here.
+//! - a write to the client blocked (it reads nothing) for `send_timeout_secs`: closed,
+//!   request in flight or not. Dropping the connection drops the response body, which
+//!   cancels the upstream request and any session recording (nothing is stored);
+//! - otherwise a request in flight (including a streamed response body) is never closed here.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,14 +38,21 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `start` of the first byte read while idle; `NEVER` if none.
     first_byte: AtomicU64,
+    /// Milliseconds since `start` when a write to the client first found no room, with
+    /// no byte accepted since; `NEVER` while writes go through.
+    write_blocked: AtomicU64,
+    /// A request on this connection has passed the auth boundary.
+    authenticated: AtomicBool,
     changed: Notify,
 }
 
-/// The two timeouts, from `[limits]`.
+/// The connection timeouts, from `[limits]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     pub header_read: Duration,
     pub keepalive_idle: Duration,
+    pub unauthenticated_idle: Duration,
+    pub send: Duration,
 }
 
 impl Activity {
@@ -52,6 +63,8 @@ impl Activity {
             served: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             first_byte: AtomicU64::new(NEVER),
+            write_blocked: AtomicU64::new(NEVER),
+            authenticated: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -78,23 +91,67 @@ impl Activity {
         }
     }
 
-    /// When the connection must be closed, or `None` while a request is in flight.
+    /// A request on this connection passed auth: it gets the normal keep-alive timeout.
+    pub fn mark_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    /// An idle keep-alive connection: it has served a request, none is in flight and no
+    /// byte of a next one has arrived. Closing it loses nothing.
+    pub fn is_idle_keepalive(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.served.load(Ordering::Relaxed) > 0
+            && self.first_byte.load(Ordering::Relaxed) == NEVER
+    }
+
+    fn write_blocked(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == NEVER {
+            self.write_blocked.store(self.now_ms(), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    fn write_progressed(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) != NEVER {
+            self.write_blocked.store(NEVER, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection must be closed, or `None` while a request is in flight and
+    /// the client accepts what it is sent.
     fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
+        let at = |from: u64, allowed: Duration| self.start + Duration::from_millis(from) + allowed;
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        let unread = (blocked != NEVER).then(|| at(blocked, timeouts.send));
+        let idle = self
+            .idle_deadline(timeouts)
+            .map(|(from, allowed)| at(from, allowed));
+        match (unread, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn idle_deadline(&self, timeouts: Timeouts) -> Option<(u64, Duration)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
+        let anonymous = !self.authenticated.load(Ordering::Relaxed);
+        let shorten = |allowed: Duration| match anonymous {
+            true => allowed.min(timeouts.unauthenticated_idle),
+            false => allowed,
+        };
         let first_byte = self.first_byte.load(Ordering::Relaxed);
-        let (from, allowed) = if first_byte != NEVER {
+        Some(if first_byte != NEVER {
             (first_byte, timeouts.header_read)
         } else if self.served.load(Ordering::Relaxed) == 0 {
-            (0, timeouts.header_read)
+            (0, shorten(timeouts.header_read))
         } else {
             (
                 self.idle_since.load(Ordering::Relaxed),
-                timeouts.keepalive_idle,
+                shorten(timeouts.keepalive_idle),
             )
-        };
-        Some(self.start + Duration::from_millis(from) + allowed)
+        })
     }
 
     /// Resolves when the connection has overstayed; the caller then drops it.
@@ -142,6 +199,17 @@ impl<S> Tracked<S> {
     }
 }
 
+impl<S> Tracked<S> {
+    /// A write that found no room starts the send clock; one that went through stops it.
+    fn saw_write(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.write_progressed(),
+            _ => {}
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -163,7 +231,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.saw_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -171,7 +241,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.saw_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

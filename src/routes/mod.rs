@@ -59,6 +59,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             || err.to_string().contains("length limit");
         if too_large {
             ApiError::PayloadTooLarge(format!("Request body exceeds the limit of {limit} bytes."))
+        } else if crate::body_deadline::is_timeout(&err) {
+            ApiError::RequestTimeout
         } else {
             ApiError::bad_request("The request body could not be read.", None)
         }

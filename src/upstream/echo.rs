@@ -99,38 +99,105 @@ fn complete(request: EchoRequest) -> UpstreamResponse {
             }),
         );
     }
-    let chunk = |delta: Value, finish: Value| {
-        sse_event(&json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": "echo",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }))
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    // Lazily, one event per poll: a client that reads slowly holds the reply text, never
+    // its whole event stream.
+    let events = EchoEvents {
+        id,
+        created,
+        reply,
+        pos: 0,
+        phase: Phase::Role,
+        usage: include_usage.then_some(usage),
     };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    for (i, word) in reply.split_whitespace().enumerate() {
-        let piece = if i == 0 {
-            word.to_string()
-        } else {
-            format!(" {word}")
-        };
-        events.push(chunk(json!({"content": piece}), Value::Null));
-    }
-    events.push(chunk(json!({}), json!("stop")));
-    if request.stream_options.is_some_and(|o| o.include_usage) {
-        events.push(sse_event(&json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": "echo",
-            "choices": [], "usage": usage,
-        })));
-    }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     UpstreamResponse {
         status: ::http::StatusCode::OK,
         headers: content_type("text/event-stream"),
-        body: stream::iter(events.into_iter().map(Ok)).boxed(),
+        body: stream::unfold(events, |mut events| async move {
+            events.next_event().map(|event| (Ok(event), events))
+        })
+        .boxed(),
         idle_timeout: Duration::from_secs(60),
         require_done: true,
+    }
+}
+
+/// The streamed reply, produced one event at a time.
+struct EchoEvents {
+    id: String,
+    created: u64,
+    reply: String,
+    /// Byte offset in `reply` of the next word.
+    pos: usize,
+    phase: Phase,
+    usage: Option<Value>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Role,
+    Words,
+    Stop,
+    Usage,
+    Done,
+    End,
+}
+
+impl EchoEvents {
+    fn chunk(&self, delta: Value, finish: Value) -> Bytes {
+        sse_event(&json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": "echo", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }))
+    }
+
+    fn next_event(&mut self) -> Option<Bytes> {
+        match self.phase {
+            Phase::Role => {
+                self.phase = Phase::Words;
+                Some(self.chunk(json!({"role": "assistant", "content": ""}), Value::Null))
+            }
+            Phase::Words => match self.next_word() {
+                Some(piece) => Some(self.chunk(json!({"content": piece}), Value::Null)),
+                None => {
+                    self.phase = Phase::Stop;
+                    self.next_event()
+                }
+            },
+            Phase::Stop => {
+                self.phase = Phase::Usage;
+                Some(self.chunk(json!({}), json!("stop")))
+            }
+            Phase::Usage => {
+                self.phase = Phase::Done;
+                match self.usage.take() {
+                    Some(usage) => Some(sse_event(&json!({
+                        "id": self.id, "object": "chat.completion.chunk",
+                        "created": self.created, "model": "echo", "choices": [], "usage": usage,
+                    }))),
+                    None => self.next_event(),
+                }
+            }
+            Phase::Done => {
+                self.phase = Phase::End;
+                Some(Bytes::from_static(b"data: [DONE]\n\n"))
+            }
+            Phase::End => None,
+        }
+    }
+
+    /// The next whitespace-separated word, with a leading space after the first.
+    fn next_word(&mut self) -> Option<String> {
+        let rest = self.reply.get(self.pos..)?;
+        let start = rest.find(|c: char| !c.is_whitespace())?;
+        let word = &rest[start..];
+        let len = word.find(char::is_whitespace).unwrap_or(word.len());
+        let piece = match self.pos {
+            0 => word[..len].to_string(),
+            _ => format!(" {}", &word[..len]),
+        };
+        self.pos += start + len;
+        Some(piece)
     }
 }
 

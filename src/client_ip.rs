@@ -1,0 +1,285 @@
+//! Who the client is: the TCP peer, or, only when that peer is a trusted proxy, the address the proxy forwarded.
+//!
+//! The result ([`ClientAddr`]) is what the failed-auth throttle counts, and what request
+//! logs show. Forwarding headers from any other peer are ignored here (and keyless mode
+//! refuses them outright, see `hardening`).
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use ipnet::IpNet;
+
+use crate::server::Peer;
+use crate::state::AppState;
+
+/// The client's address, put into every request's extensions by [`layer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// `[server] trusted_proxies`: CIDRs (`10.0.0.0/8`) or single addresses (`::1`). A
+/// prefix of length 0 would let every client name its own address, so it is refused.
+pub fn parse_trusted(entries: &[String]) -> Result<Vec<IpNet>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let net = entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "[server] trusted_proxies entry {entry:?} is not a CIDR such as \
+                         \"10.0.0.0/8\" or an address such as \"::1\""
+                    )
+                })?;
+            if net.prefix_len() == 0 {
+                return Err(format!(
+                    "[server] trusted_proxies entry {entry:?} trusts every address, so any \
+                     client could pick its own address with X-Forwarded-For. List only your \
+                     proxies' addresses"
+                ));
+            }
+            Ok(canonical(net).trunc())
+        })
+        .collect()
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it means,
+/// since peers are compared in canonical form.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        other => other,
+    }
+}
+
+/// The unit per-address limits count in: one IPv4 address, or one IPv6 /64 (a single
+/// host usually holds a whole /64, so counting single v6 addresses would be no limit).
+pub fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
+            Ok(net) => IpAddr::V6(net.network()),
+            Err(_) => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Is `ip` (IPv4-mapped IPv6 counts as IPv4) inside one of `trusted`?
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client address for a request from `peer`. Behind a trusted proxy it is the
+/// right-most address in X-Forwarded-For (or Forwarded) that is not itself a trusted
+/// proxy. When both headers are present and disagree, or the chain cannot be parsed
+/// where it matters, the proxy's own address is used: a client must never get to pick
+/// its address. Pure; never panics.
+pub fn resolve(peer: Option<Peer>, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = match peer {
+        Some(Peer::Tcp(addr)) => addr.ip().to_canonical(),
+        Some(Peer::Unix) | None => return IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    if !is_trusted(peer_ip, trusted) {
+        return peer_ip;
+    }
+    let xff = chain(headers, "x-forwarded-for", whole);
+    let forwarded = chain(headers, "forwarded", forwarded_for);
+    let pick = |chain: Option<Vec<Option<IpAddr>>>| chain.map(|c| rightmost_untrusted(&c, trusted));
+    match (pick(xff), pick(forwarded)) {
+        (Some(a), Some(b)) if a != b => peer_ip,
+        (Some(found), _) | (None, Some(found)) => found.unwrap_or(peer_ip),
+        (None, None) => peer_ip,
+    }
+}
+
+/// Every item of every `name` header, in order, each mapped by `item` and parsed as an
+/// address (`None` where it is not one). `None` when the header is absent.
+fn chain(
+    headers: &HeaderMap,
+    name: &str,
+    item: impl Fn(&str) -> Option<&str>,
+) -> Option<Vec<Option<IpAddr>>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut addrs = Vec::new();
+    for value in values {
+        let Ok(text) = value.to_str() else {
+            addrs.push(None);
+            continue;
+        };
+        addrs.extend(text.split(',').map(|part| item(part).and_then(parse_node)));
+    }
+    Some(addrs)
+}
+
+/// An X-Forwarded-For item is the address itself.
+fn whole(item: &str) -> Option<&str> {
+    Some(item)
+}
+
+/// The `for=` value of one Forwarded element (RFC 7239), if it has one.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })
+}
+
+/// An address as proxies write it: `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`,
+/// `[2001:db8::1]:443`, optionally in double quotes. `unknown` and `_hidden` are not.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    node.parse::<IpAddr>()
+        .ok()
+        .or_else(|| node.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// Walking from the right (the hop nearest us), the first address that is not a trusted
+/// proxy. `None` if an entry on the way cannot be read; the left-most entry if every
+/// entry is trusted.
+fn rightmost_untrusted(chain: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<IpAddr> {
+    for entry in chain.iter().rev() {
+        let ip = (*entry)?;
+        if !is_trusted(ip, trusted) {
+            return Some(ip);
+        }
+    }
+    chain.first().copied().flatten()
+}
+
+/// The layer: records [`ClientAddr`] before tracing, auth and the limits read it.
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<Peer>().copied();
+    let client = resolve(peer, request.headers(), &state.config.trusted_proxies);
+    request.extensions_mut().insert(ClientAddr(client));
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn from(ip: &str) -> Option<Peer> {
+        Some(Peer::Tcp(std::net::SocketAddr::new(
+            ip.parse().unwrap(),
+            5000,
+        )))
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_peers() {
+        let trusted = parse_trusted(&["10.0.0.0/8".into(), "::1".into()]).unwrap();
+        let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            resolve(from("203.0.113.1"), &h, &trusted),
+            ip("203.0.113.1")
+        );
+        assert_eq!(resolve(from("10.1.2.3"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(resolve(from("::1"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(from("10.1.2.3"), &headers(&[]), &trusted),
+            ip("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_address_wins_so_spoofed_entries_are_skipped() {
+        let trusted = parse_trusted(&["10.0.0.0/8".into()]).unwrap();
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1, 198.51.100.7"),
+            ("x-forwarded-for", "10.0.0.5"),
+        ]);
+        assert_eq!(resolve(from("10.0.0.9"), &h, &trusted), ip("198.51.100.7"));
+        let garbage_left = headers(&[("x-forwarded-for", "not-an-ip, 198.51.100.7")]);
+        assert_eq!(
+            resolve(from("10.0.0.9"), &garbage_left, &trusted),
+            ip("198.51.100.7")
+        );
+        let garbage_right = headers(&[("x-forwarded-for", "198.51.100.7, junk")]);
+        assert_eq!(
+            resolve(from("10.0.0.9"), &garbage_right, &trusted),
+            ip("10.0.0.9")
+        );
+        let all_trusted = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(
+            resolve(from("10.0.0.9"), &all_trusted, &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn forwarded_header_forms() {
+        let trusted = parse_trusted(&["10.0.0.0/8".into()]).unwrap();
+        let h = headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, For=\"[2001:db8:cafe::17]:4711\";by=10.0.0.1",
+        )]);
+        assert_eq!(
+            resolve(from("10.0.0.9"), &h, &trusted),
+            ip("2001:db8:cafe::17")
+        );
+        let v4_port = headers(&[("forwarded", "for=\"192.0.2.43:47011\"")]);
+        assert_eq!(
+            resolve(from("10.0.0.9"), &v4_port, &trusted),
+            ip("192.0.2.43")
+        );
+        let hidden = headers(&[("forwarded", "for=_hidden")]);
+        assert_eq!(resolve(from("10.0.0.9"), &hidden, &trusted), ip("10.0.0.9"));
+        let disagree = headers(&[
+            ("forwarded", "for=192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2"),
+        ]);
+        assert_eq!(
+            resolve(from("10.0.0.9"), &disagree, &trusted),
+            ip("10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn v6_addresses_share_their_64_prefix() {
+        let a = ip("2001:db8:1:2:aaaa::1");
+        assert_eq!(bucket(a), bucket(ip("2001:db8:1:2:bbbb::2")));
+        assert_ne!(bucket(a), bucket(ip("2001:db8:1:3::1")));
+        assert_eq!(bucket(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    #[test]
+    fn trusted_proxy_entries() {
+        assert!(parse_trusted(&["0.0.0.0/0".into()]).is_err());
+        assert!(parse_trusted(&["::/0".into()]).is_err());
+        assert!(parse_trusted(&["10.0.0.0/33".into()]).is_err());
+        assert!(parse_trusted(&["proxy.local".into()]).is_err());
+        let nets = parse_trusted(&["10.1.2.3/8".into(), "::ffff:127.0.0.1".into()]).unwrap();
+        assert_eq!(nets[0].to_string(), "10.0.0.0/8");
+        assert!(!is_trusted(ip("11.0.0.1"), &nets));
+        assert!(is_trusted(ip("::ffff:10.9.9.9"), &nets));
+        assert!(is_trusted(ip("127.0.0.1"), &nets));
+    }
+}

@@ -1,0 +1,154 @@
+//! One judgment for `serve` and `check-config`: from flags, env, config file, key sources and inherited sockets to serve-or-refuse.
+//!
+//! Both commands call [`judge`] and nothing else decides; `check-config` prints the
+//! verdict, `serve` acts on it. So the two can never disagree about an environment.
+
+use std::net::SocketAddr;
+
+use crate::cli::ServeArgs;
+use crate::config::{Config, ConfigError};
+use crate::guard::Resolver;
+use crate::keys::{self, Env, KeyError, KeySet};
+use crate::startup::{self, StartupError};
+use crate::systemd::{self, Inherited};
+use crate::upstream::{Registry, UpstreamError};
+
+/// Everything `serve` needs, judged and accepted.
+pub struct Verdict {
+    pub config: Config,
+    pub keys: KeySet,
+    pub plan: Plan,
+    /// Sockets systemd passed, each already judged; `None` when none were passed.
+    pub inherited: Option<Vec<Inherited>>,
+    pub registry: Registry,
+}
+
+/// What the guard accepted, decided before any socket exists.
+pub struct Plan {
+    /// `None` when systemd passes the sockets.
+    pub main: Option<Vec<SocketAddr>>,
+    pub metrics: Option<Vec<SocketAddr>>,
+}
+
+/// Why gatewayd would not serve. Each message names the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("--metrics-addr {0:?} must be HOST:PORT, e.g. 127.0.0.1:9464")]
+    MetricsAddr(String),
+    #[error("{0}")]
+    Policy(String),
+}
+
+impl From<crate::guard::GuardError> for Refusal {
+    fn from(err: crate::guard::GuardError) -> Self {
+        Refusal::Startup(StartupError::Refused(err))
+    }
+}
+
+impl Refusal {
+    /// 78 (EX_CONFIG) for anything the operator must fix in the configuration; 1 for a
+    /// passed socket that cannot be used.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Refusal::Startup(err) => err.exit_code(),
+            _ => 78,
+        }
+    }
+}
+
+/// The single judgment. `env` supplies the key sources and CORS origins; sockets passed
+/// by systemd are taken (LISTEN_FDS / LISTEN_PID, exactly as serving would) and judged.
+pub fn judge(args: &ServeArgs, env: &dyn Env, resolver: &dyn Resolver) -> Result<Verdict, Refusal> {
+    let config = Config::load(args, env.var("API_SERVER_CORS_ORIGINS"))?;
+    let keys = keys::load(env, &config.key_entries)?;
+    let strong_key = !keys.is_empty();
+    crate::hardening::check_cors_origins(&config.cors_origins, !strong_key)
+        .map_err(Refusal::Policy)?;
+    check_key_required(&config, strong_key)?;
+    let inherited = systemd::inherited_sockets(strong_key)?;
+    let plan = plan(&config, strong_key, inherited.is_some(), resolver)?;
+    let registry = Registry::from_config(&config.upstreams)?;
+    Ok(Verdict {
+        config,
+        keys,
+        plan,
+        inherited,
+        registry,
+    })
+}
+
+/// `require_key`, and trusted proxies (a proxy means other machines reach gatewayd),
+/// each refuse keyless mode even on loopback.
+fn check_key_required(config: &Config, strong_key: bool) -> Result<(), Refusal> {
+    if strong_key {
+        return Ok(());
+    }
+    if config.require_key {
+        return Err(Refusal::Policy(
+            "[server] require_key = true, but no API key is configured. Set \
+             API_SERVER_KEY_FILE (or API_SERVER_KEY, systemd LoadCredential=api_server_key, \
+             or [[keys]]); `gatewayd keygen` prints a strong key"
+                .into(),
+        ));
+    }
+    if !config.trusted_proxies.is_empty() {
+        return Err(Refusal::Policy(
+            "[server] trusted_proxies is set, so a reverse proxy carries other machines' \
+             requests to this gatewayd, but no API key is configured: everyone the proxy \
+             serves could use it. Configure a key (API_SERVER_KEY_FILE), or remove \
+             trusted_proxies"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every address serve would bind, judged. `main` is `None` when systemd passes sockets.
+pub fn plan(
+    config: &Config,
+    strong_key: bool,
+    inherited: bool,
+    resolver: &dyn Resolver,
+) -> Result<Plan, Refusal> {
+    let main = if inherited {
+        None
+    } else {
+        Some(startup::plan(
+            &config.host,
+            config.port,
+            strong_key,
+            resolver,
+        )?)
+    };
+    let metrics = match &config.metrics_addr {
+        Some(addr) => {
+            let (host, port) =
+                split_host_port(addr).ok_or_else(|| Refusal::MetricsAddr(addr.clone()))?;
+            Some(startup::plan(host, port, strong_key, resolver)?)
+        }
+        None => None,
+    };
+    Ok(Plan { main, metrics })
+}
+
+fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
+/// How the gateway authenticates, for check-config and the startup line.
+pub fn auth_mode(keys: &KeySet) -> String {
+    if keys.is_empty() {
+        "keyless (loopback only)".into()
+    } else {
+        format!("api key required (keys: {})", keys.names().join(", "))
+    }
+}
