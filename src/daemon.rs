@@ -17,6 +17,8 @@ pub enum DaemonError {
     Startup(#[from] StartupError),
     #[error(transparent)]
     Sessions(#[from] SessionError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
 }
 
 impl DaemonError {
@@ -24,7 +26,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Startup(err) => err.exit_code(),
-            DaemonError::Sessions(_) => 1,
+            DaemonError::Sessions(_) | DaemonError::Signals(_) => 1,
         }
     }
 }
@@ -82,6 +84,9 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
     if config.upstreams.is_empty() {
         tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
     }
+    // Handlers go in before anything says "listening": a SIGHUP or SIGTERM that arrives
+    // right after that line must be handled, never take the default action (exit).
+    let signals = Signals::install()?;
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let metrics_addresses: Vec<String> = metrics_listeners.iter().map(Listener::describe).collect();
     tracing::info!(
@@ -99,7 +104,7 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
             store.spawn_response_retention(age, shutdown.clone());
         }
     }
-    tokio::spawn(handle_signals(state.clone(), shutdown.clone()));
+    tokio::spawn(handle_signals(signals, state.clone(), shutdown.clone()));
     if !metrics_listeners.is_empty() {
         let metrics_app = crate::router::metrics_app(state.clone());
         tokio::spawn(crate::serve_router(
@@ -116,22 +121,34 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The signals gatewayd handles, registered with the OS when installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install =
+            |kind: SignalKind| signal(kind).map_err(|e| DaemonError::Signals(e.to_string()));
+        Ok(Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM / SIGINT start the drain; SIGHUP reloads the keys.
-async fn handle_signals(state: AppState, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn handle_signals(mut signals: Signals, state: AppState, shutdown: CancellationToken) {
     let reloader = std::sync::Arc::new(Reloader::default());
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => {
+            _ = signals.interrupt.recv() => break,
+            _ = signals.terminate.recv() => break,
+            _ = signals.hangup.recv() => {
                 // Off the signal loop too: SIGTERM is heard while a reload is stuck.
                 let state = state.clone();
                 let reloader = reloader.clone();
