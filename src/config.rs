@@ -120,6 +120,22 @@ pub struct UpstreamConfig {
     /// How a complete event stream ends; anything else is a truncated stream.
     #[serde(default)]
     pub stream_end: StreamEnd,
+    /// How `/v1/responses` reaches this upstream: translated onto chat completions, or
+    /// passed through to its own `/v1/responses` (which then holds the content).
+    #[serde(default)]
+    pub responses: ResponsesMode,
+}
+
+/// Whether an upstream implements the Responses API itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponsesMode {
+    /// Translated onto `/v1/chat/completions`; gatewayd stores the state.
+    #[default]
+    Translate,
+    /// Forwarded byte for byte to the upstream's `/v1/responses`; gatewayd records only
+    /// which key owns each response id, and at which upstream.
+    Native,
 }
 
 /// A static upstream header value as written: literal, `env:NAME` or `file:PATH`. Its
@@ -326,6 +342,7 @@ impl Config {
                     query: BTreeMap::new(),
                     forward_headers: Vec::new(),
                     stream_end: StreamEnd::Done,
+                    responses: ResponsesMode::Translate,
                 },
             );
         }

@@ -31,7 +31,8 @@
 //! - `sessions` — the session store (SQLite or PostgreSQL) and reply assembly.
 //! - `routes`   — one module per resource, and the 404 fallback (`routes/unsupported.rs`).
 //! - `translate` — pure wire-format translations (Responses ⇄ chat).
-//! - `responses` — the Responses API turn: state named by id or conversation, translated, committed.
+//! - `responses` — the Responses API turn: state named by id or conversation, translated, committed;
+//!   `responses/native.rs` passes it through to upstreams that serve it (`responses = "native"`).
 //! - `state`    — `AppState`.
 //! - `telemetry` — Prometheus metrics and the per-request metrics layer.
 

@@ -45,12 +45,14 @@ fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Invalid {
     }
 }
 
-/// Which endpoint a body is for: chat needs `messages`; completions and embeddings do not.
+/// Which endpoint a body is for: chat needs `messages`; the others do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions = 0,
     Completions = 1,
     Embeddings = 2,
+    /// `/v1/responses`, only for upstreams that serve it natively (`responses = "native"`).
+    Responses = 3,
 }
 
 impl Endpoint {
@@ -59,6 +61,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
         }
     }
 }

@@ -12,7 +12,8 @@ use crate::openai::{ChatRequest, Endpoint};
 use crate::relay::{relay, RelayOptions, StreamObserver};
 use crate::state::AppState;
 use crate::telemetry;
-use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
+use crate::upstream::{UpstreamRequest, UpstreamResponse};
 
 /// Largest non-streaming upstream body gatewayd will hold (embeddings can be large).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -42,6 +43,18 @@ pub async fn forward(
     history: Option<&[u8]>,
 ) -> Result<Answer, ApiError> {
     let candidates = state.upstreams.candidates(&request.model);
+    let (answer, _) = forward_to(state, endpoint, request, history, candidates).await?;
+    Ok(answer)
+}
+
+/// [`forward`] over the given candidates; also says which upstream answered.
+pub async fn forward_to(
+    state: &AppState,
+    endpoint: Endpoint,
+    request: &ChatRequest,
+    history: Option<&[u8]>,
+    candidates: Vec<Candidate>,
+) -> Result<(Answer, String), ApiError> {
     if candidates.is_empty() {
         return Err(ApiError::NotFound {
             message: format!(
@@ -94,26 +107,57 @@ pub async fn forward(
                 return Err(ApiError::BadGateway);
             }
         }
-        if matches!(status.as_u16(), 401 | 403 | 407) {
-            // The upstream rejected *our* credentials: a gateway misconfiguration, and its
-            // message may quote part of the upstream key. Never pass it on.
-            tracing::error!(%upstream, %status, "upstream rejected the gateway's credentials");
-            return Err(ApiError::BadGateway);
-        }
+        refuse_credential_errors(status, &upstream)?;
         let is_event_stream = response
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if request.stream && status.is_success() && is_event_stream {
-            return Ok(Answer::Stream(response));
+            return Ok((Answer::Stream(response), upstream));
         }
         let started = Instant::now();
         let collected = collect(response).await;
         telemetry::record_upstream(started, &upstream);
-        return collected;
+        return collected.map(|answer| (answer, upstream));
     }
     Err(last_error)
+}
+
+/// The upstream rejected *our* credentials: a gateway misconfiguration, and its message
+/// may quote part of the upstream key. Never pass it on.
+fn refuse_credential_errors(status: StatusCode, upstream: &str) -> Result<(), ApiError> {
+    if matches!(status.as_u16(), 401 | 403 | 407) {
+        tracing::error!(%upstream, %status, "upstream rejected the gateway's credentials");
+        return Err(ApiError::BadGateway);
+    }
+    Ok(())
+}
+
+/// One read or delete of a response a native upstream stores, answered whole. No
+/// fallback: only the upstream that created the response has it.
+pub async fn stored_response(
+    upstream: &dyn Upstream,
+    call: StoredResponseCall,
+) -> Result<Answer, ApiError> {
+    let name = upstream.name().to_string();
+    let started = Instant::now();
+    let sent = upstream.stored_response(call).await;
+    let response = sent.map_err(|err| {
+        tracing::warn!(upstream = %name, error = %err, "upstream failed");
+        match err {
+            UpstreamError::Timeout(_) => ApiError::GatewayTimeout,
+            _ => ApiError::BadGateway,
+        }
+    })?;
+    refuse_credential_errors(response.status, &name)?;
+    if response.status.is_server_error() {
+        tracing::warn!(upstream = %name, status = %response.status, "upstream refused the request");
+        return Err(ApiError::BadGateway);
+    }
+    let collected = collect(response).await;
+    telemetry::record_upstream(started, &name);
+    collected
 }
 
 async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {

@@ -232,10 +232,10 @@ async fn finish_observer(state: &mut RelayState) -> Option<Bytes> {
 }
 
 fn upstream_error(err: &UpstreamError) -> ApiError {
-    if err.is_timeout() {
-        ApiError::GatewayTimeout
-    } else {
-        ApiError::BadGateway
+    match err {
+        UpstreamError::Timeout(_) => ApiError::GatewayTimeout,
+        UpstreamError::Truncated(_) => ApiError::UpstreamTruncated,
+        _ => ApiError::BadGateway,
     }
 }
 

@@ -31,6 +31,8 @@ use crate::translate::responses_reply::{
 };
 use crate::translate::responses_stream::StreamTranslator;
 
+pub mod native;
+
 /// Lists the tools removed before the upstream call (`[responses] unsupported_tools = "drop"`).
 pub const DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-gatewayd-dropped-tools");
 

@@ -1,7 +1,7 @@
 //! /v1/responses: create a response (a turn), read, delete and list its input items, per key.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::responses::native::{self, Stored};
 use crate::responses::{create as create_turn, is_response_id};
 use crate::routes::{read_body, require_json, Owner};
 use crate::sessions::{SessionError, StoredResponse};
@@ -30,6 +31,9 @@ async fn create(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = read_body(body, state.config.limits.max_body_bytes).await?;
+    if let Some(passed) = native::create(&state, &owner, &headers, &body).await? {
+        return Ok(passed);
+    }
     create_turn(&state, owner, &body).await
 }
 
@@ -59,7 +63,13 @@ async fn read(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    if let Some(passed) = native::stored(&state, &owner, &headers, &id, Stored::Read(query)).await?
+    {
+        return Ok(passed);
+    }
     let stored = stored(&state, &owner, &id).await?;
     // The stored text is the object the client received: sent as is.
     Ok((
@@ -76,7 +86,11 @@ async fn remove(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(passed) = native::stored(&state, &owner, &headers, &id, Stored::Delete).await? {
+        return Ok(passed);
+    }
     if !is_response_id(&id) {
         return Err(not_found());
     }
@@ -88,9 +102,10 @@ async fn remove(
             SessionError::NotFound => not_found(),
             other => ApiError::from(other),
         })?;
-    Ok(axum::Json(
-        json!({"id": id, "object": "response.deleted", "deleted": true}),
-    ))
+    Ok(
+        axum::Json(json!({"id": id, "object": "response.deleted", "deleted": true}))
+            .into_response(),
+    )
 }
 
 /// `limit` (1–100, default 20), `after` (an item id) and `order` (`asc` or `desc`, default `desc`).
@@ -107,12 +122,18 @@ async fn input_items(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     query: ListParams,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    let call = Stored::InputItems(raw);
+    if let Some(passed) = native::stored(&state, &owner, &headers, &id, call).await? {
+        return Ok(passed);
+    }
     let stored = stored(&state, &owner, &id).await?;
     let items: Vec<Value> =
         serde_json::from_str(&stored.input_items).map_err(|_| ApiError::Internal)?;
-    page(items, query).map(axum::Json)
+    Ok(axum::Json(page(items, query)?).into_response())
 }
 
 /// One page of a list of items (oldest first as given), as OpenAI's list objects.

@@ -3,6 +3,7 @@
 mod assemble;
 mod items;
 mod lease;
+mod native;
 mod responses;
 mod retention;
 mod store;

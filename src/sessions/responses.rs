@@ -50,16 +50,24 @@ impl SessionStore {
         }
     }
 
-    /// Deletes responses created more than `age` ago; returns how many.
+    /// Deletes responses (and native responses' owner records) created more than `age`
+    /// ago; returns how many.
     pub async fn purge_responses(&self, age: Duration) -> Result<u64, SessionError> {
         let cutoff = now().0 - age.as_secs() as i64;
-        let mut conn = self.writer.acquire("purge").await?;
-        let result = sqlx::query("DELETE FROM responses WHERE created_at < $1")
-            .bind(cutoff)
-            .execute(&mut *conn)
-            .await
-            .map_err(SessionError::from);
-        Ok(self.writer.finish("purge", conn, result)?.rows_affected())
+        let mut purged = 0;
+        for sql in [
+            "DELETE FROM responses WHERE created_at < $1",
+            "DELETE FROM native_responses WHERE created_at < $1",
+        ] {
+            let mut conn = self.writer.acquire("purge").await?;
+            let result = sqlx::query(sql)
+                .bind(cutoff)
+                .execute(&mut *conn)
+                .await
+                .map_err(SessionError::from);
+            purged += self.writer.finish("purge", conn, result)?.rows_affected();
+        }
+        Ok(purged)
     }
 
     /// Purges stored responses older than `age` now and then every hour until `shutdown`.

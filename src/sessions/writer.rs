@@ -13,8 +13,10 @@ use super::SessionError;
 pub const STORAGE_ERRORS: &str = "gatewayd_storage_errors_total";
 /// How often an unready store may be probed with a test write.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Size of the probe row: large enough to need a fresh page when the database is full.
-const PROBE_BYTES: usize = 8 * 1024;
+/// Size of the probe row: larger than a typical turn, so a store too full for one turn
+/// (several KiB over a few rows and index entries) is not reported ready because a
+/// smaller write still squeezes into its last free pages.
+const PROBE_BYTES: usize = 16 * 1024;
 
 /// The write side of the store. For SQLite a single connection (SQLite has one writer at
 /// a time, and queueing here is cheaper than SQLITE_BUSY retries); for PostgreSQL the

@@ -4,6 +4,7 @@ pub mod responses;
 pub mod responses_items;
 pub mod responses_reply;
 pub mod responses_stream;
+pub mod responses_tools;
 
 /// A request the gateway cannot translate faithfully: a 400 naming the parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]

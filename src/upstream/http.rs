@@ -17,8 +17,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::{pass_through, sensitive, RequestHeaders};
-use super::{Endpoint, ModelObject, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
-use crate::config::UpstreamConfig;
+use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
+use super::{UpstreamRequest, UpstreamResponse};
+use crate::config::{ResponsesMode, UpstreamConfig};
+
+mod native;
 use crate::keys::Secret;
 
 /// The pooled client every upstream shares; cloning it shares the pool.
@@ -72,8 +75,12 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError
 pub struct HttpUpstream {
     name: Arc<str>,
     /// Built once: the per-request cost is a clone, not a URL parse.
-    endpoint_uris: [Uri; 3],
+    endpoint_uris: [Uri; 4],
     models_uri: Uri,
+    /// `…/responses` with the configured query, credentials removed: the base of a
+    /// native upstream's stored-response URLs.
+    responses_url: url::Url,
+    native: bool,
     /// Basic credentials from the base URL (sensitive), built once.
     basic_auth: Option<HeaderValue>,
     /// Forwarded client headers, static headers and the key's header, decided once.
@@ -99,7 +106,7 @@ impl HttpUpstream {
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let base_url = config.base_url.trim_end_matches('/');
         let mut basic_auth = None;
-        let mut uri = |path: &str| -> Result<Uri, UpstreamError> {
+        let mut uri = |path: &str| -> Result<url::Url, UpstreamError> {
             let mut url = url::Url::parse(&format!("{base_url}/{path}"))
                 .map_err(|_| config_error("base_url is not a valid URL"))?;
             if let Some(basic) = take_credentials(&mut url).map_err(config_error)? {
@@ -108,14 +115,19 @@ impl HttpUpstream {
             if !config.query.is_empty() {
                 url.query_pairs_mut().extend_pairs(&config.query);
             }
+            Ok(url)
+        };
+        let valid = |url: url::Url| {
             Uri::try_from(url.as_str()).map_err(|_| config_error("base_url is not a valid URL"))
         };
+        let responses_url = uri(Endpoint::Responses.path())?;
         let endpoint_uris = [
-            uri(Endpoint::ChatCompletions.path())?,
-            uri(Endpoint::Completions.path())?,
-            uri(Endpoint::Embeddings.path())?,
+            valid(uri(Endpoint::ChatCompletions.path())?)?,
+            valid(uri(Endpoint::Completions.path())?)?,
+            valid(uri(Endpoint::Embeddings.path())?)?,
+            valid(responses_url.clone())?,
         ];
-        let models_uri = uri("models")?;
+        let models_uri = valid(uri("models")?)?;
         let request_headers = RequestHeaders::new(config, api_key.as_ref().map(Secret::expose))
             .map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let host = models_uri.host().unwrap_or_default().to_ascii_lowercase();
@@ -128,6 +140,8 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             endpoint_uris,
             models_uri,
+            responses_url,
+            native: config.responses == ResponsesMode::Native,
             basic_auth,
             request_headers,
             authority: format!("{host}:{port}").into(),
@@ -272,6 +286,17 @@ impl Upstream for HttpUpstream {
         &self.name
     }
 
+    fn native_responses(&self) -> bool {
+        self.native
+    }
+
+    fn stored_response(
+        &self,
+        call: StoredResponseCall,
+    ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
+        self.stored(call).boxed()
+    }
+
     fn send(
         &self,
         request: UpstreamRequest,
@@ -281,18 +306,7 @@ impl Upstream for HttpUpstream {
             let response = self
                 .call(Method::POST, uri, request.body, &request.client_headers)
                 .await?;
-            let (parts, body) = response.into_parts();
-            let name = self.name.clone();
-            let body = BodyDataStream::new(body)
-                .map_err(move |_| UpstreamError::Broken(name.clone(), BODY_FAILED.into()))
-                .boxed();
-            Ok(UpstreamResponse {
-                status: parts.status,
-                headers: pass_through(parts.headers, &self.host),
-                body,
-                idle_timeout: self.idle_timeout,
-                require_done: self.require_done,
-            })
+            Ok(self.streaming(response))
         }
         .boxed()
     }
@@ -328,6 +342,22 @@ impl Upstream for HttpUpstream {
 }
 
 impl HttpUpstream {
+    /// The answer with its body still streaming, headers filtered for the client.
+    fn streaming(&self, response: Response<Incoming>) -> UpstreamResponse {
+        let (parts, body) = response.into_parts();
+        let name = self.name.clone();
+        let body = BodyDataStream::new(body)
+            .map_err(move |_| UpstreamError::Broken(name.clone(), BODY_FAILED.into()))
+            .boxed();
+        UpstreamResponse {
+            status: parts.status,
+            headers: pass_through(parts.headers, &self.host),
+            body,
+            idle_timeout: self.idle_timeout,
+            require_done: self.require_done,
+        }
+    }
+
     /// `GET /models`, parsed: objects with a string `id`, everything else they carry kept.
     async fn fetch_models(&self) -> Result<Vec<ModelObject>, UpstreamError> {
         #[derive(serde::Deserialize)]

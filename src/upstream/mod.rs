@@ -31,6 +31,9 @@ pub enum UpstreamError {
     Broken(Arc<str>, String),
     #[error("upstream {0} is misconfigured: {1}")]
     Config(Arc<str>, String),
+    /// A stream that ended before the event that completes it.
+    #[error("upstream {0} ended the stream before its final event")]
+    Truncated(Arc<str>),
 }
 
 impl UpstreamError {
@@ -66,9 +69,37 @@ pub struct UpstreamResponse {
     pub require_done: bool,
 }
 
+/// A read or delete of one response an upstream stores itself (`responses = "native"`):
+/// `GET`/`DELETE responses/{id}`, or `GET responses/{id}/input_items` with the client's query.
+pub struct StoredResponseCall {
+    pub method: ::http::Method,
+    /// An id [`crate::responses::native::is_native_id`] accepted: safe as a path segment.
+    pub id: String,
+    pub input_items: bool,
+    pub query: Vec<(String, String)>,
+    pub client_headers: Arc<::http::HeaderMap>,
+}
+
 /// An OpenAI-compatible provider. The built-in echo model is one too.
 pub trait Upstream: Send + Sync {
     fn name(&self) -> &str;
+    /// Serves `/v1/responses` itself: Responses requests are passed through, not translated.
+    fn native_responses(&self) -> bool {
+        false
+    }
+    /// Reads or deletes a response the upstream stores (native upstreams only).
+    fn stored_response(
+        &self,
+        _call: StoredResponseCall,
+    ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
+        let name: Arc<str> = self.name().into();
+        Box::pin(async move {
+            Err(UpstreamError::Config(
+                name,
+                "does not serve the Responses API".into(),
+            ))
+        })
+    }
     /// Sends the request and resolves once response headers have arrived.
     fn send(
         &self,
@@ -127,6 +158,12 @@ impl Registry {
             entries: vec![Entry::new(echo, &["echo".to_string()], &Default::default())],
             created: unix_now(),
         }
+    }
+
+    /// The configured upstream called `name`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<dyn Upstream>> {
+        let entry = self.entries.iter().find(|e| e.upstream.name() == name)?;
+        Some(entry.upstream.clone())
     }
 
     pub fn upstream_names(&self) -> Vec<&str> {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compatibility test: the official OpenAI Node SDK against a real gatewayd process and a
-# mock upstream (tests/sdk-node/sdk.test.mjs). The SDK version is pinned in package-lock.json.
+# mock upstream (tests/sdk-node/harness.mjs): sdk.test.mjs covers chat, models and sessions;
+# responses.test.mjs the Responses and Conversations APIs, on SQLite and, when
+# GATEWAYD_TEST_POSTGRES_URL is set, PostgreSQL. The SDK version is pinned in package-lock.json.
 #
 #   bash tests/sdk-node/run.sh
 #
@@ -27,4 +29,4 @@ if [ -z "${GATEWAYD_BIN:-}" ]; then
     (cd "$REPO" && cargo build --quiet --bin gatewayd)
 fi
 export GATEWAYD_BIN
-exec node --test --test-concurrency=1 sdk.test.mjs
+exec node --test --test-concurrency=1 sdk.test.mjs responses.test.mjs
