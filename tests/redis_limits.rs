@@ -2,6 +2,7 @@
 //! limit (leases released at the end of a stream, expired after a SIGKILL) and one
 //! failed-auth throttle; a dead Redis falls back to local limits (counted) or, with
 //! `redis_failure = "closed"`, to 503, and the shared limits come back with Redis.
+//! Readiness also says 503 while shutdown drains.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -377,4 +378,21 @@ async fn shared_limits_come_back_when_redis_returns() {
     assert_eq!(status(&b, KEY_A).await, 429);
     assert_eq!(status(&a, KEY_A).await, 429);
     assert_eq!(a.state.limiter.shared_up(), Some(true));
+}
+
+#[tokio::test]
+async fn readiness_is_503_while_shutdown_drains() {
+    use tower::ServiceExt;
+    let gw = spawn_gateway(config_from_toml(&two_keys_toml())).await;
+    assert_eq!(ready(&gw).await, 200);
+    gw.shutdown.cancel();
+    gw.state.draining.cancelled().await;
+    let request = axum::http::Request::get("/health/ready")
+        .body(Body::empty())
+        .unwrap();
+    let response = gatewayd::app(gw.state.clone())
+        .oneshot(common::from_localhost(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
 }
