@@ -84,6 +84,9 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
     if config.upstreams.is_empty() {
         tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
     }
+    // Handlers first: a SIGHUP that arrives once "listening" is logged must reload, not
+    // take the default action (terminate).
+    let signals = Signals::install();
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let metrics_addresses: Vec<String> = metrics_listeners.iter().map(Listener::describe).collect();
     tracing::info!(
@@ -105,7 +108,7 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
             store.spawn_response_retention(age, shutdown.clone());
         }
     }
-    tokio::spawn(handle_signals(state.clone(), shutdown.clone()));
+    tokio::spawn(handle_signals(signals, state.clone(), shutdown.clone()));
     if !metrics_listeners.is_empty() {
         let metrics_app = crate::router::metrics_app(state.clone());
         tokio::spawn(crate::serve_router(
@@ -123,12 +126,24 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
 }
 
 /// SIGTERM / SIGINT start the drain; SIGHUP reloads the keys.
-async fn handle_signals(state: AppState, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
+/// SIGTERM and SIGHUP streams, registered before the daemon says it is listening.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hup)) => Signals(Some((term, hup))),
+            _ => Signals(None),
+        }
+    }
+}
+
+async fn handle_signals(signals: Signals, state: AppState, shutdown: CancellationToken) {
+    let Signals(Some((mut term, mut hup))) = signals else {
         tracing::error!("cannot install signal handlers");
         return;
     };
