@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use crate::client_ip::ClientAddr;
 use crate::error::ApiError;
-use crate::keys::{digest, ClientKey, KeySet};
+use crate::keys::{digest, ClientKey, KeyDigest, KeySet};
 use crate::ratelimit::Limiter;
 
 /// Routes anyone may call without a key, matched on the router's route pattern (never
@@ -101,7 +101,12 @@ fn valid_token(token: &[u8]) -> bool {
 /// Compares the token's SHA-256 with every key's digest in constant time, visiting all
 /// keys whatever matches, so timing reveals neither which key nor how much matched.
 pub fn verify(keys: &KeySet, token: &[u8]) -> Option<Arc<ClientKey>> {
-    let presented = digest(token);
+    verify_digest(keys, &digest(token))
+}
+
+/// [`verify`] for a token already hashed (the auth layer hashes before it awaits the
+/// failed-auth throttle, so the token itself never waits in a future).
+pub fn verify_digest(keys: &KeySet, presented: &KeyDigest) -> Option<Arc<ClientKey>> {
     let mut matched = subtle::Choice::from(0);
     let mut index = 0u32;
     for (i, key) in keys.keys.iter().enumerate() {
@@ -163,10 +168,19 @@ fn is_public(request: &Request<Body>) -> bool {
         .any(|(method, path)| method == request.method() && *path == pattern.as_str())
 }
 
+/// What the synchronous part of the check decided; the throttle and the key comparison
+/// (which may wait on a shared limiter) come after.
+enum First {
+    Public,
+    Caller(Caller),
+    /// A token to compare, hashed, from this address.
+    Compare(IpAddr, KeyDigest),
+}
+
 impl<S> RequireApiKey<S> {
-    fn authorize(&self, request: &Request<Body>) -> Result<Option<Caller>, ApiError> {
+    fn first(&self, request: &Request<Body>) -> Result<First, ApiError> {
         if is_public(request) {
-            return Ok(None);
+            return Ok(First::Public);
         }
         let keys = self.keys.load();
         let token = extract_token(request.headers()).map_err(|e| match e {
@@ -184,7 +198,7 @@ impl<S> RequireApiKey<S> {
         })?;
         if keys.is_empty() {
             // Keyless mode exists only on loopback (the startup guard saw to that).
-            return Ok(Some(Caller {
+            return Ok(First::Caller(Caller {
                 name: Arc::from("local"),
                 key: None,
             }));
@@ -192,24 +206,33 @@ impl<S> RequireApiKey<S> {
         let token = token.ok_or(ApiError::Unauthorized {
             token_presented: false,
         })?;
-        // Throttle guessing: an address over its failure quota is refused before any
-        // key comparison runs, and only failures spend quota.
-        let peer = peer_ip(request);
-        if let Some(retry_after_secs) = self.limiter.auth_blocked(peer) {
-            return Err(ApiError::RateLimited { retry_after_secs });
-        }
-        match verify(&keys, token) {
-            Some(key) => Ok(Some(Caller {
-                name: Arc::from(key.name.as_str()),
-                key: Some(key),
-            })),
-            None => Err(match self.limiter.auth_failed(peer) {
-                Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs },
-                None => ApiError::Unauthorized {
-                    token_presented: true,
-                },
-            }),
-        }
+        Ok(First::Compare(peer_ip(request), digest(token)))
+    }
+}
+
+/// Throttle guessing: an address over its failure quota is refused before any key
+/// comparison runs, and only failures spend quota.
+async fn compare(
+    keys: &ArcSwap<KeySet>,
+    limiter: &Limiter,
+    peer: IpAddr,
+    presented: &KeyDigest,
+) -> Result<Caller, ApiError> {
+    if let Some(retry_after_secs) = limiter.auth_blocked(peer).await? {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let verified = verify_digest(&keys.load(), presented);
+    match verified {
+        Some(key) => Ok(Caller {
+            name: Arc::from(key.name.as_str()),
+            key: Some(key),
+        }),
+        None => Err(match limiter.auth_failed(peer).await? {
+            Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs },
+            None => ApiError::Unauthorized {
+                token_presented: true,
+            },
+        }),
     }
 }
 
@@ -227,25 +250,37 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        match self.authorize(&request) {
-            Ok(caller) => {
-                let authenticated = caller.is_some();
-                if let Some(caller) = caller {
-                    request.extensions_mut().insert(caller);
+        let first = self.first(&request);
+        // The clone that was driven to readiness goes into the future (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (keys, limiter) = (self.keys.clone(), self.limiter.clone());
+        Box::pin(async move {
+            let caller = match first {
+                Ok(First::Public) => Ok(None),
+                Ok(First::Caller(caller)) => Ok(Some(caller)),
+                Ok(First::Compare(peer, presented)) => {
+                    compare(&keys, &limiter, peer, &presented).await.map(Some)
                 }
-                let response = self.inner.call(request);
-                Box::pin(async move {
-                    let mut response = response.await?;
+                Err(error) => Err(error),
+            };
+            match caller {
+                Ok(caller) => {
+                    let authenticated = caller.is_some();
+                    if let Some(caller) = caller {
+                        request.extensions_mut().insert(caller);
+                    }
+                    let mut response = inner.call(request).await?;
                     if authenticated {
                         response.extensions_mut().insert(Authenticated);
                     }
                     Ok(response)
-                })
+                }
+                Err(error) => {
+                    crate::telemetry::count_refusal(&error);
+                    Ok(error.into_response())
+                }
             }
-            Err(error) => {
-                crate::telemetry::count_refusal(&error);
-                Box::pin(async move { Ok(error.into_response()) })
-            }
-        }
+        })
     }
 }

@@ -68,6 +68,15 @@ pub struct ServeArgs {
     )]
     pub database_url: Option<String>,
 
+    /// Redis for limits shared by several instances (with `[limits] backend = "redis"`).
+    #[arg(
+        long,
+        env = "GATEWAYD_REDIS_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
     /// Also serve GET /metrics (still key-protected) on this HOST:PORT, e.g.
     /// 127.0.0.1:9464. The startup guard judges it like the main address.
     #[arg(long, env = "GATEWAYD_METRICS_ADDR", global = true)]

@@ -72,6 +72,11 @@ pub struct ServerSection {
     pub trusted_proxies: Option<Vec<String>>,
     /// Refuse to start without a key, even on loopback.
     pub require_key: Option<bool>,
+    /// `[server.tls]`: terminate TLS on the listeners with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Silences the start-up warning about keys in clear text on a non-loopback
+    /// address without TLS (TLS is terminated in front of gatewayd).
+    pub allow_plaintext: Option<bool>,
 }
 
 /// One OpenAI-compatible provider.
@@ -124,6 +129,13 @@ pub struct UpstreamConfig {
     /// passed through to its own `/v1/responses` (which then holds the content).
     #[serde(default)]
     pub responses: ResponsesMode,
+    /// PEM CA certificates trusted for this upstream, besides the OS store and the
+    /// built-in roots (an upstream behind a private CA). Re-read on SIGHUP.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain allowed) for mutual TLS; needs `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`. Never logged.
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// Whether an upstream implements the Responses API itself.
@@ -193,6 +205,20 @@ pub struct Limits {
     /// A response whose client accepts no bytes for this long is dropped: the upstream
     /// request is cancelled and nothing is stored.
     pub send_timeout_secs: u64,
+    /// Where per-key limits and the failed-auth throttle are counted: "local" (this
+    /// process) or "redis" (shared by every instance using the same Redis and prefix).
+    pub backend: crate::ratelimit::Backend,
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`); env GATEWAYD_REDIS_URL.
+    pub redis_url: Option<crate::ratelimit::RedisUrl>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub redis_prefix: String,
+    /// The longest a request waits for Redis before the failure policy applies.
+    pub redis_timeout_ms: u64,
+    /// While Redis is unreachable: "local" (each instance limits alone) or "closed" (503).
+    pub redis_failure: crate::ratelimit::RedisFailure,
+    /// A concurrency slot held in Redis expires this long after its instance stops
+    /// renewing it (a crashed instance does not leak slots).
+    pub redis_lease_ttl_secs: u64,
 }
 
 impl Default for Limits {
@@ -211,6 +237,12 @@ impl Default for Limits {
             unauthenticated_idle_secs: 5,
             body_read_timeout_secs: 30,
             send_timeout_secs: 60,
+            backend: Default::default(),
+            redis_url: None,
+            redis_prefix: "gatewayd".into(),
+            redis_timeout_ms: 50,
+            redis_failure: Default::default(),
+            redis_lease_ttl_secs: 30,
         }
     }
 }
@@ -298,6 +330,10 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `[server] require_key`: keyless mode is refused even on loopback.
     pub require_key: bool,
+    /// `[server.tls]`, when the listeners terminate TLS.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `[server] allow_plaintext`: no warning about keys in clear text.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -343,6 +379,9 @@ impl Config {
                     forward_headers: Vec::new(),
                     stream_end: StreamEnd::Done,
                     responses: ResponsesMode::Translate,
+                    ca_file: None,
+                    client_cert_file: None,
+                    client_key_file: None,
                 },
             );
         }
@@ -359,6 +398,10 @@ impl Config {
             file.server.trusted_proxies.as_deref().unwrap_or_default(),
         )
         .map_err(ConfigError::Invalid)?;
+        let mut limits = file.limits;
+        if let Some(url) = &args.redis_url {
+            limits.redis_url = Some(crate::ratelimit::RedisUrl(url.clone()));
+        }
         let mut sessions = file.sessions;
         if args.database_url.is_some() {
             sessions.database_url = args.database_url.clone();
@@ -387,13 +430,15 @@ impl Config {
             max_attempts: file.server.max_attempts.unwrap_or(3).clamp(1, 10),
             key_entries: file.keys,
             upstreams,
-            limits: file.limits,
+            limits,
             sessions,
             responses: file.responses,
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
             trusted_proxies,
             require_key: file.server.require_key.unwrap_or(false),
+            tls: file.server.tls,
+            allow_plaintext: file.server.allow_plaintext.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -439,6 +484,7 @@ impl Config {
                 )));
             }
         }
+        crate::ratelimit::validate(&self.limits).map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "[limits] max_body_bytes and max_connections must be above 0".into(),

@@ -54,6 +54,8 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
         plan,
         inherited,
         registry,
+        tls,
+        warnings,
     } = verdict;
     let strong_key = !keys.is_empty();
     // The guard has judged every passed socket and every address we would bind
@@ -77,7 +79,7 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
             .collect(),
         None => Vec::new(),
     };
-    for warning in &keys.warnings {
+    for warning in keys.warnings.iter().chain(&warnings) {
         tracing::warn!("{warning}");
     }
     let store = open_sessions(&config).await?;
@@ -93,10 +95,14 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
         addresses = %addresses.join(", "),
         metrics = %metrics_addresses.join(", "),
         auth = %auth_mode(&keys),
+        tls = tls.is_some(),
         sessions = store.backend(),
         "gatewayd listening"
     );
-    let state = AppState::new(config, keys, registry).with_sessions(store);
+    let mut state = AppState::new(config, keys, registry).with_sessions(store);
+    if let Some(tls) = tls {
+        state = state.with_tls(tls);
+    }
     let shutdown = CancellationToken::new();
     if let Some(store) = &state.sessions {
         store.spawn_retention(shutdown.clone());

@@ -56,6 +56,11 @@ pub enum ApiError {
     SessionLimitReached(usize),
     #[error("Internal error.")]
     Internal,
+    /// `[limits] redis_failure = "closed"` while Redis cannot be reached.
+    #[error(
+        "Rate limits cannot be checked right now, so the request was not admitted. Retry shortly."
+    )]
+    LimitsUnavailable,
 }
 
 impl ApiError {
@@ -88,7 +93,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway | ApiError::UpstreamTruncated => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unavailable | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::StorageUnavailable | ApiError::LimitsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::SessionBusy => StatusCode::CONFLICT,
             ApiError::SessionLimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,7 +110,9 @@ impl ApiError {
             | ApiError::GatewayTimeout
             | ApiError::Unavailable
             | ApiError::UpstreamTruncated => "upstream_error",
-            ApiError::Internal | ApiError::StorageUnavailable => "server_error",
+            ApiError::Internal | ApiError::StorageUnavailable | ApiError::LimitsUnavailable => {
+                "server_error"
+            }
             _ => "invalid_request_error",
         }
     }
@@ -122,6 +131,7 @@ impl ApiError {
             ApiError::BadGateway => Some("upstream_error"),
             ApiError::UpstreamTruncated => Some("upstream_truncated"),
             ApiError::StorageUnavailable => Some("storage_unavailable"),
+            ApiError::LimitsUnavailable => Some("limits_unavailable"),
             ApiError::SessionBusy => Some("session_busy"),
             ApiError::SessionLimitReached(_) => Some("session_limit_reached"),
             _ => None,
@@ -168,7 +178,7 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            ApiError::StorageUnavailable | ApiError::SessionBusy => {
+            ApiError::StorageUnavailable | ApiError::SessionBusy | ApiError::LimitsUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

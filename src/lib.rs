@@ -18,7 +18,9 @@
 //! - `client_ip` — the client address: the peer, or what a trusted proxy forwarded.
 //! - `hardening` — header count, keyless mode's Host/Origin/peer/proxy checks, CORS.
 //! - `auth`     — the auth boundary (tower layer).
-//! - `ratelimit` — per-caller rate and concurrency limits; failed-auth throttle.
+//! - `ratelimit` — per-caller rate and concurrency limits; failed-auth throttle; local
+//!   or shared through Redis (`ratelimit/shared.rs`), with the Redis failure policy.
+//! - `tls`      — TLS on the listeners (`[server.tls]`), reloaded on SIGHUP.
 //! - `error`    — `ApiError`, the OpenAI-shaped error every client sees.
 //! - `openai`   — the few wire fields the gateway reads; the rest passes through.
 //! - `proxy`    — routing a request across upstreams with fallback.
@@ -64,6 +66,7 @@ pub mod startup;
 pub mod state;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;
 pub mod upstream;
 pub mod verdict;
@@ -90,7 +93,14 @@ pub async fn serve_router(
     shutdown: CancellationToken,
 ) {
     telemetry::start_upkeep();
+    let draining = state.draining.clone();
+    let fired = shutdown.clone();
+    tokio::spawn(async move {
+        fired.cancelled().await;
+        draining.cancel();
+    });
     let options = server::ServeOptions {
+        tls: state.tls.as_ref().map(|tls| tls.acceptor()),
         limits: state.config.limits.clone(),
         grace: state.config.shutdown_grace,
         hard_stop: state.hard_stop.clone(),

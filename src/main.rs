@@ -52,7 +52,7 @@ fn keygen(sha256: bool) -> ExitCode {
 
 /// Prints serve's verdict (already reached by `verdict::judge`) and opens nothing.
 fn check_config(verdict: &Verdict) -> ExitCode {
-    for warning in &verdict.keys.warnings {
+    for warning in verdict.keys.warnings.iter().chain(&verdict.warnings) {
         eprintln!("gatewayd: warning: {warning}");
     }
     let show = |addrs: &[std::net::SocketAddr]| {
@@ -75,6 +75,10 @@ fn check_config(verdict: &Verdict) -> ExitCode {
     }
     let config = &verdict.config;
     println!("auth: {}", auth_mode(&verdict.keys));
+    if let Some(tls) = &config.tls {
+        println!("tls: {}", tls.cert_file.display());
+    }
+    println!("limits: {}", limits_mode(&config.limits));
     println!(
         "upstreams: {}",
         verdict.registry.upstream_names().join(", ")
@@ -92,6 +96,17 @@ fn check_config(verdict: &Verdict) -> ExitCode {
         println!("trusted proxies: {}", nets.join(", "));
     }
     ExitCode::SUCCESS
+}
+
+/// Where limits are counted, for check-config (never the Redis URL: it may hold a password).
+fn limits_mode(limits: &gatewayd::config::Limits) -> String {
+    match limits.backend {
+        gatewayd::ratelimit::Backend::Local => "local to this process".into(),
+        gatewayd::ratelimit::Backend::Redis => format!(
+            "shared through Redis (prefix {:?}, on failure: {:?})",
+            limits.redis_prefix, limits.redis_failure
+        ),
+    }
 }
 
 fn init_tracing(format: LogFormat) {

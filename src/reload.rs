@@ -1,4 +1,5 @@
-//! SIGHUP: re-read every key source and swap the key set atomically, or keep the old one.
+//! SIGHUP: re-read every key source and swap the key set atomically, or keep the old one;
+//! the same for the listener's certificate and each upstream's TLS files.
 //!
 //! The re-read runs on its own thread under a deadline, never on the async workers: a
 //! key or config file on a hung filesystem delays nothing but the reload itself.
@@ -42,6 +43,30 @@ pub fn fresh_keys(state: &AppState, env: &dyn Env) -> Result<KeySet, ReloadError
     Ok(fresh)
 }
 
+/// Re-reads the listener's certificate and key and every upstream's `ca_file` and
+/// client certificate (blocking). Each is swapped only when good; each outcome is logged.
+pub fn reload_tls(state: &AppState) {
+    if let Some(tls) = &state.tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(err) => tracing::error!(
+                error = %err,
+                "TLS certificate reload rejected; the previous certificate and key stay in force"
+            ),
+        }
+    }
+    for (upstream, outcome) in state.upstreams.reload_tls() {
+        match outcome {
+            Ok(()) => tracing::info!(%upstream, "upstream TLS files reloaded"),
+            Err(err) => tracing::error!(
+                %upstream,
+                error = %err,
+                "upstream TLS reload rejected; its previous TLS settings stay in force"
+            ),
+        }
+    }
+}
+
 /// Runs reloads one at a time on a detached thread (not tokio's blocking pool, whose
 /// threads would hold up shutdown), each under [`RELOAD_DEADLINE`].
 #[derive(Default)]
@@ -63,6 +88,7 @@ impl Reloader {
             .name("key-reload".into())
             .spawn(move || {
                 let result = fresh_keys(&worker, &ProcessEnv);
+                reload_tls(&worker);
                 running.store(false, Ordering::Release);
                 let _ = tx.send(result);
             });

@@ -1,4 +1,4 @@
-//! Serving: accept loops over the listeners, connection admission, per-connection timeouts, graceful drain.
+//! Serving: accept loops over the listeners, connection admission, TLS handshakes, per-connection timeouts, graceful drain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -38,6 +39,8 @@ pub struct ServeOptions {
     pub hard_stop: CancellationToken,
     /// `[server] trusted_proxies`: exempt from the per-address connection limit.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server.tls]`: every TCP connection starts with a TLS handshake.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves `app` on every listener until `shutdown` fires, then drains.
@@ -97,6 +100,7 @@ pub async fn serve(
                 timeouts,
                 body_read_timeout,
                 shutdown: shutdown.clone(),
+                tls: options.tls.clone(),
             },
         )));
     }
@@ -124,6 +128,7 @@ struct Shared {
     timeouts: Timeouts,
     body_read_timeout: Duration,
     shutdown: CancellationToken,
+    tls: Option<TlsAcceptor>,
 }
 
 async fn accept_loop(listener: Listener, shared: Shared) {
@@ -148,11 +153,12 @@ async fn accept_loop(listener: Listener, shared: Shared) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                spawn_connection(stream, Peer::Tcp(peer), admitted, &shared);
+                let tls = shared.tls.clone();
+                spawn_connection(stream, Peer::Tcp(peer), admitted, &shared, tls);
             }
             Ok(Accepted::Unix(stream)) => {
                 if let Some(admitted) = shared.admission.admit(None, slot) {
-                    spawn_connection(stream, Peer::Unix, admitted, &shared);
+                    spawn_connection(stream, Peer::Unix, admitted, &shared, None);
                 }
             }
             Err(err) => {
@@ -175,9 +181,16 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-/// Serves one connection (TCP or Unix) until it ends, drains, or its watchdog fires.
-fn spawn_connection<IO>(stream: IO, peer: Peer, admitted: Admitted, shared: &Shared)
-where
+/// Serves one connection (TCP or Unix, with TLS when `tls` is set) until it ends,
+/// drains, or its watchdog fires. The watchdog sees the raw bytes, so a handshake that
+/// stalls is closed like a slow request head.
+fn spawn_connection<IO>(
+    stream: IO,
+    peer: Peer,
+    admitted: Admitted,
+    shared: &Shared,
+    tls: Option<TlsAcceptor>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
@@ -204,7 +217,23 @@ where
     let admission = shared.admission.clone();
     shared.connections.spawn(async move {
         let _admitted = admitted;
-        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let tracked = Tracked::new(stream, activity.clone());
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(tracked),
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    handshake = acceptor.accept(tracked) => handshake,
+                    _ = activity.expired(timeouts) => return,
+                    _ = shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(stream) => Box::new(stream),
+                    // Not TLS, or a client that refused the certificate.
+                    Err(_) => return,
+                }
+            }
+        };
+        let io = TokioIo::new(io);
         let connection =
             builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
         let mut connection = std::pin::pin!(connection);
@@ -226,3 +255,7 @@ where
         }
     });
 }
+
+/// A connection's byte stream, plain or TLS, behind one type.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

@@ -28,6 +28,10 @@ pub struct SharedState {
     pub hard_stop: CancellationToken,
     /// Per-caller rate and concurrency limits, and the failed-auth throttle.
     pub limiter: Arc<Limiter>,
+    /// Fires when shutdown starts: /health/ready answers 503 while connections drain.
+    pub draining: CancellationToken,
+    /// `[server.tls]`: the listeners terminate TLS with this (swapped on SIGHUP).
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 impl Deref for AppState {
@@ -47,6 +51,8 @@ impl AppState {
             sessions: None,
             hard_stop: CancellationToken::new(),
             limiter,
+            draining: CancellationToken::new(),
+            tls: None,
         }))
     }
 
@@ -56,6 +62,13 @@ impl AppState {
             tracing::error!("session storage is not configured");
             crate::error::ApiError::Internal
         })
+    }
+
+    /// Serves TLS on every TCP listener with `tls`.
+    pub fn with_tls(self, tls: Arc<crate::tls::ListenerTls>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.tls = Some(tls);
+        AppState(Arc::new(shared))
     }
 
     pub fn with_sessions(self, store: SessionStore) -> Self {

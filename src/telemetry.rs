@@ -19,6 +19,8 @@ pub const ACTIVE_STREAMS: &str = "gatewayd_active_streams";
 pub const SESSIONS_STORED: &str = "gatewayd_sessions_stored";
 pub const AUTH_FAILURES: &str = "gatewayd_auth_failures_total";
 pub const RATE_LIMITED: &str = "gatewayd_rate_limited_total";
+/// Redis calls of the shared limiter that failed or timed out.
+pub const LIMIT_BACKEND_ERRORS: &str = "gatewayd_limit_backend_errors_total";
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {

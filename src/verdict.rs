@@ -21,6 +21,10 @@ pub struct Verdict {
     /// Sockets systemd passed, each already judged; `None` when none were passed.
     pub inherited: Option<Vec<Inherited>>,
     pub registry: Registry,
+    /// `[server.tls]`, its certificate and key already read and checked.
+    pub tls: Option<std::sync::Arc<crate::tls::ListenerTls>>,
+    /// Said once at start by `serve` (a log warning) and `check-config` (stderr).
+    pub warnings: Vec<String>,
 }
 
 /// What the guard accepted, decided before any socket exists.
@@ -41,6 +45,8 @@ pub enum Refusal {
     Startup(#[from] StartupError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("--metrics-addr {0:?} must be HOST:PORT, e.g. 127.0.0.1:9464")]
     MetricsAddr(String),
     #[error("{0}")]
@@ -76,13 +82,59 @@ pub fn judge(args: &ServeArgs, env: &dyn Env, resolver: &dyn Resolver) -> Result
     let inherited = systemd::inherited_sockets(strong_key)?;
     let plan = plan(&config, strong_key, inherited.is_some(), resolver)?;
     let registry = Registry::from_config(&config.upstreams)?;
+    let tls = match &config.tls {
+        Some(files) => Some(std::sync::Arc::new(crate::tls::ListenerTls::load(files)?)),
+        None => None,
+    };
+    let warnings = plaintext_warning(&config, &plan, inherited.as_deref())
+        .into_iter()
+        .collect();
     Ok(Verdict {
         config,
         keys,
         plan,
         inherited,
         registry,
+        tls,
+        warnings,
     })
+}
+
+/// Keys in clear text: a TCP address other machines can reach, served without TLS,
+/// unless `[server] allow_plaintext` says TLS ends in front of gatewayd.
+fn plaintext_warning(
+    config: &Config,
+    plan: &Plan,
+    inherited: Option<&[Inherited]>,
+) -> Option<String> {
+    if config.tls.is_some() || config.allow_plaintext {
+        return None;
+    }
+    let mut exposed: Vec<SocketAddr> = plan
+        .main
+        .iter()
+        .chain(&plan.metrics)
+        .flatten()
+        .copied()
+        .collect();
+    exposed.extend(
+        inherited
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|socket| match socket {
+                Inherited::Tcp(tcp) => tcp.local_addr().ok(),
+                Inherited::Unix(_) => None,
+            }),
+    );
+    let first = exposed
+        .iter()
+        .find(|addr| crate::guard::exposure(addr) == crate::guard::Exposure::Network)?;
+    Some(format!(
+        "serving plain HTTP on {first}, which other machines can reach: API keys and \
+         prompts travel in clear text. Configure [server.tls] cert_file and key_file, or \
+         terminate TLS in a reverse proxy, list it in [server] trusted_proxies and set \
+         [server] allow_plaintext = true"
+    ))
 }
 
 /// `require_key`, and trusted proxies (a proxy means other machines reach gatewayd),

@@ -32,7 +32,7 @@ fn uncommented(example: &str) -> String {
     example
         .lines()
         .map(|line| match line.strip_prefix("# ") {
-            Some(rest) if rest.starts_with("[[") || is_assignment(rest) => rest,
+            Some(rest) if rest.starts_with('[') || is_assignment(rest) => rest,
             _ => line,
         })
         .collect::<Vec<_>>()
@@ -86,6 +86,21 @@ fn the_example_config_loads_as_shipped_and_with_every_option_on() {
     assert_eq!(upstream.auth_header.as_deref(), Some("Authorization"));
     assert_eq!(upstream.query["api-version"], "2024-06-01");
     assert_eq!(config.key_entries.len(), 1);
+}
+
+#[test]
+fn the_multi_instance_example_loads_with_shared_limits_sessions_and_tls() {
+    let config = load(&repo().join("config/gatewayd.multi-instance.toml")).unwrap();
+    assert_eq!(config.limits.backend, gatewayd::ratelimit::Backend::Redis);
+    assert!(config.limits.redis_url.is_some());
+    assert!(config.sessions.database_url.is_some());
+    assert!(config.tls.is_some());
+    assert!(config.require_key);
+    assert!(config.upstreams[0].ca_file.is_some());
+    // The Redis URL (which may hold a password) never shows in Debug output.
+    assert!(!format!("{config:?}").contains("redis.internal"));
+    let docs = read("docs/operations.md");
+    assert!(docs.contains("config/gatewayd.multi-instance.toml"));
 }
 
 #[test]

@@ -37,16 +37,24 @@ const SEND_FAILED: &str = "the request could not be sent";
 const BODY_FAILED: &str = "the response body was cut short or malformed";
 
 /// One pooled client for every upstream: TCP_NODELAY and keep-alive probes, rustls with
-/// the webpki roots, HTTP/2 by ALPN, no redirects (a redirect could carry the upstream
-/// key elsewhere) and no proxies from the environment (keys go only where the config
-/// says). There is one connect timeout per client, so it is the largest any upstream
-/// asks for; first-byte and idle timeouts are per upstream.
+/// the webpki roots and the OS store, HTTP/2 by ALPN, no redirects (a redirect could
+/// carry the upstream key elsewhere) and no proxies from the environment (keys go only
+/// where the config says). There is one connect timeout per client, so it is the largest
+/// any upstream asks for; first-byte and idle timeouts are per upstream. An upstream with
+/// its own `ca_file` or client certificate gets a client of its own ([`client_with`]).
 pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError> {
     let connect = configs
         .iter()
         .map(|c| c.connect_timeout_secs)
         .max()
         .unwrap_or(5);
+    let tls = super::tls::default_config()
+        .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))?;
+    Ok(client_with(connect, tls))
+}
+
+/// A pooled client with this TLS configuration (see [`shared_client`]).
+pub fn client_with(connect: u64, tls: rustls::ClientConfig) -> Client {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(connect.max(1))));
@@ -57,19 +65,16 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError
     #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
     http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https),
-    )
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
 }
 
 pub struct HttpUpstream {

@@ -4,6 +4,7 @@ mod catalog;
 mod echo;
 pub mod headers;
 mod http;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use http::HttpUpstream;
 
 use crate::config::UpstreamConfig;
 pub use crate::openai::Endpoint;
+use crate::tls as tls_error;
 pub use catalog::CatalogError;
 pub use echo::EchoUpstream;
 
@@ -130,6 +132,8 @@ struct Entry {
 /// All configured upstreams in config order, plus how models map to them.
 pub struct Registry {
     entries: Vec<Entry>,
+    /// Upstreams with their own `ca_file` or client certificate, reloaded on SIGHUP.
+    tls: Vec<Arc<tls::UpstreamTls>>,
     /// Unix time the registry was built: the `created` of configured model names.
     created: u64,
 }
@@ -142,12 +146,25 @@ impl Registry {
         }
         let client = http::shared_client(configs)?;
         let mut entries = Vec::with_capacity(configs.len());
+        let mut reloadable = Vec::new();
         for config in configs {
-            let upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(config, client.clone())?);
+            let tls_error = |e: tls_error::TlsError| {
+                UpstreamError::Config(config.name.as_str().into(), e.to_string())
+            };
+            let client = match tls::UpstreamTls::load(config).map_err(tls_error)? {
+                Some(own) => {
+                    let tls = own.client_config().map_err(tls_error)?;
+                    reloadable.push(own);
+                    http::client_with(config.connect_timeout_secs, tls)
+                }
+                None => client.clone(),
+            };
+            let upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(config, client)?);
             entries.push(Entry::new(upstream, &config.models, &config.aliases));
         }
         Ok(Registry {
             entries,
+            tls: reloadable,
             created: unix_now(),
         })
     }
@@ -156,6 +173,7 @@ impl Registry {
         let echo: Arc<dyn Upstream> = Arc::new(EchoUpstream);
         Registry {
             entries: vec![Entry::new(echo, &["echo".to_string()], &Default::default())],
+            tls: Vec::new(),
             created: unix_now(),
         }
     }
@@ -164,6 +182,15 @@ impl Registry {
     pub fn by_name(&self, name: &str) -> Option<Arc<dyn Upstream>> {
         let entry = self.entries.iter().find(|e| e.upstream.name() == name)?;
         Some(entry.upstream.clone())
+    }
+
+    /// SIGHUP: re-reads every upstream's `ca_file` and client certificate (blocking).
+    /// Each upstream keeps its previous TLS settings when its files are bad.
+    pub fn reload_tls(&self) -> Vec<(String, Result<(), tls_error::TlsError>)> {
+        self.tls
+            .iter()
+            .map(|tls| (tls.name().to_string(), tls.reload()))
+            .collect()
     }
 
     pub fn upstream_names(&self) -> Vec<&str> {

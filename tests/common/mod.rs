@@ -161,6 +161,7 @@ pub fn binary() -> Command {
         "GATEWAYD_CONFIG",
         "GATEWAYD_UPSTREAM_URL",
         "GATEWAYD_DATABASE_URL",
+        "GATEWAYD_REDIS_URL",
         "CREDENTIALS_DIRECTORY",
         "LISTEN_FDS",
         "LISTEN_PID",

@@ -1,37 +1,29 @@
-//! Who may send how much: per-caller request rate and concurrency, and failed
-//! authentication attempts per peer address.
+//! The in-process limiter: per-caller rate and concurrency, and failed authentication
+//! attempts per peer address, counted in this process only.
 //!
 //! Every map here is sharded (DashMap) and every counter is a GCRA cell or a semaphore
-//! permit: the request path never takes a global lock.
+//! permit: the request path never takes a global lock. With `backend = "redis"` this is
+//! the fallback while Redis cannot be reached.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use governor::clock::{Clock, QuantaInstant, Reference};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Caller;
 use crate::client_ip::bucket;
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::hold::HoldBody;
 
 /// Past this many tracked addresses, forgotten ones are swept on the next failure.
 const SWEEP_ABOVE: usize = 10_000;
 
-/// All limiters of one running gateway; built once with the state.
-pub struct Limiter {
-    /// `[limits] per_key_requests_per_minute` (0 = unlimited).
-    default_rpm: u32,
-    /// `[limits] per_key_concurrent_requests` (0 = unlimited).
-    default_concurrent: u32,
+/// The local limiters of one running gateway; built once with the state.
+pub struct LocalLimiter {
     /// Caller name → its budget. Rebuilt for a name whose configured limits changed.
     budgets: DashMap<Arc<str>, Arc<Budget>>,
     /// Failed authentications per address; `None` when `failed_auth_per_minute = 0`.
@@ -59,11 +51,9 @@ impl Budget {
     }
 }
 
-impl Limiter {
+impl LocalLimiter {
     pub fn new(limits: &Limits) -> Self {
-        Limiter {
-            default_rpm: limits.per_key_requests_per_minute,
-            default_concurrent: limits.per_key_concurrent_requests,
+        LocalLimiter {
             budgets: DashMap::new(),
             failures: NonZeroU32::new(limits.failed_auth_per_minute)
                 .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
@@ -71,20 +61,15 @@ impl Limiter {
         }
     }
 
-    /// Admits one request of `caller`, or says when to retry. The returned permit (if
-    /// any) must be held until the response body has ended.
-    pub fn admit(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        let key = caller.key.as_deref();
-        let rpm = key
-            .and_then(|k| k.requests_per_minute)
-            .unwrap_or(self.default_rpm);
-        let concurrent = key
-            .and_then(|k| k.concurrent_requests)
-            .unwrap_or(self.default_concurrent);
-        if rpm == 0 && concurrent == 0 {
-            return Ok(None);
-        }
-        let budget = self.budget(&caller.name, rpm, concurrent);
+    /// Admits one request of the caller `name`, or says when to retry. The returned
+    /// permit (if any) must be held until the response body has ended.
+    pub fn admit(
+        &self,
+        name: &Arc<str>,
+        rpm: u32,
+        concurrent: u32,
+    ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        let budget = self.budget(name, rpm, concurrent);
         // The slot first: a request refused for concurrency must not spend rate quota.
         let permit = match &budget.slots {
             Some(slots) => {
@@ -124,6 +109,11 @@ impl Limiter {
             .clone()
     }
 
+    /// Whether failed authentications are throttled at all (`failed_auth_per_minute > 0`).
+    pub fn throttles_auth(&self) -> bool {
+        self.failures.is_some()
+    }
+
     /// Before any key comparison: is `peer` still serving a failed-auth penalty?
     /// Returns the seconds to wait. Consumes no quota.
     pub fn auth_blocked(&self, peer: IpAddr) -> Option<u64> {
@@ -157,32 +147,8 @@ impl Limiter {
 }
 
 /// Retry-After is whole seconds; round up so a client that obeys it is admitted.
-fn whole_seconds(wait: Duration) -> u64 {
+pub fn whole_seconds(wait: Duration) -> u64 {
     (wait.as_millis().div_ceil(1000) as u64).max(1)
-}
-
-/// The per-caller layer: runs after auth (it needs the [`Caller`]), refuses with 429
-/// and Retry-After, and holds the concurrency permit until the response body ends.
-pub async fn per_caller(
-    State(limiter): State<Arc<Limiter>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(caller) = request.extensions().get::<Caller>() else {
-        // Public routes carry no caller; they are not metered.
-        return next.run(request).await;
-    };
-    match limiter.admit(caller) {
-        Err(refused) => {
-            crate::telemetry::count_refusal(&refused);
-            refused.into_response()
-        }
-        Ok(None) => next.run(request).await,
-        Ok(Some(permit)) => next
-            .run(request)
-            .await
-            .map(|body| HoldBody::wrap(body, permit)),
-    }
 }
 
 #[cfg(test)]
