@@ -407,6 +407,14 @@ class Gatewayd:
         with self._lock:
             return "\n".join(self.lines)
 
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> int:
+        """The port from the `gatewayd listening` line (for listeners /health can't reach
+        over plain HTTP, such as TLS)."""
+        self._port_found.wait(timeout)
+        if self.port is None:
+            raise RuntimeError(f"gatewayd did not start: {self.args}\n--- stderr ---\n{self.log()}")
+        return self.port
+
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         self._port_found.wait(timeout)
