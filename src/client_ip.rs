@@ -77,12 +77,31 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// Which header a trusted proxy writes the client address into. Only that one is read:
+/// proxies pass the *other* header through from the client untouched, so reading both
+/// would let a client pick its own address (or fall back to the proxy's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, HAProxy, Envoy, Caddy,
+    /// Traefik, cloud load balancers).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
 /// The client address for a request from `peer`. Behind a trusted proxy it is the
-/// right-most address in X-Forwarded-For (or Forwarded) that is not itself a trusted
-/// proxy. When both headers are present and disagree, or the chain cannot be parsed
-/// where it matters, the proxy's own address is used: a client must never get to pick
-/// its address. Pure; never panics.
-pub fn resolve(peer: Option<Peer>, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// right-most address in the configured forwarding header that is not itself a trusted
+/// proxy. When the chain cannot be read where it matters, the proxy's own address is
+/// used: a client must never get to pick its address. Pure; never panics.
+pub fn resolve(
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
     let peer_ip = match peer {
         Some(Peer::Tcp(addr)) => addr.ip().to_canonical(),
         Some(Peer::Unix) | None => return IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -90,18 +109,19 @@ pub fn resolve(peer: Option<Peer>, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     if !is_trusted(peer_ip, trusted) {
         return peer_ip;
     }
-    let xff = chain(headers, "x-forwarded-for", whole);
-    let forwarded = chain(headers, "forwarded", forwarded_for);
-    let pick = |chain: Option<Vec<Option<IpAddr>>>| chain.map(|c| rightmost_untrusted(&c, trusted));
-    match (pick(xff), pick(forwarded)) {
-        (Some(a), Some(b)) if a != b => peer_ip,
-        (Some(found), _) | (None, Some(found)) => found.unwrap_or(peer_ip),
-        (None, None) => peer_ip,
-    }
+    let chain = match header {
+        ForwardedHeader::XForwardedFor => chain(headers, "x-forwarded-for", whole),
+        ForwardedHeader::Forwarded => chain(headers, "forwarded", forwarded_for),
+    };
+    chain
+        .and_then(|c| rightmost_untrusted(&c, trusted))
+        .unwrap_or(peer_ip)
 }
 
 /// Every item of every `name` header, in order, each mapped by `item` and parsed as an
-/// address (`None` where it is not one). `None` when the header is absent.
+/// address (`None` where it is not one). Items are split on the raw bytes, so bytes a
+/// client put into its own item (non-UTF-8 included) spoil only that item, never the
+/// address its proxy appended. `None` when the header is absent.
 fn chain(
     headers: &HeaderMap,
     name: &str,
@@ -111,11 +131,12 @@ fn chain(
     values.peek()?;
     let mut addrs = Vec::new();
     for value in values {
-        let Ok(text) = value.to_str() else {
-            addrs.push(None);
-            continue;
-        };
-        addrs.extend(text.split(',').map(|part| item(part).and_then(parse_node)));
+        addrs.extend(value.as_bytes().split(|b| *b == b',').map(|part| {
+            std::str::from_utf8(part)
+                .ok()
+                .and_then(&item)
+                .and_then(parse_node)
+        }));
     }
     Some(addrs)
 }
@@ -164,7 +185,12 @@ fn rightmost_untrusted(chain: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<Ip
 /// The layer: records [`ClientAddr`] before tracing, auth and the limits read it.
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<Peer>().copied();
-    let client = resolve(peer, request.headers(), &state.config.trusted_proxies);
+    let client = resolve(
+        peer,
+        request.headers(),
+        &state.config.trusted_proxies,
+        state.config.forwarded_header,
+    );
     request.extensions_mut().insert(ClientAddr(client));
     next.run(request).await
 }
@@ -189,6 +215,9 @@ mod tests {
         )))
     }
 
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+    const FWD: ForwardedHeader = ForwardedHeader::Forwarded;
+
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
     }
@@ -198,13 +227,16 @@ mod tests {
         let trusted = parse_trusted(&["10.0.0.0/8".into(), "::1".into()]).unwrap();
         let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
         assert_eq!(
-            resolve(from("203.0.113.1"), &h, &trusted),
+            resolve(from("203.0.113.1"), &h, &trusted, XFF),
             ip("203.0.113.1")
         );
-        assert_eq!(resolve(from("10.1.2.3"), &h, &trusted), ip("198.51.100.7"));
-        assert_eq!(resolve(from("::1"), &h, &trusted), ip("198.51.100.7"));
         assert_eq!(
-            resolve(from("10.1.2.3"), &headers(&[]), &trusted),
+            resolve(from("10.1.2.3"), &h, &trusted, XFF),
+            ip("198.51.100.7")
+        );
+        assert_eq!(resolve(from("::1"), &h, &trusted, XFF), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(from("10.1.2.3"), &headers(&[]), &trusted, XFF),
             ip("10.1.2.3")
         );
     }
@@ -216,20 +248,23 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1, 198.51.100.7"),
             ("x-forwarded-for", "10.0.0.5"),
         ]);
-        assert_eq!(resolve(from("10.0.0.9"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(from("10.0.0.9"), &h, &trusted, XFF),
+            ip("198.51.100.7")
+        );
         let garbage_left = headers(&[("x-forwarded-for", "not-an-ip, 198.51.100.7")]);
         assert_eq!(
-            resolve(from("10.0.0.9"), &garbage_left, &trusted),
+            resolve(from("10.0.0.9"), &garbage_left, &trusted, XFF),
             ip("198.51.100.7")
         );
         let garbage_right = headers(&[("x-forwarded-for", "198.51.100.7, junk")]);
         assert_eq!(
-            resolve(from("10.0.0.9"), &garbage_right, &trusted),
+            resolve(from("10.0.0.9"), &garbage_right, &trusted, XFF),
             ip("10.0.0.9")
         );
         let all_trusted = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
         assert_eq!(
-            resolve(from("10.0.0.9"), &all_trusted, &trusted),
+            resolve(from("10.0.0.9"), &all_trusted, &trusted, XFF),
             ip("10.0.0.1")
         );
     }
@@ -242,23 +277,51 @@ mod tests {
             "for=192.0.2.60;proto=http, For=\"[2001:db8:cafe::17]:4711\";by=10.0.0.1",
         )]);
         assert_eq!(
-            resolve(from("10.0.0.9"), &h, &trusted),
+            resolve(from("10.0.0.9"), &h, &trusted, FWD),
             ip("2001:db8:cafe::17")
         );
         let v4_port = headers(&[("forwarded", "for=\"192.0.2.43:47011\"")]);
         assert_eq!(
-            resolve(from("10.0.0.9"), &v4_port, &trusted),
+            resolve(from("10.0.0.9"), &v4_port, &trusted, FWD),
             ip("192.0.2.43")
         );
         let hidden = headers(&[("forwarded", "for=_hidden")]);
-        assert_eq!(resolve(from("10.0.0.9"), &hidden, &trusted), ip("10.0.0.9"));
-        let disagree = headers(&[
+        assert_eq!(
+            resolve(from("10.0.0.9"), &hidden, &trusted, FWD),
+            ip("10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn only_the_configured_header_counts_so_a_client_cannot_pick_its_bucket() {
+        let trusted = parse_trusted(&["10.0.0.0/8".into()]).unwrap();
+        // The proxy maintains X-Forwarded-For; the client's own Forwarded passes through.
+        let both = headers(&[
             ("forwarded", "for=192.0.2.1"),
-            ("x-forwarded-for", "192.0.2.2"),
+            ("x-forwarded-for", "198.51.100.7"),
         ]);
         assert_eq!(
-            resolve(from("10.0.0.9"), &disagree, &trusted),
-            ip("10.0.0.9")
+            resolve(from("10.0.0.9"), &both, &trusted, XFF),
+            ip("198.51.100.7")
+        );
+        // And the other way round for a proxy that writes Forwarded.
+        assert_eq!(
+            resolve(from("10.0.0.9"), &both, &trusted, FWD),
+            ip("192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn bytes_a_client_adds_spoil_only_its_own_item() {
+        let trusted = parse_trusted(&["10.0.0.0/8".into()]).unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff, 198.51.100.7").unwrap(),
+        );
+        assert_eq!(
+            resolve(from("10.0.0.9"), &h, &trusted, XFF),
+            ip("198.51.100.7")
         );
     }
 

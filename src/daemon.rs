@@ -40,7 +40,7 @@ impl From<GuardError> for DaemonError {
 async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
     let limits = config.sessions.limits();
     match &config.sessions.database_url {
-        Some(url) => SessionStore::open_postgres(url, limits).await,
+        Some(url) => SessionStore::open_postgres(url.expose(), limits).await,
         None => SessionStore::open_sqlite(&config.data_dir, limits).await,
     }
 }

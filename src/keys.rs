@@ -12,9 +12,19 @@ pub use policy::{
     MIN_KEY_LEN,
 };
 
-/// A plaintext key. Its `Debug` never shows the material, so it cannot leak through logs.
-#[derive(Clone)]
+/// A plaintext key, or a URL that may carry a password (`database_url`). Its `Debug`
+/// never shows the material, so it cannot leak through logs.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
+
+/// For clap: `--database-url` parses straight into a `Secret`.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(value.to_string()))
+    }
+}
 
 impl Secret {
     pub fn new(value: String) -> Self {

@@ -385,6 +385,11 @@ async fn unstored_responses_and_conversations() {
     let twice = "{\"model\":\"m\",\"input\":\"x\",\"previous_response_id\":\"a\",\"previous_response_id\":\"b\"}";
     let (status, _) = s.create(KEY_A, twice).await;
     assert_eq!(status, 400);
+    // Items stored at the upstream have no owner gatewayd could check.
+    let reference = "{\"model\":\"m\",\"input\":[{\"type\":\"item_reference\",\"id\":\"msg_1\"}]}";
+    let (status, refused) = s.create(KEY_B, reference).await;
+    assert_eq!(status, 400);
+    assert_eq!(json(&refused)["error"]["param"], "input");
     assert_eq!(s.total_seen(), 1);
 }
 

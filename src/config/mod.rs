@@ -56,6 +56,8 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     /// `[server] trusted_proxies`; empty = forwarding headers are never believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server] forwarded_header`: the header trusted proxies write the client into.
+    pub forwarded_header: crate::client_ip::ForwardedHeader,
     /// `[server] require_key`: keyless mode is refused even on loopback.
     pub require_key: bool,
     /// `[server.tls]`, when the listeners terminate TLS.
@@ -164,6 +166,7 @@ impl Config {
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
             trusted_proxies,
+            forwarded_header: file.server.forwarded_header.unwrap_or_default(),
             require_key: file.server.require_key.unwrap_or(false),
             tls: file.server.tls,
             allow_plaintext: file.server.allow_plaintext.unwrap_or(false),
@@ -245,6 +248,19 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_a_database_password() {
+        let args = ServeArgs {
+            database_url: Some("postgres://gw:hunter2@db/gw".parse().unwrap()),
+            ..Default::default()
+        };
+        let config = Config::load(&args, None).unwrap();
+        for shown in [format!("{args:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("[REDACTED]"));
+        }
+    }
 
     #[test]
     fn unknown_field_names_field_and_file() {

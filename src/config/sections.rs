@@ -49,6 +49,8 @@ pub struct ServerSection {
     pub metrics_addr: Option<String>,
     /// Reverse proxies (CIDRs) whose X-Forwarded-For / Forwarded name the real client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// The one header those proxies write the client into.
+    pub forwarded_header: Option<crate::client_ip::ForwardedHeader>,
     /// Refuse to start without a key, even on loopback.
     pub require_key: Option<bool>,
     /// `[server.tls]`: terminate TLS on the listeners with this certificate and key.
@@ -132,7 +134,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsSection {
-    pub database_url: Option<String>,
+    /// May carry a password: redacted in `Debug`.
+    pub database_url: Option<crate::keys::Secret>,
     pub max_messages: usize,
     pub max_bytes: usize,
     /// Sessions one key may hold; 0 = unlimited.

@@ -43,6 +43,19 @@ struct Names {
     previous_response_id: Option<serde_json::Value>,
     conversation: Option<serde::de::IgnoredAny>,
     store: Option<bool>,
+    input: Option<serde_json::Value>,
+}
+
+/// An `item_reference` names an item stored at the upstream, which holds every key's
+/// items under the gateway's one account: gatewayd cannot check whose it is.
+fn references_stored_items(input: Option<&serde_json::Value>) -> bool {
+    input
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|items| {
+            items.iter().any(|item| {
+                item.get("type").and_then(serde_json::Value::as_str) == Some("item_reference")
+            })
+        })
 }
 
 /// Where a stream's `response.created` id is recorded (absent for `store: false`).
@@ -88,6 +101,12 @@ pub async fn create(
         return Err(ApiError::bad_request(
             "'conversation' is not available for a model served by a native Responses upstream; use previous_response_id.",
             Some("conversation"),
+        ));
+    }
+    if references_stored_items(names.input.as_ref()) {
+        return Err(ApiError::bad_request(
+            "'item_reference' input items are not available for a model served by a native Responses upstream; send the items themselves, or use previous_response_id.",
+            Some("input"),
         ));
     }
     let store = state.session_store()?.clone();

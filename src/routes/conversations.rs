@@ -108,8 +108,11 @@ async fn create(
         .map_err(ApiError::from)?;
     if let Some(items) = request.items.filter(|i| !i.is_empty()) {
         if let Err(err) = append(&state, &owner, &session.id, &items).await {
-            // Never leave a half-created conversation behind.
-            let _ = store.delete(&owner, &session.id).await;
+            // Never leave a half-created conversation behind. If even the delete fails
+            // (storage down), the empty conversation stays and is said so in the log.
+            if let Err(left) = store.delete(&owner, &session.id).await {
+                tracing::warn!(error = %left, "an empty conversation was left behind after its items could not be stored");
+            }
             return Err(err);
         }
     }
