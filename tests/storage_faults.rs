@@ -109,15 +109,69 @@ fn stored_in_sqlite(db: &std::path::Path, id: &str) -> Vec<String> {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// How a test makes room again once the store is full.
+enum FreeSpace {
+    /// Delete the filler session through the API (a capped database).
+    DeleteFillerSession,
+    /// Remove a ballast file from the full file system.
+    RemoveFile(std::path::PathBuf),
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_sqlite_database_refuses_writes_then_recovers() {
     let url = echo_upstream().await;
-    // A 256 KiB cap fills after a few dozen 4 kB turns, exactly as a full disk would.
+    // A 256 KiB cap fills after a few dozen 4 kB turns: SQLITE_FULL while a turn is
+    // being written.
     let config = config_from_toml(&format!(
         "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n\
          [sessions]\nmax_database_bytes = 262144\n",
         common::two_keys_toml()
     ));
+    fill_refuse_free_verify(config, FreeSpace::DeleteFillerSession).await;
+}
+
+/// A 2 MiB tmpfs, unmounted when dropped (the database is read back before that).
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_then_recovers() {
+    // A real ENOSPC: the data dir on a 2 MiB tmpfs. The write-ahead log runs out of room
+    // while a turn commits, which is the fault that used to wedge the writer.
+    if !nix_is_root() {
+        eprintln!("not root: cannot mount a small tmpfs; the full-disk test needs root");
+        return;
+    }
+    let mount_point = common::temp_dir("smalldisk");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs failed");
+    let disk = SmallDisk(mount_point.clone());
+    let ballast = mount_point.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 512 * 1024]).unwrap();
+    let url = echo_upstream().await;
+    let mut config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        common::two_keys_toml()
+    ));
+    config.data_dir = mount_point.join("data");
+    fill_refuse_free_verify(config, FreeSpace::RemoveFile(ballast)).await;
+    drop(disk);
+}
+
+/// Fills the store with 4 kB turns until writes fail, checks that every write while it
+/// is full is refused (503 or a final error event, never a success), makes room, checks
+/// that writes work again without a restart, then reads the database file back from a
+/// separate process: every acknowledged turn is there, no refused one is.
+async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpace) {
     let db = config.data_dir.join("sessions.db");
     let store = open_store(&config, false).await;
     let gw = spawn_gateway_with_store(config, store).await;
@@ -151,18 +205,27 @@ async fn a_full_sqlite_database_refuses_writes_then_recovers() {
     assert!(acknowledged.len() >= 5, "too few turns before full");
     assert_eq!(status_of(&gw, "/health/ready").await, 503);
 
-    // While full, every write keeps failing honestly: no 200 for an unstored turn.
+    // While full, every write keeps failing honestly: no 200 for an unstored turn. These
+    // turns are four times larger than the one that just failed, so no page left free by
+    // chance can hold them.
+    let large = padding.repeat(4);
     for attempt in 0..3 {
-        let text = format!("while-full-{attempt} {padding}");
+        let text = format!("while-full-{attempt} {large}");
         assert_storage_unavailable(say(&gw, &main, &text, false).await).await;
         refused.push(text);
     }
-    let text = format!("while-full-streamed {padding}");
+    let text = format!("while-full-streamed {large}");
+    // Refused before the stream starts (when even the session's lease cannot be
+    // written), or a stream that ends with the error event instead of [DONE].
     let streamed = say(&gw, &main, &text, true).await;
-    assert_eq!(streamed.status(), 200);
-    let events = streamed.text().await.unwrap();
-    assert!(events.contains("\"storage_unavailable\""), "{events}");
-    assert!(!events.contains("[DONE]"), "{events}");
+    if streamed.status() == 503 {
+        assert_storage_unavailable(streamed).await;
+    } else {
+        assert_eq!(streamed.status(), 200);
+        let events = streamed.text().await.unwrap();
+        assert!(events.contains("\"storage_unavailable\""), "{events}");
+        assert!(!events.contains("[DONE]"), "{events}");
+    }
     refused.push(text);
     // A session created now either fails or really exists.
     let created = create(&gw).await;
@@ -175,15 +238,19 @@ async fn a_full_sqlite_database_refuses_writes_then_recovers() {
         assert_storage_unavailable(created).await;
     }
 
-    // Free space by deleting the filler session; the store recovers without a restart.
-    let deleted = client()
-        .delete(gw.url(&format!("/v1/sessions/{filler}")))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap();
-    assert!(deleted.status().is_success(), "{}", deleted.status());
-    assert_eq!(status_of(&gw, "/health/ready").await, 200);
+    // Make room; the store recovers without a restart.
+    match free {
+        FreeSpace::DeleteFillerSession => {
+            let deleted = client()
+                .delete(gw.url(&format!("/v1/sessions/{filler}")))
+                .bearer_auth(KEY_A)
+                .send()
+                .await
+                .unwrap();
+            assert!(deleted.status().is_success(), "{}", deleted.status());
+        }
+        FreeSpace::RemoveFile(path) => std::fs::remove_file(path).unwrap(),
+    }
     for turn in 0..3 {
         let text = format!("after-{turn} {padding}");
         let response = say(&gw, &main, &text, turn == 2).await;
@@ -192,6 +259,8 @@ async fn a_full_sqlite_database_refuses_writes_then_recovers() {
         assert!(!body.contains("\"error\""), "{body}");
         acknowledged.push(text);
     }
+    // A write that stored data shows the store takes writes again.
+    assert_eq!(status_of(&gw, "/health/ready").await, 200);
     let fresh = create_ok(&gw).await;
     let path = format!("/v1/sessions/{fresh}");
     let read = client().get(gw.url(&path)).bearer_auth(KEY_A).send().await;
@@ -486,9 +555,10 @@ async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() 
     })
     .await
     .unwrap();
-    // Readiness probes at most once a second; a balancer polls until it is back.
+    // Readiness stays 503 for 5 s after the last failure, then probes at most once a
+    // second; a balancer polls until it is back.
     let mut ready = 0;
-    for _ in 0..100 {
+    for _ in 0..300 {
         ready = status_of(&gw, "/health/ready").await;
         if ready == 200 {
             break;

@@ -13,6 +13,10 @@ use super::SessionError;
 pub const STORAGE_ERRORS: &str = "gatewayd_storage_errors_total";
 /// How often an unready store may be probed with a test write.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed write the store is reported unready for at least this long before a
+/// probe may say otherwise: a small probe can fit where the failed turn did not, and a
+/// load balancer should not send the turn straight back.
+const UNREADY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// Size of the probe row: larger than a typical turn, so a store too full for one turn
 /// (several KiB over a few rows and index entries) is not reported ready because a
 /// smaller write still squeezes into its last free pages.
@@ -25,6 +29,7 @@ pub struct Writer {
     pool: AnyPool,
     writable: AtomicBool,
     last_probe: Mutex<Option<Instant>>,
+    last_failure: Mutex<Option<Instant>>,
 }
 
 impl Writer {
@@ -33,6 +38,7 @@ impl Writer {
             pool,
             writable: AtomicBool::new(true),
             last_probe: Mutex::new(None),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -56,7 +62,11 @@ impl Writer {
     ) -> Result<T, SessionError> {
         match result {
             Ok(value) => {
-                self.writable.store(true, Ordering::Relaxed);
+                // Only a write that adds data shows there is room again; a lease taken or
+                // released, or a delete, succeeds on a full disk too.
+                if !matches!(op, "lease" | "delete" | "purge") {
+                    self.writable.store(true, Ordering::Relaxed);
+                }
                 Ok(value)
             }
             Err(err) if err.is_storage_failure() => {
@@ -73,17 +83,29 @@ impl Writer {
             if op != "read" {
                 self.writable.store(false, Ordering::Relaxed);
             }
+            if op != "read" && op != "probe" {
+                if let Ok(mut last) = self.last_failure.lock() {
+                    *last = Some(Instant::now());
+                }
+            }
             metrics::counter!(STORAGE_ERRORS, "op" => op).increment(1);
             tracing::error!(op, error = %err, "session storage failed");
         }
         err
     }
 
-    /// True while the store takes writes. After a failure, a probe write (at most once a
-    /// second) decides: a row big enough to need a new page, committed, then removed.
+    /// True while the store takes writes. After a failed write it is false until a write
+    /// succeeds, or, once `UNREADY_AFTER_FAILURE` has passed, a probe write (at most once
+    /// a second) succeeds: a row big enough to need new pages, committed, then removed.
     pub async fn ready(&self) -> bool {
         if self.writable.load(Ordering::Relaxed) {
             return true;
+        }
+        let recent_failure = self.last_failure.lock().map_or(true, |last| {
+            last.is_some_and(|at| at.elapsed() < UNREADY_AFTER_FAILURE)
+        });
+        if recent_failure {
+            return false;
         }
         {
             let Ok(mut last) = self.last_probe.lock() else {
