@@ -66,6 +66,7 @@ struct DoneScanner {
 /// this never matches inside an event's data).
 const DONE_LINE: &[u8] = b"\ndata: [DONE]";
 const DONE_LINE_TIGHT: &[u8] = b"\ndata:[DONE]";
+const DONE: &[u8] = b"[DONE]";
 
 impl DoneScanner {
     fn new() -> Self {
@@ -107,9 +108,17 @@ impl DoneScanner {
         found
     }
 
+    /// Where `\ndata: [DONE]` (or `\ndata:[DONE]`) starts: one pass for `[DONE]`, which
+    /// is rare, then a look at the few bytes before it.
     fn find(haystack: &[u8]) -> Option<usize> {
-        memchr::memmem::find(haystack, DONE_LINE)
-            .or_else(|| memchr::memmem::find(haystack, DONE_LINE_TIGHT))
+        memchr::memmem::find_iter(haystack, DONE).find_map(|at| {
+            let before = &haystack[..at];
+            [DONE_LINE, DONE_LINE_TIGHT]
+                .iter()
+                .map(|line| &line[..line.len() - DONE.len()])
+                .find(|prefix| before.ends_with(prefix))
+                .map(|prefix| at - prefix.len())
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -10,16 +11,11 @@ use axum::body::Bytes;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
+use common::Backend;
 use common::{client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
 use common::{KEY_A, KEY_B};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 type Seen = Arc<Mutex<Vec<Value>>>;
 
@@ -166,25 +162,6 @@ fn parse_events(text: &str) -> Vec<Value> {
 
 fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if std::env::var("GATEWAYD_TEST_POSTGRES_URL").is_ok() {
-                    super::$name(super::Backend::Postgres).await
-                } else {
-                    eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL variant not run");
-                }
-            })*
-        }
-    };
 }
 
 on_both_backends!(

@@ -2,6 +2,7 @@
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,31 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
+use common::Backend;
 use common::{
     client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store, KEY_A, KEY_B,
 };
 use serde_json::{json, Value};
 use sqlx::Row;
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Skips a PostgreSQL variant when no database was given (CI and tests/run.sh give one).
-fn available(backend: Backend) -> bool {
-    match backend {
-        Backend::Sqlite => true,
-        Backend::Postgres => {
-            let set = std::env::var("GATEWAYD_TEST_POSTGRES_URL").is_ok();
-            if !set {
-                eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL variant not run");
-            }
-            set
-        }
-    }
-}
 
 /// Replies "echo: <last user content>" to every (non-streamed) chat completion.
 async fn upstream(body: Bytes) -> axum::Json<Value> {
@@ -141,10 +123,7 @@ impl Setup {
 
     async fn database(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();
-        let url = match self.backend {
-            Backend::Sqlite => format!("sqlite://{}", self.data_dir.join("sessions.db").display()),
-            Backend::Postgres => std::env::var("GATEWAYD_TEST_POSTGRES_URL").unwrap(),
-        };
+        let url = self.backend.database_url(&self.data_dir);
         sqlx::AnyPool::connect(&url).await.unwrap()
     }
 
@@ -226,23 +205,6 @@ fn assert_limit_reached(status: u16, body: &Value) {
 fn now() -> (i64, i64) {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     (since.as_secs() as i64, since.as_millis() as i64)
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if super::available(super::Backend::Postgres) {
-                    super::$name(super::Backend::Postgres).await
-                }
-            })*
-        }
-    };
 }
 
 on_both_backends!(

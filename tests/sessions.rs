@@ -2,6 +2,7 @@
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -11,31 +12,12 @@ use axum::body::Bytes;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
+use common::Backend;
 use common::{
     client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store, KEY_A, KEY_B,
 };
 use serde_json::{json, Value};
 use sqlx::Row;
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Skips a PostgreSQL variant when no database was given (CI and tests/run.sh give one).
-fn available(backend: Backend) -> bool {
-    match backend {
-        Backend::Sqlite => true,
-        Backend::Postgres => {
-            let set = std::env::var("GATEWAYD_TEST_POSTGRES_URL").is_ok();
-            if !set {
-                eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL variant not run");
-            }
-            set
-        }
-    }
-}
 
 type Seen = Arc<Mutex<Vec<Value>>>;
 
@@ -176,10 +158,7 @@ impl Setup {
     /// Rows for a session straight from the database, bypassing gatewayd.
     async fn rows_in_database(&self, backend: Backend, id: &str) -> i64 {
         sqlx::any::install_default_drivers();
-        let url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", self.data_dir.join("sessions.db").display()),
-            Backend::Postgres => std::env::var("GATEWAYD_TEST_POSTGRES_URL").unwrap(),
-        };
+        let url = backend.database_url(&self.data_dir);
         let pool = sqlx::AnyPool::connect(&url).await.unwrap();
         let row = sqlx::query("SELECT (SELECT COUNT(*) FROM messages WHERE session_id = $1) + (SELECT COUNT(*) FROM sessions WHERE id = $1) AS n")
             .bind(id)
@@ -199,23 +178,6 @@ fn without_timestamps(messages: &[Value]) -> Vec<Value> {
             m
         })
         .collect()
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if super::available(super::Backend::Postgres) {
-                    super::$name(super::Backend::Postgres).await
-                }
-            })*
-        }
-    };
 }
 
 on_both_backends!(

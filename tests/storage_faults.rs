@@ -117,6 +117,24 @@ enum FreeSpace {
     RemoveFile(std::path::PathBuf),
 }
 
+/// The message contents stored for a session, read by a separate process (psql).
+fn stored_in_postgres(url: &str, id: &str) -> Vec<String> {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-tAc"])
+        .arg(format!(
+            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_sqlite_database_refuses_writes_then_recovers() {
     let url = echo_upstream().await;
@@ -396,21 +414,10 @@ async fn a_postgres_backend_killed_mid_turn_stores_nothing_and_recovers() {
     assert_eq!(status, 200);
 
     // A separate process (psql) reads what is really stored.
-    let output = Command::new("psql")
-        .arg(&database.url)
-        .args(["-tAc"])
-        .arg(format!(
-            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stored: Vec<String> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    assert_eq!(stored, ["one", "echo: one", "three", "echo: three"]);
+    assert_eq!(
+        stored_in_postgres(database.url.as_str(), &id),
+        ["one", "echo: one", "three", "echo: three"]
+    );
 
     gw.shutdown.cancel();
     gw.handle.await.unwrap();
@@ -568,21 +575,10 @@ async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() 
     assert_eq!(ready, 200);
     assert_eq!(say(&gw, &id, "after", false).await.status(), 200);
 
-    let output = Command::new("psql")
-        .arg(server.url())
-        .args(["-tAc"])
-        .arg(format!(
-            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stored: Vec<String> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    assert_eq!(stored, ["before", "echo: before", "after", "echo: after"]);
+    assert_eq!(
+        stored_in_postgres(server.url().as_str(), &id),
+        ["before", "echo: before", "after", "echo: after"]
+    );
     gw.shutdown.cancel();
     gw.handle.await.unwrap();
 }

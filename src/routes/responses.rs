@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::responses::native::{self, Stored};
 use crate::responses::{create as create_turn, is_response_id};
-use crate::routes::{read_body, require_json, Owner};
+use crate::routes::{page_limit, read_body, require_json, Owner};
 use crate::sessions::{SessionError, StoredResponse};
 use crate::state::AppState;
 
@@ -141,13 +141,7 @@ pub fn page(mut items: Vec<Value>, query: ListParams) -> Result<Value, ApiError>
     let Query(query) = query.map_err(|_| {
         ApiError::bad_request("'limit' must be a number between 1 and 100.", Some("limit"))
     })?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "'limit' must be between 1 and 100.",
-            Some("limit"),
-        ));
-    }
+    let limit = page_limit(query.limit)?;
     match query.order.as_deref() {
         None | Some("desc") => items.reverse(),
         Some("asc") => {}

@@ -93,13 +93,7 @@ async fn list(
     let Query(query) = query.map_err(|_| {
         ApiError::bad_request("'limit' must be a number between 1 and 100.", Some("limit"))
     })?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "'limit' must be between 1 and 100.",
-            Some("limit"),
-        ));
-    }
+    let limit = crate::routes::page_limit(query.limit)?;
     let after = query.after.as_deref().map(parse_session_id).transpose()?;
     let (sessions, has_more) = state
         .session_store()?

@@ -97,15 +97,11 @@ impl SessionStore {
     ) -> Result<(), SessionError> {
         let json =
             serde_json::to_string(metadata).map_err(|e| SessionError::Setup(e.to_string()))?;
-        let mut conn = self.writer.acquire("update").await?;
-        let result = sqlx::query("UPDATE sessions SET metadata = $1 WHERE id = $2 AND owner = $3")
+        let update = sqlx::query("UPDATE sessions SET metadata = $1 WHERE id = $2 AND owner = $3")
             .bind(json)
             .bind(id)
-            .bind(owner)
-            .execute(&mut *conn)
-            .await
-            .map_err(SessionError::from);
-        match self.writer.finish("update", conn, result)?.rows_affected() {
+            .bind(owner);
+        match self.writer.execute("update", update).await? {
             0 => Err(SessionError::NotFound),
             _ => Ok(()),
         }

@@ -74,8 +74,7 @@ impl SessionStore {
     /// One atomic UPDATE: the lease is taken only if free or expired.
     async fn try_take(&self, owner: &str, id: &str, token: &str) -> Result<Attempt, SessionError> {
         let (_, _, now_ms) = now();
-        let mut conn = self.writer.acquire("lease").await?;
-        let result = sqlx::query(
+        let take = sqlx::query(
             "UPDATE sessions SET lease_token = $1, lease_until_ms = $2 \
              WHERE id = $3 AND owner = $4 AND (lease_token IS NULL OR lease_until_ms < $5)",
         )
@@ -83,11 +82,8 @@ impl SessionStore {
         .bind(now_ms + LEASE_TTL.as_millis() as i64)
         .bind(id)
         .bind(owner)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(SessionError::from);
-        let taken = self.writer.finish("lease", conn, result)?.rows_affected() == 1;
+        .bind(now_ms);
+        let taken = self.writer.execute("lease", take).await? == 1;
         if taken {
             return Ok(Attempt::Taken);
         }
@@ -141,31 +137,23 @@ impl SessionStore {
     }
 
     async fn renew(&self, id: &str, token: &str) -> Result<(), SessionError> {
-        let mut conn = self.writer.acquire("lease").await?;
-        let result = sqlx::query(
+        let renew = sqlx::query(
             "UPDATE sessions SET lease_until_ms = $1 WHERE id = $2 AND lease_token = $3",
         )
         .bind(now().2 + LEASE_TTL.as_millis() as i64)
         .bind(id)
-        .bind(token)
-        .execute(&mut *conn)
-        .await
-        .map_err(SessionError::from);
-        self.writer.finish("lease", conn, result).map(drop)
+        .bind(token);
+        self.writer.execute("lease", renew).await.map(drop)
     }
 
     async fn release(&self, id: &str, token: &str) -> Result<(), SessionError> {
-        let mut conn = self.writer.acquire("lease").await?;
-        let result = sqlx::query(
+        let release = sqlx::query(
             "UPDATE sessions SET lease_token = NULL, lease_until_ms = 0 \
              WHERE id = $1 AND lease_token = $2",
         )
         .bind(id)
-        .bind(token)
-        .execute(&mut *conn)
-        .await
-        .map_err(SessionError::from);
-        self.writer.finish("lease", conn, result).map(drop)
+        .bind(token);
+        self.writer.execute("lease", release).await.map(drop)
     }
 }
 

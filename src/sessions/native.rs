@@ -13,19 +13,15 @@ impl SessionStore {
         id: &str,
         upstream: &str,
     ) -> Result<(), SessionError> {
-        let mut conn = self.writer.acquire("record").await?;
-        let result = sqlx::query(
+        let record = sqlx::query(
             "INSERT INTO native_responses (id, owner, upstream, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(owner)
         .bind(upstream)
-        .bind(now().0)
-        .execute(&mut *conn)
-        .await
-        .map_err(SessionError::from);
-        if self.writer.finish("record", conn, result)?.rows_affected() == 0 {
+        .bind(now().0);
+        if self.writer.execute("record", record).await? == 0 {
             tracing::warn!(
                 upstream,
                 "a native upstream repeated a response id; the first owner keeps it"
@@ -49,13 +45,9 @@ impl SessionStore {
 
     /// Forgets `owner`'s native response `id` (after the upstream deleted it).
     pub async fn forget_native(&self, owner: &str, id: &str) -> Result<(), SessionError> {
-        let mut conn = self.writer.acquire("delete").await?;
-        let result = sqlx::query("DELETE FROM native_responses WHERE id = $1 AND owner = $2")
+        let forget = sqlx::query("DELETE FROM native_responses WHERE id = $1 AND owner = $2")
             .bind(id)
-            .bind(owner)
-            .execute(&mut *conn)
-            .await
-            .map_err(SessionError::from);
-        self.writer.finish("delete", conn, result).map(|_| ())
+            .bind(owner);
+        self.writer.execute("delete", forget).await.map(drop)
     }
 }

@@ -37,14 +37,10 @@ impl SessionStore {
     }
 
     pub async fn delete_response(&self, owner: &str, id: &str) -> Result<(), SessionError> {
-        let mut conn = self.writer.acquire("delete").await?;
-        let result = sqlx::query("DELETE FROM responses WHERE id = $1 AND owner = $2")
+        let delete = sqlx::query("DELETE FROM responses WHERE id = $1 AND owner = $2")
             .bind(id)
-            .bind(owner)
-            .execute(&mut *conn)
-            .await
-            .map_err(SessionError::from);
-        match self.writer.finish("delete", conn, result)?.rows_affected() {
+            .bind(owner);
+        match self.writer.execute("delete", delete).await? {
             0 => Err(SessionError::NotFound),
             _ => Ok(()),
         }
@@ -59,13 +55,10 @@ impl SessionStore {
             "DELETE FROM responses WHERE created_at < $1",
             "DELETE FROM native_responses WHERE created_at < $1",
         ] {
-            let mut conn = self.writer.acquire("purge").await?;
-            let result = sqlx::query(sql)
-                .bind(cutoff)
-                .execute(&mut *conn)
-                .await
-                .map_err(SessionError::from);
-            purged += self.writer.finish("purge", conn, result)?.rows_affected();
+            purged += self
+                .writer
+                .execute("purge", sqlx::query(sql).bind(cutoff))
+                .await?;
         }
         Ok(purged)
     }

@@ -19,25 +19,16 @@ impl SessionStore {
         let cutoff = now_secs - idle.as_secs() as i64;
         let mut total = 0;
         loop {
-            let mut conn = self.writer.acquire("purge").await?;
-            let result = async {
-                // One statement (messages go by ON DELETE CASCADE), and the conditions
-                // stand outside the batch query too: on PostgreSQL a session leased
-                // after the batch was chosen is re-checked on its new row and kept.
-                let idle = "updated_at < $1 AND (lease_token IS NULL OR lease_until_ms < $2)";
-                let deleted = sqlx::query(&format!(
-                    "DELETE FROM sessions WHERE {idle} AND id IN \
-                     (SELECT id FROM sessions WHERE {idle} ORDER BY id LIMIT $3)"
-                ))
-                .bind(cutoff)
-                .bind(now_ms)
-                .bind(BATCH)
-                .execute(&mut *conn)
-                .await?;
-                Ok(deleted.rows_affected())
-            }
-            .await;
-            let deleted = self.writer.finish("purge", conn, result)?;
+            // One statement (messages go by ON DELETE CASCADE), and the conditions stand
+            // outside the batch query too: on PostgreSQL a session leased after the batch
+            // was chosen is re-checked on its new row and kept.
+            let idle = "updated_at < $1 AND (lease_token IS NULL OR lease_until_ms < $2)";
+            let sql = format!(
+                "DELETE FROM sessions WHERE {idle} AND id IN \
+                 (SELECT id FROM sessions WHERE {idle} ORDER BY id LIMIT $3)"
+            );
+            let batch = sqlx::query(&sql).bind(cutoff).bind(now_ms).bind(BATCH);
+            let deleted = self.writer.execute("purge", batch).await?;
             total += deleted;
             if deleted < BATCH as u64 {
                 return Ok(total);

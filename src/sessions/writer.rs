@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sqlx::any::AnyArguments;
 use sqlx::pool::PoolConnection;
+use sqlx::query::Query;
 use sqlx::{Any, AnyPool};
 
 use super::SessionError;
@@ -75,6 +77,22 @@ impl Writer {
             }
             Err(refusal) => Err(refusal),
         }
+    }
+
+    /// One statement on a writer connection, settled as [`Writer::finish`] settles it.
+    /// Returns how many rows it touched.
+    pub async fn execute<'q>(
+        &self,
+        op: &'static str,
+        statement: Query<'q, Any, AnyArguments<'q>>,
+    ) -> Result<u64, SessionError> {
+        let mut conn = self.acquire(op).await?;
+        let result = statement
+            .execute(&mut *conn)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(SessionError::from);
+        self.finish(op, conn, result)
     }
 
     /// Counts and logs a failed read or write (the operation and the error, never content).

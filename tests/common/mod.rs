@@ -261,3 +261,43 @@ pub fn from_localhost<B>(mut request: axum::http::Request<B>) -> axum::http::Req
         .insert(gatewayd::server::Peer::Tcp(peer));
     request
 }
+
+/// Which session store a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The database a test reads back directly, bypassing gatewayd.
+    pub fn database_url(self, data_dir: &std::path::Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}", data_dir.join("sessions.db").display()),
+            Backend::Postgres => std::env::var("GATEWAYD_TEST_POSTGRES_URL").unwrap(),
+        }
+    }
+}
+
+/// Turns each `async fn name(backend: Backend)` into two tests, `sqlite::name` and
+/// `postgres::name`; the PostgreSQL one says so and does nothing when
+/// GATEWAYD_TEST_POSTGRES_URL is not set (CI and tests/run.sh set it).
+#[allow(unused_macros)] // only the files that test both backends use it
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(crate::common::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if std::env::var("GATEWAYD_TEST_POSTGRES_URL").is_ok() {
+                    super::$name(crate::common::Backend::Postgres).await
+                } else {
+                    eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL variant not run");
+                }
+            })*
+        }
+    };
+}
