@@ -348,6 +348,7 @@ start_gatewayd gw-sse "$GW_SSE" "$UP_SSE"; GWS_PID="$LAST_PID"
 
 # gatewayd with its sessions on PostgreSQL: a private database, dropped on exit
 GWPG_PID=""
+PG_URL="${PG_URL%/}"
 if [[ "$PG_URL" == none ]]; then
   note "PostgreSQL session test skipped (--pg-url none)"
 elif ! command -v psql >/dev/null; then
@@ -615,6 +616,8 @@ else
 fi
 
 # ---------------------------------------------------------------- report
+PG_NOTE="not run"
+[[ -n "$GWPG_PID" ]] && PG_NOTE="$PG_URL (database $PG_DB, $(psql "$PG_URL/postgres" -qAt -c 'show server_version' 2>/dev/null || echo '?'))"
 # shellcheck disable=SC1091
 OS_NAME="$( (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}") || echo unknown)"
 M_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
@@ -622,7 +625,7 @@ M_OS="$OS_NAME" \
 M_GW="$("$GW_BIN" --version 2>/dev/null | head -n 1 || true) (git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none))" \
 M_NGINX="$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
 M_WRK="$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')" \
-M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}, open-file limit ${NOFILE}, PostgreSQL ${PG_DB:+$PG_URL}${PG_DB:-not used}" \
+M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}, open-file limit ${NOFILE}, PostgreSQL sessions: ${PG_NOTE}" \
 python3 - "$WORK/meta.json" <<'EOF'
 import json, os, platform, sys
 cpu = "?"
