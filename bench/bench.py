@@ -743,14 +743,14 @@ async def _hold_streams_h2(args) -> dict:
         else:
             fail(why)
 
+    # round-robin over the connections, so each sends its first request at once
+    # (gatewayd closes a connection that sends no authenticated request within
+    # unauthenticated_idle_secs, 5 s by default)
     tasks = []
-    left = args.n
-    for c in conns:
-        k = min(per_conn, left)
-        left -= k
-        tasks += [asyncio.create_task(one(c)) for _ in range(k)]
-    if left:
-        fail("no connection left for them")
+    for i in range(min(args.n, per_conn * len(conns))):
+        tasks.append(asyncio.create_task(one(conns[i % len(conns)])))
+    if args.n > per_conn * len(conns):
+        failures["no connection left for them"] = args.n - per_conn * len(conns)
     await asyncio.wait(tasks, timeout=args.total_timeout)
     t_open = time.monotonic() - t0
     await asyncio.sleep(args.settle)
