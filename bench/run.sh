@@ -18,13 +18,17 @@ Measures: req/s, p50 and p99 for non-streaming and SSE streaming chat
 completions (wrk, interleaved rounds, median); latency added at a fixed
 request rate; streaming time to first byte; gatewayd RSS idle, after load,
 while holding N concurrent streams, and over a soak; chat with a session
-(X-Session-Id) vs nginx. Ends with a PASS/MISS list against the targets.
+(X-Session-Id) on SQLite and on PostgreSQL; the Responses API (plain and
+streamed); CPU time per request of nginx and gatewayd. Ends with a PASS/MISS
+list against the targets.
 
 Options:
   --duration S     seconds per wrk / fixed-rate run (default 10; --quick: 3)
   --rounds N       interleaved rounds per measurement; medians are reported
                    (default 3; --quick: 1)
-  --streams N      concurrent streams held for the memory test
+  --streams N      concurrent streams held for the memory test, once with
+                   HTTP/2 (h2c) clients and once with HTTP/1.1 clients (the
+                   latter capped by the open-file limit)
                    (default 10000; --quick: 1000; 0 skips)
   --soak S         soak length in seconds, RSS sampled every 10 s
                    (default 300; --quick: 30; 0 skips)
@@ -34,7 +38,12 @@ Options:
   --connections C  wrk connections (default 32)
   --ttfb-count N   sequential streaming requests for TTFB (default 500;
                    --quick: 200)
-  --sessions N     sessions rotated through by the session test (default 32)
+  --sessions N     sessions rotated through by the session test (default 1000)
+  --pg-url URL     PostgreSQL server for the session test on PostgreSQL, without
+                   a database name (default: $BENCH_PG_URL, else
+                   postgres://postgres@127.0.0.1:5432); the script creates a
+                   private database gatewayd_bench_<pid> on it and drops it on
+                   exit; "none" skips (skipped with a note when unreachable)
   --port-base P    first of the local ports used, P..P+30 (default 27100)
   --gatewayd PATH  use this gatewayd binary instead of building one
   --no-install     never call apt-get; fail if nginx/wrk/python3/curl missing
@@ -45,6 +54,9 @@ Environment:
   CARGO_TARGET_DIR  honoured when building (binary: $CARGO_TARGET_DIR/release/gatewayd)
   GATEWAYD_ARGS     extra arguments appended to every gatewayd command line
   RUST_LOG          passed to gatewayd (default: info, the same as a production start)
+  BENCH_PG_URL      default of --pg-url
+  BENCH_VENV        venv for the h2c stream holder (default ~/.cache/gatewayd-bench/venv-h2;
+                    created with pinned h2 from PyPI when missing)
 
 Needs a Debian machine; installs nginx-light (or nginx), wrk, python3 and
 curl with apt-get when missing (root or sudo), and cargo to build gatewayd.
@@ -54,6 +66,7 @@ EOF
 # ---------------------------------------------------------------- options
 DURATION="" ROUNDS="" STREAMS="" SOAK="" TTFB_COUNT=""
 QUICK=0 RATE=1000 CONNS=32 SESSIONS=1000 PORT_BASE=27100 GW_BIN="" NO_INSTALL=0 KEEP=0
+PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 
 need_arg() { [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -72,6 +85,7 @@ while [[ $# -gt 0 ]]; do
     --sessions) need_arg "$@"; SESSIONS="$2"; shift 2 ;;
     --port-base) need_arg "$@"; PORT_BASE="$2"; shift 2 ;;
     --gatewayd) need_arg "$@"; GW_BIN="$2"; shift 2 ;;
+    --pg-url) need_arg "$@"; PG_URL="$2"; shift 2 ;;
     --no-install) NO_INSTALL=1; shift ;;
     --keep) KEEP=1; shift ;;
     *) echo "run.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -97,6 +111,7 @@ warn() { printf '\033[33mWARNING: %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31mERROR: %s\033[0m\n' "$*" >&2; exit 1; }
 
 WORK=""
+PG_DB=""
 PIDS=()
 FAILED=1
 
@@ -113,6 +128,10 @@ cleanup() {
   done
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [[ -n "$PG_DB" ]]; then
+    PGCONNECT_TIMEOUT=5 psql "$PG_URL/postgres" -qAt -c "drop database if exists $PG_DB with (force)" >/dev/null 2>&1 ||
+      echo "WARNING: could not drop PostgreSQL database $PG_DB" >&2
+  fi
   if [[ -n "$WORK" && -d "$WORK" ]]; then
     if [[ $FAILED -ne 0 || $KEEP -eq 1 ]]; then
       echo "Work dir (configs, logs, raw results) kept: $WORK" >&2
@@ -208,14 +227,16 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' || die "python3 >= 3.8 needed"
 
-# file descriptors: N streams cost gatewayd two sockets each
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# file descriptors: N HTTP/1 streams cost gatewayd two sockets each. Raise the
+# hard limit where permitted (CAP_SYS_RESOURCE), then the soft one to the hard.
+[[ "$(ulimit -Hn)" == unlimited ]] || (( $(ulimit -Hn) >= 65536 )) || ulimit -Hn 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 NOFILE="$(ulimit -n)"
 [[ "$NOFILE" == unlimited ]] && NOFILE=1048576
 info "open-file limit: $NOFILE"
 
 ports=()
-for off in 0 1 2 10 11 20 21 22; do ports+=($((PORT_BASE + off))); done
+for off in 0 1 2 10 11 20 21 22 23; do ports+=($((PORT_BASE + off))); done
 for p in "${ports[@]}"; do
   port_in_use "$p" && die "port $p is already in use; pick another range with --port-base"
 done
@@ -225,7 +246,7 @@ if (( PORT_BASE + 30 >= EPH_LO && PORT_BASE <= EPH_HI )); then
 fi
 UP_JSON=$((PORT_BASE + 0)) UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2))
 PX_JSON=$((PORT_BASE + 10)) PX_SSE=$((PORT_BASE + 11))
-GW_JSON=$((PORT_BASE + 20)) GW_SSE=$((PORT_BASE + 21)) GW_SLOW=$((PORT_BASE + 22))
+GW_JSON=$((PORT_BASE + 20)) GW_SSE=$((PORT_BASE + 21)) GW_SLOW=$((PORT_BASE + 22)) GW_PG=$((PORT_BASE + 23))
 
 # ---------------------------------------------------------------- gatewayd build
 if [[ -z "$GW_BIN" ]]; then
@@ -261,7 +282,26 @@ render "$BENCH_DIR/nginx/proxy.conf.in" "$WORK/proxy.conf"
 
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' > "$WORK/body.json"
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}' > "$WORK/body-stream.json"
+printf '%s' '{"model":"gpt-4o-mini","input":"hi","store":false}' > "$WORK/body-resp.json"
+printf '%s' '{"model":"gpt-4o-mini","input":"hi","store":false,"stream":true}' > "$WORK/body-resp-stream.json"
 AUTH="Authorization: Bearer $KEY"
+
+# gatewayd's defaults, except: no cap on sessions per key (every round and soak
+# segment creates --sessions fresh ones) ...
+cat > "$WORK/gatewayd.toml" <<'EOF'
+[sessions]
+max_sessions_per_key = 0
+EOF
+# ... and, for the stream-holding instance, no per-IP connection cap (every
+# client is 127.0.0.1) and room for 2 x 10,000 connections.
+cat > "$WORK/gatewayd-streams.toml" <<'EOF'
+[limits]
+max_connections = 30000
+max_connections_per_ip = 0
+
+[sessions]
+max_sessions_per_key = 0
+EOF
 
 BUSY="$(py cpu-busy --seconds 2)"
 if (( BUSY > 20 )); then
@@ -284,13 +324,14 @@ start_nginx() {  # start_nginx NAME CONF PORT...; sets LAST_PID
   LAST_PID="$pid"
 }
 
-start_gatewayd() {  # start_gatewayd NAME PORT UPSTREAM_PORT; sets LAST_PID
-  local name="$1" port="$2" up="$3"
+start_gatewayd() {  # start_gatewayd NAME PORT UPSTREAM_PORT [CONFIG [EXTRA ARGS...]]; sets LAST_PID
+  local name="$1" port="$2" up="$3" conf="${4:-$WORK/gatewayd.toml}"
+  shift $(( $# < 4 ? $# : 4 ))
   mkdir -p "$WORK/data/$name"
   # shellcheck disable=SC2086  # GATEWAYD_ARGS is split on purpose
   API_SERVER_KEY="$KEY" RUST_LOG="${RUST_LOG:-info}" \
-    "$GW_BIN" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
-    --data-dir "$WORK/data/$name" ${GATEWAYD_ARGS:-} >"$WORK/$name.log" 2>&1 &
+    "$GW_BIN" --config "$conf" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
+    --data-dir "$WORK/data/$name" "$@" ${GATEWAYD_ARGS:-} >"$WORK/$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   wait_health "$port" "$pid" "gatewayd ($name)" "$WORK/$name.log"
@@ -298,12 +339,29 @@ start_gatewayd() {  # start_gatewayd NAME PORT UPSTREAM_PORT; sets LAST_PID
 }
 
 log "Starting static upstream (nginx) on :$UP_JSON (JSON) and :$UP_SSE (SSE)"
-start_nginx upstream "$WORK/upstream.conf" "$UP_JSON" "$UP_SSE"
-log "Starting nginx reverse proxy on :$PX_JSON -> :$UP_JSON and :$PX_SSE -> :$UP_SSE"
-start_nginx proxy "$WORK/proxy.conf" "$PX_JSON" "$PX_SSE"
+start_nginx upstream "$WORK/upstream.conf" "$UP_JSON" "$UP_SSE"; UP_PID="$LAST_PID"
+log "Starting nginx reverse proxy (a second nginx instance) on :$PX_JSON -> :$UP_JSON and :$PX_SSE -> :$UP_SSE"
+start_nginx proxy "$WORK/proxy.conf" "$PX_JSON" "$PX_SSE"; PX_PID="$LAST_PID"
 log "Starting gatewayd on :$GW_JSON -> :$UP_JSON and :$GW_SSE -> :$UP_SSE"
 start_gatewayd gw-json "$GW_JSON" "$UP_JSON"; GWJ_PID="$LAST_PID"
 start_gatewayd gw-sse "$GW_SSE" "$UP_SSE"; GWS_PID="$LAST_PID"
+
+# gatewayd with its sessions on PostgreSQL: a private database, dropped on exit
+GWPG_PID=""
+PG_URL="${PG_URL%/}"
+if [[ "$PG_URL" == none ]]; then
+  note "PostgreSQL session test skipped (--pg-url none)"
+elif ! command -v psql >/dev/null; then
+  note "PostgreSQL session test skipped: psql not found"
+elif ! PGCONNECT_TIMEOUT=3 psql "$PG_URL/postgres" -qAt -c 'select 1' >/dev/null 2>"$WORK/psql.err"; then
+  note "PostgreSQL session test skipped: no PostgreSQL reachable at $PG_URL ($(head -n 1 "$WORK/psql.err"))"
+else
+  PG_DB="gatewayd_bench_$$"
+  PGCONNECT_TIMEOUT=5 psql "$PG_URL/postgres" -qAt -c "create database $PG_DB" >/dev/null 2>"$WORK/psql.err" ||
+    { PG_DB=""; die "could not create database on $PG_URL: $(cat "$WORK/psql.err")"; }
+  log "Starting gatewayd with sessions on PostgreSQL (database $PG_DB) on :$GW_PG -> :$UP_JSON"
+  start_gatewayd gw-pg "$GW_PG" "$UP_JSON" "$WORK/gatewayd.toml" --database-url "$PG_URL/$PG_DB"; GWPG_PID="$LAST_PID"
+fi
 
 sleep 1
 IDLE_KB="$(rss_kb "$GWJ_PID")"
@@ -340,15 +398,20 @@ for t in direct nginx gatewayd; do
   check_target "$t non-stream" "${URL_JSON[$t]}" "$WORK/body.json" '"chat.completion"'
   check_target "$t stream" "${URL_SSE[$t]}" "$WORK/body-stream.json" 'data: \[DONE\]'
 done
+RESP_JSON="http://127.0.0.1:$GW_JSON/v1/responses"
+RESP_SSE="http://127.0.0.1:$GW_SSE/v1/responses"
+check_target "gatewayd responses" "$RESP_JSON" "$WORK/body-resp.json" '"status":"completed"'
+check_target "gatewayd responses stream" "$RESP_SSE" "$WORK/body-resp-stream.json" 'event: response.completed'
 # gatewayd must reject an unauthenticated request, or the numbers mean nothing
 code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
         --data-binary "@$WORK/body.json" "${URL_JSON[gatewayd]}" || true)"
 [[ "$code" == 401 || "$code" == 403 ]] || die "gatewayd answered HTTP $code without a key; auth is not on"
 info "ok  gatewayd rejects a request without a key (HTTP $code)"
 
-mk_sessions() {  # mk_sessions N FILE: fresh sessions, one id per line
-  py mk-sessions --url "http://127.0.0.1:$GW_JSON/v1/sessions" -H "$AUTH" --n "$1" > "$2" ||
-    die "could not create sessions (POST /v1/sessions on :$GW_JSON)"
+mk_sessions() {  # mk_sessions N FILE [PORT]: fresh sessions, one id per line
+  local port="${3:-$GW_JSON}"
+  py mk-sessions --url "http://127.0.0.1:$port/v1/sessions" -H "$AUTH" --n "$1" > "$2" ||
+    die "could not create sessions (POST /v1/sessions on :$port)"
 }
 HAVE_SESSIONS=1
 code="$(curl -sS -o "$WORK/check.body" -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
@@ -361,43 +424,65 @@ else
   check_target "gatewayd session" "${URL_JSON[gatewayd]}" "$WORK/body.json" '"chat.completion"' \
     -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check.txt")"
 fi
+URL_PG="http://127.0.0.1:$GW_PG/v1/chat/completions"
+if [[ -n "$GWPG_PID" && $HAVE_SESSIONS -eq 1 ]]; then
+  mk_sessions 1 "$WORK/sessions-check-pg.txt" "$GW_PG"
+  check_target "gatewayd session (PostgreSQL)" "$URL_PG" "$WORK/body.json" '"chat.completion"' \
+    -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check-pg.txt")"
+fi
 
 # ---------------------------------------------------------------- throughput (wrk)
-run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS [SESSIONS_FILE]
-  local kind="$1" target="$2" round="$3" url="$4" bodyf="$5" secs="$6" sessf="${7:-}"
+run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS SERVER_PID [SESSIONS_FILE]
+  # SERVER_PID: the process (with its children: nginx workers) whose CPU time
+  # (utime + stime from /proc/PID/stat) the run is charged with
+  local kind="$1" target="$2" round="$3" url="$4" bodyf="$5" secs="$6" spid="$7" sessf="${8:-}"
   local out="$WORK/raw/wrk-$kind-$target-$round.txt"
+  local cpu0 cpu1
+  cpu0="$(py cpu-seconds "$spid")"
   WRK_BODY_FILE="$bodyf" WRK_HEADERS="$AUTH" WRK_SESSIONS_FILE="$sessf" \
     wrk -t1 -c"$CONNS" -d"${secs}s" --latency --timeout 10s -s "$BENCH_DIR/post.lua" "$url" > "$out" 2>&1 ||
     { cat "$out" >&2; die "wrk failed against $url"; }
+  cpu1="$(py cpu-seconds "$spid")"
   local json
   json="$(py parse-wrk "$out")"
   [[ "$round" == warmup ]] && return 0
-  local extra=()
-  [[ -n "$sessf" ]] && extra=("sessions=$(wc -l < "$sessf")")
+  local extra=("cpu_s=$(python3 -c "print(round($cpu1 - $cpu0, 2))")")
+  [[ -n "$sessf" ]] && extra+=("sessions=$(wc -l < "$sessf")")
   py tag phase=tput "kind=$kind" "target=$target" "round=$round" "${extra[@]}" <<<"$json" >> "$RESULTS"
   py show tput "$kind $target round $round" "$json"
 }
 
 WARM=$(( DURATION < 3 ? 1 : 2 ))
 log "Warm-up (${WARM}s per target)"
+declare -A PID_JSON=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWJ_PID")
+declare -A PID_SSE=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWS_PID")
 for t in direct nginx gatewayd; do
-  run_wrk nonstream "$t" warmup "${URL_JSON[$t]}" "$WORK/body.json" "$WARM"
-  run_wrk stream "$t" warmup "${URL_SSE[$t]}" "$WORK/body-stream.json" "$WARM"
+  run_wrk nonstream "$t" warmup "${URL_JSON[$t]}" "$WORK/body.json" "$WARM" "${PID_JSON[$t]}"
+  run_wrk stream "$t" warmup "${URL_SSE[$t]}" "$WORK/body-stream.json" "$WARM" "${PID_SSE[$t]}"
 done
+run_wrk nonstream gatewayd-responses warmup "$RESP_JSON" "$WORK/body-resp.json" "$WARM" "$GWJ_PID"
+run_wrk stream gatewayd-responses warmup "$RESP_SSE" "$WORK/body-resp-stream.json" "$WARM" "$GWS_PID"
+if [[ -n "$GWPG_PID" ]]; then run_wrk nonstream gatewayd-pg warmup "$URL_PG" "$WORK/body.json" "$WARM" "$GWPG_PID"; fi
 
 log "Throughput: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved round(s)"
 for r in $(seq 1 "$ROUNDS"); do
-  run_wrk nonstream direct "$r" "${URL_JSON[direct]}" "$WORK/body.json" "$DURATION"
-  run_wrk nonstream nginx "$r" "${URL_JSON[nginx]}" "$WORK/body.json" "$DURATION"
-  run_wrk nonstream gatewayd "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION"
+  for t in direct nginx gatewayd; do
+    run_wrk nonstream "$t" "$r" "${URL_JSON[$t]}" "$WORK/body.json" "$DURATION" "${PID_JSON[$t]}"
+  done
+  run_wrk nonstream gatewayd-responses "$r" "$RESP_JSON" "$WORK/body-resp.json" "$DURATION" "$GWJ_PID"
   if [[ $HAVE_SESSIONS -eq 1 ]]; then
     # a fresh pool per round, so conversations are equally long in every round
     mk_sessions "$SESSIONS" "$WORK/sessions-$r.txt"
-    run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$WORK/sessions-$r.txt"
+    run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$GWJ_PID" "$WORK/sessions-$r.txt"
+    if [[ -n "$GWPG_PID" ]]; then
+      mk_sessions "$SESSIONS" "$WORK/sessions-pg-$r.txt" "$GW_PG"
+      run_wrk nonstream gatewayd-pg-session "$r" "$URL_PG" "$WORK/body.json" "$DURATION" "$GWPG_PID" "$WORK/sessions-pg-$r.txt"
+    fi
   fi
-  run_wrk stream direct "$r" "${URL_SSE[direct]}" "$WORK/body-stream.json" "$DURATION"
-  run_wrk stream nginx "$r" "${URL_SSE[nginx]}" "$WORK/body-stream.json" "$DURATION"
-  run_wrk stream gatewayd "$r" "${URL_SSE[gatewayd]}" "$WORK/body-stream.json" "$DURATION"
+  for t in direct nginx gatewayd; do
+    run_wrk stream "$t" "$r" "${URL_SSE[$t]}" "$WORK/body-stream.json" "$DURATION" "${PID_SSE[$t]}"
+  done
+  run_wrk stream gatewayd-responses "$r" "$RESP_SSE" "$WORK/body-resp-stream.json" "$DURATION" "$GWS_PID"
 done
 
 # ---------------------------------------------------------------- fixed rate
@@ -429,27 +514,65 @@ echo "{\"phase\":\"rss\",\"what\":\"stream_after_load\",\"kb\":$(rss_kb "$GWS_PI
 info "gatewayd RSS after load: ${AFTER_KB:-?} kB"
 
 # ---------------------------------------------------------------- concurrent streams
+H2_PY=""
+ensure_h2() {  # sets H2_PY to a python with the pinned h2 package, or leaves it empty
+  local venv="${BENCH_VENV:-$HOME/.cache/gatewayd-bench/venv-h2}"
+  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import h2' 2>/dev/null; then
+    H2_PY="$venv/bin/python"; return 0
+  fi
+  log "Creating a venv with h2 for the h2c stream holder: $venv"
+  mkdir -p "$(dirname "$venv")"
+  if python3 -m venv "$venv" >&2 &&
+     "$venv/bin/pip" install -q 'h2==4.1.0' 'hpack==4.2.0' 'hyperframe==6.1.0' >&2 &&
+     "$venv/bin/python" -c 'import h2' 2>/dev/null; then
+    H2_PY="$venv/bin/python"
+  else
+    note "could not install the Python h2 package into $venv: the h2c stream test is skipped"
+  fi
+}
+
+hold_streams() {  # hold_streams PROTO N: a fresh slow upstream and gatewayd, N streams held through it
+  local proto="$1" n="$2" pyexe=python3 h2arg=()
+  if [[ "$proto" == h2c ]]; then pyexe="$H2_PY"; h2arg=(--h2); fi
+  log "Holding $n concurrent streams ($proto from the client, HTTP/1.1 to the slow upstream on :$UP_SLOW) through a fresh gatewayd"
+  python3 "$BENCH_DIR/bench.py" slow-upstream --port "$UP_SLOW" --hold 900 > "$WORK/slow-upstream-$proto.log" 2>&1 &
+  local slow_pid=$!
+  PIDS+=("$slow_pid")
+  wait_port "$UP_SLOW" "$slow_pid" "slow upstream" "$WORK/slow-upstream-$proto.log"
+  start_gatewayd "gw-slow-$proto" "$GW_SLOW" "$UP_SLOW" "$WORK/gatewayd-streams.toml"
+  local gw_pid="$LAST_PID"
+  sleep 1
+  local json
+  json="$("$pyexe" "$BENCH_DIR/bench.py" hold-streams "${h2arg[@]}" \
+            --url "http://127.0.0.1:$GW_SLOW/v1/chat/completions" -H "$AUTH" \
+            --body-file "$WORK/body-stream.json" --n "$n" --pid "$gw_pid" \
+            --metrics-url "http://127.0.0.1:$GW_SLOW/metrics" \
+            --upstream-count-url "http://127.0.0.1:$UP_SLOW/open-streams" \
+            --total-timeout $(( 60 + n / 50 )))" || die "stream holder ($proto) failed"
+  py tag phase=streams <<<"$json" >> "$RESULTS"
+  py show streams "gatewayd $proto" "$json"
+  stop_pid "$gw_pid"
+  stop_pid "$slow_pid"
+}
+
 if [[ $STREAMS -gt 0 ]]; then
+  # HTTP/2 clients: gatewayd holds one upstream socket per stream plus a few
+  # client connections, so the full count fits the open-file limit.
+  ensure_h2
+  if [[ -n "$H2_PY" ]]; then
+    if (( STREAMS + 256 > NOFILE )); then
+      note "open-file limit $NOFILE is below $STREAMS upstream sockets + 256: the h2c stream test may fail"
+    fi
+    hold_streams h2c "$STREAMS"
+  fi
+  # HTTP/1.1 clients: two sockets per stream in gatewayd; as many as the limit allows.
   N="$STREAMS"
-  MAXN=$(( (NOFILE - 256) / 2 ))
+  MAXN=$(( (NOFILE - 100) / 2 ))
   if (( N > MAXN )); then
-    note "open-file limit $NOFILE allows gatewayd about $MAXN streams (2 sockets each): held $MAXN instead of $STREAMS"
+    note "open-file limit $NOFILE allows gatewayd about $MAXN HTTP/1.1 streams (2 sockets each): held $MAXN HTTP/1.1 streams instead of $STREAMS"
     N="$MAXN"
   fi
-  log "Holding $N concurrent streams through a fresh gatewayd (slow upstream on :$UP_SLOW)"
-  python3 "$BENCH_DIR/bench.py" slow-upstream --port "$UP_SLOW" --hold 900 > "$WORK/slow-upstream.log" 2>&1 &
-  SLOW_PID=$!
-  PIDS+=("$SLOW_PID")
-  wait_port "$UP_SLOW" "$SLOW_PID" "slow upstream" "$WORK/slow-upstream.log"
-  start_gatewayd gw-slow "$GW_SLOW" "$UP_SLOW"; GWSL_PID="$LAST_PID"
-  sleep 1
-  json="$(py hold-streams --url "http://127.0.0.1:$GW_SLOW/v1/chat/completions" -H "$AUTH" \
-            --body-file "$WORK/body-stream.json" --n "$N" --pid "$GWSL_PID" \
-            --total-timeout $(( 60 + N / 50 )))" || die "stream holder failed"
-  py tag phase=streams <<<"$json" >> "$RESULTS"
-  py show streams "gatewayd" "$json"
-  stop_pid "$GWSL_PID"
-  stop_pid "$SLOW_PID"
+  hold_streams http1 "$N"
 else
   info "concurrent-stream test skipped (--streams 0)"
 fi
@@ -493,14 +616,16 @@ else
 fi
 
 # ---------------------------------------------------------------- report
+PG_NOTE="not run"
+[[ -n "$GWPG_PID" ]] && PG_NOTE="$PG_URL (database $PG_DB, $(psql "$PG_URL/postgres" -qAt -c 'show server_version' 2>/dev/null || echo '?'))"
 # shellcheck disable=SC1091
 OS_NAME="$( (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}") || echo unknown)"
 M_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
 M_OS="$OS_NAME" \
-M_GW="$("$GW_BIN" --version 2>/dev/null | head -n 1 || true) (git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none))" \
+M_GW="$("$GW_BIN" --version 2>/dev/null | head -n 1 || true) ($GW_BIN; bench checkout at git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none))" \
 M_NGINX="$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
 M_WRK="$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')" \
-M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}" \
+M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}, open-file limit ${NOFILE}, PostgreSQL sessions: ${PG_NOTE}" \
 python3 - "$WORK/meta.json" <<'EOF'
 import json, os, platform, sys
 cpu = "?"
@@ -511,8 +636,17 @@ try:
             break
 except OSError:
     pass
+ram_gb = "?"
+try:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            ram_gb = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+            break
+except OSError:
+    pass
 e = os.environ
 meta = {
+    "machine": f"{cpu}, {os.cpu_count()} cores, kernel {platform.release()}, {ram_gb} RAM",
     "date": e["M_DATE"],
     "host": f"{e['M_OS']}, kernel {platform.release()}",
     "cpus": f"{os.cpu_count()} x {cpu}",
