@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use crate::client_ip::ClientAddr;
 use crate::error::ApiError;
+use crate::hold::HoldBody;
 use crate::keys::{digest, ClientKey, KeyDigest, KeySet};
 use crate::ratelimit::Limiter;
 
@@ -250,6 +251,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        crate::telemetry::record_route(request.extensions().get::<MatchedPath>());
         let first = self.first(&request);
         // The clone that was driven to readiness goes into the future (tower's rule).
         let clone = self.inner.clone();
@@ -265,17 +267,24 @@ where
                 Err(error) => Err(error),
             };
             match caller {
-                Ok(caller) => {
-                    let authenticated = caller.is_some();
-                    if let Some(caller) = caller {
+                // Public routes carry no caller and are not metered.
+                Ok(None) => inner.call(request).await,
+                // Right after the boundary: the caller's rate and concurrency limits.
+                Ok(Some(caller)) => match limiter.admit(&caller).await {
+                    Err(refused) => {
+                        crate::telemetry::count_refusal(&refused);
+                        Ok(refused.into_response())
+                    }
+                    Ok(slot) => {
                         request.extensions_mut().insert(caller);
-                    }
-                    let mut response = inner.call(request).await?;
-                    if authenticated {
+                        let mut response = inner.call(request).await?;
                         response.extensions_mut().insert(Authenticated);
+                        Ok(match slot {
+                            Some(slot) => response.map(|body| HoldBody::wrap(body, slot)),
+                            None => response,
+                        })
                     }
-                    Ok(response)
-                }
+                },
                 Err(error) => {
                     crate::telemetry::count_refusal(&error);
                     Ok(error.into_response())

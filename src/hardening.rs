@@ -10,10 +10,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::HttpBody;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
@@ -39,28 +38,24 @@ pub const PROXY_HEADERS: [&str; 13] = [
     "via",
 ];
 
-/// The layer: runs after the security-header layers (so its refusals carry them) and
-/// before CORS and auth.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The edge's check before routing: the header count, and keyless mode's refusals. Its
+/// refusals still get the security headers (the edge adds them to every response).
+pub fn refuse(state: &AppState, request: &Request) -> Option<ApiError> {
     if request.headers().len() > state.config.limits.max_headers {
-        return ApiError::HeadersTooLarge.into_response();
+        return Some(ApiError::HeadersTooLarge);
     }
     if state.keys.load().is_empty() {
         let bound = bound_loopback(&state.config.host);
-        if let Err(refused) = check_keyless(&request, &state.config.cors_origins, bound) {
-            return refused.into_response();
+        if let Err(refused) = check_keyless(request, &state.config.cors_origins, bound) {
+            return Some(refused);
         }
     }
-    let mut response = next.run(request).await;
-    if !state.config.cors_origins.is_empty() {
-        strip_cors_unless_allowed(&mut response);
-    }
-    response
+    None
 }
 
 /// tower-http's CORS layer adds Expose-Headers (and preflight Allow-*) even for an origin
 /// it does not allow; an origin that is not allowed gets no Access-Control-* at all.
-fn strip_cors_unless_allowed(response: &mut Response) {
+pub fn strip_cors_unless_allowed(response: &mut Response) {
     let headers = response.headers_mut();
     if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         return;

@@ -14,7 +14,9 @@
 //! - `admission` — per-IP connection counts, and closing idle connections near the limit.
 //! - `body_deadline` — the request body must arrive in time (408).
 //! - `hold`     — a response body that holds a permit until the body ends.
-//! - `router`   — `app(state)`: routes plus the whole layer stack.
+//! - `router`   — `app(state)`: routes, the edge and the auth boundary.
+//! - `edge`     — one service before routing: request id, client address, span, metrics,
+//!   hardening, security headers.
 //! - `client_ip` — the client address: the peer, or what a trusted proxy forwarded.
 //! - `hardening` — header count, keyless mode's Host/Origin/peer/proxy checks, CORS.
 //! - `auth`     — the auth boundary (tower layer).
@@ -36,7 +38,7 @@
 //! - `responses` — the Responses API turn: state named by id or conversation, translated, committed;
 //!   `responses/native.rs` passes it through to upstreams that serve it (`responses = "native"`).
 //! - `state`    — `AppState`.
-//! - `telemetry` — Prometheus metrics and the per-request metrics layer.
+//! - `telemetry` — Prometheus metrics, what a request records, and cached metric handles.
 
 pub mod admission;
 pub mod auth;
@@ -46,6 +48,7 @@ pub mod client_ip;
 pub mod config;
 pub mod conversation;
 pub mod daemon;
+pub mod edge;
 pub mod error;
 pub mod guard;
 pub mod hardening;

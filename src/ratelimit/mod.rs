@@ -7,18 +7,13 @@ mod scripts;
 mod shared;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Caller;
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::hold::HoldBody;
 pub use local::whole_seconds;
 use local::LocalLimiter;
 use shared::{Lease, SharedLimiter};
@@ -194,29 +189,5 @@ impl Limiter {
     /// Whether the last Redis call succeeded (`None` with the local backend).
     pub fn shared_up(&self) -> Option<bool> {
         self.shared.as_ref().map(SharedLimiter::is_up)
-    }
-}
-
-/// The per-caller layer: runs after auth (it needs the [`Caller`]), refuses with 429
-/// and Retry-After, and holds the concurrency slot until the response body ends.
-pub async fn per_caller(
-    State(limiter): State<Arc<Limiter>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(caller) = request.extensions().get::<Caller>() else {
-        // Public routes carry no caller; they are not metered.
-        return next.run(request).await;
-    };
-    match limiter.admit(caller).await {
-        Err(refused) => {
-            crate::telemetry::count_refusal(&refused);
-            refused.into_response()
-        }
-        Ok(None) => next.run(request).await,
-        Ok(Some(slot)) => next
-            .run(request)
-            .await
-            .map(|body| HoldBody::wrap(body, slot)),
     }
 }

@@ -1,7 +1,7 @@
 //! POST /v1/chat/completions, /v1/completions and /v1/embeddings: validate, route, forward.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
@@ -23,34 +23,32 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// With `X-Session-Id`, the stored conversation continues; without it nothing is stored.
+/// The request is taken whole, so its headers are read in place rather than copied.
 async fn chat_completions(
     State(state): State<AppState>,
-    Owner(owner): Owner,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let Some(session) = headers.get(SESSION_HEADER) else {
-        return stateless(state, headers, body, Endpoint::ChatCompletions).await;
+    let (mut parts, body) = request.into_parts();
+    let Owner(owner) = Owner::from_request_parts(&mut parts, &state).await?;
+    let Some(session) = parts.headers.get(SESSION_HEADER) else {
+        return stateless(state, parts.headers, body, Endpoint::ChatCompletions).await;
     };
     let id = session.to_str().unwrap_or_default().to_string();
-    let request = parse(&state, &headers, body, Endpoint::ChatCompletions).await?;
+    let request = parse(&state, &parts.headers, body, Endpoint::ChatCompletions).await?;
     continue_session(&state, owner, &id, &request).await
 }
 
 async fn completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    stateless(state, headers, body, Endpoint::Completions).await
+    let (parts, body) = request.into_parts();
+    stateless(state, parts.headers, body, Endpoint::Completions).await
 }
 
-async fn embeddings(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    stateless(state, headers, body, Endpoint::Embeddings).await
+async fn embeddings(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    stateless(state, parts.headers, body, Endpoint::Embeddings).await
 }
 
 async fn stateless(

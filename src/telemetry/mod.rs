@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::MatchedPath;
+use axum::http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+mod handles;
 
 pub const REQUESTS: &str = "gatewayd_requests_total";
 pub const UPSTREAM_SECONDS: &str = "gatewayd_upstream_latency_seconds";
@@ -65,6 +66,14 @@ pub fn start_upkeep() {
 pub struct RequestTiming {
     upstream_nanos: AtomicU64,
     model: OnceLock<Arc<str>>,
+    /// The route pattern, recorded inside the router (the edge runs before routing).
+    route: OnceLock<MatchedPath>,
+}
+
+impl RequestTiming {
+    pub fn start() -> Arc<RequestTiming> {
+        Arc::new(RequestTiming::default())
+    }
 }
 
 tokio::task_local! {
@@ -74,8 +83,7 @@ tokio::task_local! {
 /// Adds time spent waiting on an upstream to the current request (no-op outside one).
 pub fn record_upstream(started: Instant, upstream: &str) {
     let elapsed = started.elapsed();
-    metrics::histogram!(UPSTREAM_SECONDS, "upstream" => upstream.to_string())
-        .record(elapsed.as_secs_f64());
+    handles::upstream_latency(upstream).record(elapsed.as_secs_f64());
     let _ = TIMING.try_with(|t| {
         t.upstream_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed)
@@ -88,24 +96,29 @@ pub fn record_model(model: &Arc<str>) {
     let _ = TIMING.try_with(|t| t.model.set(model.clone()));
 }
 
-/// The metrics middleware: counts requests by route, status and model, and records
-/// the gateway's own overhead.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let timing = Arc::new(RequestTiming::default());
-    let response = TIMING.scope(timing.clone(), next.run(request)).await;
+/// Runs a request's handling with its timing in scope, so handlers can add to it.
+pub fn scope<F: std::future::Future>(
+    timing: Arc<RequestTiming>,
+    handling: F,
+) -> impl std::future::Future<Output = F::Output> {
+    TIMING.scope(timing, handling)
+}
+
+/// Labels the current request with its route pattern (called inside the router).
+pub fn record_route(route: Option<&MatchedPath>) {
+    if let Some(route) = route {
+        let _ = TIMING.try_with(|t| t.route.set(route.clone()));
+    }
+}
+
+/// Counts a finished request by route, status and model, and records the gateway's own
+/// overhead: the time until the response head, minus the time spent on upstreams.
+pub fn record(timing: &RequestTiming, started: Instant, status: StatusCode) {
     let upstream = timing.upstream_nanos.load(Ordering::Relaxed);
     let overhead = (started.elapsed().as_nanos() as u64).saturating_sub(upstream);
-    let model = timing.model.get().map_or("", |m| m.as_ref()).to_string();
-    metrics::counter!(REQUESTS, "route" => route.clone(), "status" => response.status().as_u16().to_string(), "model" => model)
-        .increment(1);
-    metrics::histogram!(OVERHEAD_SECONDS, "route" => route).record(overhead as f64 / 1e9);
-    response
+    let route = timing.route.get().map_or("unmatched", |p| p.as_str());
+    let model = timing.model.get().map_or("", |m| m.as_ref());
+    handles::record_request(route, status.as_u16(), model, overhead);
 }
 
 /// Counts a request the gateway itself refused: failed authentication or a rate limit.
@@ -124,13 +137,13 @@ pub struct StreamGauge;
 
 impl StreamGauge {
     pub fn open() -> StreamGauge {
-        metrics::gauge!(ACTIVE_STREAMS).increment(1.0);
+        handles::active_streams().increment(1.0);
         StreamGauge
     }
 }
 
 impl Drop for StreamGauge {
     fn drop(&mut self) {
-        metrics::gauge!(ACTIVE_STREAMS).decrement(1.0);
+        handles::active_streams().decrement(1.0);
     }
 }

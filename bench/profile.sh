@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Exact, load-independent profiles of gatewayd (see bench/README.md, "Profiles"):
+#   bench/profile.sh cpu  BIN [N]   instructions per proxied request (callgrind), plain and streamed
+#   bench/profile.sh heap BIN [N]   heap held per open stream, by allocation site (DHAT)
+# BIN should carry line tables for readable sites:
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release
+set -euo pipefail
+
+MODE="${1:-}" BIN="${2:-}"
+[[ "$MODE" == cpu || "$MODE" == heap ]] && [[ -x "$BIN" ]] || {
+  sed -n '2,6p' "$0" >&2; exit 2; }
+BIN="$(realpath "$BIN")"
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PORT_BASE="${PORT_BASE:-27400}"
+UP_JSON=$PORT_BASE UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2)) GW=$((PORT_BASE + 10))
+for tool in valgrind callgrind_annotate nginx wrk python3 curl; do
+  command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 1; }
+done
+WORK="$(mktemp -d /tmp/gatewayd-profile.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f "$WORK/upstream.pid" ]] && kill "$(cat "$WORK/upstream.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+export API_SERVER_KEY="pr0f1le-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+AUTH="Authorization: Bearer $API_SERVER_KEY"
+printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' > "$WORK/body.json"
+printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}' > "$WORK/body-stream.json"
+
+wait_health() {
+  for _ in $(seq 1 300); do curl -sf "localhost:$1/health" >/dev/null && return 0; sleep 0.2; done
+  echo "profile.sh: gatewayd did not answer on :$1" >&2; exit 1
+}
+
+# Instructions per request: warm up, zero the counters, send N sequential requests on
+# one keep-alive connection, dump, and divide.
+cpu_run() {
+  local label=$1 upstream=$2 body=$3 n=$4
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$BIN" \
+    --host 127.0.0.1 --port "$GW" --upstream "http://127.0.0.1:$upstream/v1" \
+    --data-dir "$WORK/data-$label" >"$WORK/$label.log" 2>&1 &
+  local vpid=$!
+  PIDS+=("$vpid")
+  wait_health "$GW"
+  WRK_BODY_FILE=$body WRK_HEADERS="$AUTH" wrk -t1 -c4 -d2s -s "$BENCH_DIR/post.lua" \
+    "http://127.0.0.1:$GW/v1/chat/completions" >/dev/null
+  callgrind_control -z "$vpid" >/dev/null 2>&1
+  python3 - "$body" "$n" "$GW" "$API_SERVER_KEY" <<'PY'
+import sys, http.client
+body = open(sys.argv[1], 'rb').read()
+n, port, key = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+conn = http.client.HTTPConnection('127.0.0.1', port)
+for _ in range(n):
+    conn.request('POST', '/v1/chat/completions', body,
+                 {'Content-Type': 'application/json', 'Authorization': 'Bearer ' + key})
+    response = conn.getresponse()
+    data = response.read()
+    assert response.status == 200, (response.status, data[:200])
+PY
+  callgrind_control -d "$vpid" >/dev/null 2>&1
+  kill "$vpid"; wait "$vpid" 2>/dev/null || true
+  local total
+  total=$(callgrind_annotate "$WORK/$label.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  echo "$label: $((total / n)) instructions per request ($n requests)"
+  echo "top functions by own instructions (per request):"
+  callgrind_annotate --threshold=100 "$WORK/$label.cg.1" 2>/dev/null \
+    | awk -v n="$n" '/^ *[0-9,]+ +\( *[0-9.]+%\)/ { ir = $1; gsub(",", "", ir); if ($2 ~ /100.0%/ || $2 ~ /^\(/ && $3 ~ /100.0%/) next; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "%9.0f  %s\n", ir / n, $0 }' \
+    | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | head -25 | cut -c1-170
+  cp "$WORK/$label.cg.1" "./callgrind.$label.out"
+  echo "(full profile: ./callgrind.$label.out; callgrind_annotate --inclusive=yes it)"
+}
+
+# Heap per open stream: N streams held through a slow upstream; DHAT's peak heap by site.
+heap_run() {
+  local n=$1
+  python3 "$BENCH_DIR/bench.py" slow-upstream --port "$UP_SLOW" --hold 600 >"$WORK/slow.log" 2>&1 &
+  PIDS+=("$!")
+  printf '[limits]\nmax_connections = 30000\nmax_connections_per_ip = 0\n' >"$WORK/heap.toml"
+  valgrind --tool=dhat --dhat-out-file="$WORK/heap.dhat" "$BIN" --config "$WORK/heap.toml" \
+    --host 127.0.0.1 --port "$GW" --upstream "http://127.0.0.1:$UP_SLOW/v1" \
+    --data-dir "$WORK/data-heap" >"$WORK/heap.log" 2>&1 &
+  local vpid=$!
+  PIDS+=("$vpid")
+  wait_health "$GW"
+  python3 "$BENCH_DIR/bench.py" hold-streams --url "http://127.0.0.1:$GW/v1/chat/completions" \
+    -H "$AUTH" -H "Content-Type: application/json" --body-file "$WORK/body-stream.json" \
+    --n "$n" --pid "$vpid" --settle 3 >"$WORK/hold.json"
+  kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true
+  python3 - "$WORK/heap.dhat" "$n" <<'PY'
+import json, re, sys
+data, n = json.load(open(sys.argv[1])), int(sys.argv[2])
+frames = data['ftbl']
+print(f"heap at its peak: {sum(p.get('gb', 0) for p in data['pps']) / 1024:.0f} KiB; sites holding >= 64 bytes per stream:")
+sites = []
+for point in data['pps']:
+    if point.get('gb', 0) / n < 64:
+        continue
+    names = [frames[i] for i in point['fs']]
+    names = [f for f in names if not re.search(r'library/(std|alloc|core)/|vgpreload|^\[root\]', f)]
+    sites.append((point['gb'] / n, point.get('gbk', 0) / n, names[:3]))
+for per_stream, blocks, names in sorted(sites, key=lambda s: -s[0])[:20]:
+    print(f"{per_stream:8.0f} B/stream in {blocks:.2f} blocks")
+    for name in names:
+        print('          ' + re.sub(r'0x[0-9A-F]+: |/root/.cargo/registry/src/[^/]+/', '', name)[:150])
+PY
+}
+
+case "$MODE" in
+  cpu)
+    N="${3:-3000}"
+    sed -e "s|@DIR@|$WORK|g" "$BENCH_DIR/nginx/common.conf.in" >"$WORK/common.conf"
+    mkdir -p "$WORK/tmp"
+    sed -e "s|@DIR@|$WORK|g" -e "s|@WORKERS@|1|g" -e "s|@NOFILE@|4096|g" \
+      -e "s|@UP_JSON@|$UP_JSON|g" -e "s|@UP_SSE@|$UP_SSE|g" \
+      "$BENCH_DIR/nginx/upstream.conf.in" >"$WORK/upstream.conf"
+    nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon on;'
+    cpu_run plain "$UP_JSON" "$WORK/body.json" "$N"
+    cpu_run stream "$UP_SSE" "$WORK/body-stream.json" "$N"
+    ;;
+  heap) heap_run "${3:-400}" ;;
+esac
