@@ -110,13 +110,14 @@ async fn commit_batch(writer: &Writer, limits: SessionLimits, batch: Vec<Job>) {
             }
             .await;
             // A batch of refusals only stored nothing: it must not mark the store ready.
-            let stored =
+            // A failed batch is a failed append (counted and logged as one).
+            let refused_only =
                 result
                     .as_ref()
                     .is_ok_and(|outcomes: &Vec<Result<Version, SessionError>>| {
-                        outcomes.iter().any(Result::is_ok)
+                        !outcomes.iter().any(Result::is_ok)
                     });
-            writer.finish(if stored { "append" } else { "lease" }, conn, result)
+            writer.finish(if refused_only { "lease" } else { "append" }, conn, result)
         }
     };
     match result {
@@ -145,7 +146,10 @@ async fn append_all(
     batch: &[Job],
 ) -> Result<Vec<Result<Version, SessionError>>, SessionError> {
     let (created_at, _, _) = now();
-    let leased: Vec<&Job> = batch.iter().filter(|j| j.session.is_some()).collect();
+    // In id order: two transactions (another instance's batch, a purge) that lock some of
+    // the same rows then lock them in the same order, and do not deadlock.
+    let mut leased: Vec<&Job> = batch.iter().filter(|j| j.session.is_some()).collect();
+    leased.sort_by(|a, b| a.session.cmp(&b.session));
     let mut totals = std::collections::HashMap::new();
     if !leased.is_empty() {
         // One UPDATE for every session of the batch; each row's own conditions decide.

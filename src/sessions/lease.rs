@@ -93,11 +93,14 @@ impl SessionStore {
         .bind(owner)
         .bind(now_ms);
         let mut conn = self.writer.acquire("lease").await?;
+        // fetch_all, not fetch_optional: SQLite commits an autocommit UPDATE … RETURNING
+        // only when the statement runs to its end, and a commit that fails there (a full
+        // disk) must refuse the lease, not hand out one that was never stored.
         let taken = take
-            .fetch_optional(&mut *conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(SessionError::from)
-            .and_then(|row| row.map(|r| version_of(&r)).transpose());
+            .and_then(|rows| rows.first().map(version_of).transpose());
         if let Some(version) = self.writer.finish("lease", conn, taken)? {
             return Ok(Attempt::Taken(version));
         }
