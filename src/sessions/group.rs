@@ -148,8 +148,14 @@ async fn append_all(
     let (created_at, _, _) = now();
     // In id order: two transactions (another instance's batch, a purge) that lock some of
     // the same rows then lock them in the same order, and do not deadlock.
-    let mut leased: Vec<&Job> = batch.iter().filter(|j| j.session.is_some()).collect();
-    leased.sort_by(|a, b| a.session.cmp(&b.session));
+    let mut leased: Vec<(&Job, &str, &str)> = batch
+        .iter()
+        .filter_map(|job| {
+            let (id, token) = job.session.as_ref()?;
+            Some((job, id.as_str(), token.as_str()))
+        })
+        .collect();
+    leased.sort_by_key(|&(_, id, _)| id);
     let mut totals = std::collections::HashMap::new();
     if !leased.is_empty() {
         // One UPDATE for every session of the batch; each row's own conditions decide.
@@ -182,13 +188,12 @@ async fn append_all(
             .bind(created_at)
             .bind(limits.max_messages as i64)
             .bind(limits.max_bytes as i64);
-        for job in &leased {
-            let (id, token) = job.session.as_ref().expect("leased");
+        for &(job, id, token) in &leased {
             let bytes: i64 = job.messages.iter().map(|m| m.len() as i64).sum();
             update = update
-                .bind(id.as_str())
+                .bind(id)
                 .bind(job.owner.as_str())
-                .bind(token.as_str())
+                .bind(token)
                 .bind(job.messages.len() as i64)
                 .bind(bytes);
         }
@@ -274,93 +279,5 @@ async fn refusal(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sessions::SessionStore;
-
-    async fn store(limits: SessionLimits) -> Arc<SessionStore> {
-        let dir = std::env::temp_dir().join(format!(
-            "gatewayd-group-{}",
-            super::super::random_hex().unwrap()
-        ));
-        Arc::new(SessionStore::open_sqlite(&dir, limits).await.unwrap())
-    }
-
-    /// A batch of one turn per new session, each saying `texts[i]`; the answers.
-    async fn run_batch(
-        store: &Arc<SessionStore>,
-        texts: &[&str],
-    ) -> (Vec<String>, Vec<Result<Version, SessionError>>) {
-        let (mut ids, mut jobs, mut answers, mut leases) = (vec![], vec![], vec![], vec![]);
-        for text in texts {
-            let id = store
-                .create("k", Default::default(), None)
-                .await
-                .unwrap()
-                .id;
-            let lease = store.lease("k", &id).await.unwrap();
-            let (done, answer) = oneshot::channel();
-            jobs.push(Job {
-                owner: "k".into(),
-                session: Some((id.clone(), lease.token.clone())),
-                messages: vec![format!("{{\"content\":\"{text}\"}}"), "{}".into()],
-                response: None,
-                done,
-            });
-            ids.push(id);
-            answers.push(answer);
-            leases.push(lease);
-        }
-        commit_batch(&store.writer, store.limits(), jobs).await;
-        let mut outcomes = Vec::new();
-        for answer in answers {
-            outcomes.push(answer.await.unwrap());
-        }
-        (ids, outcomes)
-    }
-
-    async fn stored(store: &SessionStore, id: &str) -> usize {
-        store.get("k", id).await.unwrap().2.len()
-    }
-
-    #[tokio::test]
-    async fn a_turn_over_its_limit_fails_alone() {
-        let limits = SessionLimits {
-            max_bytes: 64,
-            ..SessionLimits::default()
-        };
-        let store = store(limits).await;
-        let long = "x".repeat(80);
-        let (ids, outcomes) = run_batch(&store, &["a", &long, "c"]).await;
-        assert!(outcomes[0].is_ok() && outcomes[2].is_ok());
-        assert!(matches!(outcomes[1], Err(SessionError::LimitExceeded(_))));
-        assert_eq!(stored(&store, &ids[0]).await, 2);
-        assert_eq!(stored(&store, &ids[1]).await, 0);
-        assert_eq!(stored(&store, &ids[2]).await, 2);
-    }
-
-    #[tokio::test]
-    async fn a_storage_failure_fails_every_turn_of_its_batch() {
-        let store = store(SessionLimits::default()).await;
-        // A fault that hits one INSERT of the batch: the whole transaction rolls back.
-        let trigger = sqlx::query(
-            "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.message LIKE '%POISON%' \
-             BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
-        );
-        store.writer.execute("test", trigger).await.unwrap();
-        let (ids, outcomes) = run_batch(&store, &["a", "POISON", "c"]).await;
-        for outcome in &outcomes {
-            assert!(
-                matches!(outcome, Err(e) if e.is_storage_failure()),
-                "{outcome:?}"
-            );
-        }
-        for id in &ids {
-            assert_eq!(stored(&store, id).await, 0);
-        }
-        // The next batch, without the poisoned turn, commits.
-        let (ids, outcomes) = run_batch(&store, &["d", "e"]).await;
-        assert!(outcomes.iter().all(Result::is_ok));
-        assert_eq!(stored(&store, &ids[1]).await, 2);
-    }
-}
+#[path = "group_tests.rs"]
+mod tests;
