@@ -146,8 +146,10 @@ async fn append_all(
     batch: &[Job],
 ) -> Result<Vec<Result<Version, SessionError>>, SessionError> {
     let (created_at, _, _) = now();
-    // In id order: two transactions (another instance's batch, a purge) that lock some of
-    // the same rows then lock them in the same order, and do not deadlock.
+    // In id order: PostgreSQL's plan for this UPDATE (a nested loop over the VALUES, as
+    // EXPLAIN shows) locks the rows in this order, so two instances' batches that meet on
+    // a row (possible only after a lost lease) lock in the same order. Should they still
+    // deadlock, PostgreSQL aborts one transaction and its turns get 503: nothing is lost.
     let mut leased: Vec<(&Job, &str, &str)> = batch
         .iter()
         .filter_map(|job| {
