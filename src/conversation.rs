@@ -33,7 +33,7 @@ pub async fn continue_session(
     let id = parse_session_id(id)?.to_string();
     let store = state.session_store()?.clone();
     let lease = store.lease(&owner, &id).await?;
-    let history = store.history(&owner, &id).await.map_err(ApiError::from)?;
+    let history = store.history(&lease).await.map_err(ApiError::from)?;
 
     let mut turn: Vec<String> = request_messages(request)?;
     let limits = store.limits();

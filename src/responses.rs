@@ -134,10 +134,7 @@ async fn load_state(
     if let Some(conversation) = &t.conversation {
         let id = session_id_of_conversation(conversation).map_err(|_| conversation_not_found())?;
         let lease = store.lease(owner, &id).await.map_err(conversation_error)?;
-        let history = store
-            .history(owner, &id)
-            .await
-            .map_err(conversation_error)?;
+        let history = store.history(&lease).await.map_err(conversation_error)?;
         let mut context = Vec::with_capacity(history.messages.len() + 1);
         if let Some(system) = &history.system {
             context.push(serde_json::json!({"role": "system", "content": system}).to_string());

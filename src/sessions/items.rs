@@ -85,6 +85,7 @@ impl SessionStore {
             Ok(true)
         }
         .await;
+        self.cache.remove(id);
         self.writer.finish("delete", conn, result)
     }
 

@@ -12,7 +12,7 @@ use sqlx::Row;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{now, random_hex, SessionError, SessionStore};
+use super::{now, random_hex, SessionError, SessionStore, Version};
 
 /// How long a lease lasts without renewal: what a crashed holder costs its session.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -25,13 +25,17 @@ const MAX_PAUSE: Duration = Duration::from_millis(50);
 pub struct SessionLease {
     store: Arc<SessionStore>,
     pub(super) id: String,
+    pub(super) owner: String,
     pub(super) token: String,
+    /// The session's version when the lease was taken: whether a cached history is
+    /// still the stored one.
+    pub(super) version: Version,
     pub(super) released: bool,
     renewer: JoinHandle<()>,
 }
 
 enum Attempt {
-    Taken,
+    Taken(Version),
     Held,
     Missing,
 }
@@ -51,15 +55,18 @@ impl SessionStore {
         loop {
             let attempt = if look_first {
                 match self.peek_lease(owner, id).await? {
-                    Attempt::Taken => self.try_take(owner, id, &token).await?,
+                    Attempt::Taken(_) => self.try_take(owner, id, &token).await?,
                     other => other,
                 }
             } else {
                 self.try_take(owner, id, &token).await?
             };
             match attempt {
-                Attempt::Taken => return Ok(self.held(id, token)),
-                Attempt::Missing => return Err(SessionError::NotFound),
+                Attempt::Taken(version) => return Ok(self.held(owner, id, token, version)),
+                Attempt::Missing => {
+                    self.cache.remove(id);
+                    return Err(SessionError::NotFound);
+                }
                 Attempt::Held => {}
             }
             if Instant::now() + pause >= deadline {
@@ -71,25 +78,35 @@ impl SessionStore {
         }
     }
 
-    /// One atomic UPDATE: the lease is taken only if free or expired.
+    /// One atomic UPDATE: the lease is taken only if free or expired. It returns the
+    /// session's version, so a cached history is validated without another round trip.
     async fn try_take(&self, owner: &str, id: &str, token: &str) -> Result<Attempt, SessionError> {
         let (_, _, now_ms) = now();
         let take = sqlx::query(
             "UPDATE sessions SET lease_token = $1, lease_until_ms = $2 \
-             WHERE id = $3 AND owner = $4 AND (lease_token IS NULL OR lease_until_ms < $5)",
+             WHERE id = $3 AND owner = $4 AND (lease_token IS NULL OR lease_until_ms < $5) \
+             RETURNING next_seq, message_count",
         )
         .bind(token)
         .bind(now_ms + LEASE_TTL.as_millis() as i64)
         .bind(id)
         .bind(owner)
         .bind(now_ms);
-        let taken = self.writer.execute("lease", take).await? == 1;
-        if taken {
-            return Ok(Attempt::Taken);
+        let mut conn = self.writer.acquire("lease").await?;
+        // fetch_all, not fetch_optional: SQLite commits an autocommit UPDATE … RETURNING
+        // only when the statement runs to its end, and a commit that fails there (a full
+        // disk) must refuse the lease, not hand out one that was never stored.
+        let taken = take
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(SessionError::from)
+            .and_then(|rows| rows.first().map(version_of).transpose());
+        if let Some(version) = self.writer.finish("lease", conn, taken)? {
+            return Ok(Attempt::Taken(version));
         }
         self.peek_lease(owner, id).await.map(|seen| match seen {
             // Freed between the UPDATE and the look: try again after the pause.
-            Attempt::Taken => Attempt::Held,
+            Attempt::Taken(_) => Attempt::Held,
             other => other,
         })
     }
@@ -110,13 +127,19 @@ impl SessionStore {
         let holder: Option<String> = row.try_get("lease_token")?;
         let until: i64 = row.try_get("lease_until_ms")?;
         Ok(if holder.is_none() || until < now().2 {
-            Attempt::Taken
+            Attempt::Taken((0, 0))
         } else {
             Attempt::Held
         })
     }
 
-    fn held(self: &Arc<Self>, id: &str, token: String) -> SessionLease {
+    fn held(
+        self: &Arc<Self>,
+        owner: &str,
+        id: &str,
+        token: String,
+        version: Version,
+    ) -> SessionLease {
         let store = self.clone();
         let (renew_id, renew_token) = (id.to_string(), token.clone());
         let renewer = tokio::spawn(async move {
@@ -130,7 +153,9 @@ impl SessionStore {
         SessionLease {
             store: self.clone(),
             id: id.to_string(),
+            owner: owner.to_string(),
             token,
+            version,
             released: false,
             renewer,
         }
@@ -175,4 +200,9 @@ impl Drop for SessionLease {
             });
         }
     }
+}
+
+/// The version columns of a session row (`next_seq`, `message_count`).
+pub(super) fn version_of(row: &sqlx::any::AnyRow) -> Result<Version, SessionError> {
+    Ok((row.try_get("next_seq")?, row.try_get("message_count")?))
 }

@@ -1,6 +1,8 @@
 //! Server-side conversation sessions: types, ids, limits and the store over SQLite or PostgreSQL.
 
 mod assemble;
+mod cache;
+mod group;
 mod items;
 mod lease;
 mod native;
@@ -165,6 +167,19 @@ impl Default for SessionLimits {
             max_database_bytes: 0,
         }
     }
+}
+
+/// A session's state as `(next_seq, message_count)`. A commit raises both, an item
+/// delete lowers only the count (so raises `next_seq - message_count`): no two states of
+/// a session share a version, and it tells whether a cached history is the stored one.
+type Version = (i64, i64);
+
+/// The refusal of a turn that would pass the session's limits (413).
+fn limit_error(limits: SessionLimits) -> SessionError {
+    SessionError::LimitExceeded(format!(
+        "This session would exceed its limits ({} messages, {} bytes). Start a new session.",
+        limits.max_messages, limits.max_bytes
+    ))
 }
 
 /// Wall-clock time as (seconds, microseconds, milliseconds) since the Unix epoch.

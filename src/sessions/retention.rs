@@ -30,6 +30,9 @@ impl SessionStore {
             let batch = sqlx::query(&sql).bind(cutoff).bind(now_ms).bind(BATCH);
             let deleted = self.writer.execute("purge", batch).await?;
             total += deleted;
+            if deleted > 0 {
+                self.cache.clear();
+            }
             if deleted < BATCH as u64 {
                 return Ok(total);
             }

@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Row};
 
+use super::cache::HistoryCache;
+use super::group::Committer;
 use super::writer::Writer;
 use super::{new_session_id, now, Session, SessionError, SessionLimits};
 
@@ -20,7 +23,11 @@ const SQLITE_PAGE_BYTES: u64 = 4096;
 pub struct SessionStore {
     /// Reads. On SQLite several connections read in parallel with the writer (WAL).
     pub(super) pool: AnyPool,
-    pub(super) writer: Writer,
+    pub(super) writer: Arc<Writer>,
+    /// Commits turns, many sessions' at a time, through the writer.
+    pub(super) committer: Committer,
+    /// Recent histories, each valid for one version of its session.
+    pub(super) cache: HistoryCache,
     limits: SessionLimits,
     backend: &'static str,
     /// SQLite: an exclusive lock on the data dir, held while the store is open.
@@ -85,9 +92,12 @@ impl SessionStore {
         limits: SessionLimits,
         backend: &'static str,
     ) -> Self {
+        let writer = Arc::new(Writer::new(writer));
         SessionStore {
             pool,
-            writer: Writer::new(writer),
+            committer: Committer::spawn(writer.clone(), limits),
+            writer,
+            cache: HistoryCache::default(),
             limits,
             backend,
             _owner_lock: None,
@@ -290,6 +300,7 @@ impl SessionStore {
             Ok(())
         }
         .await;
+        self.cache.remove(id);
         self.writer.finish("delete", conn, result)
     }
 

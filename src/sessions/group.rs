@@ -1,0 +1,285 @@
+//! Group commit: one task commits the waiting turns of many sessions in one transaction, and answers each only after that commit.
+//!
+//! A turn whose own checks fail (its session's limits, a lost lease, a deleted session)
+//! changes nothing: the one UPDATE that appends every turn of the batch carries each
+//! turn's conditions, so a refused turn's row is simply not touched, and the others
+//! commit. A storage failure anywhere (the UPDATE, an INSERT, the COMMIT) rolls the whole
+//! transaction back, and every turn of the batch gets that failure (503): none is stored.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sqlx::{Any, Connection, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::writer::Writer;
+use super::{now, ResponseRecord, SessionError, SessionLimits, Version};
+
+/// Turns per transaction at most (5 bind parameters each in the UPDATE).
+const MAX_BATCH: usize = 256;
+/// Message rows per INSERT statement (4 bind parameters each).
+const INSERT_ROWS: usize = 1000;
+
+/// One turn waiting to be committed.
+struct Job {
+    owner: String,
+    /// The leased session (id, lease token) the messages go to, if any.
+    session: Option<(String, String)>,
+    messages: Vec<String>,
+    response: Option<ResponseRecord>,
+    /// The session's version after the commit ((0, 0) without a session).
+    done: oneshot::Sender<Result<Version, SessionError>>,
+}
+
+/// The queue in front of the committing task. The task ends when this is dropped.
+pub struct Committer {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl Committer {
+    pub fn spawn(writer: Arc<Writer>, limits: SessionLimits) -> Self {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(run(writer, limits, jobs));
+        Committer { queue }
+    }
+
+    /// Queues a turn; the answer says whether the transaction holding it committed.
+    pub async fn commit(
+        &self,
+        owner: &str,
+        session: Option<(String, String)>,
+        messages: Vec<String>,
+        response: Option<ResponseRecord>,
+    ) -> Result<Version, SessionError> {
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            owner: owner.to_string(),
+            session,
+            messages,
+            response,
+            done,
+        };
+        if self.queue.send(job).is_err() {
+            return Err(batch_error("the committer has stopped"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(batch_error("the committer dropped the turn")))
+    }
+}
+
+async fn run(writer: Arc<Writer>, limits: SessionLimits, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut carried: Vec<Job> = Vec::new();
+    loop {
+        if carried.is_empty() {
+            match jobs.recv().await {
+                Some(job) => carried.push(job),
+                None => return,
+            }
+        }
+        // Whatever queued up while the last batch committed goes into this one.
+        while carried.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => carried.push(job),
+                Err(_) => break,
+            }
+        }
+        // One turn per session per batch: a second one (only possible after a lost
+        // lease) waits for the next batch.
+        let mut seen = HashSet::new();
+        let (batch, later): (Vec<Job>, Vec<Job>) = carried.drain(..).partition(|job| {
+            job.session
+                .as_ref()
+                .is_none_or(|(id, _)| seen.insert(id.clone()))
+        });
+        carried = later;
+        commit_batch(&writer, limits, batch).await;
+    }
+}
+
+async fn commit_batch(writer: &Writer, limits: SessionLimits, batch: Vec<Job>) {
+    let conn = writer.acquire("append").await;
+    let result = match conn {
+        Err(err) => Err(err),
+        Ok(mut conn) => {
+            let result = async {
+                let mut tx = conn.begin().await?;
+                let outcomes = append_all(&mut tx, limits, &batch).await?;
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+            .await;
+            // A batch of refusals only stored nothing: it must not mark the store ready.
+            // A failed batch is a failed append (counted and logged as one).
+            let refused_only =
+                result
+                    .as_ref()
+                    .is_ok_and(|outcomes: &Vec<Result<Version, SessionError>>| {
+                        !outcomes.iter().any(Result::is_ok)
+                    });
+            writer.finish(if refused_only { "lease" } else { "append" }, conn, result)
+        }
+    };
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.done.send(outcome);
+            }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            for job in batch {
+                let _ = job.done.send(Err(batch_error(&message)));
+            }
+        }
+    }
+}
+
+fn batch_error(message: &str) -> SessionError {
+    SessionError::Storage(sqlx::Error::Protocol(message.to_string()))
+}
+
+/// Appends every turn of the batch; `Err` only for a storage failure (the batch fails).
+async fn append_all(
+    tx: &mut Transaction<'_, Any>,
+    limits: SessionLimits,
+    batch: &[Job],
+) -> Result<Vec<Result<Version, SessionError>>, SessionError> {
+    let (created_at, _, _) = now();
+    // In id order: PostgreSQL's plan for this UPDATE (a nested loop over the VALUES, as
+    // EXPLAIN shows) locks the rows in this order, so two instances' batches that meet on
+    // a row (possible only after a lost lease) lock in the same order. Should they still
+    // deadlock, PostgreSQL aborts one transaction and its turns get 503: nothing is lost.
+    let mut leased: Vec<(&Job, &str, &str)> = batch
+        .iter()
+        .filter_map(|job| {
+            let (id, token) = job.session.as_ref()?;
+            Some((job, id.as_str(), token.as_str()))
+        })
+        .collect();
+    leased.sort_by_key(|&(_, id, _)| id);
+    let mut totals = std::collections::HashMap::new();
+    if !leased.is_empty() {
+        // One UPDATE for every session of the batch; each row's own conditions decide.
+        let rows: Vec<String> = (0..leased.len())
+            .map(|i| {
+                let p = 3 + 5 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE sessions SET message_count = message_count + v.column4, \
+             byte_count = byte_count + v.column5, next_seq = next_seq + v.column4, \
+             updated_at = $1, lease_token = NULL, lease_until_ms = 0 \
+             FROM (VALUES {}) AS v \
+             WHERE sessions.id = v.column1 AND sessions.owner = v.column2 \
+             AND sessions.lease_token = v.column3 \
+             AND sessions.message_count + v.column4 <= $2 \
+             AND sessions.byte_count + v.column5 <= $3 \
+             RETURNING id, next_seq, message_count",
+            rows.join(", ")
+        );
+        let mut update = sqlx::query(&sql)
+            .bind(created_at)
+            .bind(limits.max_messages as i64)
+            .bind(limits.max_bytes as i64);
+        for &(job, id, token) in &leased {
+            let bytes: i64 = job.messages.iter().map(|m| m.len() as i64).sum();
+            update = update
+                .bind(id)
+                .bind(job.owner.as_str())
+                .bind(token)
+                .bind(job.messages.len() as i64)
+                .bind(bytes);
+        }
+        for row in update.fetch_all(&mut **tx).await? {
+            totals.insert(
+                row.try_get::<String, _>("id")?,
+                super::lease::version_of(&row)?,
+            );
+        }
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut inserts: Vec<(&str, i64, &str)> = Vec::new();
+    for job in batch {
+        let Some((id, token)) = &job.session else {
+            outcomes.push(Ok((0, 0)));
+            continue;
+        };
+        match totals.get(id) {
+            Some(&total) => {
+                let first = total.0 - job.messages.len() as i64;
+                for (offset, message) in job.messages.iter().enumerate() {
+                    inserts.push((id.as_str(), first + offset as i64, message.as_str()));
+                }
+                outcomes.push(Ok(total));
+            }
+            None => outcomes.push(Err(refusal(tx, limits, &job.owner, id, token).await?)),
+        }
+    }
+    for chunk in inserts.chunks(INSERT_ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+            .collect();
+        let sql = format!(
+            "INSERT INTO messages (session_id, seq, message, created_at) VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql).bind(created_at);
+        for (id, seq, message) in chunk {
+            insert = insert.bind(*id).bind(*seq).bind(*message);
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    for (job, outcome) in batch.iter().zip(&outcomes) {
+        if let (Some(record), Ok(_)) = (&job.response, outcome) {
+            sqlx::query(
+                "INSERT INTO responses (id, owner, created_at, context, input_items, response) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&record.id)
+            .bind(&job.owner)
+            .bind(record.created_at)
+            .bind(&record.context)
+            .bind(&record.input_items)
+            .bind(&record.response)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Why a turn's conditions did not hold: its session is gone, its lease was lost, or the
+/// turn would pass the session's limits.
+async fn refusal(
+    tx: &mut Transaction<'_, Any>,
+    limits: SessionLimits,
+    owner: &str,
+    id: &str,
+    token: &str,
+) -> Result<SessionError, SessionError> {
+    let seen = sqlx::query("SELECT lease_token FROM sessions WHERE id = $1 AND owner = $2")
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match seen {
+        None => SessionError::NotFound,
+        Some(row) => match row.try_get::<Option<String>, _>("lease_token")? {
+            Some(held) if held == token => super::limit_error(limits),
+            _ => SessionError::LeaseLost,
+        },
+    })
+}
+
+#[cfg(test)]
+#[path = "group_tests.rs"]
+mod tests;
