@@ -67,7 +67,7 @@ PY
   echo "top functions by own instructions (per request):"
   callgrind_annotate --threshold=100 "$WORK/$label.cg.1" 2>/dev/null \
     | awk -v n="$n" '/^ *[0-9,]+ +\( *[0-9.]+%\)/ { ir = $1; gsub(",", "", ir); if ($2 ~ /100.0%/ || $2 ~ /^\(/ && $3 ~ /100.0%/) next; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "%9.0f  %s\n", ir / n, $0 }' \
-    | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | head -25 | cut -c1-170
+    | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | head -25 | cut -c1-170 || true  # head closes the pipe early
   cp "$WORK/$label.cg.1" "./callgrind.$label.out"
   echo "(full profile: ./callgrind.$label.out; callgrind_annotate --inclusive=yes it)"
 }
