@@ -204,7 +204,7 @@ impl RequestIds {
         let mut seed = [0u8; 6];
         let _ = getrandom::getrandom(&mut seed);
         let mut prefix = *b"req_000000000000";
-        hex_into(&seed, &mut prefix[4..]);
+        let _ = hex::encode_to_slice(seed, &mut prefix[4..]);
         RequestIds {
             prefix,
             counter: Arc::new(AtomicU64::new(0)),
@@ -215,17 +215,8 @@ impl RequestIds {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 32];
         id[..16].copy_from_slice(&self.prefix);
-        hex_into(&n.to_be_bytes(), &mut id[16..]);
+        let _ = hex::encode_to_slice(n.to_be_bytes(), &mut id[16..]);
         HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
-    }
-}
-
-/// Lowercase hex of `bytes` into `out` (two digits per byte).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
 }
 
