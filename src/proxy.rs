@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Endpoint};
-use crate::relay::{relay, RelayOptions, StreamObserver};
+use crate::relay::{relay, RelayOptions, StreamTap};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
@@ -196,12 +196,9 @@ async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {
     })
 }
 
-/// Turns an answer into the client's response; streams are relayed as they arrive.
-pub fn respond(
-    state: &AppState,
-    answer: Answer,
-    observer: Option<Box<dyn StreamObserver>>,
-) -> Response {
+/// A whole answer as the client's response, with the upstream's status and headers.
+/// (A stream is answered by [`respond_stream`].)
+pub fn respond(answer: Answer) -> Response {
     match answer {
         Answer::Complete {
             status,
@@ -217,35 +214,47 @@ pub fn respond(
             (status, headers, body).into_response()
         }
         Answer::Stream(upstream) => {
-            let options = RelayOptions {
-                idle_timeout: upstream.idle_timeout,
-                keep_alive: state.config.stream_keepalive,
-                hard_stop: state.hard_stop.clone(),
-                require_done: upstream.require_done,
-            };
-            let body = axum::body::Body::from_stream(relay(upstream.body, options, observer));
-            (
-                StatusCode::OK,
-                upstream.headers,
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/event-stream"),
-                    ),
-                    (
-                        header::CACHE_CONTROL,
-                        HeaderValue::from_static("no-cache, no-store"),
-                    ),
-                    (
-                        header::HeaderName::from_static("x-accel-buffering"),
-                        HeaderValue::from_static("no"),
-                    ),
-                ],
-                body,
-            )
-                .into_response()
+            // Only reached by callers that asked for no stream; never by a turn.
+            tracing::warn!("a streamed answer reached a whole-answer path");
+            let _ = upstream;
+            ApiError::BadGateway.into_response()
         }
     }
+}
+
+/// An event stream, relayed to the client as it arrives through the turn's tap.
+pub fn respond_stream(
+    state: &AppState,
+    upstream: UpstreamResponse,
+    tap: Box<dyn StreamTap>,
+) -> Response {
+    let options = RelayOptions {
+        idle_timeout: upstream.idle_timeout,
+        keep_alive: state.config.stream_keepalive,
+        hard_stop: state.hard_stop.clone(),
+        require_done: upstream.require_done,
+    };
+    let body = axum::body::Body::from_stream(relay(upstream.body, options, tap));
+    (
+        StatusCode::OK,
+        upstream.headers,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, no-store"),
+            ),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -1,19 +1,29 @@
-//! POST /v1/chat/completions, /v1/completions and /v1/embeddings: validate, route, forward.
+//! POST /v1/chat/completions, /v1/completions and /v1/embeddings: the OpenAI adapter on the turn pipeline.
+//!
+//! Chat passes the upstream's bytes through untouched. With `X-Session-Id` the turn
+//! continues a stored session: its history goes before the request's messages, and the
+//! answered turn is stored before the client sees the end of the answer.
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use serde_json::value::RawValue;
 
-use crate::conversation::{continue_session, SESSION_HEADER};
 use crate::error::ApiError;
+use crate::gateway::decode::Reply;
+use crate::gateway::{
+    Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
+};
 use crate::openai::{parse_request, ChatRequest, Endpoint};
-use crate::proxy::{forward, respond};
-use crate::routes::{read_json_body, Owner};
+use crate::proxy::respond;
+use crate::routes::{client_headers, read_json_body, Owner};
+use crate::sessions::History;
 use crate::state::AppState;
-use crate::upstream::headers::forwardable;
+
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,44 +38,50 @@ async fn chat_completions(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (mut parts, body) = request.into_parts();
-    let Owner(owner) = Owner::from_request_parts(&mut parts, &state).await?;
-    let Some(session) = parts.headers.get(SESSION_HEADER) else {
-        return stateless(state, parts.headers, body, Endpoint::ChatCompletions).await;
-    };
-    let id = session.to_str().unwrap_or_default().to_string();
-    let request = parse(&state, &parts.headers, body, Endpoint::ChatCompletions).await?;
-    continue_session(&state, owner, &id, &request).await
+    turn(state, request, Endpoint::ChatCompletions).await
 }
 
 async fn completions(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    stateless(state, parts.headers, body, Endpoint::Completions).await
+    turn(state, request, Endpoint::Completions).await
 }
 
 async fn embeddings(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    stateless(state, parts.headers, body, Endpoint::Embeddings).await
+    turn(state, request, Endpoint::Embeddings).await
 }
 
-async fn stateless(
-    state: AppState,
-    headers: HeaderMap,
-    body: Body,
-    endpoint: Endpoint,
-) -> Result<Response, ApiError> {
-    if endpoint != Endpoint::ChatCompletions && headers.contains_key(SESSION_HEADER) {
+/// Parses the request into a turn and runs it.
+async fn turn(state: AppState, request: Request, endpoint: Endpoint) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let Owner(owner) = Owner::from_request_parts(&mut parts, &state).await?;
+    let session = parts.headers.get(SESSION_HEADER);
+    if endpoint != Endpoint::ChatCompletions && session.is_some() {
         return Err(ApiError::bad_request(
             "X-Session-Id applies to /v1/chat/completions only.",
             Some("session_id"),
         ));
     }
-    let request = parse(&state, &headers, body, endpoint).await?;
-    let answer = forward(&state, endpoint, &request, None).await?;
-    Ok(respond(&state, answer, None))
+    let session = session.map(|id| id.to_str().unwrap_or_default().to_string());
+    let request = parse(&state, &parts.headers, body, endpoint).await?;
+    let (stored, input) = match &session {
+        Some(id) => (Stored::Session(id.clone()), request_messages(&request)?),
+        None => (Stored::Nothing, Vec::new()),
+    };
+    let turn = Turn {
+        owner,
+        stored,
+        input,
+        client_headers: client_headers(&parts.headers),
+        records: false,
+    };
+    let protocol = Chat {
+        endpoint,
+        request: Some(request),
+        session,
+    };
+    crate::gateway::run(&state, turn, protocol).await
 }
 
 async fn parse(
@@ -76,9 +92,76 @@ async fn parse(
 ) -> Result<ChatRequest, ApiError> {
     let keyless = state.keys.load().is_empty();
     let body = read_json_body(headers, body, state.config.limits.max_body_bytes, keyless).await?;
-    let mut request = parse_request(body, endpoint)
-        .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))?;
-    let token = crate::auth::extract_token(headers).ok().flatten();
-    request.client_headers = std::sync::Arc::new(forwardable(headers, token));
-    Ok(request)
+    parse_request(body, endpoint)
+        .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))
+}
+
+/// Each of the request's messages as its exact JSON text.
+fn request_messages(request: &ChatRequest) -> Result<Vec<String>, ApiError> {
+    let raw = request.messages_json().unwrap_or(b"[]");
+    let items: Vec<&RawValue> = serde_json::from_slice(raw)
+        .map_err(|_| ApiError::bad_request("'messages' must be an array.", Some("messages")))?;
+    Ok(items.into_iter().map(|m| m.get().to_string()).collect())
+}
+
+/// The OpenAI protocol: the client's own request goes upstream (history spliced in
+/// before its messages), and the upstream's answer comes back byte for byte.
+struct Chat {
+    endpoint: Endpoint,
+    request: Option<ChatRequest>,
+    /// The session continued, echoed in `X-Session-Id`.
+    session: Option<String>,
+}
+
+impl Protocol for Chat {
+    fn upstream_call(&mut self, context: &History) -> Result<UpstreamCall, ApiError> {
+        let request = self.request.take().ok_or(ApiError::Internal)?;
+        let prefix = (!context.is_empty()).then(|| context.to_json_list());
+        Ok(UpstreamCall {
+            endpoint: self.endpoint,
+            request,
+            prefix,
+            native_only: false,
+        })
+    }
+
+    fn translates(&self) -> bool {
+        false
+    }
+
+    fn reply(
+        &mut self,
+        reply: Option<&Reply>,
+        answer: Complete,
+    ) -> Result<(Response, Record), ApiError> {
+        let record = Record {
+            output: reply.map(|r| r.message.to_string()).into_iter().collect(),
+            response: None,
+        };
+        let Complete {
+            status,
+            headers,
+            body,
+        } = answer;
+        let response = respond(crate::proxy::Answer::Complete {
+            status,
+            content_type: headers,
+            body,
+        });
+        Ok((response, record))
+    }
+
+    fn encoder(&mut self) -> Box<dyn Encoder> {
+        Box::new(Passthrough)
+    }
+
+    fn finish_headers(&self, headers: &mut HeaderMap) {
+        if let Some(value) = self
+            .session
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(SESSION_HEADER, value);
+        }
+    }
 }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::responses::{conversation_error, conversation_not_found};
+use crate::gateway::resolve::{conversation_error, conversation_not_found};
+use crate::gateway::{Stored, Turn};
 use crate::routes::responses::{page, ListParams};
 use crate::routes::sessions::check_metadata;
 use crate::routes::{read_body, require_json, Owner};
@@ -74,7 +75,7 @@ fn session_id(id: &str) -> Result<String, ApiError> {
     session_id_of_conversation(id).map_err(|_| conversation_not_found())
 }
 
-/// Appends items to the session through a lease and the single commit point.
+/// Appends items to the session: a turn on the pipeline with no upstream call.
 async fn append(
     state: &AppState,
     owner: &str,
@@ -85,13 +86,14 @@ async fn append(
         .iter()
         .map(Value::to_string)
         .collect();
-    let store = state.session_store()?;
-    let lease = store.lease(owner, id).await.map_err(conversation_error)?;
-    store
-        .commit_turn(owner, lease, &messages)
-        .await
-        .map_err(conversation_error)?;
-    Ok(messages.len())
+    let turn = Turn {
+        owner: owner.into(),
+        stored: Stored::Conversation(id.to_string()),
+        input: messages,
+        client_headers: Default::default(),
+        records: false,
+    };
+    crate::gateway::append(state, turn).await
 }
 
 async fn create(

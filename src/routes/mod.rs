@@ -6,6 +6,8 @@ pub mod health;
 pub mod metrics;
 pub mod models;
 pub mod responses;
+pub mod responses_native;
+pub mod responses_turn;
 pub mod sessions;
 pub mod unsupported;
 
@@ -65,6 +67,13 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::bad_request("The request body could not be read.", None)
         }
     })
+}
+
+/// The client headers that may travel upstream, credentials removed: the one list every
+/// protocol forwards.
+pub fn client_headers(headers: &HeaderMap) -> std::sync::Arc<HeaderMap> {
+    let token = crate::auth::extract_token(headers).ok().flatten();
+    std::sync::Arc::new(crate::upstream::headers::forwardable(headers, token))
 }
 
 /// The caller's name, as the auth layer recorded it. Missing means the request never

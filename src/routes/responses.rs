@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::responses::native::{self, Stored};
-use crate::responses::{create as create_turn, is_response_id};
+use crate::gateway::resolve::is_response_id;
+use crate::routes::responses_native::{self as native, StoredCall as Stored};
+use crate::routes::responses_turn::create as create_turn;
 use crate::routes::{page_limit, read_body, require_json, Owner};
 use crate::sessions::{SessionError, StoredResponse};
 use crate::state::AppState;
@@ -34,7 +35,7 @@ async fn create(
     if let Some(passed) = native::create(&state, &owner, &headers, &body).await? {
         return Ok(passed);
     }
-    create_turn(&state, owner, &body).await
+    create_turn(&state, owner, &headers, &body).await
 }
 
 /// Unknown, malformed, `store: false` and another key's ids: all the same 404.

@@ -180,7 +180,7 @@ async fn append_all(
              updated_at = $1, lease_token = NULL, lease_until_ms = 0 \
              FROM (VALUES {}) AS v \
              WHERE sessions.id = v.column1 AND sessions.owner = v.column2 \
-             AND sessions.lease_token = v.column3 \
+             AND COALESCE(sessions.lease_token, '') = v.column3 \
              AND sessions.message_count + v.column4 <= $2 \
              AND sessions.byte_count + v.column5 <= $3 \
              RETURNING id, next_seq, message_count",
@@ -273,8 +273,9 @@ async fn refusal(
         .await?;
     Ok(match seen {
         None => SessionError::NotFound,
+        // An in-memory (SQLite) lease presents '' and leaves the row's token NULL.
         Some(row) => match row.try_get::<Option<String>, _>("lease_token")? {
-            Some(held) if held == token => super::limit_error(limits),
+            held if held.as_deref().unwrap_or_default() == token => super::limit_error(limits),
             _ => SessionError::LeaseLost,
         },
     })

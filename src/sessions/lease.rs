@@ -1,14 +1,21 @@
 //! Session leases: one continuation at a time per session, across every instance sharing the store.
 //!
-//! A lease is a token and an expiry on the session's row, taken and released by single
-//! atomic UPDATEs. No database connection is held while the upstream answers: the
-//! holder renews the expiry in the background, and a crashed holder's lease simply
-//! runs out. Waiting for one session never touches any other session.
+//! On PostgreSQL, shared by several instances, a lease is a token and an expiry on the
+//! session's row, taken and released by single atomic UPDATEs. No database connection is
+//! held while the upstream answers: the holder renews the expiry in the background, and
+//! a crashed holder's lease simply runs out.
+//!
+//! On SQLite one process owns the file (the data dir is locked), so leases live in that
+//! process's memory: taking one writes nothing and releasing one cannot fail, even on a
+//! full disk, where a lease written to the file could never be cleared again.
+//! Waiting for one session never touches any other session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use sqlx::Row;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -31,7 +38,25 @@ pub struct SessionLease {
     /// still the stored one.
     pub(super) version: Version,
     pub(super) released: bool,
-    renewer: JoinHandle<()>,
+    /// PostgreSQL: keeps the row's lease alive while the turn runs.
+    renewer: Option<JoinHandle<()>>,
+    /// SQLite: the in-memory lease itself; dropping it releases the session.
+    local: Option<OwnedMutexGuard<()>>,
+}
+
+/// The token a commit presents for an in-memory lease: the row's `lease_token` stays
+/// NULL, which the commit reads as `''` (see `group.rs`).
+pub(super) const LOCAL_TOKEN: &str = "";
+
+/// SQLite's leases: one lock per session with a turn running or waiting.
+#[derive(Default)]
+pub(super) struct LocalLeases(DashMap<String, Arc<Mutex<()>>>);
+
+impl LocalLeases {
+    /// Drops the session's lock once nobody holds or waits for it.
+    fn forget_if_idle(&self, id: &str) {
+        self.0.remove_if(id, |_, lock| Arc::strong_count(lock) == 1);
+    }
 }
 
 enum Attempt {
@@ -48,6 +73,9 @@ impl SessionStore {
         owner: &str,
         id: &str,
     ) -> Result<SessionLease, SessionError> {
+        if let Some(leases) = &self.local_leases {
+            return self.lease_locally(leases, owner, id).await;
+        }
         let token = random_hex()?;
         let deadline = Instant::now() + self.limits().busy_timeout;
         let mut pause = FIRST_PAUSE;
@@ -75,6 +103,50 @@ impl SessionStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
             look_first = true;
+        }
+    }
+
+    /// SQLite: waits for the session's in-memory lock, then reads the session's version
+    /// (a read, so it works on a full disk too). Unknown and foreign ids are `NotFound`.
+    async fn lease_locally(
+        self: &Arc<Self>,
+        leases: &LocalLeases,
+        owner: &str,
+        id: &str,
+    ) -> Result<SessionLease, SessionError> {
+        let lock = leases.0.entry(id.to_string()).or_default().clone();
+        let held = tokio::time::timeout(self.limits().busy_timeout, lock.lock_owned()).await;
+        let Ok(guard) = held else {
+            leases.forget_if_idle(id);
+            return Err(SessionError::Busy);
+        };
+        let mut lease = SessionLease {
+            store: self.clone(),
+            id: id.to_string(),
+            owner: owner.to_string(),
+            token: LOCAL_TOKEN.to_string(),
+            version: (0, 0),
+            released: false,
+            renewer: None,
+            local: Some(guard),
+        };
+        let row = sqlx::query(
+            "SELECT next_seq, message_count FROM sessions WHERE id = $1 AND owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.writer.failed("read", e.into()))?;
+        match row {
+            Some(row) => {
+                lease.version = version_of(&row)?;
+                Ok(lease)
+            }
+            None => {
+                self.cache.remove(id);
+                Err(SessionError::NotFound)
+            }
         }
     }
 
@@ -157,7 +229,8 @@ impl SessionStore {
             token,
             version,
             released: false,
-            renewer,
+            renewer: Some(renewer),
+            local: None,
         }
     }
 
@@ -184,7 +257,17 @@ impl SessionStore {
 
 impl Drop for SessionLease {
     fn drop(&mut self) {
-        self.renewer.abort();
+        if let Some(guard) = self.local.take() {
+            // In memory: released here and now, whatever state the file is in.
+            drop(guard);
+            if let Some(leases) = &self.store.local_leases {
+                leases.forget_if_idle(&self.id);
+            }
+            return;
+        }
+        if let Some(renewer) = &self.renewer {
+            renewer.abort();
+        }
         if self.released {
             return;
         }

@@ -1,6 +1,5 @@
 //! Server-side conversation sessions: types, ids, limits and the store over SQLite or PostgreSQL.
 
-mod assemble;
 mod cache;
 mod group;
 mod items;
@@ -15,7 +14,6 @@ mod writer;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use assemble::{message_from_reply, ReplyAssembler};
 pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
@@ -39,14 +37,24 @@ pub struct History {
 }
 
 impl History {
-    /// The history as a comma-separated list of JSON message objects, system first.
-    pub fn to_json_list(&self) -> String {
+    /// The history as chat messages (JSON text), the system prompt first.
+    pub fn to_messages(&self) -> Vec<String> {
         let mut parts = Vec::with_capacity(self.messages.len() + 1);
         if let Some(system) = &self.system {
             parts.push(serde_json::json!({"role": "system", "content": system}).to_string());
         }
         parts.extend(self.messages.iter().cloned());
-        parts.join(",")
+        parts
+    }
+
+    /// The history as a comma-separated list of JSON message objects, system first.
+    pub fn to_json_list(&self) -> String {
+        self.to_messages().join(",")
+    }
+
+    /// No system prompt and no messages: nothing to continue.
+    pub fn is_empty(&self) -> bool {
+        self.system.is_none() && self.messages.is_empty()
     }
 }
 

@@ -28,6 +28,8 @@ pub struct SessionStore {
     pub(super) committer: Committer,
     /// Recent histories, each valid for one version of its session.
     pub(super) cache: HistoryCache,
+    /// SQLite only: leases held in this process (see `lease.rs`); `None` on PostgreSQL.
+    pub(super) local_leases: Option<super::lease::LocalLeases>,
     limits: SessionLimits,
     backend: &'static str,
     /// SQLite: an exclusive lock on the data dir, held while the store is open.
@@ -70,6 +72,7 @@ impl SessionStore {
             .await?;
         let mut store = Self::with_pools(pool, writer, limits, "sqlite");
         store._owner_lock = Some(owner_lock);
+        store.local_leases = Some(Default::default());
         Ok(store)
     }
 
@@ -98,6 +101,7 @@ impl SessionStore {
             committer: Committer::spawn(writer.clone(), limits),
             writer,
             cache: HistoryCache::default(),
+            local_leases: None,
             limits,
             backend,
             _owner_lock: None,

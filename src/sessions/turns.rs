@@ -95,4 +95,24 @@ impl SessionStore {
     pub fn limit_error(&self) -> SessionError {
         super::limit_error(self.limits())
     }
+
+    /// THE limit rule, checked before a turn is sent upstream (the commit checks the same
+    /// counts again, atomically): `max_messages` counts the messages a session stores —
+    /// its history, this turn's input, and the one reply when `reply` — and never the
+    /// system prompt, which is stored apart; `max_bytes` counts the stored text, the
+    /// system prompt included, plus this turn's input.
+    pub fn admits(
+        &self,
+        history: &History,
+        input: &[String],
+        reply: bool,
+    ) -> Result<(), SessionError> {
+        let limits = self.limits();
+        let messages = history.messages.len() + input.len() + usize::from(reply);
+        let bytes = history.bytes + input.iter().map(String::len).sum::<usize>();
+        if messages > limits.max_messages || bytes > limits.max_bytes {
+            return Err(super::limit_error(limits));
+        }
+        Ok(())
+    }
 }

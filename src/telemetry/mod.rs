@@ -17,6 +17,8 @@ pub const REQUESTS: &str = "gatewayd_requests_total";
 pub const UPSTREAM_SECONDS: &str = "gatewayd_upstream_latency_seconds";
 pub const OVERHEAD_SECONDS: &str = "gatewayd_gateway_overhead_seconds";
 pub const ACTIVE_STREAMS: &str = "gatewayd_active_streams";
+/// Tokens the upstreams reported for turns gatewayd read whole (sessions, Responses).
+pub const TOKENS: &str = "gatewayd_tokens_total";
 pub const SESSIONS_STORED: &str = "gatewayd_sessions_stored";
 pub const AUTH_FAILURES: &str = "gatewayd_auth_failures_total";
 pub const RATE_LIMITED: &str = "gatewayd_rate_limited_total";
@@ -88,6 +90,12 @@ pub fn record_upstream(started: Instant, upstream: &str) {
         t.upstream_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed)
     });
+}
+
+/// Counts the tokens an upstream reported for one turn, by direction.
+pub fn record_tokens(input: u64, output: u64) {
+    metrics::counter!(TOKENS, "direction" => "input").increment(input);
+    metrics::counter!(TOKENS, "direction" => "output").increment(output);
 }
 
 /// Labels the current request with the routed model. Callers pass a configured name

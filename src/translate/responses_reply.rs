@@ -4,6 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::random_id;
 use super::responses::Translated;
+use crate::gateway::decode::Reply;
 
 /// What the response object reports about its request; fixed before the upstream call.
 #[derive(Debug, Clone)]
@@ -147,14 +148,10 @@ pub fn function_call_item(
            "name": name, "arguments": arguments})
 }
 
-/// The outcome of a non-streamed chat completion: `None` if it has no `choices[0]`.
-pub fn outcome_from_completion(completion: &Value) -> Option<Outcome> {
-    let choice = completion.get("choices")?.get(0)?;
-    let message = choice.get("message")?;
-    let finish_reason = choice
-        .get("finish_reason")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+/// The outcome of a reply read whole (a non-streamed chat completion).
+pub fn outcome_from_reply(reply: &Reply) -> Outcome {
+    let message = &reply.message;
+    let finish_reason = reply.finish_reason.clone();
     let item_status = if status(finish_reason.as_deref()).0 == "completed" {
         "completed"
     } else {
@@ -191,9 +188,9 @@ pub fn outcome_from_completion(completion: &Value) -> Option<Outcome> {
     if items.is_empty() {
         items.push(message_item(&random_id("msg"), item_status, Some(""), None));
     }
-    Some(Outcome {
+    Outcome {
         items,
         finish_reason,
-        usage: completion.get("usage").filter(|u| u.is_object()).cloned(),
-    })
+        usage: reply.usage.as_ref().map(|u| u.raw.clone()),
+    }
 }

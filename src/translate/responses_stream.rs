@@ -1,4 +1,4 @@
-//! A chat-completions SSE stream → the Responses API's semantic events, incrementally, with sequence numbers.
+//! A chat-completions stream, decoded into deltas → the Responses API's semantic events, incrementally, with sequence numbers.
 
 use serde_json::{json, Value};
 
@@ -7,6 +7,7 @@ use super::responses_reply::{
     function_call_item, message_item, output_text_part, response_object, status, Outcome,
     ResponseMeta,
 };
+use crate::gateway::decode::{Delta, Reply};
 
 /// The item being streamed now.
 enum Open {
@@ -27,7 +28,6 @@ enum Open {
 /// Feed it the upstream's bytes in any pieces; it returns the events to send.
 pub struct StreamTranslator {
     meta: ResponseMeta,
-    pending: Vec<u8>,
     seq: u64,
     started: bool,
     items: Vec<Value>,
@@ -40,7 +40,6 @@ impl StreamTranslator {
     pub fn new(meta: ResponseMeta) -> Self {
         StreamTranslator {
             meta,
-            pending: Vec::new(),
             seq: 0,
             started: false,
             items: Vec::new(),
@@ -78,67 +77,31 @@ impl StreamTranslator {
         out
     }
 
-    /// Consumes upstream bytes; returns the Responses events they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+    /// Consumes the deltas decoded from one upstream chunk; returns the Responses events
+    /// they complete (`response.created` first).
+    pub fn push(&mut self, deltas: &[Delta]) -> Vec<u8> {
         let mut out = self.start();
-        self.pending.extend_from_slice(bytes);
-        while let Some(newline) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=newline).collect();
-            let Ok(line) = std::str::from_utf8(&line) else {
-                continue;
-            };
-            let Some(data) = line.trim_end_matches(['\n', '\r']).strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.strip_prefix(' ').unwrap_or(data);
-            if let Ok(chunk) = serde_json::from_str::<Value>(data) {
-                self.chunk(&chunk, &mut out);
+        for delta in deltas {
+            match delta {
+                Delta::Text(text) => self.text_delta(text, &mut out),
+                Delta::Refusal(refusal) => {
+                    self.ensure_text(&mut out);
+                    if let Some(Open::Text { refusal: r, .. }) = &mut self.open {
+                        r.get_or_insert_with(String::new).push_str(refusal);
+                    }
+                }
+                Delta::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                    ..
+                } => self.call_delta(*index, id.as_deref(), name, arguments, &mut out),
+                Delta::Finish(reason) => self.finish_reason = Some(reason.clone()),
+                Delta::Done => {}
             }
         }
         out
-    }
-
-    fn chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(usage.clone());
-        }
-        let Some(choice) = chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-            })
-        else {
-            return;
-        };
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.finish_reason = Some(reason.to_string());
-        }
-        let Some(delta) = choice.get("delta") else {
-            return;
-        };
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            self.text_delta(text, out);
-        }
-        if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
-            self.ensure_text(out);
-            if let Some(Open::Text { refusal: r, .. }) = &mut self.open {
-                r.get_or_insert_with(String::new).push_str(refusal);
-            }
-        }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            self.call_delta(call, out);
-        }
     }
 
     fn ensure_text(&mut self, out: &mut Vec<u8>) {
@@ -182,20 +145,18 @@ impl StreamTranslator {
         }
     }
 
-    fn call_delta(&mut self, call: &Value, out: &mut Vec<u8>) {
-        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let name = call
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let arguments = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    fn call_delta(
+        &mut self,
+        index: u64,
+        call_id: Option<&str>,
+        name: &str,
+        arguments: &str,
+        out: &mut Vec<u8>,
+    ) {
         let same = matches!(&self.open, Some(Open::Call { index: i, .. }) if *i == index);
         if !same {
             self.close(out);
-            let call_id = match call.get("id").and_then(Value::as_str) {
+            let call_id = match call_id {
                 Some(id) => id.to_string(),
                 None => random_id("call"),
             };
@@ -287,8 +248,12 @@ impl StreamTranslator {
     }
 
     /// Closes the open item (an empty message if nothing was said) and returns the
-    /// finished turn, with the events that close it.
-    pub fn finish(&mut self) -> (Outcome, Vec<u8>) {
+    /// finished turn, with the events that close it. The usage is the decoded reply's.
+    pub fn finish(&mut self, reply: &Reply) -> (Outcome, Vec<u8>) {
+        self.usage = reply.usage.as_ref().map(|u| u.raw.clone());
+        if reply.finish_reason.is_some() {
+            self.finish_reason.clone_from(&reply.finish_reason);
+        }
         let mut out = self.start();
         if self.items.is_empty() && self.open.is_none() {
             self.ensure_text(&mut out);

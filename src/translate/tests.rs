@@ -4,8 +4,9 @@ use serde_json::{json, Value};
 
 use super::responses::{chat_body, translate, ToolPolicy};
 use super::responses_items::{items_to_messages, message_to_items};
-use super::responses_reply::{outcome_from_completion, response_object, ResponseMeta};
+use super::responses_reply::{outcome_from_reply, response_object, Outcome, ResponseMeta};
 use super::responses_stream::StreamTranslator;
+use crate::gateway::decode::{ChatDecoder, Reply};
 
 fn tr(body: Value) -> super::responses::Translated {
     translate(body.to_string().as_bytes(), ToolPolicy::Drop).unwrap()
@@ -290,11 +291,12 @@ fn stream_events_in_order_across_any_split() {
         "data: [DONE]\n\n");
     for size in [1, 5, upstream.len()] {
         let mut translator = StreamTranslator::new(meta());
+        let mut decoder = ChatDecoder::default();
         let mut out = Vec::new();
         for piece in upstream.as_bytes().chunks(size) {
-            out.extend(translator.push(piece));
+            out.extend(feed(&mut translator, &mut decoder, piece));
         }
-        let (outcome, closing) = translator.finish();
+        let (outcome, closing) = translator.finish(&decoder.reply());
         out.extend(closing);
         let response = response_object(translator.meta(), &outcome, None);
         out.extend(translator.terminal(&response));
@@ -339,8 +341,9 @@ fn stream_events_in_order_across_any_split() {
 #[test]
 fn stream_failure_ends_with_error_and_failed() {
     let mut translator = StreamTranslator::new(meta());
-    let mut out =
-        translator.push(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n");
+    let mut decoder = ChatDecoder::default();
+    let chunk = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n";
+    let mut out = feed(&mut translator, &mut decoder, chunk);
     out.extend(
         translator.failure(&json!({"error": {"message": "cut", "code": "upstream_truncated"}})),
     );
@@ -354,4 +357,17 @@ fn stream_failure_ends_with_error_and_failed() {
         events[last]["response"]["error"]["code"],
         "upstream_truncated"
     );
+}
+
+/// The pipeline's order: the chunk is decoded once, and the translator gets its deltas.
+fn feed(translator: &mut StreamTranslator, decoder: &mut ChatDecoder, bytes: &[u8]) -> Vec<u8> {
+    let mut deltas = Vec::new();
+    decoder.push(bytes, &mut deltas);
+    translator.push(&deltas)
+}
+
+/// A finished completion, read the way the pipeline reads one.
+fn outcome_from_completion(completion: &Value) -> Option<Outcome> {
+    let body = serde_json::to_vec(completion).ok()?;
+    Reply::from_completion(&body).map(|reply| outcome_from_reply(&reply))
 }

@@ -1,20 +1,24 @@
-//! A native Responses stream, passed on unchanged while its events are read for the response id and the end.
+//! Settling a native Responses turn: the upstream's response id is recorded for the key, before the client can chain it.
 //!
-//! The `response.created` event's `response.id` is recorded before the chunk that
-//! carries it is passed on, so the client can never chain an id gatewayd does not know.
-//! A stream that ends before `response.completed`, `response.incomplete`,
-//! `response.failed` or `error` was cut short and ends with the relay's error event.
+//! A native upstream stores the content. gatewayd records only, per response id, the key
+//! that created it and the upstream that holds it: every client key shares the gateway's
+//! upstream key, so without this record key B could read key A's responses there.
+//!
+//! In a stream, the `response.created` event's `response.id` is recorded before the
+//! chunk that carries it is passed on. A stream that ends before `response.completed`,
+//! `response.incomplete`, `response.failed` or `error` was cut short and ends with the
+//! relay's error event.
 
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 
-use super::Recorder;
+use super::resolve::is_native_id;
+use super::sse::{Line, SseLines};
+use crate::error::ApiError;
+use crate::sessions::SessionStore;
 use crate::upstream::{ByteStream, UpstreamError};
-
-/// Longest SSE line read for its fields; a longer one is passed on unread.
-const MAX_LINE: usize = 8 * 1024 * 1024;
 
 const TERMINAL: [&str; 4] = [
     "response.completed",
@@ -23,14 +27,44 @@ const TERMINAL: [&str; 4] = [
     "error",
 ];
 
-/// Reads SSE lines across chunk boundaries, copying only the unfinished last line.
+/// Where a native response id is recorded (absent for `store: false`).
+pub struct NativeRecorder {
+    pub store: Arc<SessionStore>,
+    pub owner: Arc<str>,
+    pub upstream: String,
+}
+
+impl NativeRecorder {
+    pub async fn record(&self, id: &str) -> Result<(), ApiError> {
+        if !is_native_id(id) {
+            tracing::warn!(upstream = %self.upstream, "native upstream sent an unusable response id; not recorded");
+            return Ok(());
+        }
+        let recorded = self.store.record_native(&self.owner, id, &self.upstream);
+        recorded.await.map_err(ApiError::from)
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<String>,
+}
+
+/// Records the id of a whole (non-streamed) native response.
+pub async fn from_body(recorder: &NativeRecorder, body: &[u8]) -> Result<(), ApiError> {
+    match serde_json::from_slice::<IdOnly>(body) {
+        Ok(IdOnly { id: Some(id) }) => recorder.record(&id).await,
+        _ => {
+            tracing::warn!(upstream = %recorder.upstream, "native upstream answered without a response id");
+            Ok(())
+        }
+    }
+}
+
+/// Reads a native Responses stream's events for the created id and the end.
 #[derive(Default)]
 pub struct Scanner {
-    line: Vec<u8>,
-    /// The current line passed `MAX_LINE`: skip to its end.
-    skipping: bool,
-    /// Some line was never read, so a missing end cannot be told from a missed one.
-    missed: bool,
+    lines: SseLines,
     /// The current event's `event:` name.
     event: Option<String>,
     created: bool,
@@ -51,79 +85,53 @@ struct ResponseHead {
 
 impl Scanner {
     /// Reads one chunk; returns the response id the first time `response.created` names one.
-    pub fn push(&mut self, mut bytes: &[u8]) -> Option<String> {
-        let mut created = None;
-        while let Some(end) = memchr::memchr(b'\n', bytes) {
-            let found = if self.line.is_empty() && !self.skipping {
-                self.on_line(&bytes[..end])
-            } else {
-                self.extend(&bytes[..end]);
-                let line = std::mem::take(&mut self.line);
-                let found = (!std::mem::take(&mut self.skipping))
-                    .then(|| self.on_line(&line))
-                    .flatten();
-                self.line = line;
-                self.line.clear();
-                found
-            };
-            created = created.or(found);
-            bytes = &bytes[end + 1..];
-        }
-        self.extend(bytes);
-        created
+    pub fn push(&mut self, bytes: &[u8]) -> Option<String> {
+        let Scanner {
+            lines,
+            event,
+            created,
+            terminal,
+        } = self;
+        let mut found = None;
+        lines.push(bytes, |line| match line {
+            Line::End => *event = None,
+            Line::Event(name) => {
+                *terminal |= TERMINAL.contains(&name);
+                *event = Some(name.to_string());
+            }
+            Line::Data(data) => {
+                let Ok(head) = serde_json::from_slice::<Head>(data) else {
+                    return;
+                };
+                let Some(kind) = head.kind.or_else(|| event.clone()) else {
+                    return;
+                };
+                *terminal |= TERMINAL.contains(&kind.as_str());
+                if kind == "response.created" && !*created {
+                    *created = true;
+                    found = head.response.and_then(|r| r.id);
+                }
+            }
+        });
+        found
     }
 
-    /// Every event was read and one of them ended the response.
+    /// Every event was read and one of them ended the response (or some line was too
+    /// long to read, so a missing end cannot be told from a missed one).
     pub fn complete(&self) -> bool {
-        self.terminal || self.missed
-    }
-
-    fn extend(&mut self, bytes: &[u8]) {
-        if self.skipping {
-            return;
-        }
-        if self.line.len() + bytes.len() > MAX_LINE {
-            self.skipping = true;
-            self.missed = true;
-            self.line = Vec::new();
-            return;
-        }
-        self.line.extend_from_slice(bytes);
-    }
-
-    fn on_line(&mut self, line: &[u8]) -> Option<String> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            self.event = None;
-            return None;
-        }
-        if let Some(name) = line.strip_prefix(b"event:") {
-            let name = String::from_utf8_lossy(name).trim().to_string();
-            self.terminal |= TERMINAL.contains(&name.as_str());
-            self.event = Some(name);
-            return None;
-        }
-        let data = line.strip_prefix(b"data:")?;
-        let head = serde_json::from_slice::<Head>(data).ok()?;
-        let kind = head.kind.or_else(|| self.event.clone())?;
-        self.terminal |= TERMINAL.contains(&kind.as_str());
-        if kind != "response.created" || self.created {
-            return None;
-        }
-        self.created = true;
-        head.response.and_then(|r| r.id)
+        self.terminal || self.lines.missed()
     }
 }
 
 struct Tap {
     upstream: ByteStream,
     scanner: Scanner,
-    recorder: Option<Recorder>,
+    recorder: Option<NativeRecorder>,
     done: bool,
 }
 
 /// The upstream's stream, byte for byte, with the response id recorded on the way.
-pub fn tap(upstream: ByteStream, recorder: Option<Recorder>) -> ByteStream {
+pub fn tap(upstream: ByteStream, recorder: Option<NativeRecorder>) -> ByteStream {
     let name: Arc<str> = recorder
         .as_ref()
         .map_or("native", |r| r.upstream.as_str())

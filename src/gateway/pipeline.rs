@@ -1,0 +1,169 @@
+//! `run`: one turn from start to end, for every protocol — resolve, limit, build, route, relay, settle, release.
+//!
+//! 1. resolve the stored state the turn names and take its lease (`resolve.rs`);
+//! 2. check the session limits, one rule for every protocol ([`SessionStore::admits`]);
+//! 3. build the upstream request (the adapter's [`Protocol::upstream_call`]), with the
+//!    client headers the turn carries;
+//! 4. route with fallback (`proxy::forward_to`), pinned to the upstream that holds a
+//!    native response;
+//! 5. relay: a whole answer is read once into a [`Reply`]; a stream passes through the
+//!    [`Settler`], which decodes it once and lets the adapter's encoder shape it;
+//! 6. settle: commit the turn, or record the native response id, before the client sees
+//!    the end of the answer, and hand the usage on;
+//! 7. release: the lease lives in the settlement, so every exit — a failed commit, an
+//!    upstream error, a truncated stream, a client that left — drops and releases it.
+
+use std::sync::Arc;
+
+use axum::response::Response;
+
+use super::decode::Reply;
+use super::native_record::{self, NativeRecorder};
+use super::resolve::{resolve, Resolved};
+use super::settle::{hand_on_usage, Settlement, Settler};
+use super::turn::{Complete, Protocol, Stored, Turn, UpstreamCall};
+use crate::error::ApiError;
+use crate::proxy::{forward_to, respond, respond_stream, Answer};
+use crate::sessions::SessionStore;
+use crate::state::AppState;
+use crate::upstream::Candidate;
+
+/// Runs one turn that calls an upstream.
+pub async fn run(
+    state: &AppState,
+    turn: Turn,
+    mut protocol: impl Protocol,
+) -> Result<Response, ApiError> {
+    let Turn {
+        owner,
+        stored,
+        input,
+        client_headers,
+        records,
+    } = turn;
+    let store = match stored != Stored::Nothing || records {
+        true => Some(state.session_store()?.clone()),
+        false => None,
+    };
+    let resolved = resolve(store.as_ref(), &owner, &stored).await?;
+    if let Some(store) = &store {
+        store.admits(&resolved.context, &input, true)?;
+    }
+    let Resolved {
+        context,
+        lease,
+        pinned,
+    } = resolved;
+
+    let mut call = protocol.upstream_call(&context)?;
+    call.request.client_headers = client_headers;
+    let candidates = candidates(state, &call, pinned)?;
+    let prefix = call.prefix.as_deref().map(str::as_bytes);
+    let (answer, upstream) =
+        forward_to(state, call.endpoint, &call.request, prefix, candidates).await?;
+
+    let native = match (call.native_only, &store) {
+        (true, Some(store)) if records => Some(NativeRecorder {
+            store: store.clone(),
+            owner: owner.clone(),
+            upstream,
+        }),
+        _ => None,
+    };
+    let settlement = match (call.native_only, store) {
+        (false, Some(store)) => Some(Settlement {
+            store,
+            owner,
+            lease,
+            input,
+        }),
+        _ => None,
+    };
+    let mut response = match answer {
+        Answer::Complete {
+            status,
+            content_type: headers,
+            body,
+        } if status.is_success() => {
+            let reply = match protocol.translates() || settlement.is_some() {
+                true => Some(Reply::from_completion(&body).ok_or_else(|| {
+                    tracing::warn!("upstream reply had no choices[0].message; nothing stored");
+                    ApiError::BadGateway
+                })?),
+                false => None,
+            };
+            if let Some(recorder) = &native {
+                native_record::from_body(recorder, &body).await?;
+            }
+            let answer = Complete {
+                status,
+                headers,
+                body,
+            };
+            let (response, record) = protocol.reply(reply.as_ref(), answer)?;
+            if let (Some(settlement), Some(reply)) = (settlement, &reply) {
+                hand_on_usage(reply);
+                // Stored before the client sees the answer: an acknowledged turn is never lost.
+                settlement.commit(record).await?;
+            }
+            response
+        }
+        // The upstream's own refusal passes on; nothing is stored, the lease is released.
+        Answer::Complete { .. } => respond(answer),
+        Answer::Stream(mut upstream) => {
+            if call.native_only {
+                // A Responses stream has no `data: [DONE]`; its last event says it is complete.
+                upstream.require_done = false;
+                upstream.body = native_record::tap(upstream.body, native);
+            }
+            let settler = Settler::new(protocol.encoder(), settlement, protocol.translates());
+            respond_stream(state, upstream, settler)
+        }
+    };
+    protocol.finish_headers(response.headers_mut());
+    Ok(response)
+}
+
+/// Runs one turn that only stores what the client sent (conversation items): the same
+/// state, limits, commit and release as every turn, and no upstream. Returns how many
+/// messages were stored.
+pub async fn append(state: &AppState, turn: Turn) -> Result<usize, ApiError> {
+    let store: Arc<SessionStore> = state.session_store()?.clone();
+    let resolved = resolve(Some(&store), &turn.owner, &turn.stored).await?;
+    store.admits(&resolved.context, &turn.input, false)?;
+    let added = turn.input.len();
+    let settlement = Settlement {
+        store,
+        owner: turn.owner,
+        lease: resolved.lease,
+        input: turn.input,
+    };
+    settlement.commit(Default::default()).await?;
+    Ok(added)
+}
+
+/// The upstreams that may answer: those serving the model (natively, if the call needs
+/// it), only the one holding a continued native response.
+fn candidates(
+    state: &AppState,
+    call: &UpstreamCall,
+    pinned: Option<String>,
+) -> Result<Vec<Candidate>, ApiError> {
+    let mut candidates = state.upstreams.candidates(&call.request.model);
+    if call.native_only {
+        candidates.retain(|c| c.upstream.native_responses());
+    }
+    if let Some(holder) = pinned {
+        candidates.retain(|c| c.upstream.name() == holder);
+        if candidates.is_empty() {
+            return Err(ApiError::bad_request(
+                format!(
+                    "previous_response_id was created at an upstream that does not serve the model '{}'.",
+                    call.request.model
+                ),
+                Some("previous_response_id"),
+            ));
+        }
+    }
+    Ok(candidates)
+}

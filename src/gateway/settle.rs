@@ -1,0 +1,140 @@
+//! Steps 6 and 7 of a turn: store what it produced (or record the native id), and release its lease on every exit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::decode::{ChatDecoder, Delta, Reply};
+use super::end::DoneScanner;
+use super::turn::{Encoder, Record};
+use crate::error::ApiError;
+use crate::relay::{Flow, StreamTap};
+use crate::sessions::{SessionLease, SessionStore};
+
+/// What a turn stores once its reply is complete. Holding it holds the session's lease:
+/// dropping it on any other exit (an upstream error, a truncated stream, a client that
+/// left) releases the lease, and a failed commit releases it too.
+pub struct Settlement {
+    pub store: Arc<SessionStore>,
+    pub owner: Arc<str>,
+    pub lease: Option<SessionLease>,
+    /// This turn's new messages, stored before the reply's when a session is leased.
+    pub input: Vec<String>,
+}
+
+impl Settlement {
+    /// THE commit of a turn: its input and output go to the leased session (if any) and
+    /// the response record (if any) is stored, in one transaction. The lease is released
+    /// by the commit, or when it fails, by dropping it.
+    pub async fn commit(self, record: Record) -> Result<(), ApiError> {
+        let messages: Vec<String> = match self.lease {
+            Some(_) => [self.input, record.output].concat(),
+            None => Vec::new(),
+        };
+        self.store
+            .commit(&self.owner, self.lease, &messages, record.response.as_ref())
+            .await
+            .map_err(ApiError::from)
+    }
+}
+
+/// The relay's tap for one turn: finds the end of the upstream's stream, decodes it
+/// once into deltas when anyone needs them, lets the protocol's encoder say what the
+/// client gets, and settles the turn before the client sees the stream's end.
+pub struct Settler {
+    end: DoneScanner,
+    /// Present when the encoder or the settlement needs the reply's content.
+    decoder: Option<ChatDecoder>,
+    deltas: Vec<Delta>,
+    encoder: Box<dyn Encoder>,
+    settlement: Option<Settlement>,
+    /// The upstream's own ending (`data: [DONE]…`), held until the turn is settled.
+    held: Bytes,
+    /// The `[DONE]` line began in an earlier chunk, so part of it was sent already.
+    split_end: bool,
+}
+
+impl Settler {
+    pub fn new(
+        encoder: Box<dyn Encoder>,
+        settlement: Option<Settlement>,
+        decode: bool,
+    ) -> Box<Self> {
+        let decode = decode || settlement.is_some();
+        Box::new(Settler {
+            end: DoneScanner::new(),
+            decoder: decode.then(ChatDecoder::default),
+            deltas: Vec::new(),
+            encoder,
+            settlement,
+            held: Bytes::new(),
+            split_end: false,
+        })
+    }
+}
+
+impl StreamTap for Settler {
+    fn chunk(&mut self, bytes: Bytes) -> Flow {
+        let done_at = self.end.push(&bytes);
+        self.deltas.clear();
+        if let Some(decoder) = &mut self.decoder {
+            decoder.push(&bytes, &mut self.deltas);
+        }
+        let encoded = self.encoder.chunk(&bytes, &self.deltas);
+        match (done_at, encoded) {
+            (None, None) => Flow::Send(bytes),
+            (None, Some(events)) => Flow::Send(events),
+            (Some(at), None) => {
+                self.held = bytes.slice(at..);
+                self.split_end = at == 0;
+                Flow::Complete(bytes.slice(..at))
+            }
+            (Some(_), Some(events)) => Flow::Complete(events),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Bytes> {
+        async move {
+            let Settler {
+                decoder,
+                mut encoder,
+                settlement,
+                held,
+                split_end,
+                ..
+            } = *self;
+            let settled = match settlement {
+                None => Ok(()),
+                Some(settlement) => {
+                    let reply = decoder.unwrap_or_default().reply();
+                    hand_on_usage(&reply);
+                    match encoder.record(&reply) {
+                        Ok(record) => settlement.commit(record).await,
+                        Err(error) => Err(error),
+                    }
+                }
+            };
+            match encoder.done(settled.as_ref().map(drop)) {
+                // In place of `data: [DONE]`; a half-sent `[DONE]` line is closed first.
+                Some(ending) if split_end => [&b"\n\n"[..], &ending].concat().into(),
+                Some(ending) => ending,
+                None => held,
+            }
+        }
+        .boxed()
+    }
+
+    fn failed(self: Box<Self>, error: &ApiError) -> Option<Bytes> {
+        let mut encoder = self.encoder;
+        encoder.failed(error)
+    }
+}
+
+/// Step 6's hand-off of the upstream's reported token usage (counted for operators).
+pub fn hand_on_usage(reply: &Reply) {
+    if let Some(usage) = &reply.usage {
+        crate::telemetry::record_tokens(usage.input_tokens, usage.output_tokens);
+    }
+}
