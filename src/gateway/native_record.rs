@@ -14,8 +14,8 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 
+use super::decode::sse::{Line, SseLines};
 use super::resolve::is_native_id;
-use super::sse::{Line, SseLines};
 use crate::error::ApiError;
 use crate::sessions::SessionStore;
 use crate::upstream::{ByteStream, UpstreamError};

@@ -7,7 +7,6 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::decode::{ChatDecoder, Delta, Reply};
-use super::end::DoneScanner;
 use super::turn::{Encoder, Record};
 use crate::error::ApiError;
 use crate::relay::{Flow, StreamTap};
@@ -44,9 +43,8 @@ impl Settlement {
 /// once into deltas when anyone needs them, lets the protocol's encoder say what the
 /// client gets, and settles the turn before the client sees the stream's end.
 pub struct Settler {
-    end: DoneScanner,
-    /// Present when the encoder or the settlement needs the reply's content.
-    decoder: Option<ChatDecoder>,
+    /// Finds the end; decodes the content too when the encoder or the settlement needs it.
+    decoder: ChatDecoder,
     deltas: Vec<Delta>,
     encoder: Box<dyn Encoder>,
     settlement: Option<Settlement>,
@@ -64,8 +62,10 @@ impl Settler {
     ) -> Box<Self> {
         let decode = decode || settlement.is_some();
         Box::new(Settler {
-            end: DoneScanner::new(),
-            decoder: decode.then(ChatDecoder::default),
+            decoder: match decode {
+                true => ChatDecoder::default(),
+                false => ChatDecoder::ends_only(),
+            },
             deltas: Vec::new(),
             encoder,
             settlement,
@@ -77,11 +77,8 @@ impl Settler {
 
 impl StreamTap for Settler {
     fn chunk(&mut self, bytes: Bytes) -> Flow {
-        let done_at = self.end.push(&bytes);
         self.deltas.clear();
-        if let Some(decoder) = &mut self.decoder {
-            decoder.push(&bytes, &mut self.deltas);
-        }
+        let done_at = self.decoder.push(&bytes, &mut self.deltas);
         let encoded = self.encoder.chunk(&bytes, &self.deltas);
         match (done_at, encoded) {
             (None, None) => Flow::Send(bytes),
@@ -108,7 +105,7 @@ impl StreamTap for Settler {
             let settled = match settlement {
                 None => Ok(()),
                 Some(settlement) => {
-                    let reply = decoder.unwrap_or_default().reply();
+                    let reply = decoder.reply();
                     hand_on_usage(&reply);
                     match encoder.record(&reply) {
                         Ok(record) => settlement.commit(record).await,

@@ -17,6 +17,11 @@ const DONE_LINE_TIGHT: &[u8] = b"\ndata:[DONE]";
 const DONE: &[u8] = b"[DONE]";
 
 impl DoneScanner {
+    /// The `[DONE]` line was seen.
+    pub fn seen(&self) -> bool {
+        self.seen
+    }
+
     pub fn new() -> Self {
         let mut tail = [0u8; DONE_LINE.len()];
         tail[0] = b'\n';
