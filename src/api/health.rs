@@ -6,8 +6,8 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use super::state::AppState;
+use crate::wire::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::state::AppState;
+use super::state::AppState;
 use crate::telemetry;
 
 pub fn routes() -> Router<AppState> {

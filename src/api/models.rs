@@ -5,9 +5,9 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use super::state::AppState;
 use crate::upstream::CatalogError;
+use crate::wire::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -1,39 +1,40 @@
-//! `app(state)`: the routes and the whole tower layer stack, in request order.
+//! `app(state)`: the api's routes and the edge's whole tower layer stack, in request order.
 
 use axum::Router;
 use tower::ServiceBuilder;
 
-use crate::auth::RequireApiKeyLayer;
-use crate::edge::EdgeLayer;
-use crate::error::ApiError;
-use crate::routes;
-use crate::state::AppState;
+use super::state::AppState;
+use super::{health, metrics, models, openai, responses, sessions, unsupported};
+use crate::http::auth::RequireApiKeyLayer;
+use crate::http::edge::EdgeLayer;
+use crate::http::hardening::cors_layer;
+use crate::wire::error::ApiError;
 
-pub use crate::edge::REQUEST_ID;
+pub use crate::http::edge::REQUEST_ID;
 
 /// The app for `--metrics-addr`: only /metrics and /health, behind the same layers.
 pub fn metrics_app(state: AppState) -> Router {
     let routes = Router::new()
-        .merge(routes::health::routes())
-        .merge(routes::metrics::routes());
+        .merge(health::routes())
+        .merge(metrics::routes());
     with_layers(routes, state)
 }
 
 pub fn app(state: AppState) -> Router {
     let routes = Router::new()
-        .merge(routes::health::routes())
-        .merge(routes::models::routes())
-        .merge(routes::chat::routes())
-        .merge(routes::sessions::routes())
-        .merge(routes::responses::routes())
-        .merge(routes::conversations::routes())
-        .merge(routes::metrics::routes());
+        .merge(health::routes())
+        .merge(models::routes())
+        .merge(openai::chat::routes())
+        .merge(sessions::routes())
+        .merge(responses::routes::routes())
+        .merge(responses::conversations::routes())
+        .merge(metrics::routes());
     with_layers(routes, state)
 }
 
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let routes = routes
-        .fallback(routes::unsupported::fallback)
+        .fallback(unsupported::fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone());
 
@@ -42,9 +43,10 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     // loopback mode), after the caller's rate and concurrency limits (429). The sole
     // exemptions are `auth::PUBLIC_ROUTES`, matched on route patterns, which is why this
     // one layer sits inside the router.
+    let edge_state = state.edge();
     let protected = routes.layer(RequireApiKeyLayer::new(
-        state.keys.clone(),
-        state.limiter.clone(),
+        edge_state.keys.clone(),
+        edge_state.limiter.clone(),
     ));
 
     // Before routing, in one service: request id, redaction marks, client address, log
@@ -52,8 +54,8 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     // and the security headers. CORS answers preflights (which carry no key) before auth;
     // it is off when no origin is configured.
     let edge = ServiceBuilder::new()
-        .layer(EdgeLayer::new(state.clone()))
-        .option_layer(crate::hardening::cors_layer(&state.config.cors_origins))
+        .layer(EdgeLayer::new(edge_state.clone()))
+        .option_layer(cors_layer(&edge_state.config.cors_origins))
         .service(protected);
     Router::new().fallback_service(edge)
 }

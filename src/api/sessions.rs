@@ -11,10 +11,12 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
-use crate::routes::{read_body, require_json, Owner};
-use crate::sessions::parse_session_id;
-use crate::state::AppState;
+use super::paging::page_limit;
+use super::state::AppState;
+use crate::http::auth::Owner;
+use crate::http::body::{read_body, require_json};
+use crate::store::parse_session_id;
+use crate::wire::error::ApiError;
 
 const MAX_METADATA_PAIRS: usize = 16;
 const MAX_METADATA_KEY: usize = 64;
@@ -93,7 +95,7 @@ async fn list(
     let Query(query) = query.map_err(|_| {
         ApiError::bad_request("'limit' must be a number between 1 and 100.", Some("limit"))
     })?;
-    let limit = crate::routes::page_limit(query.limit)?;
+    let limit = page_limit(query.limit)?;
     let after = query.after.as_deref().map(parse_session_id).transpose()?;
     let (sessions, has_more) = state
         .session_store()?

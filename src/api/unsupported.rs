@@ -3,7 +3,7 @@
 
 use axum::http::{Method, Uri};
 
-use crate::error::ApiError;
+use crate::wire::error::ApiError;
 
 /// OpenAI API routes gatewayd does not serve (matched on whole path segments). Clients
 /// that call them learn it is the gateway, not the model, that is missing. Remove an

@@ -66,7 +66,7 @@ pub struct ServeArgs {
         global = true,
         hide_env_values = true
     )]
-    pub database_url: Option<crate::keys::Secret>,
+    pub database_url: Option<super::keys::Secret>,
 
     /// Redis for limits shared by several instances (with `[limits] backend = "redis"`).
     #[arg(

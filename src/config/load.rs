@@ -6,15 +6,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{LogFormat, ServeArgs};
-use crate::keys::KeyEntry;
-
-mod sections;
-mod upstream;
-
-pub use sections::*;
-use upstream::defaults;
-pub use upstream::*;
+use super::cli::{LogFormat, ServeArgs};
+use super::keys::KeyEntry;
+use super::limits::{self, Limits, RedisUrl};
+use super::proxies::{parse_trusted, ForwardedHeader};
+use super::sections::{ResponsesSection, ServerSection, SessionsSection};
+use super::tls::TlsFiles;
+use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamConfig};
 
 /// The config file as written. Unknown fields are errors so typos never silently
 /// weaken a setting.
@@ -57,11 +55,11 @@ pub struct Config {
     /// `[server] trusted_proxies`; empty = forwarding headers are never believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `[server] forwarded_header`: the header trusted proxies write the client into.
-    pub forwarded_header: crate::client_ip::ForwardedHeader,
+    pub forwarded_header: ForwardedHeader,
     /// `[server] require_key`: keyless mode is refused even on loopback.
     pub require_key: bool,
     /// `[server.tls]`, when the listeners terminate TLS.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<TlsFiles>,
     /// `[server] allow_plaintext`: no warning about keys in clear text.
     pub allow_plaintext: bool,
 }
@@ -124,13 +122,12 @@ impl Config {
                 .collect(),
             None => file.server.cors_origins.unwrap_or_default(),
         };
-        let trusted_proxies = crate::client_ip::parse_trusted(
-            file.server.trusted_proxies.as_deref().unwrap_or_default(),
-        )
-        .map_err(ConfigError::Invalid)?;
+        let trusted_proxies =
+            parse_trusted(file.server.trusted_proxies.as_deref().unwrap_or_default())
+                .map_err(ConfigError::Invalid)?;
         let mut limits = file.limits;
         if let Some(url) = &args.redis_url {
-            limits.redis_url = Some(crate::ratelimit::RedisUrl(url.clone()));
+            limits.redis_url = Some(RedisUrl(url.clone()));
         }
         let mut sessions = file.sessions;
         if args.database_url.is_some() {
@@ -215,7 +212,7 @@ impl Config {
                 )));
             }
         }
-        crate::ratelimit::validate(&self.limits).map_err(ConfigError::Invalid)?;
+        limits::validate(&self.limits).map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "[limits] max_body_bytes and max_connections must be above 0".into(),

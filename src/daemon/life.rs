@@ -2,13 +2,16 @@
 
 use tokio_util::sync::CancellationToken;
 
+use super::guard::GuardError;
+use super::reload::Reloader;
+use super::startup::{self, StartupError};
+use super::systemd;
+use super::verdict::{auth_mode, Verdict};
+use crate::api::router::metrics_app;
+use crate::api::state::AppState;
 use crate::config::Config;
-use crate::guard::GuardError;
-use crate::reload::Reloader;
-use crate::sessions::{SessionError, SessionStore};
-use crate::startup::{self, Listener, StartupError};
-use crate::verdict::{auth_mode, Verdict};
-use crate::{systemd, AppState};
+use crate::http::listener::Listener;
+use crate::store::{SessionError, SessionStore};
 
 /// What can still fail once the verdict is "serve": binding, and opening storage.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +115,7 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
     }
     tokio::spawn(handle_signals(signals, state.clone(), shutdown.clone()));
     if !metrics_listeners.is_empty() {
-        let metrics_app = crate::router::metrics_app(state.clone());
+        let metrics_app = metrics_app(state.clone());
         tokio::spawn(crate::serve_router(
             state.clone(),
             metrics_app,

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::state::AppState;
 use crate::config;
-use crate::keys::{self, Env, KeySet, ProcessEnv};
-use crate::state::AppState;
+use crate::config::keys::{self, Env, KeySet, ProcessEnv};
 
 /// How long one reload may take before it is abandoned (the old keys stay in force).
 pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);

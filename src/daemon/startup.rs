@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::guard::{self, GuardError, Resolver};
+use super::guard::{self, GuardError, Resolver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -22,30 +22,6 @@ pub enum StartupError {
         index: usize,
         source: std::io::Error,
     },
-}
-
-/// A listening socket gatewayd serves on: bound by itself, or inherited from systemd.
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-impl Listener {
-    /// The address for the startup log line, with the real port.
-    pub fn describe(&self) -> String {
-        match self {
-            Listener::Tcp(tcp) => tcp
-                .local_addr()
-                .map_or_else(|_| "tcp:?".into(), |a| a.to_string()),
-            Listener::Unix(unix) => match unix.local_addr() {
-                Ok(addr) => match addr.as_pathname() {
-                    Some(path) => format!("unix:{}", path.display()),
-                    None => "unix:(abstract)".into(),
-                },
-                Err(_) => "unix:?".into(),
-            },
-        }
-    }
 }
 
 impl StartupError {

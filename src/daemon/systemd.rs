@@ -6,8 +6,9 @@ use listenfd::ListenFd;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::guard::{self, UnixSocketKind};
-use crate::startup::{Listener, StartupError};
+use super::guard::{self, UnixSocketKind};
+use super::startup::StartupError;
+use crate::http::listener::Listener;
 
 /// READY=1: sent only once the guard has passed and every listener accepts connections.
 pub fn notify_ready() {

@@ -5,12 +5,15 @@
 
 use std::net::SocketAddr;
 
-use crate::cli::ServeArgs;
+use super::guard::{self, GuardError, Resolver};
+use super::startup::{self, StartupError};
+use super::systemd::{self, Inherited};
+use crate::config::cli::ServeArgs;
+use crate::config::keys::{self, Env, KeyError, KeySet};
+use crate::config::tls::TlsError;
 use crate::config::{Config, ConfigError};
-use crate::guard::Resolver;
-use crate::keys::{self, Env, KeyError, KeySet};
-use crate::startup::{self, StartupError};
-use crate::systemd::{self, Inherited};
+use crate::http::hardening::check_cors_origins;
+use crate::http::tls::ListenerTls;
 use crate::upstream::{Registry, UpstreamError};
 
 /// Everything `serve` needs, judged and accepted.
@@ -22,7 +25,7 @@ pub struct Verdict {
     pub inherited: Option<Vec<Inherited>>,
     pub registry: Registry,
     /// `[server.tls]`, its certificate and key already read and checked.
-    pub tls: Option<std::sync::Arc<crate::tls::ListenerTls>>,
+    pub tls: Option<std::sync::Arc<ListenerTls>>,
     /// Said once at start by `serve` (a log warning) and `check-config` (stderr).
     pub warnings: Vec<String>,
 }
@@ -46,15 +49,15 @@ pub enum Refusal {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] TlsError),
     #[error("--metrics-addr {0:?} must be HOST:PORT, e.g. 127.0.0.1:9464")]
     MetricsAddr(String),
     #[error("{0}")]
     Policy(String),
 }
 
-impl From<crate::guard::GuardError> for Refusal {
-    fn from(err: crate::guard::GuardError) -> Self {
+impl From<GuardError> for Refusal {
+    fn from(err: GuardError) -> Self {
         Refusal::Startup(StartupError::Refused(err))
     }
 }
@@ -76,14 +79,13 @@ pub fn judge(args: &ServeArgs, env: &dyn Env, resolver: &dyn Resolver) -> Result
     let config = Config::load(args, env.var("API_SERVER_CORS_ORIGINS"))?;
     let keys = keys::load(env, &config.key_entries)?;
     let strong_key = !keys.is_empty();
-    crate::hardening::check_cors_origins(&config.cors_origins, !strong_key)
-        .map_err(Refusal::Policy)?;
+    check_cors_origins(&config.cors_origins, !strong_key).map_err(Refusal::Policy)?;
     check_key_required(&config, strong_key)?;
     let inherited = systemd::inherited_sockets(strong_key)?;
     let plan = plan(&config, strong_key, inherited.is_some(), resolver)?;
     let registry = Registry::from_config(&config.upstreams)?;
     let tls = match &config.tls {
-        Some(files) => Some(std::sync::Arc::new(crate::tls::ListenerTls::load(files)?)),
+        Some(files) => Some(std::sync::Arc::new(ListenerTls::load(files)?)),
         None => None,
     };
     let warnings = plaintext_warning(&config, &plan, inherited.as_deref())
@@ -128,7 +130,7 @@ fn plaintext_warning(
     );
     let first = exposed
         .iter()
-        .find(|addr| crate::guard::exposure(addr) == crate::guard::Exposure::Network)?;
+        .find(|addr| guard::exposure(addr) == guard::Exposure::Network)?;
     Some(format!(
         "serving plain HTTP on {first}, which other machines can reach: API keys and \
          prompts travel in clear text. Configure [server.tls] cert_file and key_file, or \

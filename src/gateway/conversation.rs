@@ -9,14 +9,13 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
-use crate::openai::{ChatRequest, Endpoint};
-use crate::proxy::{forward, respond, Answer};
-use crate::relay::StreamObserver;
-use crate::sessions::{
-    message_from_reply, parse_session_id, ReplyAssembler, SessionLease, SessionStore,
-};
-use crate::state::AppState;
+use crate::gateway::assemble::{message_from_reply, ReplyAssembler};
+use crate::gateway::relay::StreamObserver;
+use crate::gateway::route::{forward, respond, Answer};
+use crate::gateway::Gateway;
+use crate::store::{parse_session_id, SessionLease, SessionStore};
+use crate::wire::error::ApiError;
+use crate::wire::openai::{ChatRequest, Endpoint};
 
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 
@@ -25,7 +24,7 @@ pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 /// one session form one consistent sequence, on one instance or several. The reply
 /// reaches the client only after [`SessionStore::commit_turn`] has made it durable.
 pub async fn continue_session(
-    state: &AppState,
+    state: &Gateway,
     owner: Arc<str>,
     id: &str,
     request: &ChatRequest,

@@ -16,13 +16,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::openai::{parse_request, Endpoint};
-use crate::proxy::{forward_to, respond, stored_response, Answer};
-use crate::sessions::{SessionError, SessionStore};
-use crate::state::AppState;
+use crate::gateway::route::{forward_to, respond, stored_response, Answer};
+use crate::gateway::Gateway;
+use crate::store::{SessionError, SessionStore};
 use crate::upstream::headers::forwardable;
 use crate::upstream::StoredResponseCall;
+use crate::wire::error::ApiError;
+use crate::wire::openai::{parse_request, Endpoint};
 
 /// Longest response id accepted from an upstream or a client.
 const MAX_ID: usize = 200;
@@ -79,7 +79,7 @@ impl Recorder {
 /// `POST /v1/responses` for a model whose first upstream is native; `None` means the
 /// request is not native and is translated instead.
 pub async fn create(
-    state: &AppState,
+    state: &Gateway,
     owner: &Arc<str>,
     headers: &HeaderMap,
     body: &Bytes,
@@ -135,7 +135,8 @@ pub async fn create(
             ))
         }
     }
-    let token = crate::auth::extract_token(headers).ok().flatten();
+    // LAYERING: the gateway reads the client's credentials through http::auth.
+    let token = crate::http::auth::extract_token(headers).ok().flatten();
     request.client_headers = Arc::new(forwardable(headers, token));
     let (answer, upstream) =
         forward_to(state, Endpoint::Responses, &request, None, candidates).await?;
@@ -204,7 +205,7 @@ pub enum Stored {
 /// `id`, answered by the upstream that holds it; `None` when `owner` has no such native
 /// response (the route then looks for a translated one).
 pub async fn stored(
-    state: &AppState,
+    state: &Gateway,
     owner: &str,
     headers: &HeaderMap,
     id: &str,
@@ -219,7 +220,8 @@ pub async fn stored(
         tracing::warn!(upstream = %holder, "a native response's upstream is no longer configured");
         return Ok(None);
     };
-    let token = crate::auth::extract_token(headers).ok().flatten();
+    // LAYERING: the gateway reads the client's credentials through http::auth.
+    let token = crate::http::auth::extract_token(headers).ok().flatten();
     let (method, query) = match &call {
         Stored::Delete => (Method::DELETE, None),
         Stored::Read(query) | Stored::InputItems(query) => (Method::GET, query.as_deref()),

@@ -15,9 +15,9 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
 use crate::telemetry::StreamGauge;
 use crate::upstream::{ByteStream, UpstreamError};
+use crate::wire::error::ApiError;
 
 /// Sent after a quiet period so proxies and clients keep the connection open.
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";

@@ -15,29 +15,30 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::ApiError;
-use crate::openai::{parse_request, Endpoint};
-use crate::proxy::{forward, respond, Answer};
-use crate::relay::StreamObserver;
-use crate::sessions::{
-    session_id_of_conversation, ResponseRecord, SessionError, SessionLease, SessionStore,
-};
-use crate::state::AppState;
-use crate::translate::random_id;
-use crate::translate::responses::{chat_body, translate, Translated};
-use crate::translate::responses_items::items_to_messages;
-use crate::translate::responses_reply::{
+// LAYERING: the gateway reads and writes the Responses wire format through the api
+// layer's translate/ (these imports and `now_secs` below); the turn pipeline moves that
+// into the Responses adapter.
+use crate::api::responses::translate::random_id;
+use crate::api::responses::translate::responses::{chat_body, translate, Translated};
+use crate::api::responses::translate::responses_items::items_to_messages;
+use crate::api::responses::translate::responses_reply::{
     outcome_from_completion, response_object, Outcome, ResponseMeta,
 };
-use crate::translate::responses_stream::StreamTranslator;
-
-pub mod native;
+use crate::api::responses::translate::responses_stream::StreamTranslator;
+use crate::gateway::relay::StreamObserver;
+use crate::gateway::route::{forward, respond, Answer};
+use crate::gateway::Gateway;
+use crate::store::{
+    session_id_of_conversation, ResponseRecord, SessionError, SessionLease, SessionStore,
+};
+use crate::wire::error::ApiError;
+use crate::wire::openai::{parse_request, Endpoint};
 
 /// Lists the tools removed before the upstream call (`[responses] unsupported_tools = "drop"`).
 pub const DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-gatewayd-dropped-tools");
 
 /// `POST /v1/responses` after authentication: the whole turn.
-pub async fn create(state: &AppState, owner: Arc<str>, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn create(state: &Gateway, owner: Arc<str>, body: &[u8]) -> Result<Response, ApiError> {
     let t = translate(body, state.config.responses.unsupported_tools)?;
     if !t.dropped_tools.is_empty() {
         tracing::debug!(tools = %t.dropped_tools.join(", "), "dropped tools a chat upstream cannot run");
@@ -57,7 +58,7 @@ pub async fn create(state: &AppState, owner: Arc<str>, body: &[u8]) -> Result<Re
             Some("input"),
         )
     })?;
-    let meta = ResponseMeta::new(&t, crate::translate::now_secs());
+    let meta = ResponseMeta::new(&t, crate::api::responses::translate::now_secs());
     let turn = Turn {
         store,
         owner,

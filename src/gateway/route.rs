@@ -7,13 +7,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::error::ApiError;
-use crate::openai::{ChatRequest, Endpoint};
-use crate::relay::{relay, RelayOptions, StreamObserver};
-use crate::state::AppState;
+use super::relay::{relay, RelayOptions, StreamObserver};
+use super::Gateway;
 use crate::telemetry;
 use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
 use crate::upstream::{UpstreamRequest, UpstreamResponse};
+use crate::wire::error::ApiError;
+use crate::wire::openai::{ChatRequest, Endpoint};
 
 /// Largest non-streaming upstream body gatewayd will hold (embeddings can be large).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -37,7 +37,7 @@ pub enum Answer {
 /// errors, 429 and 5xx move on to the next; timeouts do not (the upstream may already be
 /// working on it). Nothing has reached the client yet, so retrying is safe.
 pub async fn forward(
-    state: &AppState,
+    state: &Gateway,
     endpoint: Endpoint,
     request: &ChatRequest,
     history: Option<&[u8]>,
@@ -49,7 +49,7 @@ pub async fn forward(
 
 /// [`forward`] over the given candidates; also says which upstream answered.
 pub async fn forward_to(
-    state: &AppState,
+    state: &Gateway,
     endpoint: Endpoint,
     request: &ChatRequest,
     history: Option<&[u8]>,
@@ -198,7 +198,7 @@ async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {
 
 /// Turns an answer into the client's response; streams are relayed as they arrive.
 pub fn respond(
-    state: &AppState,
+    state: &Gateway,
     answer: Answer,
     observer: Option<Box<dyn StreamObserver>>,
 ) -> Response {

@@ -17,7 +17,8 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::client_ip::{bucket, is_trusted};
+use super::client_addr::is_trusted;
+use crate::limits::bucket;
 
 /// How often idle connections are asked to close while slots stay low: each request
 /// wakes every connection, so it is rate-limited.

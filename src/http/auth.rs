@@ -16,25 +16,17 @@ use futures_util::future::BoxFuture;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tower::{Layer, Service};
 
-use crate::client_ip::ClientAddr;
-use crate::error::ApiError;
-use crate::hold::HoldBody;
-use crate::keys::{digest, ClientKey, KeyDigest, KeySet};
-use crate::ratelimit::Limiter;
+use super::client_addr::ClientAddr;
+use super::hold::HoldBody;
+use crate::config::keys::{digest, is_token68, ClientKey, KeyDigest, KeySet};
+pub use crate::limits::Caller;
+use crate::limits::Limiter;
+use crate::wire::error::ApiError;
 
 /// Routes anyone may call without a key, matched on the router's route pattern (never
 /// on a path prefix, so `/health/../v1/models` tricks cannot widen it).
 pub const PUBLIC_ROUTES: &[(Method, &str)] =
     &[(Method::GET, "/health"), (Method::GET, "/health/ready")];
-
-/// Who is calling: the key's name, or "local" in keyless loopback mode. Sessions and
-/// rate limits are scoped by this name.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub name: Arc<str>,
-    /// Position of the key in the key set at the time of the request (None when keyless).
-    pub key: Option<Arc<ClientKey>>,
-}
 
 /// Put on the response to a request that passed the auth boundary as a caller (public
 /// routes do not count): the server then gives its connection the normal keep-alive
@@ -96,7 +88,7 @@ pub fn parse_bearer(value: &[u8]) -> Option<&[u8]> {
 }
 
 fn valid_token(token: &[u8]) -> bool {
-    std::str::from_utf8(token).is_ok_and(crate::keys::is_token68)
+    std::str::from_utf8(token).is_ok_and(is_token68)
 }
 
 /// Compares the token's SHA-256 with every key's digest in constant time, visiting all
@@ -291,5 +283,26 @@ where
                 }
             }
         })
+    }
+}
+
+/// The caller's name, as the auth layer recorded it. Missing means the request never
+/// passed the auth layer: fail closed.
+pub struct Owner(pub std::sync::Arc<str>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .map(|caller| Owner(caller.name.clone()))
+            .ok_or(ApiError::Unauthorized {
+                token_presented: false,
+            })
     }
 }

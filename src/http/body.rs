@@ -1,18 +1,9 @@
-//! HTTP resources. Each module is a table of paths → thin handlers; the router merges them.
-
-pub mod chat;
-pub mod conversations;
-pub mod health;
-pub mod metrics;
-pub mod models;
-pub mod responses;
-pub mod sessions;
-pub mod unsupported;
+//! Request bodies: JSON only (415 otherwise), at most `max_body_bytes` (413), in time (408).
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 
-use crate::error::ApiError;
+use crate::wire::error::ApiError;
 
 /// POST bodies must be JSON. This also stops text/plain "simple request" CSRF.
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -59,44 +50,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             || err.to_string().contains("length limit");
         if too_large {
             ApiError::PayloadTooLarge(format!("Request body exceeds the limit of {limit} bytes."))
-        } else if crate::body_deadline::is_timeout(&err) {
+        } else if super::body_deadline::is_timeout(&err) {
             ApiError::RequestTimeout
         } else {
             ApiError::bad_request("The request body could not be read.", None)
         }
     })
-}
-
-/// The caller's name, as the auth layer recorded it. Missing means the request never
-/// passed the auth layer: fail closed.
-pub struct Owner(pub std::sync::Arc<str>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Owner {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<crate::auth::Caller>()
-            .map(|caller| Owner(caller.name.clone()))
-            .ok_or(ApiError::Unauthorized {
-                token_presented: false,
-            })
-    }
-}
-
-/// The `limit` of a list request: 20 when absent, otherwise 1 to 100.
-pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(20);
-    if (1..=100).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::bad_request(
-            "'limit' must be between 1 and 100.",
-            Some("limit"),
-        ))
-    }
 }

@@ -6,90 +6,20 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
 
-use crate::server::Peer;
-use crate::state::AppState;
+use super::peer::Peer;
+use crate::config::ForwardedHeader;
 
-/// The client's address, put into every request's extensions by [`layer`].
+/// The client's address, put into every request's extensions by the edge (`edge.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
-
-/// `[server] trusted_proxies`: CIDRs (`10.0.0.0/8`) or single addresses (`::1`). A
-/// prefix of length 0 would let every client name its own address, so it is refused.
-pub fn parse_trusted(entries: &[String]) -> Result<Vec<IpNet>, String> {
-    entries
-        .iter()
-        .map(|entry| {
-            let net = entry
-                .parse::<IpNet>()
-                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    format!(
-                        "[server] trusted_proxies entry {entry:?} is not a CIDR such as \
-                         \"10.0.0.0/8\" or an address such as \"::1\""
-                    )
-                })?;
-            if net.prefix_len() == 0 {
-                return Err(format!(
-                    "[server] trusted_proxies entry {entry:?} trusts every address, so any \
-                     client could pick its own address with X-Forwarded-For. List only your \
-                     proxies' addresses"
-                ));
-            }
-            Ok(canonical(net).trunc())
-        })
-        .collect()
-}
-
-/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it means,
-/// since peers are compared in canonical form.
-fn canonical(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
-            .addr()
-            .to_ipv4_mapped()
-            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
-            .map_or(net, IpNet::V4),
-        other => other,
-    }
-}
-
-/// The unit per-address limits count in: one IPv4 address, or one IPv6 /64 (a single
-/// host usually holds a whole /64, so counting single v6 addresses would be no limit).
-pub fn bucket(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
-            Ok(net) => IpAddr::V6(net.network()),
-            Err(_) => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
 
 /// Is `ip` (IPv4-mapped IPv6 counts as IPv4) inside one of `trusted`?
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = ip.to_canonical();
     trusted.iter().any(|net| net.contains(&ip))
-}
-
-/// Which header a trusted proxy writes the client address into. Only that one is read:
-/// proxies pass the *other* header through from the client untouched, so reading both
-/// would let a client pick its own address (or fall back to the proxy's).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-pub enum ForwardedHeader {
-    /// `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, HAProxy, Envoy, Caddy,
-    /// Traefik, cloud load balancers).
-    #[default]
-    #[serde(rename = "x-forwarded-for")]
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=…`.
-    #[serde(rename = "forwarded")]
-    Forwarded,
 }
 
 /// The client address for a request from `peer`. Behind a trusted proxy it is the
@@ -182,22 +112,10 @@ fn rightmost_untrusted(chain: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<Ip
     chain.first().copied().flatten()
 }
 
-/// The layer: records [`ClientAddr`] before tracing, auth and the limits read it.
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<Peer>().copied();
-    let client = resolve(
-        peer,
-        request.headers(),
-        &state.config.trusted_proxies,
-        state.config.forwarded_header,
-    );
-    request.extensions_mut().insert(ClientAddr(client));
-    next.run(request).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_trusted;
     use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -323,14 +241,6 @@ mod tests {
             resolve(from("10.0.0.9"), &h, &trusted, XFF),
             ip("198.51.100.7")
         );
-    }
-
-    #[test]
-    fn v6_addresses_share_their_64_prefix() {
-        let a = ip("2001:db8:1:2:aaaa::1");
-        assert_eq!(bucket(a), bucket(ip("2001:db8:1:2:bbbb::2")));
-        assert_ne!(bucket(a), bucket(ip("2001:db8:1:3::1")));
-        assert_eq!(bucket(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
     }
 
     #[test]

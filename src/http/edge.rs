@@ -19,8 +19,10 @@ use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::client_ip::ClientAddr;
-use crate::state::AppState;
+use super::client_addr::{self, ClientAddr};
+use super::hardening;
+use super::peer::Peer;
+use super::state::EdgeState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -51,12 +53,12 @@ const SECURITY_HEADERS: [(HeaderName, HeaderValue); 3] = [
 
 #[derive(Clone)]
 pub struct EdgeLayer {
-    state: AppState,
+    state: EdgeState,
     ids: RequestIds,
 }
 
 impl EdgeLayer {
-    pub fn new(state: AppState) -> Self {
+    pub fn new(state: EdgeState) -> Self {
         EdgeLayer {
             state,
             ids: RequestIds::new(),
@@ -78,7 +80,7 @@ impl<S> Layer<S> for EdgeLayer {
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
-    state: AppState,
+    state: EdgeState,
     ids: RequestIds,
 }
 
@@ -109,8 +111,8 @@ where
         };
         mark_sensitive(request.headers_mut());
         let config = &self.state.config;
-        let peer = request.extensions().get::<crate::server::Peer>().copied();
-        let client = crate::client_ip::resolve(
+        let peer = request.extensions().get::<Peer>().copied();
+        let client = client_addr::resolve(
             peer,
             request.headers(),
             &config.trusted_proxies,
@@ -118,7 +120,7 @@ where
         );
         request.extensions_mut().insert(ClientAddr(client));
         let span = request_span(&request, &id, client);
-        let refused = crate::hardening::refuse(&self.state, &request);
+        let refused = hardening::refuse(&self.state, &request);
         let strip_cors = !config.cors_origins.is_empty();
         let mut inner = self.inner.clone();
         let timing = crate::telemetry::RequestTiming::start();
@@ -131,7 +133,7 @@ where
                 }
             };
             if strip_cors {
-                crate::hardening::strip_cors_unless_allowed(&mut response);
+                hardening::strip_cors_unless_allowed(&mut response);
             }
             response
         };

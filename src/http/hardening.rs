@@ -15,10 +15,10 @@ use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::error::ApiError;
-use crate::routes::require_json;
-use crate::server::Peer;
-use crate::state::AppState;
+use super::body::require_json;
+use super::peer::Peer;
+use super::state::EdgeState;
+use crate::wire::error::ApiError;
 
 /// Headers a reverse proxy, CDN or tunnel adds. Their presence means the peer address is
 /// not the client. (A proxy that adds none cannot be detected: see the README.)
@@ -40,7 +40,7 @@ pub const PROXY_HEADERS: [&str; 13] = [
 
 /// The edge's check before routing: the header count, and keyless mode's refusals. Its
 /// refusals still get the security headers (the edge adds them to every response).
-pub fn refuse(state: &AppState, request: &Request) -> Option<ApiError> {
+pub fn refuse(state: &EdgeState, request: &Request) -> Option<ApiError> {
     if request.headers().len() > state.config.limits.max_headers {
         return Some(ApiError::HeadersTooLarge);
     }

@@ -15,21 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::admission::{Admission, Admitted};
-use crate::auth::Authenticated;
-use crate::body_deadline::DeadlineBody;
+use super::admission::{Admission, Admitted};
+use super::auth::Authenticated;
+use super::body_deadline::DeadlineBody;
+use super::hold::HoldBody;
+use super::listener::Listener;
+pub use super::peer::Peer;
+use super::watchdog::{Activity, Timeouts, Tracked};
 use crate::config::Limits;
-use crate::hold::HoldBody;
-use crate::startup::Listener;
-use crate::watchdog::{Activity, Timeouts, Tracked};
-
-/// The peer of a connection, put into every request's extensions.
-#[derive(Clone, Copy, Debug)]
-pub enum Peer {
-    Tcp(SocketAddr),
-    /// A Unix domain socket: only processes on this machine can connect.
-    Unix,
-}
 
 pub struct ServeOptions {
     pub limits: Limits,

@@ -15,9 +15,9 @@ use governor::clock::{Clock, QuantaInstant, Reference};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::client_ip::bucket;
+use super::caller::bucket;
 use crate::config::Limits;
-use crate::error::ApiError;
+use crate::wire::error::ApiError;
 
 /// Past this many tracked addresses, forgotten ones are swept on the next failure.
 const SWEEP_ABOVE: usize = 10_000;

@@ -1,86 +1,24 @@
 //! Who may send how much: per-caller rate and concurrency, and the failed-auth throttle,
 //! counted in this process (`local.rs`) or shared by every instance through Redis
-//! (`shared.rs`), with the Redis failure policy decided here and nowhere else.
+//! (`shared.rs`), with the Redis failure policy decided here and nowhere else. The
+//! `[limits]` settings themselves are plain data in `config/limits.rs`.
 
+mod caller;
 mod local;
 mod scripts;
 mod shared;
 
 use std::net::IpAddr;
 
-use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::auth::Caller;
 use crate::config::Limits;
-use crate::error::ApiError;
+pub use crate::config::{Backend, RedisFailure, RedisUrl};
+use crate::wire::error::ApiError;
+pub use caller::{bucket, Caller};
 pub use local::whole_seconds;
 use local::LocalLimiter;
 use shared::{Lease, SharedLimiter};
-
-/// `[limits] backend`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    #[default]
-    Local,
-    Redis,
-}
-
-/// `[limits] redis_failure`: what a request meets while Redis cannot be reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RedisFailure {
-    /// Each instance limits on its own (never unlimited) until Redis is back.
-    #[default]
-    Local,
-    /// 503: no request is admitted that the shared limits could not judge.
-    Closed,
-}
-
-/// A Redis URL; it may carry a password, so `Debug` never shows it.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct RedisUrl(pub String);
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[REDACTED]")
-    }
-}
-
-/// Config checks for `[limits]`' Redis settings (called by `Config::validate`). Messages
-/// never repeat the URL: it may hold a password.
-pub fn validate(limits: &Limits) -> Result<(), String> {
-    if limits.backend != Backend::Redis {
-        return Ok(());
-    }
-    let Some(url) = &limits.redis_url else {
-        return Err(
-            "[limits] backend = \"redis\" needs redis_url (or GATEWAYD_REDIS_URL), \
-                    e.g. redis://127.0.0.1:6379"
-                .into(),
-        );
-    };
-    if redis::Client::open(url.0.as_str()).is_err() {
-        return Err("[limits] redis_url is not a valid Redis URL; expected \
-                    redis://[user:password@]host:port[/db] or rediss://…"
-            .into());
-    }
-    let prefix_ok = !limits.redis_prefix.is_empty()
-        && limits.redis_prefix.len() <= 64
-        && limits
-            .redis_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    if !prefix_ok {
-        return Err("[limits] redis_prefix must be 1-64 characters of A-Z a-z 0-9 - _ . :".into());
-    }
-    if limits.redis_timeout_ms == 0 || limits.redis_lease_ttl_secs == 0 {
-        return Err("[limits] redis_timeout_ms and redis_lease_ttl_secs must be above 0".into());
-    }
-    Ok(())
-}
 
 /// All limiters of one running gateway; built once with the state.
 pub struct Limiter {

@@ -15,11 +15,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 use tokio::task::JoinHandle;
 
+use super::caller::bucket;
 use super::scripts::{ADMIT, AUTH_FAILED, RENEW};
 use super::whole_seconds;
-use crate::client_ip::bucket;
 use crate::config::Limits;
-use crate::error::ApiError;
+use crate::wire::error::ApiError;
 
 /// While Redis is down, one request per this interval tries it again; the others go
 /// straight to the failure policy instead of each waiting out the timeout.
@@ -297,7 +297,7 @@ fn caller_tag(name: &str) -> String {
     } else {
         format!(
             "kd:{}",
-            hex::encode(&crate::keys::digest(name.as_bytes())[..16])
+            hex::encode(&crate::config::keys::digest(name.as_bytes())[..16])
         )
     }
 }

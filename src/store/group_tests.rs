@@ -1,7 +1,7 @@
 //! Group commit: refusals fail alone, storage failures fail the batch, one session's turns never share a batch.
 
 use super::*;
-use crate::sessions::SessionStore;
+use crate::store::SessionStore;
 
 async fn store(limits: SessionLimits) -> Arc<SessionStore> {
     let dir = std::env::temp_dir().join(format!(

@@ -1,6 +1,5 @@
-//! Server-side conversation sessions: types, ids, limits and the store over SQLite or PostgreSQL.
+//! Server-side conversation sessions: types, ids, storage errors and the store over SQLite or PostgreSQL.
 
-mod assemble;
 mod cache;
 mod group;
 mod items;
@@ -8,18 +7,20 @@ mod lease;
 mod native;
 mod responses;
 mod retention;
-mod store;
+mod sessions;
 mod turns;
 mod writer;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use assemble::{message_from_reply, ReplyAssembler};
+use crate::wire::error::ApiError;
+
+pub use crate::config::SessionLimits;
 pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
-pub use store::{SessionStore, StoredMessage};
+pub use sessions::{SessionStore, StoredMessage};
 
 /// A session as listed: no messages.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -141,30 +142,29 @@ impl SessionError {
     }
 }
 
-/// Limits and policies from `[sessions]`.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionLimits {
-    pub max_messages: usize,
-    pub max_bytes: usize,
-    /// 0 = unlimited.
-    pub max_sessions_per_key: usize,
-    /// How long a continuation waits for another turn of the same session.
-    pub busy_timeout: Duration,
-    /// Sessions idle this long are purged; `None` keeps them forever.
-    pub retention: Option<Duration>,
-    /// SQLite only: the database file never grows past this many bytes (0 = no cap).
-    pub max_database_bytes: u64,
-}
-
-impl Default for SessionLimits {
-    fn default() -> Self {
-        SessionLimits {
-            max_messages: 1000,
-            max_bytes: 8 * 1024 * 1024,
-            max_sessions_per_key: 10_000,
-            busy_timeout: Duration::from_secs(10),
-            retention: None,
-            max_database_bytes: 0,
+/// Storage errors as clients see them: unknown and foreign ids get the same 404, so a
+/// session's existence is never revealed; storage failures are a 503 `storage_unavailable`
+/// (logged, never shown), so a client never mistakes an unstored write for a stored one.
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::NotFound => ApiError::NotFound {
+                message: "No session found with that id.".into(),
+                code: Some("session_not_found"),
+            },
+            SessionError::InvalidId => ApiError::BadRequest {
+                message: "Malformed session id: expected 'sess_' followed by 32 hex characters."
+                    .into(),
+                param: Some("session_id"),
+                code: Some("invalid_session_id"),
+            },
+            SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
+            SessionError::Busy | SessionError::LeaseLost => ApiError::SessionBusy,
+            SessionError::QuotaReached(limit) => ApiError::SessionLimitReached(limit),
+            // Counted and logged (operation and cause) where it happened, in the store.
+            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
+                ApiError::StorageUnavailable
+            }
         }
     }
 }

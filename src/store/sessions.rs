@@ -15,7 +15,7 @@ use super::{new_session_id, now, Session, SessionError, SessionLimits};
 
 /// One migration set for both backends: the schema uses only SQL that SQLite and
 /// PostgreSQL read the same way (TEXT, BIGINT, a foreign key, plain indexes).
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/sessions/migrations");
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
 /// SQLite's page size, for turning `max_database_bytes` into `max_page_count`.
 const SQLITE_PAGE_BYTES: u64 = 4096;

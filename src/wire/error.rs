@@ -202,43 +202,6 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Storage errors as clients see them: unknown and foreign ids get the same 404, so a
-/// session's existence is never revealed; storage failures are a 503 `storage_unavailable`
-/// (logged, never shown), so a client never mistakes an unstored write for a stored one.
-impl From<crate::sessions::SessionError> for ApiError {
-    fn from(err: crate::sessions::SessionError) -> Self {
-        use crate::sessions::SessionError;
-        match err {
-            SessionError::NotFound => ApiError::NotFound {
-                message: "No session found with that id.".into(),
-                code: Some("session_not_found"),
-            },
-            SessionError::InvalidId => ApiError::BadRequest {
-                message: "Malformed session id: expected 'sess_' followed by 32 hex characters."
-                    .into(),
-                param: Some("session_id"),
-                code: Some("invalid_session_id"),
-            },
-            SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
-            SessionError::Busy | SessionError::LeaseLost => ApiError::SessionBusy,
-            SessionError::QuotaReached(limit) => ApiError::SessionLimitReached(limit),
-            // Counted and logged (operation and cause) where it happened, in the store.
-            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
-                ApiError::StorageUnavailable
-            }
-        }
-    }
-}
-
-impl From<crate::translate::Refusal> for ApiError {
-    fn from(refusal: crate::translate::Refusal) -> Self {
-        ApiError::InvalidParam {
-            message: refusal.message,
-            param: refusal.param,
-        }
-    }
-}
-
 /// `Json<T>` whose rejection is an [`ApiError`], so malformed bodies get OpenAI-shaped errors.
 #[derive(axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]

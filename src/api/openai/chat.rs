@@ -7,13 +7,14 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 
-use crate::conversation::{continue_session, SESSION_HEADER};
-use crate::error::ApiError;
-use crate::openai::{parse_request, ChatRequest, Endpoint};
-use crate::proxy::{forward, respond};
-use crate::routes::{read_json_body, Owner};
-use crate::state::AppState;
+use crate::api::state::AppState;
+use crate::gateway::conversation::{continue_session, SESSION_HEADER};
+use crate::gateway::route::{forward, respond};
+use crate::http::auth::Owner;
+use crate::http::body::read_json_body;
 use crate::upstream::headers::forwardable;
+use crate::wire::error::ApiError;
+use crate::wire::openai::{parse_request, ChatRequest, Endpoint};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -35,7 +36,7 @@ async fn chat_completions(
     };
     let id = session.to_str().unwrap_or_default().to_string();
     let request = parse(&state, &parts.headers, body, Endpoint::ChatCompletions).await?;
-    continue_session(&state, owner, &id, &request).await
+    continue_session(state.gateway(), owner, &id, &request).await
 }
 
 async fn completions(
@@ -64,8 +65,8 @@ async fn stateless(
         ));
     }
     let request = parse(&state, &headers, body, endpoint).await?;
-    let answer = forward(&state, endpoint, &request, None).await?;
-    Ok(respond(&state, answer, None))
+    let answer = forward(state.gateway(), endpoint, &request, None).await?;
+    Ok(respond(state.gateway(), answer, None))
 }
 
 async fn parse(
@@ -78,7 +79,7 @@ async fn parse(
     let body = read_json_body(headers, body, state.config.limits.max_body_bytes, keyless).await?;
     let mut request = parse_request(body, endpoint)
         .map_err(|invalid| ApiError::bad_request(invalid.message, invalid.param))?;
-    let token = crate::auth::extract_token(headers).ok().flatten();
+    let token = crate::http::auth::extract_token(headers).ok().flatten();
     request.client_headers = std::sync::Arc::new(forwardable(headers, token));
     Ok(request)
 }

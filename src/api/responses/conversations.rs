@@ -10,16 +10,17 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
-use crate::responses::{conversation_error, conversation_not_found};
-use crate::routes::responses::{page, ListParams};
-use crate::routes::sessions::check_metadata;
-use crate::routes::{read_body, require_json, Owner};
-use crate::sessions::{
+use crate::api::responses::routes::{page, ListParams};
+use crate::api::responses::translate::responses_items::{items_to_messages, message_to_items};
+use crate::api::sessions::check_metadata;
+use crate::api::state::AppState;
+use crate::gateway::responses_turn::{conversation_error, conversation_not_found};
+use crate::http::auth::Owner;
+use crate::http::body::{read_body, require_json};
+use crate::store::{
     conversation_id_of_session, session_id_of_conversation, Session, SessionStore, StoredItem,
 };
-use crate::state::AppState;
-use crate::translate::responses_items::{items_to_messages, message_to_items};
+use crate::wire::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -9,12 +9,14 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
-use crate::responses::native::{self, Stored};
-use crate::responses::{create as create_turn, is_response_id};
-use crate::routes::{page_limit, read_body, require_json, Owner};
-use crate::sessions::{SessionError, StoredResponse};
-use crate::state::AppState;
+use crate::api::paging::page_limit;
+use crate::api::state::AppState;
+use crate::gateway::native::{self, Stored};
+use crate::gateway::responses_turn::{create as create_turn, is_response_id};
+use crate::http::auth::Owner;
+use crate::http::body::{read_body, require_json};
+use crate::store::{SessionError, StoredResponse};
+use crate::wire::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -31,10 +33,10 @@ async fn create(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = read_body(body, state.config.limits.max_body_bytes).await?;
-    if let Some(passed) = native::create(&state, &owner, &headers, &body).await? {
+    if let Some(passed) = native::create(state.gateway(), &owner, &headers, &body).await? {
         return Ok(passed);
     }
-    create_turn(&state, owner, &body).await
+    create_turn(state.gateway(), owner, &body).await
 }
 
 /// Unknown, malformed, `store: false` and another key's ids: all the same 404.
@@ -66,7 +68,8 @@ async fn read(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    if let Some(passed) = native::stored(&state, &owner, &headers, &id, Stored::Read(query)).await?
+    if let Some(passed) =
+        native::stored(state.gateway(), &owner, &headers, &id, Stored::Read(query)).await?
     {
         return Ok(passed);
     }
@@ -88,7 +91,9 @@ async fn remove(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(passed) = native::stored(&state, &owner, &headers, &id, Stored::Delete).await? {
+    if let Some(passed) =
+        native::stored(state.gateway(), &owner, &headers, &id, Stored::Delete).await?
+    {
         return Ok(passed);
     }
     if !is_response_id(&id) {
@@ -127,7 +132,7 @@ async fn input_items(
     query: ListParams,
 ) -> Result<Response, ApiError> {
     let call = Stored::InputItems(raw);
-    if let Some(passed) = native::stored(&state, &owner, &headers, &id, call).await? {
+    if let Some(passed) = native::stored(state.gateway(), &owner, &headers, &id, call).await? {
         return Ok(passed);
     }
     let stored = stored(&state, &owner, &id).await?;

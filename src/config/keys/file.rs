@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::keys::Secret;
+use super::secret::Secret;
 
 /// A key is under 100 bytes; anything past this is not a key file.
 pub const MAX_KEY_FILE_BYTES: u64 = 4096;

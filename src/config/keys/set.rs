@@ -1,4 +1,4 @@
-//! Client keys: where they come from, the strong-key policy, digests and `keygen`.
+//! Client keys: where they come from (env, key files, `[[keys]]`), digests and `keygen`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -6,40 +6,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-mod policy;
-pub use policy::{
-    check_strength, is_token68, Alphabet, WeakKey, MAX_RUN, MIN_DISTINCT_CHARS, MIN_ENTROPY_BITS,
-    MIN_KEY_LEN,
-};
-
-/// A plaintext key, or a URL that may carry a password (`database_url`). Its `Debug`
-/// never shows the material, so it cannot leak through logs.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-/// For clap: `--database-url` parses straight into a `Secret`.
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(value.to_string()))
-    }
-}
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[REDACTED]")
-    }
-}
+use super::file::{self as keyfile, KeyFileError};
+use super::policy::{check_strength, WeakKey};
+use super::secret::Secret;
 
 /// SHA-256 of a key; what gatewayd keeps and compares instead of the key itself.
 pub type KeyDigest = [u8; 32];
@@ -172,7 +141,7 @@ pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
         Some(dir) => {
             let path = Path::new(&dir).join("api_server_key");
             // Absent only when nothing exists there: a dangling link or EACCES refuses.
-            if crate::keyfile::present(&path)? {
+            if keyfile::present(&path)? {
                 Some((
                     "credential api_server_key".to_string(),
                     read_key_file(&path, &mut warnings)?,
@@ -242,22 +211,18 @@ fn parse_entry(entry: &KeyEntry) -> Result<ClientKey, KeyError> {
 }
 
 /// A key file's content with exactly one trailing newline stripped; nothing else is
-/// trimmed. Regular files only, bounded and under a deadline (see `keyfile`).
+/// trimmed. Regular files only, bounded and under a deadline (see `file.rs`).
 fn read_key_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret, KeyError> {
-    let file = crate::keyfile::read(path)?;
+    let file = keyfile::read(path)?;
     warnings.extend(file.warning);
     Ok(file.secret)
 }
 
-impl From<crate::keyfile::KeyFileError> for KeyError {
-    fn from(err: crate::keyfile::KeyFileError) -> Self {
+impl From<KeyFileError> for KeyError {
+    fn from(err: KeyFileError) -> Self {
         KeyError::Unreadable {
             path: err.path,
             reason: err.reason,
         }
     }
 }
-
-#[cfg(test)]
-#[path = "keys_tests.rs"]
-mod tests;

@@ -5,6 +5,9 @@ pub mod responses_items;
 pub mod responses_reply;
 pub mod responses_stream;
 pub mod responses_tools;
+pub mod translated;
+
+use crate::wire::error::ApiError;
 
 /// A request the gateway cannot translate faithfully: a 400 naming the parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +21,15 @@ impl Refusal {
         Refusal {
             message: message.into(),
             param: param.into(),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        ApiError::InvalidParam {
+            message: refusal.message,
+            param: refusal.param,
         }
     }
 }

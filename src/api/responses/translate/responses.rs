@@ -5,6 +5,8 @@ use serde_json::{json, Map, Value};
 use super::responses_items::items_to_messages;
 pub use super::responses_tools::ToolPolicy;
 use super::responses_tools::{tool_choice, tools};
+use super::translated::truncate;
+pub use super::translated::Translated;
 use super::Refusal;
 
 /// Fields accepted and ignored: they do not change the answer a chat upstream gives.
@@ -21,28 +23,6 @@ const IGNORED: &[&str] = &[
 
 /// Fields copied into the chat request unchanged.
 const PASSED: &[&str] = &["temperature", "top_p", "user", "safety_identifier"];
-
-/// A translated request: the chat fields, this turn's input as chat messages, and what
-/// the response object echoes back.
-#[derive(Debug, Clone)]
-pub struct Translated {
-    pub model: String,
-    pub stream: bool,
-    pub store: bool,
-    pub instructions: Option<String>,
-    pub previous_response_id: Option<String>,
-    pub conversation: Option<String>,
-    /// The input items as sent (each normalised to an object with a `type`).
-    pub input_items: Vec<Value>,
-    /// The same input as chat messages.
-    pub input_messages: Vec<Value>,
-    /// Chat fields other than `model`, `messages` and `stream`.
-    pub chat_fields: Map<String, Value>,
-    /// Names of tools removed under `ToolPolicy::Drop`, in request order.
-    pub dropped_tools: Vec<String>,
-    /// Request fields the response object reports back (tools, tool_choice, text, …).
-    pub echo: Map<String, Value>,
-}
 
 /// Reads a Responses request body. Unknown fields and untranslatable values are refused.
 pub fn translate(body: &[u8], policy: ToolPolicy) -> Result<Translated, Refusal> {
@@ -247,14 +227,6 @@ fn take_string(
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(Refusal::new(name, format!("'{name}' must be a string."))),
-    }
-}
-
-/// At most 64 characters of a client-supplied name, for refusal messages.
-pub(super) fn truncate(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((i, _)) => &text[..i],
-        None => text,
     }
 }
 

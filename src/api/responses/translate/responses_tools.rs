@@ -2,19 +2,9 @@
 
 use serde_json::{json, Value};
 
-use super::responses::{truncate, Translated};
+use super::translated::{truncate, Translated};
 use super::Refusal;
-
-/// What to do with tools a chat upstream cannot run (`[responses] unsupported_tools`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ToolPolicy {
-    /// Remove them before the upstream call, and say so in `x-gatewayd-dropped-tools`.
-    #[default]
-    Drop,
-    /// Refuse the request with 400 naming the tool.
-    Reject,
-}
+pub use crate::config::ToolPolicy;
 
 /// Built-in tools only OpenAI's Responses backend can run.
 const BUILT_IN_TOOLS: &[&str] = &[

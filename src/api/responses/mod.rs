@@ -1,0 +1,6 @@
+//! The Responses API: /v1/responses (stored, translated or native) and /v1/conversations,
+//! and the pure translations between it and chat completions.
+
+pub mod conversations;
+pub mod routes;
+pub mod translate;

@@ -1,0 +1,19 @@
+//! Config: plain data, parsed and validated once, immutable afterwards. It imports no
+//! runtime module; the runtime takes its settings (and small types such as
+//! `SessionLimits` or `RedisUrl`) from here. Declarations and re-exports only.
+
+pub mod cli;
+pub mod keys;
+pub mod limits;
+mod load;
+pub mod proxies;
+mod sections;
+pub mod tls;
+mod upstream;
+
+pub use limits::{Backend, Limits, RedisFailure, RedisUrl};
+pub use load::{reread_key_entries, Config, ConfigError, FileConfig};
+pub use proxies::{parse_trusted, ForwardedHeader};
+pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};
+pub use tls::TlsFiles;
+pub use upstream::{HeaderSource, ResponsesMode, StreamEnd, UpstreamConfig};

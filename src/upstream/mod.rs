@@ -1,0 +1,20 @@
+//! Upstreams: the provider trait, the model→upstream registry and its fallback order, the
+//! HTTP client, the built-in `echo` model, which headers cross the gateway and the model
+//! catalog. Declarations and re-exports only.
+
+mod catalog;
+mod echo;
+pub mod headers;
+mod http;
+mod registry;
+pub mod tls;
+mod types;
+
+pub use crate::wire::openai::Endpoint;
+pub use catalog::CatalogError;
+pub use echo::EchoUpstream;
+pub use registry::{Candidate, Registry};
+pub use types::{
+    ByteStream, ModelObject, StoredResponseCall, Upstream, UpstreamError, UpstreamRequest,
+    UpstreamResponse,
+};
