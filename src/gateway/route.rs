@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::relay::{relay, RelayOptions, StreamObserver};
-use super::Gateway;
+use crate::gateway::relay::{relay, RelayOptions, StreamObserver};
+use crate::gateway::Gateway;
 use crate::telemetry;
 use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
 use crate::upstream::{UpstreamRequest, UpstreamResponse};
