@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gatewayd::cli::{Cli, Command, LogFormat};
+use gatewayd::config::cli::{Cli, Command, LogFormat};
+use gatewayd::config::keys::{self, ProcessEnv};
 use gatewayd::daemon;
-use gatewayd::guard::SystemResolver;
-use gatewayd::keys::{self, ProcessEnv};
-use gatewayd::verdict::{self, auth_mode, Verdict};
+use gatewayd::daemon::guard::SystemResolver;
+use gatewayd::daemon::verdict::{self, auth_mode, Verdict};
 
 /// Optional (`--features mimalloc`): less CPU in malloc/free than the system allocator,
 /// but more memory held per open stream (see Cargo.toml).
@@ -101,8 +101,8 @@ fn check_config(verdict: &Verdict) -> ExitCode {
 /// Where limits are counted, for check-config (never the Redis URL: it may hold a password).
 fn limits_mode(limits: &gatewayd::config::Limits) -> String {
     match limits.backend {
-        gatewayd::ratelimit::Backend::Local => "local to this process".into(),
-        gatewayd::ratelimit::Backend::Redis => format!(
+        gatewayd::config::Backend::Local => "local to this process".into(),
+        gatewayd::config::Backend::Redis => format!(
             "shared through Redis (prefix {:?}, on failure: {:?})",
             limits.redis_prefix, limits.redis_failure
         ),

@@ -1,11 +1,15 @@
-//! The turn pipeline, protocol-neutral: one path from a parsed request to a stored turn, for every client protocol.
+//! The turn pipeline, protocol-neutral: one path from a parsed request to a stored turn, for every client protocol. Declarations and re-exports only.
 
 pub mod decode;
 pub mod native_record;
 pub mod pipeline;
+pub mod relay;
 pub mod resolve;
+pub mod route;
 pub mod settle;
+pub mod state;
 pub mod turn;
 
 pub use pipeline::{append, run};
+pub use state::Gateway;
 pub use turn::{Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall};

@@ -16,9 +16,9 @@ use serde::Deserialize;
 
 use super::decode::sse::{Line, SseLines};
 use super::resolve::is_native_id;
-use crate::error::ApiError;
-use crate::sessions::SessionStore;
+use crate::store::SessionStore;
 use crate::upstream::{ByteStream, UpstreamError};
+use crate::wire::error::ApiError;
 
 const TERMINAL: [&str; 4] = [
     "response.completed",

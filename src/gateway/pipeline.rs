@@ -21,16 +21,16 @@ use super::decode::Reply;
 use super::native_record::{self, NativeRecorder};
 use super::resolve::{resolve, Resolved};
 use super::settle::{hand_on_usage, Settlement, Settler};
+use super::state::Gateway;
 use super::turn::{Complete, Protocol, Stored, Turn, UpstreamCall};
-use crate::error::ApiError;
-use crate::proxy::{forward_to, respond, respond_stream, Answer};
-use crate::sessions::SessionStore;
-use crate::state::AppState;
+use crate::gateway::route::{forward_to, respond, respond_stream, Answer};
+use crate::store::SessionStore;
 use crate::upstream::Candidate;
+use crate::wire::error::ApiError;
 
 /// Runs one turn that calls an upstream.
 pub async fn run(
-    state: &AppState,
+    gateway: &Gateway,
     turn: Turn,
     mut protocol: impl Protocol,
 ) -> Result<Response, ApiError> {
@@ -42,7 +42,7 @@ pub async fn run(
         records,
     } = turn;
     let store = match stored != Stored::Nothing || records {
-        true => Some(state.session_store()?.clone()),
+        true => Some(gateway.session_store()?.clone()),
         false => None,
     };
     let resolved = resolve(store.as_ref(), &owner, &stored).await?;
@@ -57,10 +57,10 @@ pub async fn run(
 
     let mut call = protocol.upstream_call(&context)?;
     call.request.client_headers = client_headers;
-    let candidates = candidates(state, &call, pinned)?;
+    let candidates = candidates(gateway, &call, pinned)?;
     let prefix = call.prefix.as_deref().map(str::as_bytes);
     let (answer, upstream) =
-        forward_to(state, call.endpoint, &call.request, prefix, candidates).await?;
+        forward_to(gateway, call.endpoint, &call.request, prefix, candidates).await?;
 
     let native = match (call.native_only, &store) {
         (true, Some(store)) if records => Some(NativeRecorder {
@@ -117,7 +117,7 @@ pub async fn run(
                 upstream.body = native_record::tap(upstream.body, native);
             }
             let settler = Settler::new(protocol.encoder(), settlement, protocol.translates());
-            respond_stream(state, upstream, settler)
+            respond_stream(gateway, upstream, settler)
         }
     };
     protocol.finish_headers(response.headers_mut());
@@ -127,8 +127,8 @@ pub async fn run(
 /// Runs one turn that only stores what the client sent (conversation items): the same
 /// state, limits, commit and release as every turn, and no upstream. Returns how many
 /// messages were stored.
-pub async fn append(state: &AppState, turn: Turn) -> Result<usize, ApiError> {
-    let store: Arc<SessionStore> = state.session_store()?.clone();
+pub async fn append(gateway: &Gateway, turn: Turn) -> Result<usize, ApiError> {
+    let store: Arc<SessionStore> = gateway.session_store()?.clone();
     let resolved = resolve(Some(&store), &turn.owner, &turn.stored).await?;
     store.admits(&resolved.context, &turn.input, false)?;
     let added = turn.input.len();
@@ -145,11 +145,11 @@ pub async fn append(state: &AppState, turn: Turn) -> Result<usize, ApiError> {
 /// The upstreams that may answer: those serving the model (natively, if the call needs
 /// it), only the one holding a continued native response.
 fn candidates(
-    state: &AppState,
+    gateway: &Gateway,
     call: &UpstreamCall,
     pinned: Option<String>,
 ) -> Result<Vec<Candidate>, ApiError> {
-    let mut candidates = state.upstreams.candidates(&call.request.model);
+    let mut candidates = gateway.upstreams.candidates(&call.request.model);
     if call.native_only {
         candidates.retain(|c| c.upstream.native_responses());
     }

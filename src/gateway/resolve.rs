@@ -5,10 +5,10 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::turn::Stored;
-use crate::error::ApiError;
-use crate::sessions::{
+use crate::store::{
     parse_session_id, session_id_of_conversation, History, SessionError, SessionLease, SessionStore,
 };
+use crate::wire::error::ApiError;
 
 /// What a turn continues.
 pub struct Resolved {

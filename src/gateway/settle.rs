@@ -8,9 +8,9 @@ use futures_util::FutureExt;
 
 use super::decode::{ChatDecoder, Delta, Reply};
 use super::turn::{Encoder, Record};
-use crate::error::ApiError;
-use crate::relay::{Flow, StreamTap};
-use crate::sessions::{SessionLease, SessionStore};
+use crate::gateway::relay::{Flow, StreamTap};
+use crate::store::{SessionLease, SessionStore};
+use crate::wire::error::ApiError;
 
 /// What a turn stores once its reply is complete. Holding it holds the session's lease:
 /// dropping it on any other exit (an upstream error, a truncated stream, a client that

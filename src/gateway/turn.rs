@@ -7,9 +7,9 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::decode::{Delta, Reply};
-use crate::error::ApiError;
-use crate::openai::{ChatRequest, Endpoint};
-use crate::sessions::{History, ResponseRecord};
+use crate::store::{History, ResponseRecord};
+use crate::wire::error::ApiError;
+use crate::wire::openai::{ChatRequest, Endpoint};
 
 /// The stored state a turn continues, as the client named it.
 #[derive(Debug, Clone, PartialEq, Eq)]

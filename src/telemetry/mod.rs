@@ -130,12 +130,14 @@ pub fn record(timing: &RequestTiming, started: Instant, status: StatusCode) {
 }
 
 /// Counts a request the gateway itself refused: failed authentication or a rate limit.
-pub fn count_refusal(error: &crate::error::ApiError) {
+pub fn count_refusal(error: &crate::wire::error::ApiError) {
     match error {
-        crate::error::ApiError::Unauthorized { .. } => {
+        crate::wire::error::ApiError::Unauthorized { .. } => {
             metrics::counter!(AUTH_FAILURES).increment(1)
         }
-        crate::error::ApiError::RateLimited { .. } => metrics::counter!(RATE_LIMITED).increment(1),
+        crate::wire::error::ApiError::RateLimited { .. } => {
+            metrics::counter!(RATE_LIMITED).increment(1)
+        }
         _ => {}
     }
 }

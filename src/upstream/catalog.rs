@@ -7,7 +7,8 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::{Entry, ModelObject, Registry, UpstreamError};
+use super::registry::{Entry, Registry};
+use super::{ModelObject, UpstreamError};
 
 /// No model could be named: every pattern upstream failed and nothing is configured.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use super::{UpstreamRequest, UpstreamResponse};
 use crate::config::{ResponsesMode, UpstreamConfig};
 
 mod native;
-use crate::keys::Secret;
+use crate::config::keys::Secret;
 
 /// The pooled client every upstream shares; cloning it shares the pool.
 pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;

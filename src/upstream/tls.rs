@@ -11,8 +11,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
+use crate::config::tls::{provider, read_certs, read_pair, TlsError};
 use crate::config::UpstreamConfig;
-use crate::tls::{provider, read_certs, read_pair, TlsError};
 
 /// The roots every upstream trusts: the compiled-in webpki roots and the operating
 /// system's store (read once per process).

@@ -1,0 +1,288 @@
+//! /v1/conversations: the caller's sessions under OpenAI's Conversations API (`conv_<hex>` is `sess_<hex>`).
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::responses::routes::{page, ListParams};
+use crate::api::responses::translate::responses_items::{items_to_messages, message_to_items};
+use crate::api::sessions::check_metadata;
+use crate::api::state::AppState;
+use crate::gateway::resolve::{conversation_error, conversation_not_found};
+use crate::gateway::{Stored, Turn};
+use crate::http::auth::Owner;
+use crate::http::body::{read_body, require_json};
+use crate::store::{
+    conversation_id_of_session, session_id_of_conversation, Session, SessionStore, StoredItem,
+};
+use crate::wire::error::ApiError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/conversations", post(create))
+        .route(
+            "/v1/conversations/{id}",
+            get(read).post(update).delete(remove),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(list_items).post(add_items),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(read_item).delete(remove_item),
+        )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConversationBody {
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    items: Option<Vec<Value>>,
+}
+
+async fn body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ConversationBody, ApiError> {
+    let body = read_body(body, state.config.limits.max_body_bytes).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ConversationBody::default());
+    }
+    require_json(headers)?;
+    let parsed: ConversationBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid conversation request: {e}"), None))?;
+    if let Some(metadata) = &parsed.metadata {
+        check_metadata(metadata)?;
+    }
+    Ok(parsed)
+}
+
+fn object(session: &Session) -> Value {
+    json!({"id": conversation_id_of_session(&session.id), "object": "conversation",
+           "created_at": session.created_at, "metadata": session.metadata})
+}
+
+fn session_id(id: &str) -> Result<String, ApiError> {
+    session_id_of_conversation(id).map_err(|_| conversation_not_found())
+}
+
+/// Appends items to the session: a turn on the pipeline with no upstream call.
+async fn append(
+    state: &AppState,
+    owner: &str,
+    id: &str,
+    items: &[Value],
+) -> Result<usize, ApiError> {
+    let messages: Vec<String> = items_to_messages(items)?
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    let turn = Turn {
+        owner: owner.into(),
+        stored: Stored::Conversation(id.to_string()),
+        input: messages,
+        client_headers: Default::default(),
+        records: false,
+    };
+    crate::gateway::append(state.gateway(), turn).await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    headers: HeaderMap,
+    request: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let request = body(&state, &headers, request).await?;
+    let store = state.session_store()?;
+    let session = store
+        .create(&owner, request.metadata.unwrap_or_default(), None)
+        .await
+        .map_err(ApiError::from)?;
+    if let Some(items) = request.items.filter(|i| !i.is_empty()) {
+        if let Err(err) = append(&state, &owner, &session.id, &items).await {
+            // Never leave a half-created conversation behind. If even the delete fails
+            // (storage down), the empty conversation stays and is said so in the log.
+            if let Err(left) = store.delete(&owner, &session.id).await {
+                tracing::warn!(error = %left, "an empty conversation was left behind after its items could not be stored");
+            }
+            return Err(err);
+        }
+    }
+    Ok(axum::Json(object(&session)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&id)?;
+    let (session, _, _) = state
+        .session_store()?
+        .get(&owner, &id)
+        .await
+        .map_err(conversation_error)?;
+    Ok(axum::Json(object(&session)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&id)?;
+    let request = body(&state, &headers, request).await?;
+    if request.items.is_some() {
+        return Err(ApiError::bad_request(
+            "Add items through /items.",
+            Some("items"),
+        ));
+    }
+    let store = state.session_store()?;
+    let metadata = request.metadata.unwrap_or_default();
+    store
+        .update_metadata(&owner, &id, &metadata)
+        .await
+        .map_err(conversation_error)?;
+    let (session, _, _) = store.get(&owner, &id).await.map_err(conversation_error)?;
+    Ok(axum::Json(object(&session)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(conversation): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&conversation)?;
+    state
+        .session_store()?
+        .delete(&owner, &id)
+        .await
+        .map_err(conversation_error)?;
+    Ok(axum::Json(json!({"id": conversation_id_of_session(&id),
+        "object": "conversation.deleted", "deleted": true})))
+}
+
+/// Every stored message as items, oldest first; ids are derived from the message's seq.
+fn as_items(stored: &[StoredItem]) -> Vec<Value> {
+    stored
+        .iter()
+        .flat_map(|row| {
+            let message: Value = serde_json::from_str(&row.json).unwrap_or(Value::Null);
+            message_to_items(&message, &row.seq.to_string())
+        })
+        .collect()
+}
+
+async fn stored_items(
+    store: &SessionStore,
+    owner: &str,
+    id: &str,
+) -> Result<Vec<StoredItem>, ApiError> {
+    store.items(owner, id).await.map_err(conversation_error)
+}
+
+async fn list_items(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    query: ListParams,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&id)?;
+    let stored = stored_items(state.session_store()?, &owner, &id).await?;
+    page(as_items(&stored), query).map(axum::Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddItems {
+    items: Vec<Value>,
+}
+
+async fn add_items(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request: Body,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&id)?;
+    require_json(&headers)?;
+    let request = read_body(request, state.config.limits.max_body_bytes).await?;
+    let request: AddItems = serde_json::from_slice(&request)
+        .map_err(|e| ApiError::bad_request(format!("Invalid items request: {e}"), Some("items")))?;
+    let added = append(&state, &owner, &id, &request.items).await?;
+    let stored = stored_items(state.session_store()?, &owner, &id).await?;
+    let new_rows = &stored[stored.len().saturating_sub(added)..];
+    let data = as_items(new_rows);
+    Ok(axum::Json(json!({"object": "list", "data": data,
+        "first_id": data.first().and_then(|i| i.get("id")),
+        "last_id": data.last().and_then(|i| i.get("id")), "has_more": false})))
+}
+
+/// The seq an item id was derived from: `msg_<seq>`, `fc_<seq>_<n>` or `fco_<seq>`.
+fn seq_of(item_id: &str) -> Option<i64> {
+    let (_, rest) = item_id.split_once('_')?;
+    rest.split('_').next()?.parse().ok()
+}
+
+fn item_not_found() -> ApiError {
+    ApiError::NotFound {
+        message: "No item found with that id in this conversation.".into(),
+        code: Some("item_not_found"),
+    }
+}
+
+async fn read_item(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path((id, item_id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&id)?;
+    let stored = stored_items(state.session_store()?, &owner, &id).await?;
+    let seq = seq_of(&item_id).ok_or_else(item_not_found)?;
+    let rows: Vec<&StoredItem> = stored.iter().filter(|r| r.seq == seq).collect();
+    let items = rows.first().map(|row| {
+        let message: Value = serde_json::from_str(&row.json).unwrap_or(Value::Null);
+        message_to_items(&message, &row.seq.to_string())
+    });
+    items
+        .into_iter()
+        .flatten()
+        .find(|item| item.get("id").and_then(Value::as_str) == Some(item_id.as_str()))
+        .map(axum::Json)
+        .ok_or_else(item_not_found)
+}
+
+/// Deletes the stored message the item came from (with every item derived from it).
+async fn remove_item(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path((id, item_id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = session_id(&id)?;
+    let store = state.session_store()?;
+    let seq = seq_of(&item_id).ok_or_else(item_not_found)?;
+    let deleted = store
+        .delete_item(&owner, &id, seq)
+        .await
+        .map_err(conversation_error)?;
+    if !deleted {
+        return Err(item_not_found());
+    }
+    let (session, _, _) = store.get(&owner, &id).await.map_err(conversation_error)?;
+    Ok(axum::Json(object(&session)))
+}

@@ -1,0 +1,192 @@
+//! The Responses API adapter for native upstreams (`responses = "native"`): calls pass through byte for byte to the upstream that owns them.
+//!
+//! The pipeline records, per response id, the key that created it and the upstream that
+//! holds it (see `gateway/native_record.rs`). Follow-ups (`previous_response_id`, GET,
+//! DELETE, `input_items`) go only to that upstream and only for that key; any other id
+//! gets the same 404 as an unknown one, without contacting an upstream.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::state::AppState;
+use crate::gateway::decode::Reply;
+use crate::gateway::resolve::native_holder;
+use crate::gateway::route::{respond, stored_response, Answer};
+use crate::gateway::{
+    Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
+};
+use crate::http::auth::client_headers;
+use crate::store::History;
+use crate::upstream::StoredResponseCall;
+use crate::wire::error::ApiError;
+use crate::wire::openai::{parse_request, ChatRequest, Endpoint};
+
+/// What routing needs from the request, read beside the untouched bytes. A duplicated
+/// field is refused, so gatewayd and the upstream cannot read different values.
+#[derive(Deserialize)]
+struct Names {
+    previous_response_id: Option<Value>,
+    conversation: Option<serde::de::IgnoredAny>,
+    store: Option<bool>,
+    input: Option<Value>,
+}
+
+/// An `item_reference` names an item stored at the upstream, which holds every key's
+/// items under the gateway's one account: gatewayd cannot check whose it is.
+fn references_stored_items(input: Option<&Value>) -> bool {
+    input.and_then(Value::as_array).is_some_and(|items| {
+        items
+            .iter()
+            .any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference"))
+    })
+}
+
+/// `POST /v1/responses` for a model whose first upstream is native; `None` means the
+/// request is not native and is translated instead.
+pub async fn create(
+    state: &AppState,
+    owner: &Arc<str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Option<Response>, ApiError> {
+    let Ok(request) = parse_request(body.clone(), Endpoint::Responses) else {
+        return Ok(None);
+    };
+    let first = state.upstreams.candidates(&request.model);
+    if !first.first().is_some_and(|c| c.upstream.native_responses()) {
+        return Ok(None);
+    }
+    let names: Names = serde_json::from_slice(body).map_err(|_| {
+        ApiError::bad_request("'previous_response_id', 'conversation' and 'store' must each appear once, with a string, an id and a boolean.", None)
+    })?;
+    if names.conversation.is_some() {
+        return Err(ApiError::bad_request(
+            "'conversation' is not available for a model served by a native Responses upstream; use previous_response_id.",
+            Some("conversation"),
+        ));
+    }
+    if references_stored_items(names.input.as_ref()) {
+        return Err(ApiError::bad_request(
+            "'item_reference' input items are not available for a model served by a native Responses upstream; send the items themselves, or use previous_response_id.",
+            Some("input"),
+        ));
+    }
+    let stored = match names.previous_response_id {
+        None | Some(Value::Null) => Stored::Nothing,
+        Some(Value::String(previous)) => Stored::NativeResponse(previous),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "'previous_response_id' must be a string.",
+                Some("previous_response_id"),
+            ))
+        }
+    };
+    let turn = Turn {
+        owner: owner.clone(),
+        stored,
+        input: Vec::new(),
+        client_headers: client_headers(headers),
+        records: names.store != Some(false),
+    };
+    let protocol = Native {
+        request: Some(request),
+    };
+    crate::gateway::run(state.gateway(), turn, protocol)
+        .await
+        .map(Some)
+}
+
+/// The client's Responses request, unchanged, to a native upstream; its answer unchanged.
+struct Native {
+    request: Option<ChatRequest>,
+}
+
+impl Protocol for Native {
+    fn upstream_call(&mut self, _context: &History) -> Result<UpstreamCall, ApiError> {
+        Ok(UpstreamCall {
+            endpoint: Endpoint::Responses,
+            request: self.request.take().ok_or(ApiError::Internal)?,
+            prefix: None,
+            native_only: true,
+        })
+    }
+
+    fn translates(&self) -> bool {
+        false
+    }
+
+    fn reply(
+        &mut self,
+        _reply: Option<&Reply>,
+        answer: Complete,
+    ) -> Result<(Response, Record), ApiError> {
+        let response = respond(Answer::Complete {
+            status: answer.status,
+            content_type: answer.headers,
+            body: answer.body,
+        });
+        Ok((response, Record::default()))
+    }
+
+    fn encoder(&mut self) -> Box<dyn Encoder> {
+        Box::new(Passthrough)
+    }
+}
+
+/// Which stored-response call a route makes, with the client's query string.
+pub enum StoredCall {
+    Read(Option<String>),
+    Delete,
+    InputItems(Option<String>),
+}
+
+/// `GET`/`DELETE /v1/responses/{id}` and `GET …/input_items` for `owner`'s native response
+/// `id`, answered by the upstream that holds it; `None` when `owner` has no such native
+/// response (the route then looks for a translated one).
+pub async fn stored(
+    state: &AppState,
+    owner: &str,
+    headers: &HeaderMap,
+    id: &str,
+    call: StoredCall,
+) -> Result<Option<Response>, ApiError> {
+    let store = state.session_store()?;
+    let Some(holder) = native_holder(store, owner, id).await? else {
+        return Ok(None);
+    };
+    let Some(upstream) = state.upstreams.by_name(&holder) else {
+        // The upstream left the config: nothing can answer for this response now.
+        tracing::warn!(upstream = %holder, "a native response's upstream is no longer configured");
+        return Ok(None);
+    };
+    let (method, query) = match &call {
+        StoredCall::Delete => (Method::DELETE, None),
+        StoredCall::Read(query) | StoredCall::InputItems(query) => (Method::GET, query.as_deref()),
+    };
+    let query = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    let answer = stored_response(
+        upstream.as_ref(),
+        StoredResponseCall {
+            method,
+            id: id.to_string(),
+            input_items: matches!(call, StoredCall::InputItems(_)),
+            query: query.into_owned().collect(),
+            client_headers: client_headers(headers),
+        },
+    )
+    .await?;
+    if let (StoredCall::Delete, Answer::Complete { status, .. }) = (&call, &answer) {
+        if status.is_success() || status.as_u16() == 404 {
+            store
+                .forget_native(owner, id)
+                .await
+                .map_err(ApiError::from)?;
+        }
+    }
+    Ok(Some(respond(answer)))
+}

@@ -1,0 +1,237 @@
+//! The Responses API adapter for chat upstreams: a Responses request parsed into a turn, sent as chat, answered as Responses.
+//!
+//! `previous_response_id` and `conversation` are two ways of naming stored state, like
+//! `X-Session-Id` for chat; the pipeline resolves them, checks the limits and commits the
+//! turn. This adapter supplies the translation both ways.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::api::responses::translate::random_id;
+use crate::api::responses::translate::responses::{chat_body, translate, Translated};
+use crate::api::responses::translate::responses_items::items_to_messages;
+use crate::api::responses::translate::responses_reply::{
+    outcome_from_reply, response_object, Outcome, ResponseMeta,
+};
+use crate::api::responses::translate::responses_stream::StreamTranslator;
+use crate::api::state::AppState;
+use crate::gateway::decode::{Delta, Reply};
+use crate::gateway::{Complete, Encoder, Protocol, Record, Stored, Turn, UpstreamCall};
+use crate::http::auth::client_headers;
+use crate::store::{History, ResponseRecord};
+use crate::wire::error::ApiError;
+use crate::wire::openai::{parse_request, Endpoint};
+
+/// Lists the tools removed before the upstream call (`[responses] unsupported_tools = "drop"`).
+pub const DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-gatewayd-dropped-tools");
+
+/// `POST /v1/responses` for a model served through chat: parse, then the pipeline.
+pub async fn create(
+    state: &AppState,
+    owner: Arc<str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let t = translate(body, state.config.responses.unsupported_tools)?;
+    if !t.dropped_tools.is_empty() {
+        tracing::debug!(tools = %t.dropped_tools.join(", "), "dropped tools a chat upstream cannot run");
+    }
+    let stored = match (&t.previous_response_id, &t.conversation) {
+        (Some(id), _) => Stored::Response(id.clone()),
+        (None, Some(conversation)) => Stored::Conversation(conversation.clone()),
+        (None, None) => Stored::Nothing,
+    };
+    let input: Vec<String> = t.input_messages.iter().map(Value::to_string).collect();
+    let turn = Turn {
+        owner,
+        stored,
+        input: input.clone(),
+        client_headers: client_headers(headers),
+        records: true,
+    };
+    let recording = Recording {
+        meta: ResponseMeta::new(&t, crate::api::responses::translate::now_secs()),
+        context: Vec::new(),
+        input,
+        input_items: with_ids(&t.input_items),
+        persist: t.store,
+    };
+    let protocol = Responses {
+        t,
+        recording: Some(recording),
+    };
+    crate::gateway::run(state.gateway(), turn, protocol).await
+}
+
+/// Input items as `input_items` lists them: each with an id.
+fn with_ids(items: &[Value]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|item| {
+            let mut item = item.clone();
+            if let Some(object) = item.as_object_mut() {
+                if !object.get("id").is_some_and(Value::is_string) {
+                    let prefix = match object.get("type").and_then(Value::as_str) {
+                        Some("function_call") => "fc",
+                        Some("function_call_output") => "fco",
+                        Some("reasoning") => "rs",
+                        _ => "msg",
+                    };
+                    object.insert("id".into(), Value::String(random_id(prefix)));
+                }
+            }
+            item
+        })
+        .collect()
+}
+
+struct Responses {
+    t: Translated,
+    /// Moves into the stream encoder when the answer streams.
+    recording: Option<Recording>,
+}
+
+/// What a finished turn stores: built from the translated request, the context it
+/// continued and its outcome.
+struct Recording {
+    meta: ResponseMeta,
+    /// The chat messages the turn continued (system prompt first, as a message).
+    context: Vec<String>,
+    input: Vec<String>,
+    input_items: Vec<Value>,
+    /// `store`: the response is kept for `previous_response_id` and GET.
+    persist: bool,
+}
+
+impl Recording {
+    fn record(&self, outcome: &Outcome, object: &Value) -> Result<Record, ApiError> {
+        let output: Vec<String> = items_to_messages(&outcome.items)
+            .map_err(|_| ApiError::Internal)?
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        let response = self.persist.then(|| ResponseRecord {
+            id: self.meta.id.clone(),
+            created_at: self.meta.created_at,
+            context: format!(
+                "[{}]",
+                [&self.context[..], &self.input[..], &output[..]]
+                    .concat()
+                    .join(",")
+            ),
+            input_items: Value::Array(self.input_items.clone()).to_string(),
+            response: object.to_string(),
+        });
+        Ok(Record { output, response })
+    }
+}
+
+impl Protocol for Responses {
+    fn upstream_call(&mut self, context: &History) -> Result<UpstreamCall, ApiError> {
+        let context = context.to_messages();
+        let chat = chat_body(&self.t, self.t.stream, &context);
+        if let Some(recording) = &mut self.recording {
+            recording.context = context;
+        }
+        let request =
+            parse_request(Bytes::from(chat), Endpoint::ChatCompletions).map_err(|_| {
+                ApiError::bad_request(
+                    "'input' is required: there is no stored context to continue.",
+                    Some("input"),
+                )
+            })?;
+        Ok(UpstreamCall {
+            endpoint: Endpoint::ChatCompletions,
+            request,
+            prefix: None,
+            native_only: false,
+        })
+    }
+
+    fn translates(&self) -> bool {
+        true
+    }
+
+    fn reply(
+        &mut self,
+        reply: Option<&Reply>,
+        _answer: Complete,
+    ) -> Result<(Response, Record), ApiError> {
+        if self.t.stream {
+            // The upstream ignored `stream`; a streaming client cannot read a JSON body.
+            tracing::warn!("upstream answered a streaming request without a stream");
+            return Err(ApiError::BadGateway);
+        }
+        let (reply, recording) = reply
+            .zip(self.recording.as_ref())
+            .ok_or(ApiError::Internal)?;
+        let outcome = outcome_from_reply(reply);
+        let object = response_object(&recording.meta, &outcome, None);
+        let record = recording.record(&outcome, &object)?;
+        Ok((axum::Json(object).into_response(), record))
+    }
+
+    fn encoder(&mut self) -> Box<dyn Encoder> {
+        let recording = self.recording.take().unwrap_or_else(|| Recording {
+            meta: ResponseMeta::new(&self.t, crate::api::responses::translate::now_secs()),
+            context: Vec::new(),
+            input: Vec::new(),
+            input_items: Vec::new(),
+            persist: false,
+        });
+        Box::new(ResponseEvents {
+            translator: StreamTranslator::new(recording.meta.clone()),
+            recording,
+            closing: Vec::new(),
+            object: Value::Null,
+        })
+    }
+
+    fn finish_headers(&self, headers: &mut HeaderMap) {
+        if !self.t.dropped_tools.is_empty() {
+            if let Ok(value) = HeaderValue::from_str(&self.t.dropped_tools.join(", ")) {
+                headers.insert(DROPPED_TOOLS, value);
+            }
+        }
+    }
+}
+
+/// Responses API events from the decoded chat stream; `response.completed` is sent only
+/// after the turn is stored.
+struct ResponseEvents {
+    translator: StreamTranslator,
+    recording: Recording,
+    /// The events that close the last item, held until the turn is settled.
+    closing: Vec<u8>,
+    object: Value,
+}
+
+impl Encoder for ResponseEvents {
+    fn chunk(&mut self, _raw: &Bytes, deltas: &[Delta]) -> Option<Bytes> {
+        Some(Bytes::from(self.translator.push(deltas)))
+    }
+
+    fn record(&mut self, reply: &Reply) -> Result<Record, ApiError> {
+        let (outcome, closing) = self.translator.finish(reply);
+        self.closing = closing;
+        self.object = response_object(self.translator.meta(), &outcome, None);
+        self.recording.record(&outcome, &self.object)
+    }
+
+    fn done(&mut self, settled: Result<(), &ApiError>) -> Option<Bytes> {
+        let mut out = std::mem::take(&mut self.closing);
+        match settled {
+            Ok(()) => out.extend(self.translator.terminal(&self.object)),
+            Err(error) => out.extend(self.translator.failure(&error.body())),
+        }
+        Some(Bytes::from(out))
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Option<Bytes> {
+        Some(Bytes::from(self.translator.failure(&error.body())))
+    }
+}

@@ -1,0 +1,95 @@
+//! Command-line interface (clap derive). The doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// gatewayd: a secure-by-default OpenAI-compatible API gateway.
+///
+/// With no subcommand it serves (same as `gatewayd serve`). Keys are never taken from
+/// the command line (they would show in /proc/*/cmdline): use API_SERVER_KEY,
+/// API_SERVER_KEY_FILE, systemd's LoadCredential=api_server_key, or [[keys]] digests.
+#[derive(Debug, Parser)]
+#[command(name = "gatewayd", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print a fresh random key (gwd_ + 32 random bytes, base64url).
+    Keygen {
+        /// Also print the key's SHA-256, for a [[keys]] entry in the config file.
+        #[arg(long)]
+        sha256: bool,
+    },
+    /// Load the configuration, apply the guard and key policy exactly as `serve` would,
+    /// print what serve would do, and exit 0 (would serve) or 78 (would refuse).
+    CheckConfig,
+}
+
+/// Settings that override the config file. Precedence: flags > env > file > defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to bind: an IP literal, `localhost`, or a host name resolved once.
+    /// Anything but loopback requires a strong API key. [default: 127.0.0.1]
+    #[arg(long, env = "API_SERVER_HOST", global = true)]
+    pub host: Option<String>,
+
+    /// TCP port; 0 picks a free port (the startup log shows the real one). [default: 8642]
+    #[arg(long, env = "API_SERVER_PORT", global = true)]
+    pub port: Option<u16>,
+
+    /// Optional TOML config file; see config/gatewayd.example.toml.
+    #[arg(long, env = "GATEWAYD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// One OpenAI-compatible upstream serving every model, e.g. http://127.0.0.1:8000/v1.
+    /// Its key comes from GATEWAYD_UPSTREAM_API_KEY.
+    #[arg(long, env = "GATEWAYD_UPSTREAM_URL", global = true)]
+    pub upstream: Option<String>,
+
+    /// Directory for the SQLite session database, created with mode 0700. [default: ./data]
+    #[arg(long, env = "GATEWAYD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// PostgreSQL URL for sessions shared by several instances (instead of SQLite).
+    #[arg(
+        long,
+        env = "GATEWAYD_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<super::keys::Secret>,
+
+    /// Redis for limits shared by several instances (with `[limits] backend = "redis"`).
+    #[arg(
+        long,
+        env = "GATEWAYD_REDIS_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// Also serve GET /metrics (still key-protected) on this HOST:PORT, e.g.
+    /// 127.0.0.1:9464. The startup guard judges it like the main address.
+    #[arg(long, env = "GATEWAYD_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
+
+    /// Log format. [default: text]
+    #[arg(long, env = "GATEWAYD_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,20 @@
+//! Client keys: sources, the strong-key policy, digests, key files and `Secret`.
+//! Declarations and re-exports only; each file below has one job.
+
+pub mod file;
+mod policy;
+mod secret;
+mod set;
+
+pub use policy::{
+    check_strength, is_token68, Alphabet, WeakKey, MAX_RUN, MIN_DISTINCT_CHARS, MIN_ENTROPY_BITS,
+    MIN_KEY_LEN,
+};
+pub use secret::Secret;
+pub use set::{
+    digest, encode_key, generate, load, ClientKey, Env, KeyDigest, KeyEntry, KeyError, KeySet,
+    ProcessEnv,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The daemon's life: guard, bind or inherit sockets, open storage, serve, signals, systemd.
+
+use tokio_util::sync::CancellationToken;
+
+use super::guard::GuardError;
+use super::reload::Reloader;
+use super::startup::{self, StartupError};
+use super::systemd;
+use super::verdict::{auth_mode, Verdict};
+use crate::api::router::metrics_app;
+use crate::api::state::AppState;
+use crate::config::Config;
+use crate::http::listener::Listener;
+use crate::store::{SessionError, SessionStore};
+
+/// What can still fail once the verdict is "serve": binding, and opening storage.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(transparent)]
+    Sessions(#[from] SessionError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
+}
+
+impl DaemonError {
+    /// 78 (EX_CONFIG) for a refusal by the bind-time guard; 1 for runtime failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Startup(err) => err.exit_code(),
+            DaemonError::Sessions(_) | DaemonError::Signals(_) => 1,
+        }
+    }
+}
+
+impl From<GuardError> for DaemonError {
+    fn from(err: GuardError) -> Self {
+        DaemonError::Startup(StartupError::Refused(err))
+    }
+}
+
+async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
+    let limits = config.sessions.limits();
+    match &config.sessions.database_url {
+        Some(url) => SessionStore::open_postgres(url.expose(), limits).await,
+        None => SessionStore::open_sqlite(&config.data_dir, limits).await,
+    }
+}
+
+/// Serves what `verdict` accepted until SIGTERM/SIGINT and the drain that follows.
+/// Must be called inside a runtime.
+pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
+    let Verdict {
+        config,
+        keys,
+        plan,
+        inherited,
+        registry,
+        tls,
+        warnings,
+    } = verdict;
+    let strong_key = !keys.is_empty();
+    // The guard has judged every passed socket and every address we would bind
+    // (`verdict::judge`); binding judges each bound address once more.
+    let listeners = match (inherited, &plan.main) {
+        (Some(sockets), _) => sockets
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| socket.into_listener(index))
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, Some(addrs)) => startup::bind(addrs, strong_key)?
+            .into_iter()
+            .map(Listener::Tcp)
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let metrics_listeners: Vec<Listener> = match &plan.metrics {
+        Some(addrs) => startup::bind(addrs, strong_key)?
+            .into_iter()
+            .map(Listener::Tcp)
+            .collect(),
+        None => Vec::new(),
+    };
+    for warning in keys.warnings.iter().chain(&warnings) {
+        tracing::warn!("{warning}");
+    }
+    let store = open_sessions(&config).await?;
+    if config.upstreams.is_empty() {
+        tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
+    }
+    // Handlers go in before anything says "listening": a SIGHUP or SIGTERM that arrives
+    // right after that line must be handled, never take the default action (exit).
+    let signals = Signals::install()?;
+    let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    let metrics_addresses: Vec<String> = metrics_listeners.iter().map(Listener::describe).collect();
+    tracing::info!(
+        addresses = %addresses.join(", "),
+        metrics = %metrics_addresses.join(", "),
+        auth = %auth_mode(&keys),
+        tls = tls.is_some(),
+        sessions = store.backend(),
+        "gatewayd listening"
+    );
+    let mut state = AppState::new(config, keys, registry).with_sessions(store);
+    if let Some(tls) = tls {
+        state = state.with_tls(tls);
+    }
+    let shutdown = CancellationToken::new();
+    if let Some(store) = &state.sessions {
+        store.spawn_retention(shutdown.clone());
+        if let Some(age) = state.config.responses.retention() {
+            store.spawn_response_retention(age, shutdown.clone());
+        }
+    }
+    tokio::spawn(handle_signals(signals, state.clone(), shutdown.clone()));
+    if !metrics_listeners.is_empty() {
+        let metrics_app = metrics_app(state.clone());
+        tokio::spawn(crate::serve_router(
+            state.clone(),
+            metrics_app,
+            metrics_listeners,
+            shutdown.clone(),
+        ));
+    }
+    systemd::notify_ready();
+    systemd::spawn_watchdog(shutdown.clone());
+    crate::run(state, listeners, shutdown).await;
+    tracing::info!("gatewayd stopped");
+    Ok(())
+}
+
+/// The signals gatewayd handles, registered with the OS when installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install =
+            |kind: SignalKind| signal(kind).map_err(|e| DaemonError::Signals(e.to_string()));
+        Ok(Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// SIGTERM / SIGINT start the drain; SIGHUP reloads the keys.
+async fn handle_signals(mut signals: Signals, state: AppState, shutdown: CancellationToken) {
+    let reloader = std::sync::Arc::new(Reloader::default());
+    loop {
+        tokio::select! {
+            _ = signals.interrupt.recv() => break,
+            _ = signals.terminate.recv() => break,
+            _ = signals.hangup.recv() => {
+                // Off the signal loop too: SIGTERM is heard while a reload is stuck.
+                let state = state.clone();
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    match reloader.reload(&state).await {
+                        Ok(keys) => {
+                            for warning in &keys.warnings {
+                                tracing::warn!("{warning}");
+                            }
+                            tracing::info!(keys = keys.keys.len(), auth = %auth_mode(&keys), "keys reloaded");
+                        }
+                        Err(err) => tracing::error!(error = %err, "key reload rejected; the previous keys stay in force"),
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!("shutdown requested; draining");
+    systemd::notify_stopping();
+    shutdown.cancel();
+}

@@ -1,0 +1,265 @@
+//! Sends one request to the upstreams that serve its model, in fallback order, and shapes the answer.
+
+use std::time::Instant;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use super::state::Gateway;
+use crate::gateway::relay::{relay, RelayOptions, StreamTap};
+use crate::telemetry;
+use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
+use crate::upstream::{UpstreamRequest, UpstreamResponse};
+use crate::wire::error::ApiError;
+use crate::wire::openai::{ChatRequest, Endpoint};
+
+/// Largest non-streaming upstream body gatewayd will hold (embeddings can be large).
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// What the upstreams answered.
+pub enum Answer {
+    /// A complete, non-streaming body with the upstream's status.
+    Complete {
+        status: StatusCode,
+        /// Every upstream header the client sees, Content-Type included (filtered by
+        /// `upstream::headers::pass_through`). The field keeps its first name so callers
+        /// that only move it along need no change; rename it to `headers` with them.
+        content_type: HeaderMap,
+        body: Bytes,
+    },
+    /// A successful event stream, still flowing.
+    Stream(UpstreamResponse),
+}
+
+/// Tries each upstream serving the model, in order, up to `max_attempts`. Connect
+/// errors, 429 and 5xx move on to the next; timeouts do not (the upstream may already be
+/// working on it). Nothing has reached the client yet, so retrying is safe.
+pub async fn forward(
+    gateway: &Gateway,
+    endpoint: Endpoint,
+    request: &ChatRequest,
+    history: Option<&[u8]>,
+) -> Result<Answer, ApiError> {
+    let candidates = gateway.upstreams.candidates(&request.model);
+    let (answer, _) = forward_to(gateway, endpoint, request, history, candidates).await?;
+    Ok(answer)
+}
+
+/// [`forward`] over the given candidates; also says which upstream answered.
+pub async fn forward_to(
+    gateway: &Gateway,
+    endpoint: Endpoint,
+    request: &ChatRequest,
+    history: Option<&[u8]>,
+    candidates: Vec<Candidate>,
+) -> Result<(Answer, String), ApiError> {
+    if candidates.is_empty() {
+        return Err(ApiError::NotFound {
+            message: format!(
+                "The model '{}' does not exist or is not served by this gateway.",
+                truncate(&request.model, 128)
+            ),
+            code: Some("model_not_found"),
+        });
+    }
+    let attempts = candidates.len().min(gateway.config.max_attempts as usize);
+    let mut last_error = ApiError::BadGateway;
+    for (attempt, candidate) in candidates.into_iter().take(attempts).enumerate() {
+        let is_last = attempt + 1 == attempts;
+        let body = request.forward_body(Some(&candidate.upstream_model), history);
+        let upstream = candidate.upstream.name().to_string();
+        telemetry::record_model(&candidate.label);
+        let started = Instant::now();
+        let sent = candidate
+            .upstream
+            .send(UpstreamRequest {
+                endpoint,
+                body,
+                client_headers: request.client_headers.clone(),
+            })
+            .await;
+        telemetry::record_upstream(started, &upstream);
+        let response = match sent {
+            Ok(response) => response,
+            Err(err @ UpstreamError::Timeout(_)) => {
+                tracing::warn!(%upstream, error = %err, "upstream timed out");
+                return Err(ApiError::GatewayTimeout);
+            }
+            Err(err) => {
+                if is_last {
+                    tracing::warn!(%upstream, error = %err, "upstream failed");
+                } else {
+                    tracing::warn!(%upstream, error = %err, "upstream failed; trying the next one");
+                }
+                last_error = ApiError::BadGateway;
+                continue;
+            }
+        };
+        let status = response.status;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            tracing::warn!(%upstream, %status, "upstream refused the request");
+            if !is_last {
+                continue;
+            }
+            if status.is_server_error() {
+                return Err(ApiError::BadGateway);
+            }
+        }
+        refuse_credential_errors(status, &upstream)?;
+        let is_event_stream = response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if request.stream && status.is_success() && is_event_stream {
+            return Ok((Answer::Stream(response), upstream));
+        }
+        let started = Instant::now();
+        let collected = collect(response).await;
+        telemetry::record_upstream(started, &upstream);
+        return collected.map(|answer| (answer, upstream));
+    }
+    Err(last_error)
+}
+
+/// The upstream rejected *our* credentials: a gateway misconfiguration, and its message
+/// may quote part of the upstream key. Never pass it on.
+fn refuse_credential_errors(status: StatusCode, upstream: &str) -> Result<(), ApiError> {
+    if matches!(status.as_u16(), 401 | 403 | 407) {
+        tracing::error!(%upstream, %status, "upstream rejected the gateway's credentials");
+        return Err(ApiError::BadGateway);
+    }
+    Ok(())
+}
+
+/// One read or delete of a response a native upstream stores, answered whole. No
+/// fallback: only the upstream that created the response has it.
+pub async fn stored_response(
+    upstream: &dyn Upstream,
+    call: StoredResponseCall,
+) -> Result<Answer, ApiError> {
+    let name = upstream.name().to_string();
+    let started = Instant::now();
+    let sent = upstream.stored_response(call).await;
+    let response = sent.map_err(|err| {
+        tracing::warn!(upstream = %name, error = %err, "upstream failed");
+        match err {
+            UpstreamError::Timeout(_) => ApiError::GatewayTimeout,
+            _ => ApiError::BadGateway,
+        }
+    })?;
+    refuse_credential_errors(response.status, &name)?;
+    if response.status.is_server_error() {
+        tracing::warn!(upstream = %name, status = %response.status, "upstream refused the request");
+        return Err(ApiError::BadGateway);
+    }
+    let collected = collect(response).await;
+    telemetry::record_upstream(started, &name);
+    collected
+}
+
+async fn collect(response: UpstreamResponse) -> Result<Answer, ApiError> {
+    let mut body = BytesMut::new();
+    let mut stream = response.body;
+    loop {
+        let next = tokio::time::timeout(response.idle_timeout, stream.next()).await;
+        match next {
+            Err(_) => return Err(ApiError::GatewayTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(err))) => {
+                tracing::warn!(error = %err, "upstream body failed");
+                return Err(ApiError::BadGateway);
+            }
+            Ok(Some(Ok(chunk))) => {
+                if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+                    return Err(ApiError::BadGateway);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+    // A success whose body is not JSON was cut short or mangled on the way: never pass
+    // it on (or store it) as an answer. A body cut short of its Content-Length already
+    // failed above, as a broken body.
+    if response.status.is_success()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+    {
+        tracing::warn!(status = %response.status, "upstream success body is not valid JSON");
+        return Err(ApiError::BadGateway);
+    }
+    Ok(Answer::Complete {
+        status: response.status,
+        content_type: response.headers,
+        body: body.freeze(),
+    })
+}
+
+/// A whole answer as the client's response, with the upstream's status and headers.
+/// (A stream is answered by [`respond_stream`].)
+pub fn respond(answer: Answer) -> Response {
+    match answer {
+        Answer::Complete {
+            status,
+            content_type: mut headers,
+            body,
+        } => {
+            if !headers.contains_key(header::CONTENT_TYPE) {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            (status, headers, body).into_response()
+        }
+        Answer::Stream(upstream) => {
+            // Only reached by callers that asked for no stream; never by a turn.
+            tracing::warn!("a streamed answer reached a whole-answer path");
+            let _ = upstream;
+            ApiError::BadGateway.into_response()
+        }
+    }
+}
+
+/// An event stream, relayed to the client as it arrives through the turn's tap.
+pub fn respond_stream(
+    gateway: &Gateway,
+    upstream: UpstreamResponse,
+    tap: Box<dyn StreamTap>,
+) -> Response {
+    let options = RelayOptions {
+        idle_timeout: upstream.idle_timeout,
+        keep_alive: gateway.config.stream_keepalive,
+        hard_stop: gateway.hard_stop.clone(),
+        require_done: upstream.require_done,
+    };
+    let body = axum::body::Body::from_stream(relay(upstream.body, options, tap));
+    (
+        StatusCode::OK,
+        upstream.headers,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, no-store"),
+            ),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}

@@ -1,0 +1,254 @@
+//! Serving: accept loops over the listeners, connection admission, TLS handshakes, per-connection timeouts, graceful drain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Request;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::admission::{Admission, Admitted};
+use super::auth::Authenticated;
+use super::body_deadline::DeadlineBody;
+use super::hold::HoldBody;
+use super::listener::Listener;
+pub use super::peer::Peer;
+use super::watchdog::{Activity, Timeouts, Tracked};
+use crate::config::Limits;
+
+pub struct ServeOptions {
+    pub limits: Limits,
+    /// How long in-flight requests may run after shutdown starts.
+    pub grace: Duration,
+    /// Cancelled when the grace period is over, so streams can end with an error event.
+    pub hard_stop: CancellationToken,
+    /// `[server] trusted_proxies`: exempt from the per-address connection limit.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server.tls]`: every TCP connection starts with a TLS handshake.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Serves `app` on every listener until `shutdown` fires, then drains.
+///
+/// Shutdown phases:
+/// 1. `shutdown` fires: every accept loop stops; no new connection is taken.
+/// 2. Open connections finish their in-flight requests; keep-alive connections close.
+/// 3. After `grace`, `hard_stop` fires: streams still open send a final error event.
+/// 4. One more second for those events to flush, then remaining connections are dropped.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    app: Router,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let limits = &options.limits;
+    let admission = Admission::new(
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        options.trusted_proxies.clone(),
+    );
+    let secs = |value: u64| Duration::from_secs(value.max(1));
+    let timeouts = Timeouts {
+        header_read: secs(limits.header_read_timeout_secs),
+        keepalive_idle: secs(limits.keepalive_idle_secs),
+        unauthenticated_idle: secs(limits.unauthenticated_idle_secs),
+        send: secs(limits.send_timeout_secs),
+    };
+    let body_read_timeout = secs(limits.body_read_timeout_secs);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header timeout is off: it would also cut idle keep-alive connections at
+    // the header timeout. The watchdog keeps both clocks (see `watchdog`).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_headers(options.limits.max_headers.max(1))
+        .max_buf_size(options.limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeouts.keepalive_idle))
+        .max_header_list_size(options.limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+
+    let mut loops = Vec::new();
+    for listener in listeners {
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            Shared {
+                app: app.clone(),
+                builder: builder.clone(),
+                connections: connections.clone(),
+                admission: admission.clone(),
+                timeouts,
+                body_read_timeout,
+                shutdown: shutdown.clone(),
+                tls: options.tls.clone(),
+            },
+        )));
+    }
+    shutdown.cancelled().await;
+    for handle in loops {
+        let _ = handle.await;
+    }
+    connections.close();
+    tokio::select! {
+        _ = connections.wait() => {}
+        _ = async {
+            tokio::time::sleep(options.grace).await;
+            options.hard_stop.cancel();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+/// What every accept loop shares.
+struct Shared {
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: TaskTracker,
+    admission: Arc<Admission>,
+    timeouts: Timeouts,
+    body_read_timeout: Duration,
+    shutdown: CancellationToken,
+    tls: Option<TlsAcceptor>,
+}
+
+async fn accept_loop(listener: Listener, shared: Shared) {
+    let shutdown = &shared.shutdown;
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = shared.admission.slot() => match slot {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                // Over its per-address share: closed before hyper sees a byte.
+                let Some(admitted) = shared.admission.admit(Some(peer.ip()), slot) else {
+                    tracing::debug!(%peer, "connection refused: max_connections_per_ip");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let tls = shared.tls.clone();
+                spawn_connection(stream, Peer::Tcp(peer), admitted, &shared, tls);
+            }
+            Ok(Accepted::Unix(stream)) => {
+                if let Some(admitted) = shared.admission.admit(None, slot) {
+                    spawn_connection(stream, Peer::Unix, admitted, &shared, None);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(tcp) => tcp.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+        Listener::Unix(unix) => unix.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// Serves one connection (TCP or Unix, with TLS when `tls` is set) until it ends,
+/// drains, or its watchdog fires. The watchdog sees the raw bytes, so a handshake that
+/// stalls is closed like a slow request head.
+fn spawn_connection<IO>(
+    stream: IO,
+    peer: Peer,
+    admitted: Admitted,
+    shared: &Shared,
+    tls: Option<TlsAcceptor>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let app = shared.app.clone();
+    let requests = activity.clone();
+    let body_read_timeout = shared.body_read_timeout;
+    let service = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let mut request = request.map(|body| DeadlineBody::wrap(body, body_read_timeout));
+        request.extensions_mut().insert(peer);
+        let busy = requests.begin();
+        let activity = requests.clone();
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await?;
+            if response.extensions().get::<Authenticated>().is_some() {
+                activity.mark_authenticated();
+            }
+            Ok::<_, Infallible>(response.map(|body| HoldBody::wrap(body, busy)))
+        }
+    });
+    let builder = shared.builder.clone();
+    let timeouts = shared.timeouts;
+    let shutdown = shared.shutdown.clone();
+    let admission = shared.admission.clone();
+    shared.connections.spawn(async move {
+        let _admitted = admitted;
+        let tracked = Tracked::new(stream, activity.clone());
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(tracked),
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    handshake = acceptor.accept(tracked) => handshake,
+                    _ = activity.expired(timeouts) => return,
+                    _ = shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(stream) => Box::new(stream),
+                    // Not TLS, or a client that refused the certificate.
+                    Err(_) => return,
+                }
+            }
+        };
+        let io = TokioIo::new(io);
+        let connection =
+            builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+        let mut connection = std::pin::pin!(connection);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => break,
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                // Silent, too slow with its headers, idle too long, or not reading: drop it.
+                _ = activity.expired(timeouts) => break,
+                // Slots are running low: an idle keep-alive connection gives its slot up.
+                _ = admission.pressure() => if activity.is_idle_keepalive() {
+                    break;
+                },
+            }
+        }
+    });
+}
+
+/// A connection's byte stream, plain or TLS, behind one type.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

@@ -1,0 +1,131 @@
+//! Who may send how much: per-caller rate and concurrency, and the failed-auth throttle,
+//! counted in this process (`local.rs`) or shared by every instance through Redis
+//! (`shared.rs`), with the Redis failure policy decided here and nowhere else. The
+//! `[limits]` settings themselves are plain data in `config/limits.rs`.
+
+mod caller;
+mod local;
+mod scripts;
+mod shared;
+
+use std::net::IpAddr;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::config::Limits;
+pub use crate::config::{Backend, RedisFailure, RedisUrl};
+use crate::wire::error::ApiError;
+pub use caller::{bucket, Caller};
+pub use local::whole_seconds;
+use local::LocalLimiter;
+use shared::{Lease, SharedLimiter};
+
+/// All limiters of one running gateway; built once with the state.
+pub struct Limiter {
+    /// `[limits] per_key_requests_per_minute` (0 = unlimited).
+    default_rpm: u32,
+    /// `[limits] per_key_concurrent_requests` (0 = unlimited).
+    default_concurrent: u32,
+    failure: RedisFailure,
+    /// This process's counts: the limiter with `backend = "local"`, the fallback with Redis.
+    local: LocalLimiter,
+    shared: Option<SharedLimiter>,
+}
+
+/// A held concurrency slot, released when the response body ends (or dropped).
+pub enum Slot {
+    Local(#[allow(dead_code)] OwnedSemaphorePermit), // held for its Drop only
+    Shared(#[allow(dead_code)] Lease),               // held for its Drop only
+}
+
+impl Limiter {
+    pub fn new(limits: &Limits) -> Self {
+        let shared = match (limits.backend, &limits.redis_url) {
+            (Backend::Redis, Some(url)) => SharedLimiter::new(limits, &url.0),
+            _ => None,
+        };
+        Limiter {
+            default_rpm: limits.per_key_requests_per_minute,
+            default_concurrent: limits.per_key_concurrent_requests,
+            failure: limits.redis_failure,
+            local: LocalLimiter::new(limits),
+            shared,
+        }
+    }
+
+    /// Admits one request of `caller`, or says when to retry. The returned slot (if any)
+    /// must be held until the response body has ended.
+    pub async fn admit(&self, caller: &Caller) -> Result<Option<Slot>, ApiError> {
+        let key = caller.key.as_deref();
+        let rpm = key
+            .and_then(|k| k.requests_per_minute)
+            .unwrap_or(self.default_rpm);
+        let concurrent = key
+            .and_then(|k| k.concurrent_requests)
+            .unwrap_or(self.default_concurrent);
+        if rpm == 0 && concurrent == 0 {
+            return Ok(None);
+        }
+        if let Some(shared) = &self.shared {
+            match shared.admit(&caller.name, rpm, concurrent).await {
+                Some(decision) => return decision.map(|lease| lease.map(Slot::Shared)),
+                None => self.unavailable()?,
+            }
+        }
+        let permit = self.local.admit(&caller.name, rpm, concurrent)?;
+        Ok(permit.map(Slot::Local))
+    }
+
+    /// Before any key comparison: is `peer` still serving a failed-auth penalty?
+    /// Returns the seconds to wait. Consumes no quota.
+    pub async fn auth_blocked(&self, peer: IpAddr) -> Result<Option<u64>, ApiError> {
+        if !self.local.throttles_auth() {
+            return Ok(None);
+        }
+        if let Some(shared) = &self.shared {
+            match shared.auth_blocked(peer).await {
+                Some(blocked) => return Ok(blocked),
+                None => self.unavailable()?,
+            }
+        }
+        Ok(self.local.auth_blocked(peer))
+    }
+
+    /// After a failed key comparison: counts it, and returns the seconds to wait when
+    /// `peer` is now over its quota.
+    pub async fn auth_failed(&self, peer: IpAddr) -> Result<Option<u64>, ApiError> {
+        if !self.local.throttles_auth() {
+            return Ok(None);
+        }
+        if let Some(shared) = &self.shared {
+            match shared.auth_failed(peer).await {
+                Some(wait) => return Ok(wait),
+                None => self.unavailable()?,
+            }
+        }
+        Ok(self.local.auth_failed(peer))
+    }
+
+    /// The failure policy, once Redis could not answer: fall back to the local limiter
+    /// (`Ok`) or refuse (503).
+    fn unavailable(&self) -> Result<(), ApiError> {
+        match self.failure {
+            RedisFailure::Local => Ok(()),
+            RedisFailure::Closed => Err(ApiError::LimitsUnavailable),
+        }
+    }
+
+    /// For /health/ready: false only while a `closed`-policy Redis cannot be reached
+    /// (checked now, within the Redis timeout). A `local` policy is always ready.
+    pub async fn ready(&self) -> bool {
+        match (&self.shared, self.failure) {
+            (Some(shared), RedisFailure::Closed) => shared.ping().await,
+            _ => true,
+        }
+    }
+
+    /// Whether the last Redis call succeeded (`None` with the local backend).
+    pub fn shared_up(&self) -> Option<bool> {
+        self.shared.as_ref().map(SharedLimiter::is_up)
+    }
+}

@@ -1,0 +1,155 @@
+//! Group commit: refusals fail alone, storage failures fail the batch, one session's turns never share a batch.
+
+use super::*;
+use crate::store::SessionStore;
+
+async fn store(limits: SessionLimits) -> Arc<SessionStore> {
+    let dir = std::env::temp_dir().join(format!(
+        "gatewayd-group-{}",
+        super::super::random_hex().unwrap()
+    ));
+    Arc::new(SessionStore::open_sqlite(&dir, limits).await.unwrap())
+}
+
+/// A batch of one turn per new session, each saying `texts[i]`; the answers.
+async fn run_batch(
+    store: &Arc<SessionStore>,
+    texts: &[&str],
+) -> (Vec<String>, Vec<Result<Version, SessionError>>) {
+    let (mut ids, mut jobs, mut answers, mut leases) = (vec![], vec![], vec![], vec![]);
+    for text in texts {
+        let id = store
+            .create("k", Default::default(), None)
+            .await
+            .unwrap()
+            .id;
+        let lease = store.lease("k", &id).await.unwrap();
+        let (done, answer) = oneshot::channel();
+        jobs.push(Job {
+            owner: "k".into(),
+            session: Some((id.clone(), lease.token.clone())),
+            messages: vec![format!("{{\"content\":\"{text}\"}}"), "{}".into()],
+            response: None,
+            done,
+        });
+        ids.push(id);
+        answers.push(answer);
+        leases.push(lease);
+    }
+    commit_batch(&store.writer, store.limits(), jobs).await;
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await.unwrap());
+    }
+    (ids, outcomes)
+}
+
+async fn stored(store: &SessionStore, id: &str) -> usize {
+    store.get("k", id).await.unwrap().2.len()
+}
+
+#[tokio::test]
+async fn a_turn_over_its_limit_fails_alone() {
+    let limits = SessionLimits {
+        max_bytes: 64,
+        ..SessionLimits::default()
+    };
+    let store = store(limits).await;
+    let long = "x".repeat(80);
+    let (ids, outcomes) = run_batch(&store, &["a", &long, "c"]).await;
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok());
+    assert!(matches!(outcomes[1], Err(SessionError::LimitExceeded(_))));
+    assert_eq!(stored(&store, &ids[0]).await, 2);
+    assert_eq!(stored(&store, &ids[1]).await, 0);
+    assert_eq!(stored(&store, &ids[2]).await, 2);
+}
+
+#[tokio::test]
+async fn a_storage_failure_fails_every_turn_of_its_batch() {
+    let store = store(SessionLimits::default()).await;
+    // A fault that hits one INSERT of the batch: the whole transaction rolls back.
+    let trigger = sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.message LIKE '%POISON%' \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    );
+    store.writer.execute("test", trigger).await.unwrap();
+    let (ids, outcomes) = run_batch(&store, &["a", "POISON", "c"]).await;
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Err(e) if e.is_storage_failure()),
+            "{outcome:?}"
+        );
+    }
+    for id in &ids {
+        assert_eq!(stored(&store, id).await, 0);
+    }
+    // The next batch, without the poisoned turn, commits.
+    let (ids, outcomes) = run_batch(&store, &["d", "e"]).await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    assert_eq!(stored(&store, &ids[1]).await, 2);
+}
+
+/// Two turns of one session queued together: they go to separate batches, and neither
+/// makes the other's batch fail. On PostgreSQL the second can only be a stale one, after
+/// a lost lease, and is refused; SQLite's leases live in memory (the row's token stays
+/// NULL, presented as `''`), so here both commit, one batch after the other — in one
+/// batch both would match one row and the batch would fail.
+#[tokio::test]
+async fn two_turns_of_one_session_never_share_a_batch() {
+    let store = store(SessionLimits::default()).await;
+    let id = store
+        .create("k", Default::default(), None)
+        .await
+        .unwrap()
+        .id;
+    let other = store
+        .create("k", Default::default(), None)
+        .await
+        .unwrap()
+        .id;
+    let lease = store.lease("k", &id).await.unwrap();
+    let other_lease = store.lease("k", &other).await.unwrap();
+    let committer = Committer::spawn(store.writer.clone(), store.limits());
+    let turn = |id: &str, token: &str, text: &str| {
+        committer.commit(
+            "k",
+            Some((id.to_string(), token.to_string())),
+            vec![format!("{{\"content\":\"{text}\"}}")],
+            None,
+        )
+    };
+    // Polled together before the committer runs (current-thread runtime): one queue.
+    let (first, second, third) = tokio::join!(
+        turn(&id, &lease.token, "first"),
+        turn(&id, &lease.token, "again"),
+        turn(&other, &other_lease.token, "other"),
+    );
+    assert_eq!(first.unwrap(), (1, 1));
+    assert_eq!(second.unwrap(), (2, 2));
+    assert_eq!(third.unwrap(), (1, 1));
+    assert_eq!(stored(&store, &id).await, 2);
+    assert_eq!(stored(&store, &other).await, 1);
+}
+
+/// A commit that presents another token than the row holds is a lost lease, whatever the
+/// backend: an in-memory lease presents `''` only while the row's token is NULL.
+#[tokio::test]
+async fn a_commit_with_a_foreign_token_is_a_lost_lease() {
+    let store = store(SessionLimits::default()).await;
+    let id = store
+        .create("k", Default::default(), None)
+        .await
+        .unwrap()
+        .id;
+    let committer = Committer::spawn(store.writer.clone(), store.limits());
+    let stale = committer
+        .commit(
+            "k",
+            Some((id.clone(), "stale".into())),
+            vec!["{}".into()],
+            None,
+        )
+        .await;
+    assert!(matches!(stale, Err(SessionError::LeaseLost)), "{stale:?}");
+    assert_eq!(stored(&store, &id).await, 0);
+}

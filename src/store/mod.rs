@@ -1,0 +1,237 @@
+//! Server-side conversation sessions: types, ids, storage errors and the store over SQLite or PostgreSQL.
+
+mod cache;
+mod group;
+mod items;
+mod lease;
+mod local_leases;
+mod native;
+mod responses;
+mod retention;
+mod sessions;
+mod turns;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::wire::error::ApiError;
+
+pub use crate::config::SessionLimits;
+pub use items::StoredItem;
+pub use lease::SessionLease;
+pub use responses::StoredResponse;
+pub use sessions::{SessionStore, StoredMessage};
+
+/// A session as listed: no messages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Session {
+    pub id: String,
+    pub object: &'static str,
+    pub created_at: i64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Stored history for a continuation: the system prompt, then messages as raw JSON.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub system: Option<String>,
+    pub messages: Vec<String>,
+    pub bytes: usize,
+}
+
+impl History {
+    /// The history as chat messages (JSON text), the system prompt first.
+    pub fn to_messages(&self) -> Vec<String> {
+        let mut parts = Vec::with_capacity(self.messages.len() + 1);
+        if let Some(system) = &self.system {
+            parts.push(serde_json::json!({"role": "system", "content": system}).to_string());
+        }
+        parts.extend(self.messages.iter().cloned());
+        parts
+    }
+
+    /// The history as a comma-separated list of JSON message objects, system first.
+    pub fn to_json_list(&self) -> String {
+        self.to_messages().join(",")
+    }
+
+    /// No system prompt and no messages: nothing to continue.
+    pub fn is_empty(&self) -> bool {
+        self.system.is_none() && self.messages.is_empty()
+    }
+}
+
+/// A Responses API response as stored with its turn (see [`SessionStore::commit`]).
+#[derive(Debug, Clone)]
+pub struct ResponseRecord {
+    pub id: String,
+    pub created_at: i64,
+    /// JSON array of chat messages: the context the turn continued, its input, its output.
+    pub context: String,
+    /// JSON array of the turn's input items, for `GET /v1/responses/{id}/input_items`.
+    pub input_items: String,
+    /// The response object as the client received it.
+    pub response: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("session not found")]
+    NotFound,
+    #[error("malformed session id")]
+    InvalidId,
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Another continuation of the session held it for longer than `busy_timeout`.
+    #[error("session is busy with another turn")]
+    Busy,
+    /// The owner already has `max_sessions_per_key` sessions.
+    #[error("session quota of {0} reached")]
+    QuotaReached(usize),
+    /// The turn's lease expired and another continuation took the session over.
+    #[error("session lease lost before the turn was stored")]
+    LeaseLost,
+    #[error("session storage failed: {0}")]
+    Storage(#[from] sqlx::Error),
+    #[error("session storage migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("session storage setup failed: {0}")]
+    Setup(String),
+}
+
+/// `sess_` + 128 random bits as 32 lowercase hex characters. Never derived from content.
+pub fn new_session_id() -> Result<String, SessionError> {
+    Ok(format!("sess_{}", random_hex()?))
+}
+
+/// The id if it is well-formed, so storage is never asked about arbitrary strings.
+pub fn parse_session_id(id: &str) -> Result<&str, SessionError> {
+    if is_valid_session_id(id) {
+        Ok(id)
+    } else {
+        Err(SessionError::InvalidId)
+    }
+}
+
+/// A conversation is a session: `conv_<hex>` names the session `sess_<hex>` (same 128
+/// bits), and a `sess_` id is accepted as a conversation id too.
+pub fn session_id_of_conversation(id: &str) -> Result<String, SessionError> {
+    let session = match id.strip_prefix("conv_") {
+        Some(hex) => format!("sess_{hex}"),
+        None => id.to_string(),
+    };
+    parse_session_id(&session)?;
+    Ok(session)
+}
+
+/// The conversation id of a session id (`sess_<hex>` → `conv_<hex>`).
+pub fn conversation_id_of_session(id: &str) -> String {
+    match id.strip_prefix("sess_") {
+        Some(hex) => format!("conv_{hex}"),
+        None => id.to_string(),
+    }
+}
+
+pub fn is_valid_session_id(id: &str) -> bool {
+    id.strip_prefix("sess_").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+impl SessionError {
+    /// True when storage itself failed (as opposed to a refusal such as not found, a
+    /// limit or a busy session): counted, logged, and answered with 503.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_)
+        )
+    }
+}
+
+/// Storage errors as clients see them: unknown and foreign ids get the same 404, so a
+/// session's existence is never revealed; storage failures are a 503 `storage_unavailable`
+/// (logged, never shown), so a client never mistakes an unstored write for a stored one.
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::NotFound => ApiError::NotFound {
+                message: "No session found with that id.".into(),
+                code: Some("session_not_found"),
+            },
+            SessionError::InvalidId => ApiError::BadRequest {
+                message: "Malformed session id: expected 'sess_' followed by 32 hex characters."
+                    .into(),
+                param: Some("session_id"),
+                code: Some("invalid_session_id"),
+            },
+            SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
+            SessionError::Busy | SessionError::LeaseLost => ApiError::SessionBusy,
+            SessionError::QuotaReached(limit) => ApiError::SessionLimitReached(limit),
+            // Counted and logged (operation and cause) where it happened, in the store.
+            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
+                ApiError::StorageUnavailable
+            }
+        }
+    }
+}
+
+/// A session's state as `(next_seq, message_count)`. A commit raises both, an item
+/// delete lowers only the count (so raises `next_seq - message_count`): no two states of
+/// a session share a version, and it tells whether a cached history is the stored one.
+type Version = (i64, i64);
+
+/// The refusal of a turn that would pass the session's limits (413).
+fn limit_error(limits: SessionLimits) -> SessionError {
+    SessionError::LimitExceeded(format!(
+        "This session would exceed its limits ({} messages, {} bytes). Start a new session.",
+        limits.max_messages, limits.max_bytes
+    ))
+}
+
+/// Wall-clock time as (seconds, microseconds, milliseconds) since the Unix epoch.
+fn now() -> (i64, i64, i64) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    (
+        since.as_secs() as i64,
+        since.as_micros() as i64,
+        since.as_millis() as i64,
+    )
+}
+
+/// 128 random bits as hex, for session ids and lease tokens.
+fn random_hex() -> Result<String, SessionError> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| SessionError::Setup(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_and_validated() {
+        let a = new_session_id().unwrap();
+        let b = new_session_id().unwrap();
+        assert_ne!(a, b);
+        assert!(is_valid_session_id(&a));
+        for bad in [
+            "",
+            "sess_",
+            "sess_XYZ",
+            "abc",
+            &a.to_uppercase(),
+            &format!("{a}0"),
+            "sess_../../etc",
+        ] {
+            assert!(!is_valid_session_id(bad), "{bad}");
+        }
+    }
+}

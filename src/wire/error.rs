@@ -1,0 +1,214 @@
+//! The one error type a client ever sees, rendered in the OpenAI error shape.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Every failure that reaches HTTP. Messages are safe to show: they never contain
+/// key material, upstream URLs or upstream keys. Internal causes are logged where
+/// they happen, not carried here.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    },
+    /// A 400 whose parameter is only known at run time (e.g. `input[3].type`).
+    #[error("{message}")]
+    InvalidParam { message: String, param: String },
+    #[error("Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.")]
+    Unauthorized { token_presented: bool },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        code: Option<&'static str>,
+    },
+    #[error("Method not allowed for this route.")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("Content-Type must be application/json.")]
+    UnsupportedMediaType,
+    #[error("The request has too many header fields.")]
+    HeadersTooLarge,
+    #[error("The request body did not arrive in time; send it at once, not a trickle.")]
+    RequestTimeout,
+    #[error("Rate limit exceeded; retry after {retry_after_secs} s.")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("The upstream model provider failed to answer. Try again later.")]
+    BadGateway,
+    #[error("The upstream model provider did not answer in time.")]
+    GatewayTimeout,
+    #[error("The upstream ended its stream before the reply was complete.")]
+    UpstreamTruncated,
+    #[error("The gateway is shutting down.")]
+    Unavailable,
+    #[error("Session storage is unavailable, so nothing was stored. Retry shortly.")]
+    StorageUnavailable,
+    #[error("Another request is still continuing this session. Retry when it has finished.")]
+    SessionBusy,
+    #[error("This key has reached its limit of {0} sessions. Delete sessions it no longer needs.")]
+    SessionLimitReached(usize),
+    #[error("Internal error.")]
+    Internal,
+    /// `[limits] redis_failure = "closed"` while Redis cannot be reached.
+    #[error(
+        "Rate limits cannot be checked right now, so the request was not admitted. Retry shortly."
+    )]
+    LimitsUnavailable,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param,
+            code: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            message: message.into(),
+            code: None,
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::InvalidParam { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway | ApiError::UpstreamTruncated => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable | ApiError::StorageUnavailable | ApiError::LimitsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::SessionBusy => StatusCode::CONFLICT,
+            ApiError::SessionLimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized { .. } | ApiError::Forbidden(_) => "invalid_request_error",
+            ApiError::RateLimited { .. } | ApiError::SessionLimitReached(_) => "rate_limit_error",
+            ApiError::BadGateway
+            | ApiError::GatewayTimeout
+            | ApiError::Unavailable
+            | ApiError::UpstreamTruncated => "upstream_error",
+            ApiError::Internal | ApiError::StorageUnavailable | ApiError::LimitsUnavailable => {
+                "server_error"
+            }
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::BadRequest { code, .. } | ApiError::NotFound { code, .. } => *code,
+            ApiError::Unauthorized { .. } => Some("invalid_api_key"),
+            ApiError::Forbidden(_) => Some("forbidden"),
+            ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
+            ApiError::UnsupportedMediaType => Some("unsupported_media_type"),
+            ApiError::HeadersTooLarge => Some("request_headers_too_large"),
+            ApiError::RequestTimeout => Some("request_timeout"),
+            ApiError::GatewayTimeout => Some("upstream_timeout"),
+            ApiError::BadGateway => Some("upstream_error"),
+            ApiError::UpstreamTruncated => Some("upstream_truncated"),
+            ApiError::StorageUnavailable => Some("storage_unavailable"),
+            ApiError::LimitsUnavailable => Some("limits_unavailable"),
+            ApiError::SessionBusy => Some("session_busy"),
+            ApiError::SessionLimitReached(_) => Some("session_limit_reached"),
+            _ => None,
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { param, .. } => *param,
+            ApiError::InvalidParam { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error object, also used for the final event of a failed stream.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status_code(), axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized { token_presented } => {
+                let challenge = if *token_presented {
+                    r#"Bearer realm="gatewayd", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="gatewayd""#
+                };
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::StorageUnavailable | ApiError::SessionBusy | ApiError::LimitsUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(_) => {
+                ApiError::PayloadTooLarge("Request body is too large or could not be read.".into())
+            }
+            other => ApiError::bad_request(
+                format!("Request body is not valid JSON: {}", other.body_text()),
+                None,
+            ),
+        }
+    }
+}
+
+/// `Json<T>` whose rejection is an [`ApiError`], so malformed bodies get OpenAI-shaped errors.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

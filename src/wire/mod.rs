@@ -1,0 +1,5 @@
+//! The wire: what clients see and send. `ApiError` in the OpenAI error shape, and the few
+//! request fields the gateway reads. The bottom layer: it imports no other module.
+
+pub mod error;
+pub mod openai;
