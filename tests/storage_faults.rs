@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::routing::post;
@@ -581,4 +581,173 @@ async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() 
     );
     gw.shutdown.cancel();
     gw.handle.await.unwrap();
+}
+
+/// The reproduction: plain turns one after another on ONE session whose data dir
+/// is a 1 MiB tmpfs. While one turn's upstream answers, a ballast file takes the last free
+/// byte, so that turn's commit fails (503 `storage_unavailable`) and so would a write
+/// releasing its lease. Every later turn of the session must still get 503
+/// `storage_unavailable` at once (well under `busy_timeout_secs`), never 409
+/// `session_busy` from a lease the failed turn could not give back. Once the ballast is
+/// deleted the next turn is stored and answered, and the database file, read back by a
+/// separate process, holds exactly the acknowledged turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
+    if !nix_is_root() {
+        eprintln!("not root: cannot mount a small tmpfs; the full-disk test needs root");
+        return;
+    }
+    let mount_point = common::temp_dir("fulldisk-lease");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs failed");
+    let disk = SmallDisk(mount_point.clone());
+    let (url, mut filling, gate) = disk_filling_upstream().await;
+    let mut config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        common::two_keys_toml()
+    ));
+    config.data_dir = mount_point.join("data");
+    let db = config.data_dir.join("sessions.db");
+    let store = open_store(&config, false).await;
+    let gw = spawn_gateway_with_store(config, store).await;
+    let id = create_ok(&gw).await;
+    let ballast = mount_point.join("ballast");
+    std::fs::write(&ballast, b"").unwrap();
+
+    let padding = "x".repeat(4000);
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for turn in 0..3 {
+        let text = format!("turn-{turn} {padding}");
+        let response = say(&gw, &id, &text, false).await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        acknowledged.push(text);
+    }
+
+    // The disk fills while this turn's upstream answers: its lease is taken, its commit
+    // cannot be written.
+    let text = format!("FILL-DISK {padding}");
+    let turn = tokio::spawn(say_owned(
+        gw.url("/v1/chat/completions"),
+        id.clone(),
+        text.clone(),
+    ));
+    assert_eq!(filling.recv().await.unwrap(), text);
+    fill(&ballast);
+    gate.notify_one();
+    assert_storage_unavailable(turn.await.unwrap()).await;
+    refused.push(text);
+
+    // While the disk stays full, every turn of the session is refused at once, as
+    // storage, not as busy.
+    for attempt in 0..3 {
+        let text = format!("while-full-{attempt} {padding}");
+        let started = Instant::now();
+        let response = say(&gw, &id, &text, false).await;
+        let took = started.elapsed();
+        assert_ne!(
+            response.status(),
+            409,
+            "while full, turn {attempt} got session_busy after {took:?}: the failed turn's lease was never released"
+        );
+        assert_storage_unavailable(response).await;
+        assert!(took < Duration::from_secs(2), "refused only after {took:?}");
+        refused.push(text);
+    }
+
+    // Space comes back: the next turn is stored and answered.
+    std::fs::remove_file(&ballast).unwrap();
+    let text = format!("after {padding}");
+    let response = say(&gw, &id, &text, false).await;
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(
+        reply["choices"][0]["message"]["content"],
+        format!("echo: {text}")
+    );
+    acknowledged.push(text);
+
+    gw.shutdown.cancel();
+    gw.handle.await.unwrap();
+    let stored = stored_in_sqlite(&db, &id);
+    let expected: Vec<String> = acknowledged
+        .iter()
+        .flat_map(|t| [t.clone(), format!("echo: {t}")])
+        .collect();
+    assert!(
+        stored == expected,
+        "stored turns are not exactly the acknowledged ones"
+    );
+    for text in &refused {
+        assert!(!stored.contains(text), "a refused turn was stored");
+    }
+    drop(disk);
+}
+
+/// Like `echo_upstream`, but a turn whose text starts with FILL-DISK is reported on the
+/// channel and answered only once the gate is opened.
+async fn disk_filling_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    std::sync::Arc<tokio::sync::Notify>,
+) {
+    let (arrived, filling) = tokio::sync::mpsc::unbounded_channel();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opened = gate.clone();
+    let url = mock_upstream(Router::new().route(
+        "/v1/chat/completions",
+        post(move |body: Bytes| {
+            let (arrived, opened) = (arrived.clone(), opened.clone());
+            async move {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let last = request["messages"].as_array().unwrap().last().unwrap()["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                if last.starts_with("FILL-DISK") {
+                    arrived.send(last.clone()).unwrap();
+                    opened.notified().await;
+                }
+                axum::Json(json!({"choices": [{"index": 0, "message":
+                    {"role": "assistant", "content": format!("echo: {last}")},
+                    "finish_reason": "stop"}]}))
+            }
+        }),
+    ))
+    .await;
+    (url, filling, gate)
+}
+
+/// Grows `ballast` until the file system has not one byte left.
+fn fill(ballast: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ballast)
+        .unwrap();
+    let chunk = vec![0u8; 4096];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(err) => panic!("filling the disk: {err}"),
+        }
+    }
+}
+
+async fn say_owned(url: String, id: String, text: String) -> reqwest::Response {
+    client()
+        .post(url)
+        .bearer_auth(KEY_A)
+        .header("x-session-id", id)
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .await
+        .unwrap()
 }
