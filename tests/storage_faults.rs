@@ -11,67 +11,12 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
+use common::sessions::{create as create_ok, post_session, say};
+use common::upstream::{chat_reply, chat_upstream, Seen};
 use common::KEY_A;
 use common::{client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
 use gatewayd::sessions::SessionStore;
 use serde_json::{json, Value};
-
-/// Replies "echo: <last user content>", streamed or not.
-async fn echo_upstream() -> String {
-    mock_upstream(Router::new().route(
-        "/v1/chat/completions",
-        post(|body: Bytes| async move {
-            let request: Value = serde_json::from_slice(&body).unwrap();
-            let last = request["messages"].as_array().unwrap().last().unwrap()["content"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let text = format!("echo: {last}");
-            if request["stream"] == json!(true) {
-                let event = json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]});
-                let body = format!("data: {event}\n\ndata: [DONE]\n\n");
-                return axum::response::IntoResponse::into_response((
-                    [("content-type", "text/event-stream")],
-                    body,
-                ));
-            }
-            axum::response::IntoResponse::into_response(axum::Json(json!({"choices": [{"index": 0,
-                "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})))
-        }),
-    ))
-    .await
-}
-
-async fn create(gw: &common::Gateway) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/sessions"))
-        .bearer_auth(KEY_A)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn create_ok(gw: &common::Gateway) -> String {
-    let response = create(gw).await;
-    assert_eq!(response.status(), 201);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn say(gw: &common::Gateway, id: &str, text: &str, stream: bool) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(KEY_A)
-        .header("x-session-id", id)
-        .json(&json!({"model": "m", "stream": stream,
-            "messages": [{"role": "user", "content": text}]}))
-        .send()
-        .await
-        .unwrap()
-}
 
 /// Asserts the OpenAI-shaped 503 a client gets when a write could not be stored.
 async fn assert_storage_unavailable(response: reqwest::Response) {
@@ -137,7 +82,7 @@ fn stored_in_postgres(url: &str, id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_sqlite_database_refuses_writes_then_recovers() {
-    let url = echo_upstream().await;
+    let (url, _) = chat_upstream().await;
     // A 256 KiB cap fills after a few dozen 4 kB turns: SQLITE_FULL while a turn is
     // being written.
     let config = config_from_toml(&format!(
@@ -175,7 +120,7 @@ async fn a_full_disk_refuses_writes_then_recovers() {
     let disk = SmallDisk(mount_point.clone());
     let ballast = mount_point.join("ballast");
     std::fs::write(&ballast, vec![0u8; 512 * 1024]).unwrap();
-    let url = echo_upstream().await;
+    let (url, _) = chat_upstream().await;
     let mut config = config_from_toml(&format!(
         "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
         common::two_keys_toml()
@@ -193,8 +138,8 @@ async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpa
     let db = config.data_dir.join("sessions.db");
     let store = open_store(&config, false).await;
     let gw = spawn_gateway_with_store(config, store).await;
-    let filler = create_ok(&gw).await;
-    let main = create_ok(&gw).await;
+    let filler = create_ok(&gw, KEY_A, json!({})).await;
+    let main = create_ok(&gw, KEY_A, json!({})).await;
     let padding = "x".repeat(4000);
     let mut acknowledged = Vec::new();
     let mut refused = Vec::new();
@@ -205,7 +150,7 @@ async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpa
             0 => (&filler, format!("filler-{turn} {padding}")),
             _ => (&main, format!("main-{turn} {padding}")),
         };
-        let response = say(&gw, id, &text, false).await;
+        let response = say(&gw, KEY_A, id, "m", &text, false).await;
         if response.status() == 200 {
             response.bytes().await.unwrap();
             if id == &main {
@@ -229,13 +174,13 @@ async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpa
     let large = padding.repeat(4);
     for attempt in 0..3 {
         let text = format!("while-full-{attempt} {large}");
-        assert_storage_unavailable(say(&gw, &main, &text, false).await).await;
+        assert_storage_unavailable(say(&gw, KEY_A, &main, "m", &text, false).await).await;
         refused.push(text);
     }
     let text = format!("while-full-streamed {large}");
     // Refused before the stream starts (when even the session's lease cannot be
     // written), or a stream that ends with the error event instead of [DONE].
-    let streamed = say(&gw, &main, &text, true).await;
+    let streamed = say(&gw, KEY_A, &main, "m", &text, true).await;
     if streamed.status() == 503 {
         assert_storage_unavailable(streamed).await;
     } else {
@@ -246,7 +191,7 @@ async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpa
     }
     refused.push(text);
     // A session created now either fails or really exists.
-    let created = create(&gw).await;
+    let created = post_session(&gw, KEY_A, json!({})).await;
     if created.status() == 201 {
         let id = created.json::<Value>().await.unwrap()["id"].clone();
         let path = format!("/v1/sessions/{}", id.as_str().unwrap());
@@ -271,7 +216,7 @@ async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpa
     }
     for turn in 0..3 {
         let text = format!("after-{turn} {padding}");
-        let response = say(&gw, &main, &text, turn == 2).await;
+        let response = say(&gw, KEY_A, &main, "m", &text, turn == 2).await;
         assert_eq!(response.status(), 200);
         let body = response.text().await.unwrap();
         assert!(!body.contains("\"error\""), "{body}");
@@ -279,7 +224,7 @@ async fn fill_refuse_free_verify(config: gatewayd::config::Config, free: FreeSpa
     }
     // A write that stored data shows the store takes writes again.
     assert_eq!(status_of(&gw, "/health/ready").await, 200);
-    let fresh = create_ok(&gw).await;
+    let fresh = create_ok(&gw, KEY_A, json!({})).await;
     let path = format!("/v1/sessions/{fresh}");
     let read = client().get(gw.url(&path)).bearer_auth(KEY_A).send().await;
     assert_eq!(read.unwrap().status(), 200);
@@ -360,14 +305,14 @@ async fn a_postgres_backend_killed_mid_turn_stores_nothing_and_recovers() {
     .await
     .unwrap();
 
-    let url = echo_upstream().await;
+    let (url, _) = chat_upstream().await;
     let config = config_from_toml(&format!(
         "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
         common::two_keys_toml()
     ));
     let gw = spawn_gateway_with_store(config, store).await;
-    let id = create_ok(&gw).await;
-    assert_eq!(say(&gw, &id, "one", false).await.status(), 200);
+    let id = create_ok(&gw, KEY_A, json!({})).await;
+    assert_eq!(say(&gw, KEY_A, &id, "m", "one", false).await.status(), 200);
 
     let stalled = {
         let (url, id) = (gw.url("/v1/chat/completions"), id.clone());
@@ -406,7 +351,10 @@ async fn a_postgres_backend_killed_mid_turn_stores_nothing_and_recovers() {
     // abandoned turn's lease for a moment).
     let mut status = 0;
     for _ in 0..20 {
-        status = say(&gw, &id, "three", false).await.status().as_u16();
+        status = say(&gw, KEY_A, &id, "m", "three", false)
+            .await
+            .status()
+            .as_u16();
         if status != 409 {
             break;
         }
@@ -537,14 +485,17 @@ async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() 
     let store = SessionStore::open_postgres(&server.url(), limits)
         .await
         .unwrap();
-    let url = echo_upstream().await;
+    let (url, _) = chat_upstream().await;
     let config = config_from_toml(&format!(
         "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
         common::two_keys_toml()
     ));
     let gw = spawn_gateway_with_store(config, store).await;
-    let id = create_ok(&gw).await;
-    assert_eq!(say(&gw, &id, "before", false).await.status(), 200);
+    let id = create_ok(&gw, KEY_A, json!({})).await;
+    assert_eq!(
+        say(&gw, KEY_A, &id, "m", "before", false).await.status(),
+        200
+    );
 
     let server = tokio::task::spawn_blocking(move || {
         server.stop();
@@ -552,8 +503,8 @@ async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() 
     })
     .await
     .unwrap();
-    assert_storage_unavailable(say(&gw, &id, "while-down", false).await).await;
-    assert_storage_unavailable(create(&gw).await).await;
+    assert_storage_unavailable(say(&gw, KEY_A, &id, "m", "while-down", false).await).await;
+    assert_storage_unavailable(post_session(&gw, KEY_A, json!({})).await).await;
     assert_eq!(status_of(&gw, "/health/ready").await, 503);
 
     let server = tokio::task::spawn_blocking(move || {
@@ -573,7 +524,10 @@ async fn a_stopped_postgres_server_gets_503_and_a_restarted_one_is_used_again() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready, 200);
-    assert_eq!(say(&gw, &id, "after", false).await.status(), 200);
+    assert_eq!(
+        say(&gw, KEY_A, &id, "m", "after", false).await.status(),
+        200
+    );
 
     assert_eq!(
         stored_in_postgres(server.url().as_str(), &id),
@@ -614,7 +568,7 @@ async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
     let db = config.data_dir.join("sessions.db");
     let store = open_store(&config, false).await;
     let gw = spawn_gateway_with_store(config, store).await;
-    let id = create_ok(&gw).await;
+    let id = create_ok(&gw, KEY_A, json!({})).await;
     let ballast = mount_point.join("ballast");
     std::fs::write(&ballast, b"").unwrap();
 
@@ -623,7 +577,7 @@ async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
     let mut refused = Vec::new();
     for turn in 0..3 {
         let text = format!("turn-{turn} {padding}");
-        let response = say(&gw, &id, &text, false).await;
+        let response = say(&gw, KEY_A, &id, "m", &text, false).await;
         assert_eq!(response.status(), 200);
         response.bytes().await.unwrap();
         acknowledged.push(text);
@@ -632,15 +586,12 @@ async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
     // The disk fills while this turn's upstream answers: its lease is taken, its commit
     // cannot be written.
     let text = format!("FILL-DISK {padding}");
-    let turn = tokio::spawn(say_owned(
-        gw.url("/v1/chat/completions"),
-        id.clone(),
-        text.clone(),
-    ));
+    let filled_turn =
+        tokio::spawn(common::sessions::turn(&gw, KEY_A, &id, "m", &text, false).send());
     assert_eq!(filling.recv().await.unwrap(), text);
     fill(&ballast);
     gate.notify_one();
-    assert_storage_unavailable(turn.await.unwrap()).await;
+    assert_storage_unavailable(filled_turn.await.unwrap().unwrap()).await;
     refused.push(text);
 
     // While the disk stays full, every turn of the session is refused at once, as
@@ -648,7 +599,7 @@ async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
     for attempt in 0..3 {
         let text = format!("while-full-{attempt} {padding}");
         let started = Instant::now();
-        let response = say(&gw, &id, &text, false).await;
+        let response = say(&gw, KEY_A, &id, "m", &text, false).await;
         let took = started.elapsed();
         assert_ne!(
             response.status(),
@@ -663,7 +614,7 @@ async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
     // Space comes back: the next turn is stored and answered.
     std::fs::remove_file(&ballast).unwrap();
     let text = format!("after {padding}");
-    let response = say(&gw, &id, &text, false).await;
+    let response = say(&gw, KEY_A, &id, "m", &text, false).await;
     assert_eq!(response.status(), 200);
     let reply: Value = response.json().await.unwrap();
     assert_eq!(
@@ -689,8 +640,8 @@ async fn a_failed_commit_on_a_full_disk_releases_its_lease() {
     drop(disk);
 }
 
-/// Like `echo_upstream`, but a turn whose text starts with FILL-DISK is reported on the
-/// channel and answered only once the gate is opened.
+/// The shared mock chat upstream, except that a turn whose text starts with FILL-DISK is
+/// reported on the channel and answered only once the gate is opened.
 async fn disk_filling_upstream() -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -699,10 +650,11 @@ async fn disk_filling_upstream() -> (
     let (arrived, filling) = tokio::sync::mpsc::unbounded_channel();
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let opened = gate.clone();
+    let seen = Seen::default();
     let url = mock_upstream(Router::new().route(
         "/v1/chat/completions",
         post(move |body: Bytes| {
-            let (arrived, opened) = (arrived.clone(), opened.clone());
+            let (arrived, opened, seen) = (arrived.clone(), opened.clone(), seen.clone());
             async move {
                 let request: Value = serde_json::from_slice(&body).unwrap();
                 let last = request["messages"].as_array().unwrap().last().unwrap()["content"]
@@ -710,12 +662,10 @@ async fn disk_filling_upstream() -> (
                     .unwrap()
                     .to_string();
                 if last.starts_with("FILL-DISK") {
-                    arrived.send(last.clone()).unwrap();
+                    arrived.send(last).unwrap();
                     opened.notified().await;
                 }
-                axum::Json(json!({"choices": [{"index": 0, "message":
-                    {"role": "assistant", "content": format!("echo: {last}")},
-                    "finish_reason": "stop"}]}))
+                chat_reply(seen, body).await
             }
         }),
     ))
@@ -739,15 +689,4 @@ fn fill(ballast: &std::path::Path) {
             Err(err) => panic!("filling the disk: {err}"),
         }
     }
-}
-
-async fn say_owned(url: String, id: String, text: String) -> reqwest::Response {
-    client()
-        .post(url)
-        .bearer_auth(KEY_A)
-        .header("x-session-id", id)
-        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
-        .send()
-        .await
-        .unwrap()
 }
