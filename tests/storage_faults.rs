@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
-use common::sessions::{create as create_ok, post_session, say};
+use common::sessions::{create as create_ok, post_session, say, stored_contents};
 use common::upstream::{chat_reply, chat_upstream, Seen};
-use common::KEY_A;
 use common::{client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
+use common::{Backend, KEY_A};
 use gatewayd::sessions::SessionStore;
 use serde_json::{json, Value};
 
@@ -37,23 +37,6 @@ async fn status_of(gw: &common::Gateway, path: &str) -> u16 {
         .as_u16()
 }
 
-/// The user messages stored for a session, read by a separate process (python3's
-/// sqlite3 module) from the database file.
-fn stored_in_sqlite(db: &std::path::Path, id: &str) -> Vec<String> {
-    let script = "import sqlite3, json, sys\n\
-        db = sqlite3.connect(sys.argv[1])\n\
-        rows = db.execute('SELECT message FROM messages WHERE session_id = ? ORDER BY seq', (sys.argv[2],))\n\
-        print(json.dumps([json.loads(r[0])['content'] for r in rows]))";
-    let output = Command::new("python3")
-        .args(["-c", script])
-        .arg(db)
-        .arg(id)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 /// How a test makes room again once the store is full.
 enum FreeSpace {
     /// Delete the filler session through the API (a capped database).
@@ -62,22 +45,14 @@ enum FreeSpace {
     RemoveFile(std::path::PathBuf),
 }
 
+/// The message contents stored for a session, read by a separate process (python3).
+fn stored_in_sqlite(db: &std::path::Path, id: &str) -> Vec<String> {
+    stored_contents(Backend::Sqlite, db.to_str().unwrap(), id)
+}
+
 /// The message contents stored for a session, read by a separate process (psql).
 fn stored_in_postgres(url: &str, id: &str) -> Vec<String> {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-tAc"])
-        .arg(format!(
-            "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
+    stored_contents(Backend::Postgres, url, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,12 @@ impl Target for Process {
     }
 }
 
+impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
+    fn url(&self, path: &str) -> String {
+        T::url(self, path)
+    }
+}
+
 impl Target for str {
     fn url(&self, path: &str) -> String {
         format!("{self}{path}")
@@ -262,5 +268,43 @@ impl Setup {
             .unwrap();
         pool.close().await;
         row.try_get::<i64, _>("n").unwrap()
+    }
+}
+
+/// The contents of a session's stored messages in order, read from the database by a
+/// separate process (python3's sqlite3 module, or psql), bypassing gatewayd. `database`
+/// is the SQLite file (with or without `sqlite://`) or the PostgreSQL URL.
+pub fn stored_contents(backend: Backend, database: &str, id: &str) -> Vec<String> {
+    match backend {
+        Backend::Sqlite => {
+            let script = "import sqlite3, json, sys\n\
+                db = sqlite3.connect(sys.argv[1])\n\
+                rows = db.execute('SELECT message FROM messages WHERE session_id = ? ORDER BY seq', (sys.argv[2],))\n\
+                print(json.dumps([json.loads(r[0])['content'] for r in rows]))";
+            let output = std::process::Command::new("python3")
+                .args(["-c", script])
+                .arg(database.trim_start_matches("sqlite://"))
+                .arg(id)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            serde_json::from_slice(&output.stdout).unwrap()
+        }
+        Backend::Postgres => {
+            let output = std::process::Command::new("psql")
+                .arg(database)
+                .arg("-tAc")
+                .arg(format!(
+                    "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
+                ))
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        }
     }
 }
