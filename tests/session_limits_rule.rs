@@ -99,7 +99,7 @@ async fn assert_both_refused(
         "{what}: nothing of a refused turn is stored"
     );
     assert_eq!(
-        before.len(),
+        kept.len(),
         4,
         "{what}: nothing of a refused turn is stored"
     );
