@@ -98,11 +98,7 @@ async fn assert_both_refused(
         kept,
         "{what}: nothing of a refused turn is stored"
     );
-    assert_eq!(
-        kept.len(),
-        4,
-        "{what}: nothing of a refused turn is stored"
-    );
+    assert_eq!(kept.len(), 4, "{what}: nothing of a refused turn is stored");
 }
 
 /// Both routes answer the turn, send the upstream the same messages (system prompt,
