@@ -5,41 +5,13 @@
 #[macro_use]
 mod common;
 
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::routing::post;
-use axum::Router;
-use common::{client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
+use common::sessions::{create, stored_contents};
+use common::upstream::{chat_upstream, contents_of};
+use common::{client, config_from_toml, open_store, spawn_gateway_with_store};
 use common::{Backend, KEY_A};
-use serde_json::{json, Value};
-
-type Seen = Arc<Mutex<Vec<Vec<String>>>>;
-
-/// Replies "echo: <last content>"; records the contents of every request's messages.
-async fn echo_upstream(seen: Seen) -> String {
-    mock_upstream(Router::new().route(
-        "/v1/chat/completions",
-        post(move |body: Bytes| {
-            let seen = seen.clone();
-            async move {
-                let request: Value = serde_json::from_slice(&body).unwrap();
-                let contents: Vec<String> = request["messages"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|m| m["content"].as_str().unwrap_or_default().to_string())
-                    .collect();
-                let text = format!("echo: {}", contents.last().unwrap());
-                seen.lock().unwrap().push(contents);
-                axum::Json(json!({"choices": [{"index": 0,
-                    "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}))
-            }
-        }),
-    ))
-    .await
-}
+use serde_json::json;
 
 /// Unique key names keep tests apart in a shared PostgreSQL database.
 fn keys() -> String {
@@ -54,73 +26,23 @@ fn config(upstream: &str, keys: &str) -> gatewayd::config::Config {
     ))
 }
 
-async fn create(gw: &common::Gateway) -> String {
-    let response = client()
-        .post(gw.url("/v1/sessions"))
-        .bearer_auth(KEY_A)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
+/// One plain turn of session `id`, its body read: the status.
 async fn say(gw: &common::Gateway, id: &str, text: &str) -> u16 {
-    let response = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(KEY_A)
-        .header("x-session-id", id)
-        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = common::sessions::say(gw, KEY_A, id, "m", text, false).await;
     let status = response.status().as_u16();
     response.bytes().await.unwrap();
     status
 }
 
-/// Message contents of a session as stored, read by a separate process.
-fn stored(backend: Backend, url: &str, id: &str) -> Vec<String> {
-    let output = match backend {
-        Backend::Sqlite => Command::new("python3")
-            .args(["-c", "import sqlite3, json, sys\n\
-                db = sqlite3.connect(sys.argv[1])\n\
-                rows = db.execute('SELECT message FROM messages WHERE session_id = ? ORDER BY seq', (sys.argv[2],))\n\
-                print('\\n'.join(json.loads(r[0])['content'] for r in rows))"])
-            .arg(url.trim_start_matches("sqlite://"))
-            .arg(id)
-            .output()
-            .unwrap(),
-        Backend::Postgres => Command::new("psql")
-            .arg(url)
-            .arg("-tAc")
-            .arg(format!(
-                "SELECT message::json->>'content' FROM messages WHERE session_id = '{id}' ORDER BY seq"
-            ))
-            .output()
-            .unwrap(),
-    };
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 async fn concurrent_turns_are_all_stored(backend: Backend) {
-    let upstream = echo_upstream(Seen::default()).await;
+    let (upstream, _) = chat_upstream().await;
     let config = config(&upstream, &keys());
     let db = backend.database_url(&config.data_dir);
     let store = open_store(&config, matches!(backend, Backend::Postgres)).await;
     let gw = Arc::new(spawn_gateway_with_store(config, store).await);
     let mut ids = Vec::new();
     for _ in 0..24 {
-        ids.push(create(&gw).await);
+        ids.push(create(&gw, KEY_A, json!({})).await);
     }
     // Every session runs three turns in order; the sessions run all at once, so their
     // turns share group commits.
@@ -140,7 +62,7 @@ async fn concurrent_turns_are_all_stored(backend: Backend) {
         let expected: Vec<String> = (0..3)
             .flat_map(|t| [format!("{id}-{t}"), format!("echo: {id}-{t}")])
             .collect();
-        assert_eq!(stored(backend, &db, id), expected);
+        assert_eq!(stored_contents(backend, &db, id), expected);
     }
 }
 
@@ -154,15 +76,14 @@ async fn another_instances_writes_invalidate_the_cached_history() {
         eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: two-instance test not run");
         return;
     }
-    let seen = Seen::default();
-    let upstream = echo_upstream(seen.clone()).await;
+    let (upstream, seen) = chat_upstream().await;
     let keys = keys();
     let config_a = config(&upstream, &keys);
     let config_b = config(&upstream, &keys);
     let a = spawn_gateway_with_store(config_a.clone(), open_store(&config_a, true).await).await;
     let b = spawn_gateway_with_store(config_b.clone(), open_store(&config_b, true).await).await;
-    let id = create(&a).await;
-    let last_request = || seen.lock().unwrap().last().unwrap().clone();
+    let id = create(&a, KEY_A, json!({})).await;
+    let last_request = || contents_of(seen.lock().unwrap().last().unwrap());
 
     assert_eq!(say(&a, &id, "one").await, 200);
     assert_eq!(say(&a, &id, "two").await, 200); // A now holds the history in its cache

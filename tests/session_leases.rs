@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use common::{client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
+use common::sessions::{contents, create, turn};
+use common::upstream::{chat_reply, Seen};
+use common::{config_from_toml, mock_upstream, open_store, spawn_gateway_with_store};
 use common::{KEY_A, KEY_B};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -20,16 +21,16 @@ use tokio::sync::{mpsc, Notify};
 /// What the mock upstream saw, and the gate that holds back a "TURN-ONE" reply.
 #[derive(Clone, Default)]
 struct Upstream {
-    seen: Arc<Mutex<Vec<Value>>>,
+    seen: Seen,
     gate: Arc<Notify>,
     arrived: Arc<Mutex<Option<mpsc::UnboundedSender<String>>>>,
 }
 
-/// Replies "echo: <last user content>". Model "hangy" streams one event, then goes
-/// silent; a last message "TURN-ONE" waits for the test to open the gate.
+/// The shared mock chat upstream (see `common::upstream::chat_reply`), except that each
+/// request's last message is reported on `arrived`, and a last message "TURN-ONE" waits
+/// for the test to open the gate.
 async fn reply(upstream: Upstream, body: Bytes) -> axum::response::Response {
     let request: Value = serde_json::from_slice(&body).unwrap();
-    upstream.seen.lock().unwrap().push(request.clone());
     let last = request["messages"].as_array().unwrap().last().unwrap()["content"]
         .as_str()
         .unwrap()
@@ -37,24 +38,10 @@ async fn reply(upstream: Upstream, body: Bytes) -> axum::response::Response {
     if let Some(arrived) = upstream.arrived.lock().unwrap().as_ref() {
         let _ = arrived.send(last.clone());
     }
-    if request["model"] == "hangy" {
-        let first = futures_util::stream::once(async {
-            Ok::<_, std::io::Error>(Bytes::from_static(
-                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n",
-            ))
-        });
-        let body = axum::body::Body::from_stream(first.chain(futures_util::stream::pending()));
-        return ([("content-type", "text/event-stream")], body).into_response();
-    }
     if last == "TURN-ONE" {
         upstream.gate.notified().await;
     }
-    axum::Json(
-        json!({"id": "c", "object": "chat.completion", "choices": [{"index": 0,
-        "message": {"role": "assistant", "content": format!("echo: {last}")},
-        "finish_reason": "stop"}]}),
-    )
-    .into_response()
+    chat_reply(upstream.seen, body).await
 }
 
 async fn start_upstream(upstream: &Upstream) -> String {
@@ -73,55 +60,6 @@ fn config(upstream_url: &str, extra: &str) -> gatewayd::config::Config {
         "stream_keepalive_secs = 1\n{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{upstream_url}\"\nmodels = [\"*\"]\n{extra}",
         common::named_keys_toml(&format!("a-{run}"), &format!("b-{run}"))
     ))
-}
-
-async fn create(gw: &common::Gateway, key: &str) -> String {
-    let response = client()
-        .post(gw.url("/v1/sessions"))
-        .bearer_auth(key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn say(
-    gw: &common::Gateway,
-    key: &str,
-    id: &str,
-    model: &str,
-    text: &str,
-    stream: bool,
-) -> reqwest::RequestBuilder {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .header("x-session-id", id)
-        .json(&json!({"model": model, "stream": stream,
-            "messages": [{"role": "user", "content": text}]}))
-}
-
-async fn contents(gw: &common::Gateway, key: &str, id: &str) -> Vec<String> {
-    let session: Value = client()
-        .get(gw.url(&format!("/v1/sessions/{id}")))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    session["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["content"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,11 +81,11 @@ async fn two_instances_serialise_overlapping_continuations() {
     let store_b = open_store(&config_b, true).await;
     let a = spawn_gateway_with_store(config_a, store_a).await;
     let b = spawn_gateway_with_store(config_b, store_b).await;
-    let id = create(&a, KEY_A).await;
+    let id = create(&a, KEY_A, json!({})).await;
 
-    let first = tokio::spawn(say(&a, KEY_A, &id, "m", "TURN-ONE", false).send());
+    let first = tokio::spawn(turn(&a, KEY_A, &id, "m", "TURN-ONE", false).send());
     assert_eq!(arrived.recv().await.unwrap(), "TURN-ONE");
-    let second = tokio::spawn(say(&b, KEY_A, &id, "m", "TURN-TWO", false).send());
+    let second = tokio::spawn(turn(&b, KEY_A, &id, "m", "TURN-TWO", false).send());
     // Give TURN-TWO time to reach instance B and wait there. (If it arrived later still,
     // it would still have to see TURN-ONE: this pause only makes the overlap real.)
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -181,10 +119,10 @@ async fn a_busy_session_answers_409_after_busy_timeout() {
     let config = config(&url, "[sessions]\nbusy_timeout_secs = 1\n");
     let store = open_store(&config, false).await;
     let gw = spawn_gateway_with_store(config, store).await;
-    let id = create(&gw, KEY_A).await;
+    let id = create(&gw, KEY_A, json!({})).await;
 
     // A streamed turn that never ends holds the session.
-    let holder = say(&gw, KEY_A, &id, "hangy", "slow", true)
+    let holder = turn(&gw, KEY_A, &id, "hangy", "slow", true)
         .send()
         .await
         .unwrap();
@@ -194,7 +132,7 @@ async fn a_busy_session_answers_409_after_busy_timeout() {
     assert!(String::from_utf8_lossy(&first).contains("par"));
 
     let started = Instant::now();
-    let busy = say(&gw, KEY_A, &id, "m", "second", false)
+    let busy = turn(&gw, KEY_A, &id, "m", "second", false)
         .send()
         .await
         .unwrap();
@@ -214,7 +152,7 @@ async fn a_busy_session_answers_409_after_busy_timeout() {
     drop(holder_body);
     let mut status = 0;
     for _ in 0..30 {
-        let response = say(&gw, KEY_A, &id, "m", "third", false)
+        let response = turn(&gw, KEY_A, &id, "m", "third", false)
             .send()
             .await
             .unwrap();
@@ -238,8 +176,8 @@ async fn another_keys_stalled_streams_never_delay_a_continuation() {
     // Key B holds a stalled stream on each of 64 of its sessions and stops reading.
     let mut stalled = Vec::new();
     for _ in 0..64 {
-        let id = create(&gw, KEY_B).await;
-        let response = say(&gw, KEY_B, &id, "hangy", "hold", true)
+        let id = create(&gw, KEY_B, json!({})).await;
+        let response = turn(&gw, KEY_B, &id, "hangy", "hold", true)
             .send()
             .await
             .unwrap();
@@ -252,7 +190,7 @@ async fn another_keys_stalled_streams_never_delay_a_continuation() {
     // Key A continues 200 of its own sessions; each turn must be quick.
     let mut ids = Vec::new();
     for _ in 0..200 {
-        ids.push(create(&gw, KEY_A).await);
+        ids.push(create(&gw, KEY_A, json!({})).await);
     }
     let quick = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -5,180 +5,13 @@
 #[macro_use]
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::Router;
+use common::sessions::{setup, without_timestamps};
 use common::Backend;
-use common::{
-    client, config_from_toml, mock_upstream, open_store, spawn_gateway_with_store, KEY_A, KEY_B,
-};
+use common::{client, KEY_A, KEY_B};
 use serde_json::{json, Value};
-use sqlx::Row;
-
-type Seen = Arc<Mutex<Vec<Value>>>;
-
-/// Replies "echo: <last user content>"; "tooly" adds a tool call; "flaky" fails with 500;
-/// "hangy" streams one event and then goes silent. Streams carry the same message as non-streams.
-async fn upstream(seen: Seen, body: Bytes) -> axum::response::Response {
-    let request: Value = serde_json::from_slice(&body).unwrap();
-    seen.lock().unwrap().push(request.clone());
-    let model = request["model"].as_str().unwrap().to_string();
-    if model == "flaky" {
-        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
-    }
-    if model == "hangy" {
-        // One event, then silence: the client will leave mid-reply.
-        let first = futures_util::stream::once(async {
-            Ok::<_, std::io::Error>(Bytes::from_static(
-                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n",
-            ))
-        });
-        let never = futures_util::stream::pending();
-        return (
-            [("content-type", "text/event-stream")],
-            axum::body::Body::from_stream(futures_util::StreamExt::chain(first, never)),
-        )
-            .into_response();
-    }
-    let last = request["messages"].as_array().unwrap().last().unwrap()["content"].clone();
-    let text = format!("echo: {}", last.as_str().unwrap_or("?"));
-    let tool = (model == "tooly").then(|| {
-        json!([{"id": "call_9", "type": "function",
-        "function": {"name": "lookup", "arguments": "{\"q\":1}"}}])
-    });
-    if request["stream"] == json!(true) {
-        let mut events =
-            vec![json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})];
-        for piece in text.split_inclusive(' ') {
-            events.push(json!({"choices": [{"index": 0, "delta": {"content": piece}}]}));
-        }
-        if tool.is_some() {
-            events.push(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "lookup", "arguments": ""}}]}}]}));
-            events.push(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":1}"}}]}}]}));
-        }
-        let mut sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-        sse.push_str("data: [DONE]\n\n");
-        return ([("content-type", "text/event-stream")], sse).into_response();
-    }
-    let mut message = json!({"role": "assistant", "content": text});
-    if let Some(tool) = tool {
-        message["tool_calls"] = tool;
-    }
-    axum::Json(json!({"id": "c", "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}))
-    .into_response()
-}
-
-struct Setup {
-    gw: common::Gateway,
-    seen: Seen,
-    data_dir: std::path::PathBuf,
-}
-
-async fn setup(backend: Backend, sessions_toml: &str) -> Setup {
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let url = mock_upstream(Router::new().route(
-        "/v1/chat/completions",
-        post(move |b: Bytes| upstream(s.clone(), b)),
-    ))
-    .await;
-    let run = common::temp_dir("owner");
-    let run = run.file_name().unwrap().to_str().unwrap();
-    let config = config_from_toml(&format!(
-        "{}\n[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n{sessions_toml}",
-        common::named_keys_toml(&format!("a-{run}"), &format!("b-{run}"))
-    ));
-    let data_dir = config.data_dir.clone();
-    let store = open_store(&config, matches!(backend, Backend::Postgres)).await;
-    let gw = spawn_gateway_with_store(config, store).await;
-    Setup { gw, seen, data_dir }
-}
-
-impl Setup {
-    async fn call(
-        &self,
-        key: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = client().request(method, self.gw.url(path)).bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn create(&self, key: &str, body: Value) -> String {
-        let (status, session) = self
-            .call(key, reqwest::Method::POST, "/v1/sessions", Some(body))
-            .await;
-        assert_eq!(status, 201, "{session}");
-        session["id"].as_str().unwrap().to_string()
-    }
-
-    async fn say(
-        &self,
-        key: &str,
-        id: &str,
-        model: &str,
-        text: &str,
-        stream: bool,
-    ) -> reqwest::Response {
-        client()
-            .post(self.gw.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .header("x-session-id", id)
-            .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]}))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn messages(&self, key: &str, id: &str) -> Vec<Value> {
-        let (status, session) = self
-            .call(
-                key,
-                reqwest::Method::GET,
-                &format!("/v1/sessions/{id}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{session}");
-        session["messages"].as_array().unwrap().clone()
-    }
-
-    /// Rows for a session straight from the database, bypassing gatewayd.
-    async fn rows_in_database(&self, backend: Backend, id: &str) -> i64 {
-        sqlx::any::install_default_drivers();
-        let url = backend.database_url(&self.data_dir);
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-        let row = sqlx::query("SELECT (SELECT COUNT(*) FROM messages WHERE session_id = $1) + (SELECT COUNT(*) FROM sessions WHERE id = $1) AS n")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        row.try_get::<i64, _>("n").unwrap()
-    }
-}
-
-fn without_timestamps(messages: &[Value]) -> Vec<Value> {
-    messages
-        .iter()
-        .map(|m| {
-            let mut m = m.clone();
-            m.as_object_mut().unwrap().remove("created_at");
-            m
-        })
-        .collect()
-}
 
 on_both_backends!(
     create_continue_list_get_delete,
@@ -420,7 +253,7 @@ async fn deleted_session_rows_are_gone(backend: Backend) {
     let s = setup(backend, "").await;
     let id = s.create(KEY_A, json!({"system": "sys"})).await;
     assert_eq!(s.say(KEY_A, &id, "m", "x", false).await.status(), 200);
-    assert_eq!(s.rows_in_database(backend, &id).await, 3);
+    assert_eq!(s.rows_in_database(&id).await, 3);
     let (status, _) = s
         .call(
             KEY_A,
@@ -430,7 +263,7 @@ async fn deleted_session_rows_are_gone(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(s.rows_in_database(backend, &id).await, 0);
+    assert_eq!(s.rows_in_database(&id).await, 0);
 }
 
 async fn limits_refuse_whole_turns(backend: Backend) {

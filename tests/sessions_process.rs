@@ -11,18 +11,18 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
-use common::{binary, client, mock_upstream, start, KEY_A};
+use common::sessions::{contents, create, turn};
+use common::upstream::{chat_reply, Seen};
+use common::{binary, mock_upstream, start, KEY_A};
 use serde_json::{json, Value};
 
+/// The shared mock chat upstream, each answer 5 ms late (so turns overlap the kill).
 async fn echo_upstream() -> String {
     mock_upstream(Router::new().route(
         "/v1/chat/completions",
         post(|body: Bytes| async move {
-            let request: Value = serde_json::from_slice(&body).unwrap();
-            let last = request["messages"].as_array().unwrap().last().unwrap()["content"].clone();
             tokio::time::sleep(Duration::from_millis(5)).await;
-            axum::Json(json!({"choices": [{"index": 0, "message":
-                {"role": "assistant", "content": format!("echo: {}", last.as_str().unwrap())}}]}))
+            chat_reply(Seen::default(), body).await
         }),
     ))
     .await
@@ -44,47 +44,9 @@ fn gateway(
     start(command)
 }
 
-async fn create(process: &common::Process) -> String {
-    let response = client()
-        .post(process.url("/v1/sessions"))
-        .bearer_auth(KEY_A)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
+/// One plain turn of session `id`; an error when the process is gone.
 async fn say(base: &str, id: &str, text: &str) -> Result<reqwest::Response, reqwest::Error> {
-    client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(KEY_A)
-        .header("x-session-id", id)
-        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
-        .send()
-        .await
-}
-
-async fn contents(base: &str, id: &str) -> Vec<String> {
-    let session: Value = client()
-        .get(format!("{base}/v1/sessions/{id}"))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    session["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["content"].as_str().unwrap().to_string())
-        .collect()
+    turn(base, KEY_A, id, "m", text, false).send().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +57,7 @@ async fn sigkill_loses_no_acknowledged_turn() {
     let base = process.url("");
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        sessions.push(create(&process).await);
+        sessions.push(create(&process, KEY_A, json!({})).await);
     }
     let acknowledged = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let mut workers = Vec::new();
@@ -131,7 +93,7 @@ async fn sigkill_loses_no_acknowledged_turn() {
     let restarted = gateway(&upstream, &data_dir, None);
     let base = restarted.url("");
     for id in &sessions {
-        let stored = contents(&base, id).await;
+        let stored = contents(&base, KEY_A, id).await;
         assert_eq!(stored.len() % 2, 0, "a half-written turn survived");
         for pair in stored.chunks(2) {
             assert_eq!(pair[1], format!("echo: {}", pair[0]));
@@ -156,7 +118,7 @@ async fn two_instances_share_postgres_sessions() {
     let upstream = echo_upstream().await;
     let first = gateway(&upstream, &common::temp_dir("pg1"), Some(&url));
     let second = gateway(&upstream, &common::temp_dir("pg2"), Some(&url));
-    let id = create(&first).await;
+    let id = create(&first, KEY_A, json!({})).await;
     assert_eq!(
         say(&first.url(""), &id, "on first").await.unwrap().status(),
         200
@@ -164,7 +126,7 @@ async fn two_instances_share_postgres_sessions() {
     let response = say(&second.url(""), &id, "on second").await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
-        contents(&first.url(""), &id).await,
+        contents(&first.url(""), KEY_A, &id).await,
         vec!["on first", "echo: on first", "on second", "echo: on second"]
     );
 }

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{client, config_from_toml, spawn_gateway, two_keys_toml, Gateway, KEY_A};
+use common::sessions::without_timestamps;
+use common::sse::{assert_event_stream, data_payloads};
+use common::{assert_openai_error, client, config_from_toml, spawn_gateway, two_keys_toml};
+use common::{Gateway, KEY_A};
 use serde_json::{json, Value};
 use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,19 +147,6 @@ async fn gateway(upstreams: &[(&str, &str, &str, &str)]) -> Gateway {
     spawn_gateway(config_from_toml(&gateway_toml(upstreams))).await
 }
 
-async fn create_session(gw: &Gateway) -> String {
-    let response = client()
-        .post(gw.url("/v1/sessions"))
-        .bearer_auth(KEY_A)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let session: Value = response.json().await.unwrap();
-    session["id"].as_str().unwrap().to_string()
-}
-
 async fn chat(
     gw: &Gateway,
     session: Option<&str>,
@@ -177,25 +167,11 @@ async fn chat(
 
 /// The session's messages as GET /v1/sessions/{id} shows them, without timestamps.
 async fn stored_messages(gw: &Gateway, id: &str) -> Vec<Value> {
-    let response = client()
-        .get(gw.url(&format!("/v1/sessions/{id}")))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let session: Value = response.json().await.unwrap();
-    session["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let mut m = m.clone();
-            assert!(m["created_at"].is_i64(), "{m}");
-            m.as_object_mut().unwrap().remove("created_at");
-            m
-        })
-        .collect()
+    let messages = common::sessions::messages(gw, KEY_A, id).await;
+    for m in &messages {
+        assert!(m["created_at"].is_i64(), "{m}");
+    }
+    without_timestamps(&messages)
 }
 
 /// (message rows, the session row's message_count) straight from the SQLite file.
@@ -219,39 +195,6 @@ async fn rows_in_database(data_dir: &Path, id: &str) -> (i64, i64) {
     counts
 }
 
-/// The `data:` payloads of an SSE body, in order; comments (keep-alives) are skipped.
-/// Asserts that the body ends at an event boundary.
-fn data_payloads(text: &str) -> Vec<String> {
-    assert!(
-        text.ends_with("\n\n"),
-        "body does not end an event: {text:?}"
-    );
-    text.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
-}
-
-/// An OpenAI error object with exactly the fields message, type, param and code.
-fn assert_openai_error(body: &Value, kind: &str, code: &str) {
-    let error = body["error"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{body}"));
-    let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
-    fields.sort_unstable();
-    assert_eq!(fields, ["code", "message", "param", "type"], "{body}");
-    assert!(!error["message"].as_str().unwrap().is_empty(), "{body}");
-    assert_eq!(error["type"], kind, "{body}");
-    assert_eq!(error["code"], code, "{body}");
-    assert!(error["param"].is_null(), "{body}");
-}
-
 /// Checks a relayed stream that was cut: both events arrive unchanged, then the
 /// `upstream_truncated` error event, and no `[DONE]`.
 fn assert_truncated(text: &str) {
@@ -273,7 +216,7 @@ async fn truncated_stream_in_a_session_stores_nothing() {
         ("good", &good.base_url, "[\"good\"]", ""),
     ])
     .await;
-    let id = create_session(&gw).await;
+    let id = common::sessions::create(&gw, KEY_A, json!({})).await;
 
     let response = chat(&gw, Some(&id), "cut", "lost turn", true).await;
     assert_eq!(response.status(), 200);
@@ -316,12 +259,8 @@ async fn truncated_stream_without_a_session_ends_with_an_error_event() {
     let cut = raw_upstream(cut_stream()).await;
     let gw = gateway(&[("cut", &cut.base_url, "[\"*\"]", "")]).await;
     let response = chat(&gw, None, "any-model", "hello", true).await;
-    assert_eq!(response.status(), 200);
+    assert_event_stream(&response);
     assert!(response.headers().get("x-session-id").is_none());
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
     assert_truncated(&response.text().await.unwrap());
     assert_eq!(cut.requests(), 1);
     assert_eq!(cut.bodies.lock().unwrap()[0]["stream"], true);
@@ -331,7 +270,7 @@ async fn truncated_stream_without_a_session_ends_with_an_error_event() {
 async fn eof_upstream_ends_streams_at_the_close_and_stores_the_turn() {
     let cut = raw_upstream(cut_stream()).await;
     let gw = gateway(&[("eof", &cut.base_url, "[\"*\"]", "stream_end = \"eof\"")]).await;
-    let id = create_session(&gw).await;
+    let id = common::sessions::create(&gw, KEY_A, json!({})).await;
 
     let response = chat(&gw, Some(&id), "m", "hi", true).await;
     assert_eq!(response.status(), 200);
@@ -362,7 +301,7 @@ async fn eof_upstream_ends_streams_at_the_close_and_stores_the_turn() {
 async fn stream_ending_with_done_is_stored() {
     let good = raw_upstream(complete_stream()).await;
     let gw = gateway(&[("good", &good.base_url, "[\"*\"]", "")]).await;
-    let id = create_session(&gw).await;
+    let id = common::sessions::create(&gw, KEY_A, json!({})).await;
 
     let response = chat(&gw, Some(&id), "m", "hi", true).await;
     assert_eq!(response.status(), 200);
@@ -399,7 +338,7 @@ async fn assert_bad_answer_is_502(upstream: &RawUpstream, gw: &Gateway) {
     );
     assert_eq!(upstream.requests(), 1);
 
-    let id = create_session(gw).await;
+    let id = common::sessions::create(gw, KEY_A, json!({})).await;
     let response = chat(gw, Some(&id), "m", "lost turn", false).await;
     assert_eq!(response.status(), 502);
     assert_openai_error(

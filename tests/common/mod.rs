@@ -1,5 +1,11 @@
 //! Shared test harness: in-process gateways, mock upstreams, the real binary, keys.
+//! `upstream` is the mock chat upstream, `sessions` the session and Responses helpers,
+//! `sse` the event-stream readers.
 #![allow(dead_code)] // each test file uses a different subset of these helpers
+
+pub mod sessions;
+pub mod sse;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -250,6 +256,21 @@ pub fn parse_listening(line: &str) -> SocketAddr {
     let rest = line[start..].trim_start_matches('"');
     let end = rest.find([',', ' ', '"']).unwrap_or(rest.len());
     rest[..end].parse().unwrap()
+}
+
+/// An OpenAI error object with exactly the fields message, type, param and code, a
+/// non-empty message, this type and code, and no param.
+pub fn assert_openai_error(body: &serde_json::Value, kind: &str, code: &str) {
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"));
+    let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["code", "message", "param", "type"], "{body}");
+    assert!(!error["message"].as_str().unwrap().is_empty(), "{body}");
+    assert_eq!(error["type"], kind, "{body}");
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["param"].is_null(), "{body}");
 }
 
 /// Marks an in-process (`oneshot`) request as coming from a loopback peer, as the server
