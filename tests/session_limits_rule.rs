@@ -3,9 +3,10 @@
 //!
 //! `[sessions] max_messages` counts the messages the session stores once the turn is in:
 //! its stored history, this turn's input messages and the one reply. The system prompt is
-//! stored apart and is not one of them. `max_bytes` likewise counts the stored messages'
-//! bytes and this turn's, not the system prompt's. Both routes refuse a turn over a limit
-//! with the same 413, before anything reaches the upstream, and store nothing of it.
+//! stored apart and is not one of them. `max_bytes` counts the text the session stores —
+//! its system prompt included, as the commit counts it — plus this turn's input. Both
+//! routes refuse a turn over a limit with the same 413, before anything reaches the
+//! upstream, and store nothing of it.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -194,10 +195,10 @@ async fn chat_sessions_and_conversations_share_one_limit_rule() {
     );
     assert_both_answered(&s, pair, "three", system).await;
 
-    // max_bytes: the system prompt (3500 of the 4096 bytes) does not count. A turn whose
-    // own message alone passes the limit is refused on both routes; a 600-byte one, which
-    // fits beside the small stored history but not beside the system prompt as well, is
-    // answered on both.
+    // max_bytes: the system prompt (3500 of the 4096 bytes) counts, on both routes. A turn
+    // whose own message alone passes the limit is refused; so is a 600-byte one, which
+    // would fit beside the small stored history but not beside the system prompt as well;
+    // a 100-byte one is answered on both.
     let system = "s".repeat(3500);
     let (by_chat, by_responses) = twin_sessions(&s, &system).await;
     let pair = (by_chat.as_str(), by_responses.as_str());
@@ -206,10 +207,21 @@ async fn chat_sessions_and_conversations_share_one_limit_rule() {
     let chat = chat_turn(&s, &by_chat, &[&huge]).await;
     let responses = responses_turn(&s, &by_responses, &[&huge]).await;
     assert_both_refused(&s, pair, chat, responses, "a message over max_bytes").await;
+    let beside = "m".repeat(600);
+    let chat = chat_turn(&s, &by_chat, &[&beside]).await;
+    let responses = responses_turn(&s, &by_responses, &[&beside]).await;
+    assert_both_refused(
+        &s,
+        pair,
+        chat,
+        responses,
+        "600 bytes beside the system prompt",
+    )
+    .await;
     assert_eq!(
         s.upstream_calls(),
         calls,
         "a refused turn reaches no upstream"
     );
-    assert_both_answered(&s, pair, &"m".repeat(600), &system).await;
+    assert_both_answered(&s, pair, &"m".repeat(100), &system).await;
 }
