@@ -467,10 +467,10 @@ def _start(binary: str, args: list[str], env: dict[str, str], cwd: Path) -> Gate
     return gw
 
 
-@pytest.fixture(scope="session")
-def client_key(gatewayd_bin) -> str:
-    result = subprocess.run(
-        [gatewayd_bin, "keygen"],
+def run_gatewayd(gatewayd_bin: str, *args: str) -> subprocess.CompletedProcess:
+    """One short gatewayd command (keygen, --version) in a clean environment."""
+    return subprocess.run(
+        [gatewayd_bin, *args],
         env=clean_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -478,6 +478,11 @@ def client_key(gatewayd_bin) -> str:
         timeout=30,
         check=True,
     )
+
+
+@pytest.fixture(scope="session")
+def client_key(gatewayd_bin) -> str:
+    result = run_gatewayd(gatewayd_bin, "keygen")
     key = result.stdout.strip().splitlines()[0].strip()
     assert key.startswith("gwd_"), f"unexpected keygen output: {result.stdout!r}"
     return key

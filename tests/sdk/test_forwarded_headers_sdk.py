@@ -8,29 +8,20 @@ call translated onto the same chat upstream must forward the same list.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 import httpx
 import openai
 import pytest
 
-from conftest import UPSTREAM_KEY, clean_env
+from conftest import UPSTREAM_KEY, run_gatewayd
 
 SAFE_EXACT = ("user-agent", "openai-beta", "idempotency-key")
 
 
 @pytest.fixture(scope="module")
 def gatewayd_version(gatewayd_bin) -> str:
-    out = subprocess.run(
-        [gatewayd_bin, "--version"],
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout.split()
+    out = run_gatewayd(gatewayd_bin, "--version").stdout.split()
     assert out[0] == "gatewayd" and len(out) == 2, out
     return out[1]
 
