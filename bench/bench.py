@@ -973,14 +973,17 @@ def cmd_report(args) -> None:
     label = {"direct": "direct (upstream)", "nginx": "nginx proxy", "gatewayd": "gatewayd",
              "gatewayd-session": "gatewayd + session (SQLite)",
              "gatewayd-pg-session": "gatewayd + session (PostgreSQL)",
-             "gatewayd-responses": "gatewayd /v1/responses"}
+             "gatewayd-responses": "gatewayd /v1/responses",
+             "baseline": "baseline gatewayd", "baseline-session": "baseline gatewayd + session (SQLite)"}
     extra_targets = {"nonstream": ["gatewayd-responses", "gatewayd-session", "gatewayd-pg-session"],
                      "stream": ["gatewayd-responses"]}
+    # run.sh --baseline: a second gatewayd binary, reported in its own section only
+    base_targets = {"nonstream": ["baseline", "baseline-session"], "stream": ["baseline"]}
     out: list[str] = []
     w = out.append
     w("# gatewayd benchmark")
     w("")
-    for k in ("machine", "date", "host", "cpus", "kernel", "gatewayd", "nginx", "wrk", "python", "settings"):
+    for k in ("machine", "date", "host", "cpus", "kernel", "gatewayd", "baseline", "nginx", "wrk", "python", "settings"):
         if k in meta:
             w(f"- **{k}**: {meta[k]}")
     w("")
@@ -989,7 +992,7 @@ def cmd_report(args) -> None:
     tput: dict = {}
     problems: list[str] = []
     for kind in ("nonstream", "stream"):
-        names = targets + extra_targets[kind]
+        names = targets + extra_targets[kind] + base_targets[kind]
         for t in names:
             rs = sel("tput", kind=kind, target=t)
             if not rs:
@@ -998,7 +1001,7 @@ def cmd_report(args) -> None:
             if bad:
                 problems.append(f"{kind}/{t}: {bad} non-2xx responses or socket errors during wrk runs")
             turns = None
-            if t in ("gatewayd-session", "gatewayd-pg-session"):
+            if t in ("gatewayd-session", "gatewayd-pg-session", "baseline-session"):
                 turns = _med([(r.get("requests") or 0) / r["sessions"] for r in rs if r.get("sessions")])
             tput[(kind, t)] = {
                 "turns": turns,
@@ -1007,6 +1010,7 @@ def cmd_report(args) -> None:
                 "p99": _med([r.get("p99_ms") for r in rs]),
                 "runs": len(rs),
                 "all_rps": [r.get("rps") for r in rs],
+                "round_rps": {r.get("round"): r.get("rps") for r in rs},
                 # CPU time of the serving process(es) per request served, in µs
                 "cpu_us": _med([r["cpu_s"] * 1e6 / r["requests"] for r in rs
                                 if r.get("cpu_s") is not None and r.get("requests")]),
@@ -1078,6 +1082,36 @@ def cmd_report(args) -> None:
             sess_ratio[t] = ratio(v["rps"], gplain)
             w(f"| {bname} | {_f(v['rps'], 0)} | {_f(v['cpu_us'], 1)} | {_f(v['turns'], 0)} | "
               f"{_f(sess_ratio[t], 2, 'x') if sess_ratio[t] is not None else 'n/a'} |")
+        w("")
+
+    # ---- against the baseline binary (run.sh --baseline)
+    if any(("nonstream", t) in tput or ("stream", t) in tput for t in ("baseline", "baseline-session")):
+        w("## Against the baseline")
+        w("")
+        w("gatewayd against the baseline binary (see **baseline** above), in the same run: in every round "
+          "the baseline served the same wrk load right after gatewayd's run of the same kind, its CPU time "
+          "read from its own process. Ratio: gatewayd / baseline median req/s; per-round ratios pair the "
+          "two runs of each round. PASS when gatewayd is within 5 % of the baseline (ratio >= 0.95).")
+        w("")
+        w("| measurement | gatewayd req/s | baseline req/s | gatewayd / baseline | gatewayd CPU µs/req | "
+          "baseline CPU µs/req | per-round ratios | within 5 % of the baseline |")
+        w("|---|---:|---:|---:|---:|---:|---|---|")
+        for kind, gt, bt, name in (("nonstream", "gatewayd", "baseline", "plain chat"),
+                                   ("stream", "gatewayd", "baseline", "streamed chat (SSE)"),
+                                   ("nonstream", "gatewayd-session", "baseline-session", "session chat (SQLite)")):
+            g = tput.get((kind, gt))
+            b = tput.get((kind, bt))
+            if not g or not b:
+                w(f"| {name} | {_f(g['rps'], 0) if g else 'not run'} | {_f(b['rps'], 0) if b else 'not run'} "
+                  f"| n/a | {_f(g['cpu_us'], 1) if g else 'n/a'} | {_f(b['cpu_us'], 1) if b else 'n/a'} | | n/a |")
+                continue
+            rb = ratio(g["rps"], b["rps"])
+            per = [ratio(g["round_rps"].get(k), b["round_rps"][k]) for k in sorted(b["round_rps"], key=str)
+                   if g["round_rps"].get(k) is not None]
+            res = "n/a" if rb is None else ("PASS" if rb >= 0.95 else "MISS")
+            w(f"| {name} | {_f(g['rps'], 0)} | {_f(b['rps'], 0)} | {_f(rb, 3, 'x') if rb is not None else 'n/a'} | "
+              f"{_f(g['cpu_us'], 1)} | {_f(b['cpu_us'], 1)} | "
+              f"{', '.join(_f(x, 3) for x in per if x is not None) or '-'} | {res} |")
         w("")
 
     # ---- fixed rate

@@ -46,6 +46,11 @@ Options:
                    exit; "none" skips (skipped with a note when unreachable)
   --port-base P    first of the local ports used, P..P+30 (default 27100)
   --gatewayd PATH  use this gatewayd binary instead of building one
+  --baseline PATH  a second gatewayd binary (e.g. the build before a change)
+                   measured in the same throughput rounds, right after
+                   gatewayd: plain chat, streamed chat and session chat
+                   (SQLite); the report compares the two (default:
+                   $BENCH_BASELINE; empty: off)
   --no-install     never call apt-get; fail if nginx/wrk/python3/curl missing
   --keep           keep the temporary work dir (configs, logs, raw results)
   -h, --help       show this help and exit
@@ -55,6 +60,7 @@ Environment:
   GATEWAYD_ARGS     extra arguments appended to every gatewayd command line
   RUST_LOG          passed to gatewayd (default: info, the same as a production start)
   BENCH_PG_URL      default of --pg-url
+  BENCH_BASELINE    default of --baseline
   BENCH_VENV        venv for the h2c stream holder (default ~/.cache/gatewayd-bench/venv-h2;
                     created with pinned h2 from PyPI when missing)
 
@@ -67,6 +73,7 @@ EOF
 DURATION="" ROUNDS="" STREAMS="" SOAK="" TTFB_COUNT=""
 QUICK=0 RATE=1000 CONNS=32 SESSIONS=1000 PORT_BASE=27100 GW_BIN="" NO_INSTALL=0 KEEP=0
 PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+BASE_BIN="${BENCH_BASELINE:-}"
 
 need_arg() { [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -85,6 +92,7 @@ while [[ $# -gt 0 ]]; do
     --sessions) need_arg "$@"; SESSIONS="$2"; shift 2 ;;
     --port-base) need_arg "$@"; PORT_BASE="$2"; shift 2 ;;
     --gatewayd) need_arg "$@"; GW_BIN="$2"; shift 2 ;;
+    --baseline) need_arg "$@"; BASE_BIN="$2"; shift 2 ;;
     --pg-url) need_arg "$@"; PG_URL="$2"; shift 2 ;;
     --no-install) NO_INSTALL=1; shift ;;
     --keep) KEEP=1; shift ;;
@@ -236,7 +244,9 @@ NOFILE="$(ulimit -n)"
 info "open-file limit: $NOFILE"
 
 ports=()
-for off in 0 1 2 10 11 20 21 22 23; do ports+=($((PORT_BASE + off))); done
+offsets=(0 1 2 10 11 20 21 22 23)
+[[ -n "$BASE_BIN" ]] && offsets+=(24 25)
+for off in "${offsets[@]}"; do ports+=($((PORT_BASE + off))); done
 for p in "${ports[@]}"; do
   port_in_use "$p" && die "port $p is already in use; pick another range with --port-base"
 done
@@ -247,6 +257,7 @@ fi
 UP_JSON=$((PORT_BASE + 0)) UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2))
 PX_JSON=$((PORT_BASE + 10)) PX_SSE=$((PORT_BASE + 11))
 GW_JSON=$((PORT_BASE + 20)) GW_SSE=$((PORT_BASE + 21)) GW_SLOW=$((PORT_BASE + 22)) GW_PG=$((PORT_BASE + 23))
+GWB_JSON=$((PORT_BASE + 24)) GWB_SSE=$((PORT_BASE + 25))  # baseline gatewayd (--baseline)
 
 # ---------------------------------------------------------------- gatewayd build
 if [[ -z "$GW_BIN" ]]; then
@@ -259,6 +270,11 @@ if [[ -z "$GW_BIN" ]]; then
 fi
 [[ -x "$GW_BIN" ]] || die "gatewayd binary not found or not executable: $GW_BIN"
 GW_BIN="$(cd "$(dirname "$GW_BIN")" && pwd)/$(basename "$GW_BIN")"
+if [[ -n "$BASE_BIN" ]]; then
+  [[ -f "$BASE_BIN" && -x "$BASE_BIN" ]] || die "baseline gatewayd binary not found or not executable: $BASE_BIN"
+  BASE_BIN="$(cd "$(dirname "$BASE_BIN")" && pwd)/$(basename "$BASE_BIN")"
+  info "baseline gatewayd: $BASE_BIN"
+fi
 
 KEY="$("$GW_BIN" keygen 2>/dev/null | grep -oE 'gwd_[^[:space:]]+' | head -n 1 || true)"
 [[ -n "$KEY" ]] || die "'$GW_BIN keygen' printed no gwd_... key"
@@ -325,12 +341,17 @@ start_nginx() {  # start_nginx NAME CONF PORT...; sets LAST_PID
 }
 
 start_gatewayd() {  # start_gatewayd NAME PORT UPSTREAM_PORT [CONFIG [EXTRA ARGS...]]; sets LAST_PID
+  start_gatewayd_bin "$GW_BIN" "$@"
+}
+
+start_gatewayd_bin() {  # start_gatewayd_bin BINARY NAME PORT UPSTREAM_PORT [CONFIG [EXTRA ARGS...]]; sets LAST_PID
+  local bin="$1"; shift
   local name="$1" port="$2" up="$3" conf="${4:-$WORK/gatewayd.toml}"
   shift $(( $# < 4 ? $# : 4 ))
   mkdir -p "$WORK/data/$name"
   # shellcheck disable=SC2086  # GATEWAYD_ARGS is split on purpose
   API_SERVER_KEY="$KEY" RUST_LOG="${RUST_LOG:-info}" \
-    "$GW_BIN" --config "$conf" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
+    "$bin" --config "$conf" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
     --data-dir "$WORK/data/$name" "$@" ${GATEWAYD_ARGS:-} >"$WORK/$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
@@ -345,6 +366,12 @@ start_nginx proxy "$WORK/proxy.conf" "$PX_JSON" "$PX_SSE"; PX_PID="$LAST_PID"
 log "Starting gatewayd on :$GW_JSON -> :$UP_JSON and :$GW_SSE -> :$UP_SSE"
 start_gatewayd gw-json "$GW_JSON" "$UP_JSON"; GWJ_PID="$LAST_PID"
 start_gatewayd gw-sse "$GW_SSE" "$UP_SSE"; GWS_PID="$LAST_PID"
+GWBJ_PID="" GWBS_PID=""
+if [[ -n "$BASE_BIN" ]]; then
+  log "Starting the baseline gatewayd ($BASE_BIN) on :$GWB_JSON -> :$UP_JSON and :$GWB_SSE -> :$UP_SSE"
+  start_gatewayd_bin "$BASE_BIN" gw-base-json "$GWB_JSON" "$UP_JSON"; GWBJ_PID="$LAST_PID"
+  start_gatewayd_bin "$BASE_BIN" gw-base-sse "$GWB_SSE" "$UP_SSE"; GWBS_PID="$LAST_PID"
+fi
 
 # gatewayd with its sessions on PostgreSQL: a private database, dropped on exit
 GWPG_PID=""
@@ -373,12 +400,17 @@ declare -A URL_JSON=(
   [direct]="http://127.0.0.1:$UP_JSON/v1/chat/completions"
   [nginx]="http://127.0.0.1:$PX_JSON/v1/chat/completions"
   [gatewayd]="http://127.0.0.1:$GW_JSON/v1/chat/completions"
+  [baseline]="http://127.0.0.1:$GWB_JSON/v1/chat/completions"
 )
 declare -A URL_SSE=(
   [direct]="http://127.0.0.1:$UP_SSE/v1/chat/completions"
   [nginx]="http://127.0.0.1:$PX_SSE/v1/chat/completions"
   [gatewayd]="http://127.0.0.1:$GW_SSE/v1/chat/completions"
+  [baseline]="http://127.0.0.1:$GWB_SSE/v1/chat/completions"
 )
+# targets of the throughput phase: the baseline runs right after gatewayd
+TPUT_TARGETS=(direct nginx gatewayd)
+[[ -n "$BASE_BIN" ]] && TPUT_TARGETS+=(baseline)
 
 # ---------------------------------------------------------------- sanity checks
 check_target() {  # check_target NAME URL BODYFILE EXPECT_SUBSTRING [extra curl args...]
@@ -407,6 +439,14 @@ code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: 
         --data-binary "@$WORK/body.json" "${URL_JSON[gatewayd]}" || true)"
 [[ "$code" == 401 || "$code" == 403 ]] || die "gatewayd answered HTTP $code without a key; auth is not on"
 info "ok  gatewayd rejects a request without a key (HTTP $code)"
+if [[ -n "$BASE_BIN" ]]; then
+  check_target "baseline non-stream" "${URL_JSON[baseline]}" "$WORK/body.json" '"chat.completion"'
+  check_target "baseline stream" "${URL_SSE[baseline]}" "$WORK/body-stream.json" 'data: \[DONE\]'
+  code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
+          --data-binary "@$WORK/body.json" "${URL_JSON[baseline]}" || true)"
+  [[ "$code" == 401 || "$code" == 403 ]] || die "the baseline gatewayd answered HTTP $code without a key; auth is not on"
+  info "ok  baseline rejects a request without a key (HTTP $code)"
+fi
 
 mk_sessions() {  # mk_sessions N FILE [PORT]: fresh sessions, one id per line
   local port="${3:-$GW_JSON}"
@@ -423,6 +463,19 @@ else
   mk_sessions 1 "$WORK/sessions-check.txt"
   check_target "gatewayd session" "${URL_JSON[gatewayd]}" "$WORK/body.json" '"chat.completion"' \
     -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check.txt")"
+fi
+BASE_SESSIONS=0
+if [[ -n "$BASE_BIN" && $HAVE_SESSIONS -eq 1 ]]; then
+  code="$(curl -sS -o "$WORK/check.body" -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
+          -H "$AUTH" --data-binary '{}' "http://127.0.0.1:$GWB_JSON/v1/sessions" || true)"
+  if [[ "$code" == 404 || "$code" == 405 || "$code" == 501 ]]; then
+    note "POST /v1/sessions on the baseline gatewayd answered HTTP $code: it has no sessions; its session chat is not measured"
+  else
+    BASE_SESSIONS=1
+    mk_sessions 1 "$WORK/sessions-check-base.txt" "$GWB_JSON"
+    check_target "baseline session" "${URL_JSON[baseline]}" "$WORK/body.json" '"chat.completion"' \
+      -H "X-Session-Id: $(head -n 1 "$WORK/sessions-check-base.txt")"
+  fi
 fi
 URL_PG="http://127.0.0.1:$GW_PG/v1/chat/completions"
 if [[ -n "$GWPG_PID" && $HAVE_SESSIONS -eq 1 ]]; then
@@ -454,9 +507,9 @@ run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS SERVER_PID [SESSIO
 
 WARM=$(( DURATION < 3 ? 1 : 2 ))
 log "Warm-up (${WARM}s per target)"
-declare -A PID_JSON=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWJ_PID")
-declare -A PID_SSE=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWS_PID")
-for t in direct nginx gatewayd; do
+declare -A PID_JSON=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWJ_PID" [baseline]="$GWBJ_PID")
+declare -A PID_SSE=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWS_PID" [baseline]="$GWBS_PID")
+for t in "${TPUT_TARGETS[@]}"; do
   run_wrk nonstream "$t" warmup "${URL_JSON[$t]}" "$WORK/body.json" "$WARM" "${PID_JSON[$t]}"
   run_wrk stream "$t" warmup "${URL_SSE[$t]}" "$WORK/body-stream.json" "$WARM" "${PID_SSE[$t]}"
 done
@@ -466,7 +519,7 @@ if [[ -n "$GWPG_PID" ]]; then run_wrk nonstream gatewayd-pg warmup "$URL_PG" "$W
 
 log "Throughput: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved round(s)"
 for r in $(seq 1 "$ROUNDS"); do
-  for t in direct nginx gatewayd; do
+  for t in "${TPUT_TARGETS[@]}"; do
     run_wrk nonstream "$t" "$r" "${URL_JSON[$t]}" "$WORK/body.json" "$DURATION" "${PID_JSON[$t]}"
   done
   run_wrk nonstream gatewayd-responses "$r" "$RESP_JSON" "$WORK/body-resp.json" "$DURATION" "$GWJ_PID"
@@ -474,12 +527,16 @@ for r in $(seq 1 "$ROUNDS"); do
     # a fresh pool per round, so conversations are equally long in every round
     mk_sessions "$SESSIONS" "$WORK/sessions-$r.txt"
     run_wrk nonstream gatewayd-session "$r" "${URL_JSON[gatewayd]}" "$WORK/body.json" "$DURATION" "$GWJ_PID" "$WORK/sessions-$r.txt"
+    if [[ $BASE_SESSIONS -eq 1 ]]; then
+      mk_sessions "$SESSIONS" "$WORK/sessions-base-$r.txt" "$GWB_JSON"
+      run_wrk nonstream baseline-session "$r" "${URL_JSON[baseline]}" "$WORK/body.json" "$DURATION" "$GWBJ_PID" "$WORK/sessions-base-$r.txt"
+    fi
     if [[ -n "$GWPG_PID" ]]; then
       mk_sessions "$SESSIONS" "$WORK/sessions-pg-$r.txt" "$GW_PG"
       run_wrk nonstream gatewayd-pg-session "$r" "$URL_PG" "$WORK/body.json" "$DURATION" "$GWPG_PID" "$WORK/sessions-pg-$r.txt"
     fi
   fi
-  for t in direct nginx gatewayd; do
+  for t in "${TPUT_TARGETS[@]}"; do
     run_wrk stream "$t" "$r" "${URL_SSE[$t]}" "$WORK/body-stream.json" "$DURATION" "${PID_SSE[$t]}"
   done
   run_wrk stream gatewayd-responses "$r" "$RESP_SSE" "$WORK/body-resp-stream.json" "$DURATION" "$GWS_PID"
@@ -623,6 +680,7 @@ OS_NAME="$( (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}") ||
 M_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
 M_OS="$OS_NAME" \
 M_GW="$("$GW_BIN" --version 2>/dev/null | head -n 1 || true) ($GW_BIN; bench checkout at git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none))" \
+M_BASE="$([[ -z "$BASE_BIN" ]] || echo "$("$BASE_BIN" --version 2>/dev/null | head -n 1 || true) ($BASE_BIN)")" \
 M_NGINX="$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
 M_WRK="$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')" \
 M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}, open-file limit ${NOFILE}, PostgreSQL sessions: ${PG_NOTE}" \
@@ -656,6 +714,8 @@ meta = {
     "python": platform.python_version(),
     "settings": e["M_SETTINGS"],
 }
+if e.get("M_BASE", "").strip():
+    meta["baseline"] = e["M_BASE"].strip()
 with open(sys.argv[1], "w") as f:
     json.dump(meta, f)
 EOF
