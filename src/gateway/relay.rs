@@ -31,10 +31,17 @@ pub trait StreamTap: Send + 'static {
     fn chunk(&mut self, bytes: Bytes) -> Flow;
     /// The reply is complete (its final event, or the end of the body for an upstream
     /// whose streams end at EOF): settles the turn, then gives the stream's last bytes.
-    fn finish(self: Box<Self>) -> BoxFuture<'static, Bytes>;
+    fn finish(self: Box<Self>) -> Ending;
     /// The stream failed before it completed: its last bytes, or `None` for the
     /// chat-style `data: {"error":…}` event. Nothing is stored.
     fn failed(self: Box<Self>, error: &ApiError) -> Option<Bytes>;
+}
+
+/// The last bytes of a complete stream: known at once when there is nothing to settle.
+pub enum Ending {
+    Now(Bytes),
+    /// After the turn is settled.
+    Settled(BoxFuture<'static, Bytes>),
 }
 
 /// What to send for one upstream chunk.
@@ -119,11 +126,12 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
                         Flow::Send(out) => out,
                         Flow::Complete(before) => {
                             let ending = finish_tap(state).await;
-                            let out: Bytes = [before, ending].concat().into();
-                            if out.is_empty() {
-                                continue;
+                            match (before.is_empty(), ending.is_empty()) {
+                                (true, true) => continue,
+                                (false, true) => before,
+                                (true, false) => ending,
+                                (false, false) => [before, ending].concat().into(),
                             }
-                            out
                         }
                     };
                     state.last_sent = state.last_upstream_byte;
@@ -161,7 +169,10 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
 
 async fn finish_tap(state: &mut RelayState) -> Bytes {
     match state.tap.take() {
-        Some(tap) => tap.finish().await,
+        Some(tap) => match tap.finish() {
+            Ending::Now(bytes) => bytes,
+            Ending::Settled(settling) => settling.await,
+        },
         None => Bytes::new(),
     }
 }

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::decode::{ChatDecoder, Delta, Reply};
+use super::relay::{Ending, Flow, StreamTap};
 use super::turn::{Encoder, Record};
-use crate::gateway::relay::{Flow, StreamTap};
 use crate::store::{SessionLease, SessionStore};
 use crate::wire::error::ApiError;
 
@@ -83,6 +82,8 @@ impl StreamTap for Settler {
         match (done_at, encoded) {
             (None, None) => Flow::Send(bytes),
             (None, Some(events)) => Flow::Send(events),
+            // Nothing to settle: the upstream's end passes on at once, uncopied.
+            (Some(_), None) if self.settlement.is_none() => Flow::Complete(bytes),
             (Some(at), None) => {
                 self.held = bytes.slice(at..);
                 self.split_end = at == 0;
@@ -92,35 +93,44 @@ impl StreamTap for Settler {
         }
     }
 
-    fn finish(self: Box<Self>) -> BoxFuture<'static, Bytes> {
-        async move {
+    fn finish(self: Box<Self>) -> Ending {
+        if self.settlement.is_none() {
+            // Nothing to store: the ending is the upstream's own (or the encoder's).
             let Settler {
-                decoder,
-                mut encoder,
-                settlement,
-                held,
-                split_end,
-                ..
+                mut encoder, held, ..
             } = *self;
-            let settled = match settlement {
-                None => Ok(()),
-                Some(settlement) => {
-                    let reply = decoder.reply();
-                    hand_on_usage(&reply);
-                    match encoder.record(&reply) {
-                        Ok(record) => settlement.commit(record).await,
-                        Err(error) => Err(error),
-                    }
-                }
-            };
-            match encoder.done(settled.as_ref().map(drop)) {
-                // In place of `data: [DONE]`; a half-sent `[DONE]` line is closed first.
-                Some(ending) if split_end => [&b"\n\n"[..], &ending].concat().into(),
-                Some(ending) => ending,
-                None => held,
-            }
+            return Ending::Now(encoder.done(Ok(())).unwrap_or(held));
         }
-        .boxed()
+        Ending::Settled(
+            async move {
+                let Settler {
+                    decoder,
+                    mut encoder,
+                    settlement,
+                    held,
+                    split_end,
+                    ..
+                } = *self;
+                let settled = match settlement {
+                    None => Ok(()),
+                    Some(settlement) => {
+                        let reply = decoder.reply();
+                        hand_on_usage(&reply);
+                        match encoder.record(&reply) {
+                            Ok(record) => settlement.commit(record).await,
+                            Err(error) => Err(error),
+                        }
+                    }
+                };
+                match encoder.done(settled.as_ref().map(drop)) {
+                    // In place of `data: [DONE]`; a half-sent `[DONE]` line is closed first.
+                    Some(ending) if split_end => [&b"\n\n"[..], &ending].concat().into(),
+                    Some(ending) => ending,
+                    None => held,
+                }
+            }
+            .boxed(),
+        )
     }
 
     fn failed(self: Box<Self>, error: &ApiError) -> Option<Bytes> {
