@@ -22,7 +22,7 @@ use crate::upstream::{ByteStream, UpstreamError};
 use crate::wire::error::ApiError;
 
 /// Sent after a quiet period so proxies and clients keep the connection open.
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// What the relay asks of the turn while it forwards: what to send for each upstream
 /// chunk, and how the stream ends. The pipeline's settler is the one implementation.
@@ -35,6 +35,10 @@ pub trait StreamTap: Send + 'static {
     /// The stream failed before it completed: its last bytes, or `None` for the
     /// chat-style `data: {"error":…}` event. Nothing is stored.
     fn failed(self: Box<Self>, error: &ApiError) -> Option<Bytes>;
+    /// What to send after a quiet period between events (an SSE comment by default).
+    fn keep_alive(&self) -> Bytes {
+        Bytes::from_static(KEEP_ALIVE)
+    }
 }
 
 /// The last bytes of a complete stream: known at once when there is nothing to settle.
@@ -161,7 +165,7 @@ async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
             }
             _ = sleep_until(keep_alive_at), if state.at_event_boundary && state.tap.is_some() => {
                 state.last_sent = Instant::now();
-                return Some(Bytes::from_static(KEEP_ALIVE));
+                return state.tap.as_ref().map(|tap| tap.keep_alive());
             }
         }
     }

@@ -133,6 +133,12 @@ impl StreamTap for Settler {
         )
     }
 
+    fn keep_alive(&self) -> Bytes {
+        self.encoder
+            .keep_alive()
+            .unwrap_or(Bytes::from_static(super::relay::KEEP_ALIVE))
+    }
+
     fn failed(self: Box<Self>, error: &ApiError) -> Option<Bytes> {
         let mut encoder = self.encoder;
         encoder.failed(error)

@@ -106,6 +106,11 @@ pub trait Encoder: Send + 'static {
     /// The last bytes of a stream that failed before it completed; `None` sends the
     /// chat-style `data: {"error":…}` event.
     fn failed(&mut self, error: &ApiError) -> Option<Bytes>;
+    /// What keeps a quiet stream open in this protocol (`ping` events for Anthropic);
+    /// `None` sends an SSE comment.
+    fn keep_alive(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The byte-faithful encoder: chat clients get the upstream's bytes untouched, and a

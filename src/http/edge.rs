@@ -121,6 +121,7 @@ where
         request.extensions_mut().insert(ClientAddr(client));
         let span = request_span(&request, &id, client);
         let refused = hardening::refuse(&self.state, &request);
+        let anthropic = super::dialect::is_anthropic(request.uri().path());
         let strip_cors = !config.cors_origins.is_empty();
         let mut inner = self.inner.clone();
         let timing = crate::telemetry::RequestTiming::start();
@@ -134,6 +135,9 @@ where
             };
             if strip_cors {
                 hardening::strip_cors_unless_allowed(&mut response);
+            }
+            if anthropic {
+                response = super::dialect::reshape(response).await;
             }
             response
         };

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body;
 pub mod body_deadline;
 pub mod client_addr;
+pub mod dialect;
 pub mod edge;
 pub mod hardening;
 pub mod hold;
