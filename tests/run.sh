@@ -16,3 +16,4 @@ fi
 cargo test --all-targets
 bash tests/sdk/run.sh
 bash tests/sdk-node/run.sh
+bash tests/claude-code/run.sh

@@ -12,4 +12,6 @@ pub mod turn;
 
 pub use pipeline::{append, run};
 pub use state::Gateway;
-pub use turn::{Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall};
+pub use turn::{
+    Complete, Encoder, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
+};

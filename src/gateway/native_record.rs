@@ -16,16 +16,23 @@ use serde::Deserialize;
 
 use super::decode::sse::{Line, SseLines};
 use super::resolve::is_native_id;
+use super::turn::NativeApi;
 use crate::store::SessionStore;
 use crate::upstream::{ByteStream, UpstreamError};
 use crate::wire::error::ApiError;
 
-const TERMINAL: [&str; 4] = [
-    "response.completed",
-    "response.incomplete",
-    "response.failed",
-    "error",
-];
+/// The events that end a complete native stream, per API.
+fn terminal_events(api: NativeApi) -> &'static [&'static str] {
+    match api {
+        NativeApi::Responses => &[
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+            "error",
+        ],
+        NativeApi::Messages => &["message_stop", "error"],
+    }
+}
 
 /// Where a native response id is recorded (absent for `store: false`).
 pub struct NativeRecorder {
@@ -61,14 +68,14 @@ pub async fn from_body(recorder: &NativeRecorder, body: &[u8]) -> Result<(), Api
     }
 }
 
-/// Reads a native Responses stream's events for the created id and the end.
-#[derive(Default)]
+/// Reads a native stream's events for the end (and a Responses stream's created id).
 pub struct Scanner {
     lines: SseLines,
+    terminal: &'static [&'static str],
     /// The current event's `event:` name.
     event: Option<String>,
     created: bool,
-    terminal: bool,
+    ended: bool,
 }
 
 #[derive(Deserialize)]
@@ -84,19 +91,30 @@ struct ResponseHead {
 }
 
 impl Scanner {
+    pub fn new(api: NativeApi) -> Self {
+        Scanner {
+            lines: SseLines::default(),
+            terminal: terminal_events(api),
+            event: None,
+            created: false,
+            ended: false,
+        }
+    }
+
     /// Reads one chunk; returns the response id the first time `response.created` names one.
     pub fn push(&mut self, bytes: &[u8]) -> Option<String> {
         let Scanner {
             lines,
+            terminal,
             event,
             created,
-            terminal,
+            ended,
         } = self;
         let mut found = None;
         lines.push(bytes, |line| match line {
             Line::End => *event = None,
             Line::Event(name) => {
-                *terminal |= TERMINAL.contains(&name);
+                *ended |= terminal.contains(&name);
                 *event = Some(name.to_string());
             }
             Line::Data(data) => {
@@ -106,7 +124,7 @@ impl Scanner {
                 let Some(kind) = head.kind.or_else(|| event.clone()) else {
                     return;
                 };
-                *terminal |= TERMINAL.contains(&kind.as_str());
+                *ended |= terminal.contains(&kind.as_str());
                 if kind == "response.created" && !*created {
                     *created = true;
                     found = head.response.and_then(|r| r.id);
@@ -119,7 +137,7 @@ impl Scanner {
     /// Every event was read and one of them ended the response (or some line was too
     /// long to read, so a missing end cannot be told from a missed one).
     pub fn complete(&self) -> bool {
-        self.terminal || self.lines.missed()
+        self.ended || self.lines.missed()
     }
 }
 
@@ -131,14 +149,14 @@ struct Tap {
 }
 
 /// The upstream's stream, byte for byte, with the response id recorded on the way.
-pub fn tap(upstream: ByteStream, recorder: Option<NativeRecorder>) -> ByteStream {
+pub fn tap(upstream: ByteStream, recorder: Option<NativeRecorder>, api: NativeApi) -> ByteStream {
     let name: Arc<str> = recorder
         .as_ref()
         .map_or("native", |r| r.upstream.as_str())
         .into();
     let tap = Tap {
         upstream,
-        scanner: Scanner::default(),
+        scanner: Scanner::new(api),
         recorder,
         done: false,
     };
@@ -178,10 +196,10 @@ pub fn tap(upstream: ByteStream, recorder: Option<NativeRecorder>) -> ByteStream
 
 #[cfg(test)]
 mod tests {
-    use super::Scanner;
+    use super::{NativeApi, Scanner};
 
     fn scan(pieces: &[&str]) -> (Vec<Option<String>>, bool) {
-        let mut scanner = Scanner::default();
+        let mut scanner = Scanner::new(NativeApi::Responses);
         let ids = pieces.iter().map(|p| scanner.push(p.as_bytes())).collect();
         (ids, scanner.complete())
     }

@@ -22,10 +22,10 @@ use super::native_record::{self, NativeRecorder};
 use super::resolve::{resolve, Resolved};
 use super::settle::{hand_on_usage, Settlement, Settler};
 use super::state::Gateway;
-use super::turn::{Complete, Protocol, Stored, Turn, UpstreamCall};
+use super::turn::{Complete, NativeApi, Protocol, Stored, Turn, UpstreamCall};
 use crate::gateway::route::{forward_to, respond, respond_stream, Answer};
 use crate::store::SessionStore;
-use crate::upstream::Candidate;
+use crate::upstream::{Candidate, UpstreamApi};
 use crate::wire::error::ApiError;
 
 /// Runs one turn that calls an upstream.
@@ -62,16 +62,16 @@ pub async fn run(
     let (answer, upstream) =
         forward_to(gateway, call.endpoint, &call.request, prefix, candidates).await?;
 
-    let native = match (call.native_only, &store) {
-        (true, Some(store)) if records => Some(NativeRecorder {
+    let native = match (call.native, &store) {
+        (Some(NativeApi::Responses), Some(store)) if records => Some(NativeRecorder {
             store: store.clone(),
             owner: owner.clone(),
             upstream,
         }),
         _ => None,
     };
-    let settlement = match (call.native_only, store) {
-        (false, Some(store)) => Some(Settlement {
+    let settlement = match (call.native, store) {
+        (None, Some(store)) => Some(Settlement {
             store,
             owner,
             lease,
@@ -101,8 +101,10 @@ pub async fn run(
                 body,
             };
             let (response, record) = protocol.reply(reply.as_ref(), answer)?;
-            if let (Some(settlement), Some(reply)) = (settlement, &reply) {
+            if let Some(reply) = &reply {
                 hand_on_usage(reply);
+            }
+            if let Some(settlement) = settlement {
                 // Stored before the client sees the answer: an acknowledged turn is never lost.
                 settlement.commit(record).await?;
             }
@@ -111,10 +113,10 @@ pub async fn run(
         // The upstream's own refusal passes on; nothing is stored, the lease is released.
         Answer::Complete { .. } => respond(answer),
         Answer::Stream(mut upstream) => {
-            if call.native_only {
-                // A Responses stream has no `data: [DONE]`; its last event says it is complete.
+            if let Some(api) = call.native {
+                // A native stream has no `data: [DONE]`; its last event says it is complete.
                 upstream.require_done = false;
-                upstream.body = native_record::tap(upstream.body, native);
+                upstream.body = native_record::tap(upstream.body, native, api);
             }
             let settler = Settler::new(protocol.encoder(), settlement, protocol.translates());
             respond_stream(gateway, upstream, settler)
@@ -150,8 +152,10 @@ fn candidates(
     pinned: Option<String>,
 ) -> Result<Vec<Candidate>, ApiError> {
     let mut candidates = gateway.upstreams.candidates(&call.request.model);
-    if call.native_only {
-        candidates.retain(|c| c.upstream.native_responses());
+    match call.native {
+        Some(NativeApi::Responses) => candidates.retain(|c| c.upstream.native_responses()),
+        Some(NativeApi::Messages) => candidates.retain(|c| c.upstream.api() == UpstreamApi::Anthropic),
+        None => {}
     }
     if let Some(holder) = pinned {
         candidates.retain(|c| c.upstream.name() == holder);

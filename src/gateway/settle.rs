@@ -95,11 +95,23 @@ impl StreamTap for Settler {
 
     fn finish(self: Box<Self>) -> Ending {
         if self.settlement.is_none() {
-            // Nothing to store: the ending is the upstream's own (or the encoder's).
+            // Nothing to store: the ending is the upstream's own, or the encoder's, made
+            // from the decoded reply when the protocol translates.
             let Settler {
-                mut encoder, held, ..
+                decoder,
+                mut encoder,
+                held,
+                ..
             } = *self;
-            return Ending::Now(encoder.done(Ok(())).unwrap_or(held));
+            let made = match decoder.decodes() {
+                true => {
+                    let reply = decoder.reply();
+                    hand_on_usage(&reply);
+                    encoder.record(&reply).map(drop)
+                }
+                false => Ok(()),
+            };
+            return Ending::Now(encoder.done(made.as_ref().map(|_| ())).unwrap_or(held));
         }
         Ending::Settled(
             async move {

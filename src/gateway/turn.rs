@@ -50,8 +50,18 @@ pub struct UpstreamCall {
     /// Messages placed before the request's own (a comma-separated JSON list), at each
     /// attempt, after the model is renamed for that upstream.
     pub prefix: Option<String>,
-    /// Only upstreams that serve this endpoint natively may take it.
-    pub native_only: bool,
+    /// Set when only upstreams that speak the client's API themselves may take the call:
+    /// its bytes then pass through unchanged.
+    pub native: Option<NativeApi>,
+}
+
+/// An API an upstream may serve itself, besides chat completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeApi {
+    /// OpenAI's Responses API (`responses = "native"`); response ids are recorded.
+    Responses,
+    /// Anthropic's Messages API (`api = "anthropic"`); stateless.
+    Messages,
 }
 
 /// What a finished turn adds to the stored state beside its input.

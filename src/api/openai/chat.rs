@@ -122,7 +122,7 @@ impl Protocol for Chat {
             endpoint: self.endpoint,
             request,
             prefix,
-            native_only: false,
+            native: None,
         })
     }
 

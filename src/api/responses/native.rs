@@ -18,7 +18,7 @@ use crate::gateway::decode::Reply;
 use crate::gateway::resolve::native_holder;
 use crate::gateway::route::{respond, stored_response, Answer};
 use crate::gateway::{
-    Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
+    Complete, Encoder, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };
 use crate::http::auth::client_headers;
 use crate::store::History;
@@ -112,7 +112,7 @@ impl Protocol for Native {
             endpoint: Endpoint::Responses,
             request: self.request.take().ok_or(ApiError::Internal)?,
             prefix: None,
-            native_only: true,
+            native: Some(NativeApi::Responses),
         })
     }
 

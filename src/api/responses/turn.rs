@@ -148,7 +148,7 @@ impl Protocol for Responses {
             endpoint: Endpoint::ChatCompletions,
             request,
             prefix: None,
-            native_only: false,
+            native: None,
         })
     }
 

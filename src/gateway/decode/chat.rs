@@ -154,6 +154,11 @@ impl ChatDecoder {
         done_at
     }
 
+    /// Whether the content is read (not only the end).
+    pub fn decodes(&self) -> bool {
+        self.content.is_some()
+    }
+
     /// `data: [DONE]` was seen: the stream is complete.
     pub fn is_done(&self) -> bool {
         self.end.seen()
