@@ -86,9 +86,7 @@ impl Mock {
                 if request["stream"] != Value::Bool(true) {
                     return (answer_headers, ANSWER).into_response();
                 }
-                let chunks = stream_chunks()
-                    .into_iter()
-                    .map(|c| Ok::<_, std::io::Error>(c));
+                let chunks = stream_chunks().into_iter().map(Ok::<_, std::io::Error>);
                 let sse = [
                     ("content-type", "text/event-stream"),
                     ("request-id", "req_ant_2"),
