@@ -12,7 +12,7 @@ use super::limits::{self, Limits, RedisUrl};
 use super::proxies::{parse_trusted, ForwardedHeader};
 use super::sections::{ResponsesSection, ServerSection, SessionsSection};
 use super::tls::TlsFiles;
-use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamConfig};
+use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
 /// The config file as written. Unknown fields are errors so typos never silently
 /// weaken a setting.
@@ -91,6 +91,7 @@ impl Config {
                 UpstreamConfig {
                     name: "default".into(),
                     base_url: url.clone(),
+                    api: UpstreamApi::Openai,
                     api_key_env: std::env::var_os("GATEWAYD_UPSTREAM_API_KEY")
                         .map(|_| "GATEWAYD_UPSTREAM_API_KEY".into()),
                     api_key_file: None,
@@ -198,6 +199,13 @@ impl Config {
             if upstream.models.is_empty() && upstream.aliases.is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "upstream {:?}: list the models it serves (\"*\" for any)",
+                    upstream.name
+                )));
+            }
+            if upstream.api == UpstreamApi::Anthropic && upstream.responses == ResponsesMode::Native
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: responses = \"native\" cannot be used with api = \"anthropic\" (an Anthropic upstream serves only the Messages API); remove one of them",
                     upstream.name
                 )));
             }

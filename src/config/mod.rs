@@ -16,4 +16,4 @@ pub use load::{reread_key_entries, Config, ConfigError, FileConfig};
 pub use proxies::{parse_trusted, ForwardedHeader};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};
 pub use tls::TlsFiles;
-pub use upstream::{HeaderSource, ResponsesMode, StreamEnd, UpstreamConfig};
+pub use upstream::{HeaderSource, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};

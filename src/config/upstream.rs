@@ -5,13 +5,17 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// One OpenAI-compatible provider.
+/// One provider: OpenAI-compatible, or speaking Anthropic's Messages API (`api`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
     /// Base URL including the version path, e.g. https://api.openai.com/v1.
     pub base_url: String,
+    /// Which API the upstream speaks: OpenAI's (chat completions and the rest) or
+    /// Anthropic's Messages API, to which `/v1/messages` is forwarded byte for byte.
+    #[serde(default)]
+    pub api: UpstreamApi,
     /// Env var holding the upstream's key; read once at startup.
     pub api_key_env: Option<String>,
     /// File holding the upstream's key (one trailing newline stripped).
@@ -33,9 +37,10 @@ pub struct UpstreamConfig {
     #[serde(default = "defaults::models_timeout")]
     pub models_timeout_secs: u64,
     /// Header that carries the upstream key: `api-key` for Azure OpenAI, `x-api-key`
-    /// for some others. Default `Authorization`.
+    /// for some others. Default `Authorization` (`x-api-key` with `api = "anthropic"`).
     pub auth_header: Option<String>,
-    /// Scheme before the key in `auth_header`; `""` sends the bare key. Default `Bearer`.
+    /// Scheme before the key in `auth_header`; `""` sends the bare key. Default `Bearer`
+    /// (`""` with `api = "anthropic"`).
     pub auth_scheme: Option<String>,
     /// Static headers sent on every request; a value `env:NAME` or `file:PATH` is read
     /// once at startup and never logged.
@@ -62,6 +67,29 @@ pub struct UpstreamConfig {
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `client_cert_file`. Never logged.
     pub client_key_file: Option<PathBuf>,
+}
+
+/// Which API an upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamApi {
+    /// OpenAI's: chat completions, completions, embeddings, and optionally Responses.
+    #[default]
+    Openai,
+    /// Anthropic's Messages API (`messages`, `messages/count_tokens`, `models`), with
+    /// the key in `x-api-key` and an `anthropic-version` header. Anthropic itself or a
+    /// compatible server.
+    Anthropic,
+}
+
+impl UpstreamApi {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamApi::Openai => "openai",
+            UpstreamApi::Anthropic => "anthropic",
+        }
+    }
 }
 
 /// Whether an upstream implements the Responses API itself.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{HeaderSource, UpstreamConfig};
+use crate::config::{HeaderSource, UpstreamApi, UpstreamConfig};
 
 /// gatewayd's product token, appended to the client's `User-Agent`.
 pub const PRODUCT: &str = concat!("gatewayd/", env!("CARGO_PKG_VERSION"));
@@ -17,10 +17,18 @@ pub const PRODUCT: &str = concat!("gatewayd/", env!("CARGO_PKG_VERSION"));
 /// Client headers forwarded to every upstream unless it says otherwise.
 const DEFAULT_FORWARD: [&str; 4] = ["user-agent", "openai-beta", "idempotency-key", "accept"];
 const DEFAULT_FORWARD_PREFIXES: [&str; 1] = ["x-stainless-"];
+/// Forwarded to an `api = "anthropic"` upstream besides the default list.
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
+/// The Messages API version an `api = "anthropic"` upstream is sent unless its static
+/// `headers` name another; the client's own `anthropic-version` is never forwarded.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// Client headers never forwarded, whatever `forward_headers` says: credentials meant
 /// for gatewayd, account selectors of the caller's own OpenAI account, gatewayd's own
-/// session header, proxy and hop-by-hop headers, and what gatewayd sets itself.
+/// session header, proxy and hop-by-hop headers, and what gatewayd sets itself. Also
+/// checked per request, so no `forward_headers` prefix can let one through.
 const NEVER_FORWARD: [&str; 19] = [
     "authorization",
     "x-api-key",
@@ -47,7 +55,7 @@ const NEVER_FORWARD_PREFIXES: [&str; 2] = ["x-forwarded-", "proxy-"];
 /// Upstream response headers never passed to the client: hop-by-hop (RFC 9110 §7.6.1),
 /// framing gatewayd sets itself, state and identity of the upstream, and policies that
 /// are gatewayd's own (its `Cache-Control: no-store`, CORS, HSTS, session header).
-const NEVER_PASS: [&str; 22] = [
+const NEVER_PASS: [&str; 23] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -69,6 +77,7 @@ const NEVER_PASS: [&str; 22] = [
     "x-session-id",
     "openai-organization",
     "openai-project",
+    "anthropic-organization-id",
     "x-request-id",
 ];
 
@@ -102,8 +111,15 @@ pub struct RequestHeaders {
 
 impl RequestHeaders {
     /// Checks names, reads `env:`/`file:` values and builds the auth header for `key`.
+    /// An `api = "anthropic"` upstream gets the key in `x-api-key` (bare) unless
+    /// `auth_header`/`auth_scheme` say otherwise, `anthropic-version` unless its static
+    /// `headers` set it, and the client's `anthropic-beta`.
     pub fn new(config: &UpstreamConfig, key: Option<&str>) -> Result<Self, String> {
+        let anthropic = config.api == UpstreamApi::Anthropic;
         let mut extra_exact = Vec::new();
+        if anthropic {
+            extra_exact.push(ANTHROPIC_BETA);
+        }
         let mut extra_prefixes = Vec::new();
         for entry in &config.forward_headers {
             let lower = entry.to_ascii_lowercase();
@@ -130,11 +146,19 @@ impl RequestHeaders {
             }
         }
         let mut fixed = static_headers(&config.headers)?;
+        if anthropic && !fixed.iter().any(|(n, _)| *n == ANTHROPIC_VERSION_HEADER) {
+            let version = HeaderValue::from_static(ANTHROPIC_VERSION);
+            fixed.push((ANTHROPIC_VERSION_HEADER, version));
+        }
         if let Some(key) = key {
-            let name = config.auth_header.as_deref().unwrap_or("authorization");
+            let (default_header, default_scheme) = match anthropic {
+                true => ("x-api-key", ""),
+                false => ("authorization", "Bearer"),
+            };
+            let name = config.auth_header.as_deref().unwrap_or(default_header);
             let name = HeaderName::try_from(name)
                 .map_err(|_| format!("auth_header {name:?} is not a header name"))?;
-            let value = match config.auth_scheme.as_deref().unwrap_or("Bearer") {
+            let value = match config.auth_scheme.as_deref().unwrap_or(default_scheme) {
                 "" => key.to_string(),
                 scheme => format!("{scheme} {key}"),
             };
@@ -180,13 +204,14 @@ impl RequestHeaders {
 
     fn forwards(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
-        DEFAULT_FORWARD.contains(&n)
+        let allowed = DEFAULT_FORWARD.contains(&n)
             || DEFAULT_FORWARD_PREFIXES.iter().any(|p| n.starts_with(p))
             || self.extra_exact.contains(name)
             || self
                 .extra_prefixes
                 .iter()
-                .any(|p| n.starts_with(p.as_str()))
+                .any(|p| n.starts_with(p.as_str()));
+        allowed && !is_never_forwarded(n)
     }
 }
 

@@ -1,8 +1,9 @@
-//! The OpenAI-compatible HTTP upstream, on one pooled hyper client shared by all upstreams.
+//! The HTTP upstream (OpenAI-compatible, or Anthropic's Messages API), on one pooled
+//! hyper client shared by all upstreams.
 
 use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use ::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
@@ -10,7 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
-use http_body_util::{BodyDataStream, BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyDataStream, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,18 +20,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::headers::{pass_through, sensitive, RequestHeaders};
 use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
 use super::{UpstreamRequest, UpstreamResponse};
-use crate::config::{ResponsesMode, UpstreamConfig};
+use crate::config::{ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
+mod models;
 mod native;
 use crate::config::keys::Secret;
 
 /// The pooled client every upstream shares; cloning it shares the pool.
 pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// How long a fetched `/models` list is reused.
-const MODEL_LIST_TTL: Duration = Duration::from_secs(60);
-/// The largest `/models` answer read.
-const MAX_MODEL_LIST: usize = 4 * 1024 * 1024;
 /// Safe retries after an HTTP/2 upstream refused a stream it never processed.
 const MAX_NACK_RETRIES: u32 = 2;
 const SEND_FAILED: &str = "the request could not be sent";
@@ -79,8 +77,10 @@ pub fn client_with(connect: u64, tls: rustls::ClientConfig) -> Client {
 
 pub struct HttpUpstream {
     name: Arc<str>,
-    /// Built once: the per-request cost is a clone, not a URL parse.
-    endpoint_uris: [Uri; 4],
+    api: UpstreamApi,
+    /// Built once, indexed by `Endpoint as usize`: the per-request cost is a clone, not
+    /// a URL parse.
+    endpoint_uris: Vec<Uri>,
     models_uri: Uri,
     /// `…/responses` with the configured query, credentials removed: the base of a
     /// native upstream's stored-response URLs.
@@ -101,7 +101,7 @@ pub struct HttpUpstream {
     require_done: bool,
     /// The last good `/models` list; served stale when the upstream fails, never
     /// replaced by a failure.
-    model_cache: Mutex<Option<(Instant, Arc<Vec<ModelObject>>)>>,
+    model_cache: Mutex<Option<models::Cached>>,
 }
 
 impl HttpUpstream {
@@ -126,13 +126,16 @@ impl HttpUpstream {
             Uri::try_from(url.as_str()).map_err(|_| config_error("base_url is not a valid URL"))
         };
         let responses_url = uri(Endpoint::Responses.path())?;
-        let endpoint_uris = [
-            valid(uri(Endpoint::ChatCompletions.path())?)?,
-            valid(uri(Endpoint::Completions.path())?)?,
-            valid(uri(Endpoint::Embeddings.path())?)?,
-            valid(responses_url.clone())?,
-        ];
-        let models_uri = valid(uri("models")?)?;
+        let endpoint_uris = Endpoint::ALL
+            .into_iter()
+            .map(|endpoint| valid(uri(endpoint.path())?))
+            .collect::<Result<Vec<Uri>, _>>()?;
+        let mut models_url = uri("models")?;
+        if config.api == UpstreamApi::Anthropic {
+            // Anthropic pages its list, 20 by default; one page of the most it allows.
+            models_url.query_pairs_mut().append_pair("limit", "1000");
+        }
+        let models_uri = valid(models_url)?;
         let request_headers = RequestHeaders::new(config, api_key.as_ref().map(Secret::expose))
             .map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let host = models_uri.host().unwrap_or_default().to_ascii_lowercase();
@@ -143,6 +146,7 @@ impl HttpUpstream {
                 _ => 80,
             });
         Ok(HttpUpstream {
+            api: config.api,
             endpoint_uris,
             models_uri,
             responses_url,
@@ -155,7 +159,8 @@ impl HttpUpstream {
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
             models_timeout: Duration::from_secs(config.models_timeout_secs.max(1)),
-            require_done: config.stream_end == crate::config::StreamEnd::Done,
+            // An Anthropic stream has no `data: [DONE]`; the Messages adapter finds its end.
+            require_done: config.api == UpstreamApi::Openai && config.stream_end == StreamEnd::Done,
             model_cache: Mutex::new(None),
             name,
         })
@@ -291,6 +296,10 @@ impl Upstream for HttpUpstream {
         &self.name
     }
 
+    fn api(&self) -> UpstreamApi {
+        self.api
+    }
+
     fn native_responses(&self) -> bool {
         self.native
     }
@@ -307,7 +316,19 @@ impl Upstream for HttpUpstream {
         request: UpstreamRequest,
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>> {
         async move {
-            let uri = &self.endpoint_uris[request.endpoint as usize];
+            let endpoint = request.endpoint;
+            let serves = endpoint.is_anthropic() == (self.api == UpstreamApi::Anthropic);
+            let uri = self.endpoint_uris.get(endpoint as usize).filter(|_| serves);
+            let Some(uri) = uri else {
+                return Err(UpstreamError::Config(
+                    self.name.clone(),
+                    format!(
+                        "api = \"{}\" does not serve /{}",
+                        self.api.as_str(),
+                        endpoint.path()
+                    ),
+                ));
+            };
             let response = self
                 .call(Method::POST, uri, request.body, &request.client_headers)
                 .await?;
@@ -317,32 +338,7 @@ impl Upstream for HttpUpstream {
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>> {
-        async move {
-            let cached = self.model_cache.lock().ok().and_then(|c| c.clone());
-            if let Some((at, models)) = &cached {
-                if at.elapsed() < MODEL_LIST_TTL {
-                    return Ok(models.clone());
-                }
-            }
-            let fetched = tokio::time::timeout(self.models_timeout, self.fetch_models())
-                .await
-                .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone())));
-            match (fetched, cached) {
-                (Ok(models), _) => {
-                    let models = Arc::new(models);
-                    if let Ok(mut cache) = self.model_cache.lock() {
-                        *cache = Some((Instant::now(), models.clone()));
-                    }
-                    Ok(models)
-                }
-                (Err(err), Some((_, stale))) => {
-                    tracing::warn!(upstream = %self.name, error = %err, "model list failed; serving the last good one");
-                    Ok(stale)
-                }
-                (Err(err), None) => Err(err),
-            }
-        }
-        .boxed()
+        self.cached_models().boxed()
     }
 }
 
@@ -361,42 +357,5 @@ impl HttpUpstream {
             idle_timeout: self.idle_timeout,
             require_done: self.require_done,
         }
-    }
-
-    /// `GET /models`, parsed: objects with a string `id`, everything else they carry kept.
-    async fn fetch_models(&self) -> Result<Vec<ModelObject>, UpstreamError> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            data: Vec<ModelObject>,
-        }
-        let response = self
-            .call(
-                Method::GET,
-                &self.models_uri,
-                Bytes::new(),
-                &HeaderMap::new(),
-            )
-            .await?;
-        if !response.status().is_success() {
-            return Err(UpstreamError::Broken(
-                self.name.clone(),
-                format!("model list answered {}", response.status()),
-            ));
-        }
-        let body = Limited::new(response.into_body(), MAX_MODEL_LIST)
-            .collect()
-            .await
-            .map_err(|e| match e.is::<LengthLimitError>() {
-                true => UpstreamError::Broken(self.name.clone(), "model list too large".into()),
-                false => self.classify(&*e, BODY_FAILED),
-            })?
-            .to_bytes();
-        let list: List = serde_json::from_slice(&body)
-            .map_err(|_| UpstreamError::Broken(self.name.clone(), BODY_FAILED.into()))?;
-        Ok(list
-            .data
-            .into_iter()
-            .filter(|m| m.get("id").is_some_and(serde_json::Value::is_string))
-            .collect())
     }
 }

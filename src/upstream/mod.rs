@@ -10,6 +10,7 @@ mod registry;
 pub mod tls;
 mod types;
 
+pub use crate::config::UpstreamApi;
 pub use crate::wire::openai::Endpoint;
 pub use catalog::CatalogError;
 pub use echo::EchoUpstream;

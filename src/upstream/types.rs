@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+use crate::config::UpstreamApi;
 use crate::wire::openai::Endpoint;
 
 /// What went wrong talking to an upstream. Carries no URL and no key, so it is safe to
@@ -57,7 +58,8 @@ pub struct UpstreamResponse {
     pub body: ByteStream,
     /// The longest silence allowed between body chunks.
     pub idle_timeout: Duration,
-    /// A complete event stream ends with `data: [DONE]` (`stream_end = "done"`).
+    /// A complete event stream ends with `data: [DONE]` (`stream_end = "done"`). Never
+    /// set by an `api = "anthropic"` upstream: its streams end with `message_stop`.
     pub require_done: bool,
 }
 
@@ -72,9 +74,17 @@ pub struct StoredResponseCall {
     pub client_headers: Arc<::http::HeaderMap>,
 }
 
-/// An OpenAI-compatible provider. The built-in echo model is one too.
+/// A provider: OpenAI-compatible, or speaking Anthropic's Messages API (see
+/// [`Upstream::api`]). The built-in echo model is an OpenAI one.
 pub trait Upstream: Send + Sync {
     fn name(&self) -> &str;
+    /// The API it speaks. An `Anthropic` upstream serves only [`Endpoint::Messages`] and
+    /// [`Endpoint::CountTokens`] (its bodies are forwarded as they are); an `Openai` one
+    /// serves every other endpoint. Either refuses the other's with
+    /// [`UpstreamError::Config`], which routing treats as "try the next upstream".
+    fn api(&self) -> UpstreamApi {
+        UpstreamApi::Openai
+    }
     /// Serves `/v1/responses` itself: Responses requests are passed through, not translated.
     fn native_responses(&self) -> bool {
         false

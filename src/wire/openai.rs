@@ -45,7 +45,8 @@ fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Invalid {
     }
 }
 
-/// Which endpoint a body is for: chat needs `messages`; the others do not.
+/// Which endpoint a body is for: chat needs a non-empty `messages` array, Anthropic's
+/// Messages endpoints need `messages` present; the others do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions = 0,
@@ -53,21 +54,44 @@ pub enum Endpoint {
     Embeddings = 2,
     /// `/v1/responses`, only for upstreams that serve it natively (`responses = "native"`).
     Responses = 3,
+    /// Anthropic's `/v1/messages`, only for upstreams with `api = "anthropic"`.
+    Messages = 4,
+    /// Anthropic's `/v1/messages/count_tokens`, only for upstreams with `api = "anthropic"`.
+    CountTokens = 5,
 }
 
 impl Endpoint {
+    /// Every endpoint, in discriminant order: `ALL[e as usize] == e`.
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Messages,
+        Endpoint::CountTokens,
+    ];
+
+    /// The path below an upstream's `base_url` (which ends in the version, `/v1`).
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages/count_tokens",
         }
+    }
+
+    /// Anthropic's Messages API, rather than OpenAI's.
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
     }
 }
 
 /// Checks only what the gateway needs: a JSON object with a `model` string and, for
-/// chat, a non-empty `messages` array. Never panics on any input.
+/// chat, a non-empty `messages` array (for Anthropic's Messages endpoints, a `messages`
+/// of any shape: the upstream judges it). Never panics on any input.
 pub fn parse_request(body: Bytes, endpoint: Endpoint) -> Result<ChatRequest, Invalid> {
     let text = std::str::from_utf8(&body).map_err(|_| invalid("Body is not UTF-8.", None))?;
     let trimmed = text.trim_start();
@@ -109,6 +133,12 @@ pub fn parse_request(body: Bytes, endpoint: Endpoint) -> Result<ChatRequest, Inv
                 ));
             }
             Some(span_of(text, raw))
+        }
+        (Endpoint::Messages | Endpoint::CountTokens, None) => {
+            return Err(invalid(
+                "Missing required parameter: 'messages'.",
+                Some("messages"),
+            ))
         }
         (_, Some(raw)) => Some(span_of(text, raw)),
         (_, None) => None,
@@ -217,6 +247,34 @@ mod tests {
         assert!(chat(r#"{"model":"m","model":"n","messages":[{}]}"#).is_err());
         assert!(chat(r#"{"model":"m","messages":[{}]"#).is_err());
         assert!(chat("\u{0}").is_err());
+    }
+
+    #[test]
+    fn all_is_in_discriminant_order() {
+        for (i, endpoint) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(endpoint as usize, i, "{endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn messages_bodies_need_model_and_messages_of_any_shape() {
+        for endpoint in [Endpoint::Messages, Endpoint::CountTokens] {
+            let parse = |body: &str| parse_request(Bytes::from(body.to_string()), endpoint);
+            let body = r#"{"model":"claude","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true}"#;
+            let ok = parse(body).unwrap();
+            assert_eq!((ok.model.as_str(), ok.stream), ("claude", true));
+            assert_eq!(ok.forward_body(Some("claude"), None), Bytes::from(body));
+            assert!(parse(r#"{"model":"claude","messages":[]}"#).is_ok());
+            assert!(parse(r#"{"model":"claude","messages":"odd"}"#).is_ok());
+            assert_eq!(
+                parse(r#"{"model":"claude"}"#).unwrap_err().param,
+                Some("messages")
+            );
+            assert_eq!(
+                parse(r#"{"messages":[]}"#).unwrap_err().param,
+                Some("model")
+            );
+        }
     }
 
     #[test]
