@@ -126,5 +126,8 @@ fn error_body_from_api_error() {
     };
     let body = error_body(err.status_code().as_u16(), &err.body());
     assert_eq!(body["error"]["type"], "rate_limit_error");
-    assert_eq!(body["error"]["message"], "Rate limit exceeded; retry after 3 s.");
+    assert_eq!(
+        body["error"]["message"],
+        "Rate limit exceeded; retry after 3 s."
+    );
 }
