@@ -21,32 +21,14 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::reply::{stop_reason, tool_use_id};
 use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{Encoder, Record};
 use crate::wire::error::ApiError;
 
-/// The `tool_use` id for a chat tool call: the upstream's id verbatim when it has one,
-/// else a fresh `toolu_…` id.
-pub fn tool_use_id(upstream_id: Option<&str>) -> String {
-    match upstream_id {
-        Some(id) if !id.is_empty() => id.to_string(),
-        _ => crate::api::responses::translate::random_id("toolu"),
-    }
-}
-
 /// The keep-alive event the relay sends after a silence.
 pub fn ping() -> Bytes {
     Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n")
-}
-
-/// The Anthropic stop reason for a chat finish reason.
-pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
-    match finish_reason {
-        Some("length") => "max_tokens",
-        Some("tool_calls" | "function_call") => "tool_use",
-        Some("content_filter") => "refusal",
-        _ => "end_turn",
-    }
 }
 
 /// The content block being streamed now, with its `index`.

@@ -186,7 +186,7 @@ fn text_then_tool_call() {
     );
     assert_eq!(
         events[4].1["content_block"],
-        json!({"type": "tool_use", "id": "call_abc", "name": "get_weather", "input": {}})
+        json!({"type": "tool_use", "id": "toolu_call_abc", "name": "get_weather", "input": {}})
     );
     let json: String = events[5..8]
         .iter()
@@ -223,13 +223,13 @@ fn parallel_tool_calls() {
     assert_eq!(starts[0]["type"], "text");
     assert_eq!(
         (&starts[1]["id"], &starts[1]["name"]),
-        (&json!("call_a"), &json!("f"))
+        (&json!("toolu_call_a"), &json!("f"))
     );
     assert_eq!(starts[2]["name"], "g");
     assert!(starts[2]["id"].as_str().unwrap().starts_with("toolu_"));
     assert_eq!(
         (&starts[3]["id"], &starts[3]["name"]),
-        (&json!("call_c"), &json!("h"))
+        (&json!("toolu_call_c"), &json!("h"))
     );
     // The call with no arguments still gets a start and a stop, and no empty delta.
     let n = events.len();
@@ -260,7 +260,7 @@ fn name_in_pieces_and_late_fragments() {
     let r = reply("tool_calls", None);
     let events = run(&mut e, &chunks, Ok((&r, Ok(()))));
     assert_eq!(events[1].1["content_block"]["name"], "get_weather");
-    assert_eq!(events[1].1["content_block"]["id"], "call_a");
+    assert_eq!(events[1].1["content_block"]["id"], "toolu_call_a");
     let deltas: Vec<&Value> = events
         .iter()
         .filter(|e| e.0 == "content_block_delta")
@@ -358,6 +358,6 @@ fn stop_reasons_and_ping() {
     assert_eq!(stop_reason(None), "end_turn");
     let ping = parse(&ping());
     assert_eq!(ping, [("ping".to_string(), json!({"type": "ping"}))]);
-    assert_eq!(tool_use_id(Some("call_1")), "call_1");
+    assert_eq!(tool_use_id(Some("call_1")), "toolu_call_1");
     assert!(tool_use_id(Some("")).starts_with("toolu_"));
 }
