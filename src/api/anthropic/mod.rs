@@ -1,0 +1,5 @@
+//! The Anthropic Messages API (`/v1/messages`): an adapter on the turn pipeline. Declarations only.
+
+pub mod reply;
+pub mod request;
+pub mod stream;

@@ -1,0 +1,186 @@
+//! Shapes an upstream's chat answer for an Anthropic client: the message, its stop reason, tool ids and errors (pure).
+
+use serde_json::{json, Map, Value};
+
+use crate::api::responses::translate::random_id;
+use crate::gateway::decode::Reply;
+
+/// The prefix Anthropic gives tool call ids.
+const TOOLU: &str = "toolu_";
+
+/// Anthropic `stop_reason` for a chat finish reason. Chat says `stop` both for the end of
+/// a turn and for a matched stop sequence, and does not say which sequence matched, so
+/// `stop` is always `end_turn` (and `stop_sequence` is always null).
+pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
+    match finish_reason {
+        Some("length") => "max_tokens",
+        Some("tool_calls" | "function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// The `toolu_…` id a client sees for an upstream's chat tool call id.
+///
+/// The rule, which makes a tool round trip exact: a non-empty upstream id `U` becomes
+/// `"toolu_" + U` (always prefixed, even when `U` already starts with `toolu_`), with any
+/// character outside `[A-Za-z0-9_-]` (Anthropic's id alphabet) replaced by `_`. The
+/// request translation maps a `tool_use.id` / `tool_result.tool_use_id` back with
+/// [`chat_call_id`], which strips exactly one prefix, so a stored chat message keeps the
+/// upstream's own id and still matches the client's `tool_result`. An empty or absent
+/// id gets a random one: call this once per tool call and keep the result.
+pub fn tool_use_id(upstream_id: Option<&str>) -> String {
+    match upstream_id.filter(|id| !id.is_empty()) {
+        Some(id) => {
+            let safe = id.chars().map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            });
+            TOOLU.chars().chain(safe).collect()
+        }
+        None => random_id("toolu"),
+    }
+}
+
+/// The chat tool call id for a client's tool id: the inverse of [`tool_use_id`] (one
+/// `toolu_` prefix stripped; an id without it, or that is only the prefix, is kept).
+pub fn chat_call_id(tool_use_id: &str) -> &str {
+    tool_use_id
+        .strip_prefix(TOOLU)
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(tool_use_id)
+}
+
+/// A tool call's `input`: its JSON arguments as an object; `{}` when empty, and `{}` with a
+/// warning when they are not a JSON object.
+pub fn tool_input(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return Value::Object(Map::new());
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(object @ Value::Object(_)) => object,
+        _ => {
+            tracing::warn!(
+                bytes = arguments.len(),
+                "tool call arguments are not a JSON object; sent as {{}}"
+            );
+            Value::Object(Map::new())
+        }
+    }
+}
+
+/// The `usage` object of a message from a chat reply's usage (zeros when it has none).
+pub fn usage(reply: &Reply) -> Value {
+    let (input, output) = reply
+        .usage
+        .as_ref()
+        .map_or((0, 0), |u| (u.input_tokens, u.output_tokens));
+    json!({
+        "input_tokens": input,
+        "output_tokens": output,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    })
+}
+
+/// The whole non-streamed message for a chat reply. `reply.message` is a chat assistant
+/// message: its text (a string, or text parts) and any refusal become one text block,
+/// then each tool call a `tool_use` block.
+pub fn message(reply: &Reply, id: &str, model: &str) -> Value {
+    let message = &reply.message;
+    let mut text = content_text(message.get("content"));
+    if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
+        text.push_str(refusal);
+    }
+    let mut content = Vec::new();
+    if !text.is_empty() {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    let calls = message.get("tool_calls").and_then(Value::as_array);
+    for call in calls.into_iter().flatten() {
+        let function = call.get("function");
+        let field = |name: &str| {
+            function
+                .and_then(|f| f.get(name))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
+        content.push(json!({
+            "type": "tool_use",
+            "id": tool_use_id(call.get("id").and_then(Value::as_str)),
+            "name": field("name"),
+            "input": tool_input(field("arguments")),
+        }));
+    }
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(reply.finish_reason.as_deref()),
+        "stop_sequence": null,
+        "usage": usage(reply),
+    })
+}
+
+/// A chat message's `content` as text: a string, or its text parts concatenated.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// The Anthropic error `type` for an HTTP status.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// An error as Anthropic shapes it, from an OpenAI-shaped error body and its HTTP status.
+/// Only the OpenAI body's `error.message` is carried over; without one the message is a
+/// fixed text for the status.
+pub fn error_body(status: u16, openai_body: &Value) -> Value {
+    let kind = error_type(status);
+    let message = openai_body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map_or_else(|| fallback_message(kind).to_string(), str::to_string);
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+fn fallback_message(kind: &str) -> &'static str {
+    match kind {
+        "authentication_error" => "Authentication failed.",
+        "permission_error" => "Permission denied.",
+        "not_found_error" => "Not found.",
+        "request_too_large" => "The request is too large.",
+        "rate_limit_error" => "Rate limit exceeded.",
+        "overloaded_error" => "The service is overloaded. Try again later.",
+        "timeout_error" => "The request timed out.",
+        "api_error" => "Internal error.",
+        _ => "Invalid request.",
+    }
+}
+
+#[cfg(test)]
+#[path = "reply_tests.rs"]
+mod tests;

@@ -1,0 +1,133 @@
+use serde_json::json;
+
+use super::*;
+use crate::gateway::decode::Usage;
+
+#[test]
+fn stop_reasons() {
+    assert_eq!(stop_reason(Some("stop")), "end_turn");
+    assert_eq!(stop_reason(Some("length")), "max_tokens");
+    assert_eq!(stop_reason(Some("tool_calls")), "tool_use");
+    assert_eq!(stop_reason(Some("function_call")), "tool_use");
+    assert_eq!(stop_reason(Some("content_filter")), "refusal");
+    assert_eq!(stop_reason(Some("something_new")), "end_turn");
+    assert_eq!(stop_reason(None), "end_turn");
+}
+
+#[test]
+fn tool_ids_round_trip() {
+    for upstream in ["call_abc123", "chatcmpl-tool-9f", "toolu_01XYZ", "a"] {
+        let id = tool_use_id(Some(upstream));
+        assert!(id.starts_with("toolu_"));
+        assert_eq!(chat_call_id(&id), upstream);
+    }
+    assert_eq!(tool_use_id(Some("call:1/2")), "toolu_call_1_2");
+    let random = tool_use_id(None);
+    assert!(random.starts_with("toolu_") && random.len() > 20);
+    assert_ne!(tool_use_id(Some("")), random);
+    // Ids the gateway did not make are kept.
+    assert_eq!(chat_call_id("abc"), "abc");
+    assert_eq!(chat_call_id("toolu_"), "toolu_");
+}
+
+fn reply(message: serde_json::Value, finish: &str) -> Reply {
+    Reply {
+        message,
+        finish_reason: Some(finish.into()),
+        usage: Some(Usage {
+            input_tokens: 12,
+            output_tokens: 7,
+            cached_input_tokens: 0,
+            reasoning_tokens: 0,
+            raw: json!({}),
+        }),
+    }
+}
+
+#[test]
+fn message_with_text_and_tool_call() {
+    let r = reply(
+        json!({"role": "assistant", "content": "Looking.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "Read", "arguments": "{\"path\":\"a.rs\"}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "Ls", "arguments": ""}},
+            {"id": "call_3", "type": "function", "function": {"name": "Bad", "arguments": "{not json"}}
+        ]}),
+        "tool_calls",
+    );
+    let m = message(&r, "msg_1", "qwen");
+    assert_eq!(
+        m,
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "qwen",
+            "content": [
+                {"type": "text", "text": "Looking."},
+                {"type": "tool_use", "id": "toolu_call_1", "name": "Read", "input": {"path": "a.rs"}},
+                {"type": "tool_use", "id": "toolu_call_2", "name": "Ls", "input": {}},
+                {"type": "tool_use", "id": "toolu_call_3", "name": "Bad", "input": {}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 7,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        })
+    );
+}
+
+#[test]
+fn message_without_text_or_usage() {
+    let mut r = reply(json!({"role": "assistant", "content": null}), "length");
+    r.usage = None;
+    let m = message(&r, "msg_2", "m");
+    assert_eq!(m["content"], json!([]));
+    assert_eq!(m["stop_reason"], "max_tokens");
+    assert_eq!(m["usage"]["input_tokens"], 0);
+    let refused = reply(json!({"content": null, "refusal": "No."}), "content_filter");
+    let m = message(&refused, "msg_3", "m");
+    assert_eq!(m["content"], json!([{"type": "text", "text": "No."}]));
+    assert_eq!(m["stop_reason"], "refusal");
+    let parts = reply(
+        json!({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
+        "stop",
+    );
+    assert_eq!(message(&parts, "x", "m")["content"][0]["text"], "ab");
+}
+
+#[test]
+fn error_bodies() {
+    let openai = json!({"error": {"message": "bad thing", "type": "x", "param": "p", "code": "c"}});
+    for (status, kind) in [
+        (400, "invalid_request_error"),
+        (422, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (503, "overloaded_error"),
+        (529, "overloaded_error"),
+        (504, "timeout_error"),
+        (500, "api_error"),
+        (502, "api_error"),
+    ] {
+        assert_eq!(
+            error_body(status, &openai),
+            json!({"type": "error", "error": {"type": kind, "message": "bad thing"}}),
+            "status {status}"
+        );
+    }
+    let bare = error_body(502, &json!("not an object"));
+    assert_eq!(bare["error"]["type"], "api_error");
+    assert_eq!(bare["error"]["message"], "Internal error.");
+}
+
+#[test]
+fn error_body_from_api_error() {
+    let err = crate::wire::error::ApiError::RateLimited {
+        retry_after_secs: 3,
+    };
+    let body = error_body(err.status_code().as_u16(), &err.body());
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(
+        body["error"]["message"],
+        "Rate limit exceeded; retry after 3 s."
+    );
+}
