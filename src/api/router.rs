@@ -4,7 +4,7 @@ use axum::Router;
 use tower::ServiceBuilder;
 
 use super::state::AppState;
-use super::{health, metrics, models, openai, responses, sessions, unsupported};
+use super::{anthropic, health, metrics, models, openai, responses, sessions, unsupported};
 use crate::http::auth::RequireApiKeyLayer;
 use crate::http::edge::EdgeLayer;
 use crate::http::hardening::cors_layer;
@@ -25,6 +25,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::routes())
         .merge(models::routes())
         .merge(openai::chat::routes())
+        .merge(anthropic::routes::routes())
         .merge(sessions::routes())
         .merge(responses::routes::routes())
         .merge(responses::conversations::routes())

@@ -154,8 +154,11 @@ fn candidates(
     let mut candidates = gateway.upstreams.candidates(&call.request.model);
     match call.native {
         Some(NativeApi::Responses) => candidates.retain(|c| c.upstream.native_responses()),
-        Some(NativeApi::Messages) => candidates.retain(|c| c.upstream.api() == UpstreamApi::Anthropic),
-        None => {}
+        Some(NativeApi::Messages) => {
+            candidates.retain(|c| c.upstream.api() == UpstreamApi::Anthropic)
+        }
+        // A chat (or translated) call never goes to an upstream that speaks another API.
+        None => candidates.retain(|c| c.upstream.api() == UpstreamApi::Openai),
     }
     if let Some(holder) = pinned {
         candidates.retain(|c| c.upstream.name() == holder);

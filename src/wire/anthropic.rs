@@ -54,7 +54,8 @@ mod tests {
             assert_eq!(body["error"]["message"], "no");
             assert_eq!(body["type"], "error");
         }
-        let native = json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}});
+        let native =
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}});
         assert!(error_body(529, &native).is_none());
         assert!(error_body(500, &json!({"detail": "x"})).is_none());
     }

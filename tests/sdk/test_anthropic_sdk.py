@@ -237,7 +237,8 @@ def assert_anthropic_error(response: httpx.Response, status: int, kind: str) -> 
 def test_messages_create(aclient, messages_upstream, client_key):
     marker, messages = marked("Say hello.")
     message = aclient.messages.create(
-        model=MODEL, max_tokens=64, system="You are a test.", messages=messages, temperature=0.2
+        model=MODEL, max_tokens=64, system="You are a test.", messages=messages,
+        stop_sequences=["STOP HERE"],
     )
 
     assert message.type == "message"
@@ -257,7 +258,7 @@ def test_messages_create(aclient, messages_upstream, client_key):
     chat = seen.body
     assert chat["model"] == MODEL
     assert max_tokens_of(chat) == 64
-    assert chat["temperature"] == 0.2
+    assert chat["stop"] in (["STOP HERE"], "STOP HERE")
     assert chat.get("stream") in (None, False)
     assert chat["messages"][0]["role"] == "system"
     assert text_of(chat["messages"][0]["content"]) == "You are a test."

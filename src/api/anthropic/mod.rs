@@ -2,4 +2,6 @@
 
 pub mod reply;
 pub mod request;
+pub mod routes;
 pub mod stream;
+pub mod tokens;

@@ -301,6 +301,10 @@ fn error_event(out: &mut Vec<u8>, error: &ApiError) {
 }
 
 impl Encoder for MessageEvents {
+    fn keep_alive(&self) -> Option<Bytes> {
+        Some(ping())
+    }
+
     fn chunk(&mut self, _raw: &Bytes, deltas: &[Delta]) -> Option<Bytes> {
         let mut out = Vec::new();
         if self.ended || self.closing.is_some() {
