@@ -108,6 +108,7 @@ impl Config {
                     forward_headers: Vec::new(),
                     stream_end: StreamEnd::Done,
                     responses: ResponsesMode::Translate,
+                    max_output_tokens: None,
                     ca_file: None,
                     client_cert_file: None,
                     client_key_file: None,

@@ -60,6 +60,10 @@ pub struct UpstreamConfig {
     /// passed through to its own `/v1/responses` (which then holds the content).
     #[serde(default)]
     pub responses: ResponsesMode,
+    /// The most output tokens this upstream's models accept. An Anthropic Messages
+    /// request asking for more (Claude Code asks for 32,000) is clamped to it, rather than
+    /// refused by a local model with a smaller context.
+    pub max_output_tokens: Option<u64>,
     /// PEM CA certificates trusted for this upstream, besides the OS store and the
     /// built-in roots (an upstream behind a private CA). Re-read on SIGHUP.
     pub ca_file: Option<PathBuf>,

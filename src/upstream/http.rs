@@ -86,6 +86,7 @@ pub struct HttpUpstream {
     /// native upstream's stored-response URLs.
     responses_url: url::Url,
     native: bool,
+    max_output_tokens: Option<u64>,
     /// Basic credentials from the base URL (sensitive), built once.
     basic_auth: Option<HeaderValue>,
     /// Forwarded client headers, static headers and the key's header, decided once.
@@ -151,6 +152,7 @@ impl HttpUpstream {
             models_uri,
             responses_url,
             native: config.responses == ResponsesMode::Native,
+            max_output_tokens: config.max_output_tokens,
             basic_auth,
             request_headers,
             authority: format!("{host}:{port}").into(),
@@ -302,6 +304,10 @@ impl Upstream for HttpUpstream {
 
     fn native_responses(&self) -> bool {
         self.native
+    }
+
+    fn max_output_tokens(&self) -> Option<u64> {
+        self.max_output_tokens
     }
 
     fn stored_response(

@@ -89,6 +89,10 @@ pub trait Upstream: Send + Sync {
     fn native_responses(&self) -> bool {
         false
     }
+    /// The most output tokens its models accept (`max_output_tokens`), if configured.
+    fn max_output_tokens(&self) -> Option<u64> {
+        None
+    }
     /// Reads or deletes a response the upstream stores (native upstreams only).
     fn stored_response(
         &self,

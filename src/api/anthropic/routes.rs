@@ -92,11 +92,19 @@ async fn messages(
         client_headers: client_headers(&headers),
         records: false,
     };
+    // Clamped for the strictest upstream that may answer: any of them may take the call.
+    let cap = state
+        .upstreams
+        .candidates(&t.model)
+        .iter()
+        .filter_map(|c| c.upstream.max_output_tokens())
+        .min();
     let protocol = Messages {
         id: random_id("msg"),
         t,
         session,
         input_tokens: 0,
+        cap,
     };
     crate::gateway::run(state.gateway(), turn, protocol).await
 }
@@ -149,11 +157,13 @@ struct Messages {
     session: Option<String>,
     /// The estimate `message_start` carries (the upstream reports usage at the end).
     input_tokens: u64,
+    /// `max_tokens` is clamped to this (`max_output_tokens` of the model's upstreams).
+    cap: Option<u64>,
 }
 
 impl Protocol for Messages {
     fn upstream_call(&mut self, context: &History) -> Result<UpstreamCall, ApiError> {
-        let chat = chat_body(&self.t, &context.to_messages(), None);
+        let chat = chat_body(&self.t, &context.to_messages(), self.cap);
         if self.t.stream {
             self.input_tokens = tokens::estimate(&chat);
         }
