@@ -29,4 +29,4 @@ if [ -z "${GATEWAYD_BIN:-}" ]; then
     (cd "$REPO" && cargo build --quiet --bin gatewayd)
 fi
 export GATEWAYD_BIN
-exec node --test --test-concurrency=1 sdk.test.mjs responses.test.mjs
+exec node --test --test-concurrency=1 sdk.test.mjs responses.test.mjs anthropic.test.mjs
