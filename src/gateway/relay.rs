@@ -193,9 +193,12 @@ fn upstream_error(err: &UpstreamError) -> ApiError {
 /// event stands on its own. The tap is dropped with its lease: a failed turn is not stored.
 fn finish_with_error(state: &mut RelayState, error: &ApiError) -> Bytes {
     state.finished = true;
-    if let Some(events) = state.tap.take().and_then(|tap| tap.failed(error)) {
-        return events;
-    }
     let separator = if state.at_event_boundary { "" } else { "\n\n" };
+    if let Some(events) = state.tap.take().and_then(|tap| tap.failed(error)) {
+        return match separator {
+            "" => events,
+            _ => [separator.as_bytes(), &events].concat().into(),
+        };
+    }
     Bytes::from(format!("{separator}data: {}\n\n", error.body()))
 }

@@ -103,7 +103,9 @@ pub async fn forward_to(
             if !is_last {
                 continue;
             }
-            if status.is_server_error() {
+            // Anthropic's own error bodies (529 overloaded, …) reach Anthropic clients as
+            // they are; a chat upstream's server error becomes a generic 502.
+            if status.is_server_error() && !endpoint.is_anthropic() {
                 return Err(ApiError::BadGateway);
             }
         }

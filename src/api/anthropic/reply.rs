@@ -1,5 +1,7 @@
 //! Shapes an upstream's chat answer for an Anthropic client: the message, its stop reason, tool ids and errors (pure).
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::api::responses::translate::random_id;
@@ -22,36 +24,46 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
 
 /// The `toolu_…` id a client sees for an upstream's chat tool call id.
 ///
-/// The rule, which makes a tool round trip exact: a non-empty upstream id `U` becomes
-/// `"toolu_" + U` (always prefixed, even when `U` already starts with `toolu_`), with any
-/// character outside `[A-Za-z0-9_-]` (Anthropic's id alphabet) replaced by `_`. The
-/// request translation maps a `tool_use.id` / `tool_result.tool_use_id` back with
-/// [`chat_call_id`], which strips exactly one prefix, so a stored chat message keeps the
-/// upstream's own id and still matches the client's `tool_result`. An empty or absent
-/// id gets a random one: call this once per tool call and keep the result.
+/// The rule, which makes a tool round trip exact: a non-empty upstream id `U` made only
+/// of Anthropic's id alphabet (`[A-Za-z0-9_-]`) becomes `"toolu_" + U` (always prefixed,
+/// even when `U` already starts with `toolu_`). Any other id (`functions.get_weather:0`,
+/// as some servers make them) becomes `"toolu_b64_"` + its unpadded base64url, which uses
+/// only that alphabet. [`chat_call_id`] reverses both, so the upstream gets back exactly
+/// the id it issued, and a stored chat message matches the client's `tool_result`. An
+/// empty or absent id gets a random one: call this once per tool call and keep the result.
 pub fn tool_use_id(upstream_id: Option<&str>) -> String {
     match upstream_id.filter(|id| !id.is_empty()) {
-        Some(id) => {
-            let safe = id.chars().map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            });
-            TOOLU.chars().chain(safe).collect()
-        }
+        Some(id) if id.chars().all(is_id_char) => format!("{TOOLU}{id}"),
+        Some(id) => format!("{TOOLU}{ENCODED}{}", URL_SAFE_NO_PAD.encode(id)),
         None => random_id("toolu"),
     }
 }
 
-/// The chat tool call id for a client's tool id: the inverse of [`tool_use_id`] (one
-/// `toolu_` prefix stripped; an id without it, or that is only the prefix, is kept).
-pub fn chat_call_id(tool_use_id: &str) -> &str {
-    tool_use_id
-        .strip_prefix(TOOLU)
-        .filter(|rest| !rest.is_empty())
-        .unwrap_or(tool_use_id)
+/// Anthropic's tool id alphabet.
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// Marks an id carried as base64url because it had other characters.
+const ENCODED: &str = "b64_";
+
+/// The upstream's chat call id for a `tool_use` id (see [`tool_use_id`]). An id the
+/// gateway did not make is kept as it is. (An upstream id that itself reads
+/// `b64_<base64url of a string with other characters>` would be decoded: no server is
+/// known to make such ids.)
+pub fn chat_call_id(tool_use_id: &str) -> std::borrow::Cow<'_, str> {
+    let Some(rest) = tool_use_id.strip_prefix(TOOLU).filter(|r| !r.is_empty()) else {
+        return tool_use_id.into();
+    };
+    let decoded = rest
+        .strip_prefix(ENCODED)
+        .and_then(|encoded| URL_SAFE_NO_PAD.decode(encoded).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|id| !id.is_empty() && !id.chars().all(is_id_char));
+    match decoded {
+        Some(id) => id.into(),
+        None => rest.into(),
+    }
 }
 
 /// A tool call's `input`: its JSON arguments as an object; `{}` when empty, and `{}` with a

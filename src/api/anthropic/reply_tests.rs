@@ -16,12 +16,26 @@ fn stop_reasons() {
 
 #[test]
 fn tool_ids_round_trip() {
-    for upstream in ["call_abc123", "chatcmpl-tool-9f", "toolu_01XYZ", "a"] {
+    for upstream in [
+        "call_abc123",
+        "chatcmpl-tool-9f",
+        "toolu_01XYZ",
+        "a",
+        "functions.get_weather:0",
+        "call:1/2",
+        "b64_plain",
+    ] {
         let id = tool_use_id(Some(upstream));
         assert!(id.starts_with("toolu_"));
         assert_eq!(chat_call_id(&id), upstream);
     }
-    assert_eq!(tool_use_id(Some("call:1/2")), "toolu_call_1_2");
+    let odd = tool_use_id(Some("call:1/2"));
+    assert!(
+        odd.starts_with("toolu_b64_")
+            && odd[6..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    );
     let random = tool_use_id(None);
     assert!(random.starts_with("toolu_") && random.len() > 20);
     assert_ne!(tool_use_id(Some("")), random);

@@ -21,7 +21,7 @@ use super::tokens;
 use crate::api::openai::chat::SESSION_HEADER;
 use crate::api::responses::translate::random_id;
 use crate::api::state::AppState;
-use crate::gateway::decode::Reply;
+use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{
     Complete, Encoder, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };
@@ -261,6 +261,34 @@ impl Protocol for Native {
     }
 
     fn encoder(&mut self) -> Box<dyn Encoder> {
-        Box::new(Passthrough)
+        Box::new(NativeEvents)
+    }
+}
+
+/// A native Anthropic stream: its bytes pass untouched; gatewayd's own endings (a cut
+/// stream, an idle upstream, shutdown) and keep-alives are Anthropic events.
+struct NativeEvents;
+
+impl Encoder for NativeEvents {
+    fn chunk(&mut self, raw: &Bytes, deltas: &[Delta]) -> Option<Bytes> {
+        Passthrough.chunk(raw, deltas)
+    }
+
+    fn record(&mut self, _reply: &Reply) -> Result<Record, ApiError> {
+        Ok(Record::default())
+    }
+
+    fn done(&mut self, _settled: Result<(), &ApiError>) -> Option<Bytes> {
+        None
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Option<Bytes> {
+        let mut out = Vec::new();
+        super::stream::error_event(&mut out, error);
+        Some(Bytes::from(out))
+    }
+
+    fn keep_alive(&self) -> Option<Bytes> {
+        Some(super::stream::ping())
     }
 }

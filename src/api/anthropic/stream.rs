@@ -283,7 +283,7 @@ fn event(out: &mut Vec<u8>, kind: &str, mut data: Value) {
 }
 
 /// The Anthropic `error` event for a gateway error.
-fn error_event(out: &mut Vec<u8>, error: &ApiError) {
+pub fn error_event(out: &mut Vec<u8>, error: &ApiError) {
     let kind = match error.status_code().as_u16() {
         503 | 529 => "overloaded_error",
         _ => "api_error",
