@@ -58,24 +58,14 @@ async fn messages(
     let session = headers
         .get(SESSION_HEADER)
         .map(|id| id.to_str().unwrap_or_default().to_string());
-    if let Some(native) = native_request(&state, &body)? {
+    if let Some(native) = native_request(&state, &body, Endpoint::Messages)? {
         if session.is_some() {
             return Err(ApiError::bad_request(
                 "X-Session-Id is not available for a model served by a native Anthropic upstream.",
                 Some("session_id"),
             ));
         }
-        let turn = Turn {
-            owner,
-            stored: Stored::Nothing,
-            input: Vec::new(),
-            client_headers: client_headers(&headers),
-            records: false,
-        };
-        let protocol = Native {
-            request: Some(native),
-        };
-        return crate::gateway::run(state.gateway(), turn, protocol).await;
+        return native_turn(&state, owner, &headers, native, Endpoint::Messages).await;
     }
     let t = translate(&body, state.config.responses.unsupported_tools)?;
     let (stored, input) = match &session {
@@ -109,9 +99,35 @@ async fn messages(
     crate::gateway::run(state.gateway(), turn, protocol).await
 }
 
+/// The client's request, passed unchanged to an upstream that speaks Anthropic's API.
+async fn native_turn(
+    state: &AppState,
+    owner: std::sync::Arc<str>,
+    headers: &HeaderMap,
+    request: ChatRequest,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let turn = Turn {
+        owner,
+        stored: Stored::Nothing,
+        input: Vec::new(),
+        client_headers: client_headers(headers),
+        records: false,
+    };
+    let protocol = Native {
+        request: Some(request),
+        endpoint,
+    };
+    crate::gateway::run(state.gateway(), turn, protocol).await
+}
+
 /// The client's request, when its model's first upstream speaks Anthropic's API itself.
-fn native_request(state: &AppState, body: &Bytes) -> Result<Option<ChatRequest>, ApiError> {
-    let Ok(request) = parse_request(body.clone(), Endpoint::Messages) else {
+fn native_request(
+    state: &AppState,
+    body: &Bytes,
+    endpoint: Endpoint,
+) -> Result<Option<ChatRequest>, ApiError> {
+    let Ok(request) = parse_request(body.clone(), endpoint) else {
         return Ok(None);
     };
     let candidates = state.upstreams.candidates(&request.model);
@@ -121,14 +137,19 @@ fn native_request(state: &AppState, body: &Bytes) -> Result<Option<ChatRequest>,
     }
 }
 
-/// `POST /v1/messages/count_tokens`: the input tokens of a Messages request, as an
-/// estimate over what a chat upstream would be sent (see `tokens.rs`).
+/// `POST /v1/messages/count_tokens`: the input tokens of a Messages request — counted by
+/// a native Anthropic upstream, else estimated over what a chat upstream would be sent
+/// (see `tokens.rs`).
 async fn count_tokens(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     headers: HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
     let body = body(&state, &headers, request).await?;
+    if let Some(native) = native_request(&state, &body, Endpoint::CountTokens)? {
+        return native_turn(&state, owner, &headers, native, Endpoint::CountTokens).await;
+    }
     let mut t = translate_for_count(&body, &state)?;
     t.stream = false;
     let chat = chat_body(&t, &[], None);
@@ -231,12 +252,13 @@ impl Protocol for Messages {
 /// its answer unchanged.
 struct Native {
     request: Option<ChatRequest>,
+    endpoint: Endpoint,
 }
 
 impl Protocol for Native {
     fn upstream_call(&mut self, _context: &History) -> Result<UpstreamCall, ApiError> {
         Ok(UpstreamCall {
-            endpoint: Endpoint::Messages,
+            endpoint: self.endpoint,
             request: self.request.take().ok_or(ApiError::Internal)?,
             prefix: None,
             native: Some(NativeApi::Messages),
