@@ -191,7 +191,10 @@ impl ChatMock {
 
     async fn serve(&self) -> String {
         let router = Router::new()
-            .route("/v1/chat/completions", axum::routing::post(ChatMock::handle))
+            .route(
+                "/v1/chat/completions",
+                axum::routing::post(ChatMock::handle),
+            )
             .with_state(self.clone());
         common::mock_upstream(router).await
     }
@@ -264,10 +267,7 @@ async fn read_events(response: reqwest::Response) -> Vec<Value> {
 }
 
 /// [`read_events`], calling `seen` with each event as it arrives.
-async fn read_events_with(
-    response: reqwest::Response,
-    mut seen: impl FnMut(&Value),
-) -> Vec<Value> {
+async fn read_events_with(response: reqwest::Response, mut seen: impl FnMut(&Value)) -> Vec<Value> {
     assert_event_stream(&response);
     let mut body = response.bytes_stream();
     let mut buffer: Vec<u8> = Vec::new();
@@ -376,7 +376,11 @@ fn blocks(events: &[Value], complete: bool) -> Vec<Block> {
         match event["type"].as_str().unwrap() {
             "content_block_start" => {
                 assert!(!open, "a block started inside another: {event}");
-                assert_eq!(index, blocks.len() as u64, "indexes are contiguous: {event}");
+                assert_eq!(
+                    index,
+                    blocks.len() as u64,
+                    "indexes are contiguous: {event}"
+                );
                 blocks.push(Block {
                     start: event["content_block"].clone(),
                     deltas: Vec::new(),
@@ -387,7 +391,11 @@ fn blocks(events: &[Value], complete: bool) -> Vec<Block> {
             "content_block_delta" => {
                 assert!(open, "{event}");
                 assert_eq!(index + 1, blocks.len() as u64, "{event}");
-                blocks.last_mut().unwrap().deltas.push(event["delta"].clone());
+                blocks
+                    .last_mut()
+                    .unwrap()
+                    .deltas
+                    .push(event["delta"].clone());
             }
             "content_block_stop" => {
                 assert!(open, "{event}");
@@ -407,7 +415,9 @@ fn blocks(events: &[Value], complete: bool) -> Vec<Block> {
 /// Asserts an Anthropic error body: exactly `{"type":"error","error":{"type","message"}}`.
 fn assert_anthropic_error(body: &Value, kind: &str) {
     assert_eq!(body["type"], "error", "{body}");
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("{body}"));
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"));
     let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
     fields.sort_unstable();
     assert_eq!(fields, ["message", "type"], "{body}");
@@ -513,7 +523,10 @@ async fn a_whole_message_is_translated_both_ways() {
         "metadata",
         "stop_sequences",
     ] {
-        assert!(upstream.get(absent).is_none(), "{absent} reached the upstream");
+        assert!(
+            upstream.get(absent).is_none(),
+            "{absent} reached the upstream"
+        );
     }
     assert_no_client_key(&seen);
 }
@@ -929,7 +942,12 @@ async fn refusals_are_anthropic_shaped_and_never_echo_the_key() {
 
     // Only the one accepted request of each kind reached the upstream: the refusals
     // above never did (the unknown model included).
-    let models: Vec<Value> = s.chat.seen().iter().map(|c| c.body["model"].clone()).collect();
+    let models: Vec<Value> = s
+        .chat
+        .seen()
+        .iter()
+        .map(|c| c.body["model"].clone())
+        .collect();
     assert_eq!(models, [json!("m")]);
     assert_no_client_key(&s.chat.seen());
 }
@@ -990,24 +1008,25 @@ async fn the_model_list_speaks_the_clients_dialect() {
         assert!(model["created_at"].as_str().unwrap().ends_with('Z'));
     }
     let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"m") && ids.contains(&"claude-opus-4-1"), "{ids:?}");
+    assert!(
+        ids.contains(&"m") && ids.contains(&"claude-opus-4-1"),
+        "{ids:?}"
+    );
     assert_eq!(anthropic["has_more"], false);
     assert_eq!(anthropic["first_id"], json!(ids[0]));
     assert_eq!(anthropic["last_id"], json!(ids[ids.len() - 1]));
     assert!(anthropic.get("object").is_none());
 
-    let (status, _, openai) = send_json(
-        client()
-            .get(s.gw.url("/v1/models"))
-            .bearer_auth(KEY_A),
-    )
-    .await;
+    let (status, _, openai) =
+        send_json(client().get(s.gw.url("/v1/models")).bearer_auth(KEY_A)).await;
     assert_eq!(status, 200);
     assert_eq!(openai["object"], "list");
     let data = openai["data"].as_array().unwrap();
     let openai_ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(openai_ids, ids);
-    assert!(data.iter().all(|m| m["object"] == "model" && m.get("type").is_none()));
+    assert!(data
+        .iter()
+        .all(|m| m["object"] == "model" && m.get("type").is_none()));
     assert!(openai.get("has_more").is_none());
 }
 
@@ -1029,24 +1048,30 @@ struct NativeMock {
 
 /// Odd on purpose (spacing, escapes, key order): any re-serialisation would show.
 const NATIVE_ANSWER: &str = "{ \"id\":\"msg_01Native\" , \"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-ok\",\n \"content\":[{\"type\":\"text\",\"text\":\"caf\\u00e9 \u{1F600}\"}],\"stop_reason\":\"end_turn\", \"usage\":{\"input_tokens\":3,\"output_tokens\": 2} }";
+const NATIVE_COUNT: &str = "{\"input_tokens\" :  12}";
 const OVERLOADED: &str =
     "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}";
 const INVALID: &str = "{\"type\": \"error\", \"error\": {\"type\": \"invalid_request_error\", \"message\": \"max_tokens: too large\"}}";
 
-/// A native stream; `cut` stops before `message_delta` and `message_stop`.
-fn native_chunks(cut: bool) -> Vec<&'static str> {
+/// The native stream of `model`: `claude-cut` stops before `message_delta` and
+/// `message_stop`, `claude-half` stops in the middle of an event.
+fn native_chunks(model: &str) -> Vec<&'static str> {
     let mut chunks = vec![
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_02\",",
         "\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
         "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"caf\\u00e9\"}}\n\n",
     ];
-    if !cut {
-        chunks.extend([
+    match model {
+        "claude-cut" => {}
+        "claude-half" => chunks.push(
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"ind",
+        ),
+        _ => chunks.extend([
             "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":2}}\n\n",
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        ]);
+        ]),
     }
     chunks
 }
@@ -1071,17 +1096,25 @@ impl NativeMock {
         });
         let request: Value = serde_json::from_slice(&body).unwrap();
         let json = [("content-type", "application/json")];
+        if uri.path() == "/v1/messages/count_tokens" {
+            return (json, NATIVE_COUNT).into_response();
+        }
         match request["model"].as_str().unwrap() {
             "claude-busy" => {
                 return (StatusCode::from_u16(529).unwrap(), json, OVERLOADED).into_response()
             }
             "claude-bad" => return (StatusCode::BAD_REQUEST, json, INVALID).into_response(),
+            "claude-proxy-page" => {
+                let html = [("content-type", "text/html")];
+                let page = "<html>502 Bad Gateway from http://10.0.0.7:8080</html>";
+                return (StatusCode::SERVICE_UNAVAILABLE, html, page).into_response();
+            }
             _ => {}
         }
         if request["stream"] != json!(true) {
             return (json, NATIVE_ANSWER).into_response();
         }
-        let chunks = native_chunks(request["model"] == "claude-cut")
+        let chunks = native_chunks(request["model"].as_str().unwrap())
             .into_iter()
             .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes())));
         (
@@ -1094,6 +1127,10 @@ impl NativeMock {
     async fn serve(&self) -> String {
         let router = Router::new()
             .route("/v1/messages", axum::routing::post(NativeMock::handle))
+            .route(
+                "/v1/messages/count_tokens",
+                axum::routing::post(NativeMock::handle),
+            )
             .with_state(self.clone());
         common::mock_upstream(router).await
     }
@@ -1128,6 +1165,11 @@ async fn native_setup() -> Native {
 fn assert_native_request(seen: &NativeSeen, body: &str) {
     assert_eq!(seen.uri, "/v1/messages");
     assert_eq!(seen.body, Bytes::from(body.to_string()));
+    assert_native_key(seen);
+}
+
+/// The upstream's own key in `x-api-key`, `anthropic-version`, nothing of the client's key.
+fn assert_native_key(seen: &NativeSeen) {
     let key: Vec<&[u8]> = seen
         .headers
         .get_all("x-api-key")
@@ -1171,7 +1213,10 @@ async fn a_native_upstream_gets_and_gives_bytes_unchanged() {
     let seen = n.mock.seen();
     assert_eq!(seen.len(), 1);
     assert_native_request(&seen[0], body);
-    assert_eq!(seen[0].headers["anthropic-beta"], "prompt-caching-2024-07-31");
+    assert_eq!(
+        seen[0].headers["anthropic-beta"],
+        "prompt-caching-2024-07-31"
+    );
 
     // `?beta=true`, as Claude Code sends it, and a stream.
     let body = "{\"stream\":true,\"model\":\"claude-ok\",\"max_tokens\":8,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
@@ -1181,26 +1226,29 @@ async fn a_native_upstream_gets_and_gives_bytes_unchanged() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    assert_eq!(streamed, Bytes::from(native_chunks(false).concat()));
+    assert_eq!(streamed, Bytes::from(native_chunks("claude-ok").concat()));
     assert!(streamed.ends_with(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
     assert_native_request(&n.mock.seen()[1], body);
 
-    // A chat model on the same gateway is still translated, and count_tokens for a
-    // native model is estimated without asking anyone.
+    // A chat model on the same gateway is still translated; count_tokens for a native
+    // model is the upstream's own count, passed on byte for byte.
     let (status, _, reply) = message(
         &n.gw,
         json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}),
     )
     .await;
-    assert_eq!((status, reply["content"][0]["text"].clone()), (200, json!("echo: x")));
-    let (status, _, count) = send_json(
-        post(&n.gw, "/v1/messages/count_tokens?beta=true", Some(KEY_A))
-            .json(&json!({"model": "claude-ok", "messages": [{"role": "user", "content": "hi"}]})),
-    )
-    .await;
-    assert_eq!(status, 200, "{count}");
-    assert!(count["input_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(n.mock.seen().len(), 2);
+    assert_eq!(
+        (status, reply["content"][0]["text"].clone()),
+        (200, json!("echo: x"))
+    );
+    let count = "{\"model\":\"claude-ok\", \"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    let (status, _, counted) = send_raw(&n.gw, "/v1/messages/count_tokens?beta=true", count).await;
+    assert_eq!((status, counted), (200, Bytes::from(NATIVE_COUNT)));
+    let seen = n.mock.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].uri, "/v1/messages/count_tokens");
+    assert_eq!(seen[2].body, Bytes::from(count));
+    assert_native_key(&seen[2]);
     assert_eq!(n.chat.seen().len(), 1);
 
     // Sessions are refused for a native model, in Anthropic's shape, before any call.
@@ -1213,7 +1261,7 @@ async fn a_native_upstream_gets_and_gives_bytes_unchanged() {
     .await;
     assert_eq!(status, 400, "{refused}");
     assert_anthropic_error(&refused, "invalid_request_error");
-    assert_eq!(n.mock.seen().len(), 2);
+    assert_eq!(n.mock.seen().len(), 3);
 }
 
 /// A native upstream's own 4xx error passes on unchanged.
@@ -1242,21 +1290,53 @@ async fn a_native_overloaded_error_passes_unchanged() {
     );
 }
 
-/// A native stream that ends before `message_stop`: what came is passed on, then an
-/// Anthropic `error` event (an Anthropic SDK reads only named events).
+/// A native upstream's server error that is not Anthropic-shaped (a proxy's HTML page)
+/// says nothing a client can use and may name internal hosts: a generic Anthropic-shaped
+/// error instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_server_error_page_becomes_a_generic_error() {
+    let n = native_setup().await;
+    let body = "{\"model\":\"claude-proxy-page\",\"max_tokens\":8,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+    let (status, _, answer) = send_raw(&n.gw, "/v1/messages", body).await;
+    assert_eq!(status, 502);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["type"], "error");
+    assert_eq!(answer["error"]["type"], "api_error");
+    assert!(!answer.to_string().contains("10.0.0.7"), "{answer}");
+}
+
+/// A native stream that ends before `message_stop` (between events, or inside one):
+/// what came is passed on, then an Anthropic `error` event standing on its own (an
+/// Anthropic SDK reads only named events).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_native_stream_ends_with_an_anthropic_error_event() {
     let n = native_setup().await;
-    let body = "{\"stream\":true,\"model\":\"claude-cut\",\"max_tokens\":8,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
-    let (status, _, streamed) = send_raw(&n.gw, "/v1/messages", body).await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8(streamed.to_vec()).unwrap();
-    let sent = native_chunks(true).concat();
-    let rest = text.strip_prefix(sent.as_str()).expect(&text);
-    assert!(!text.contains("message_stop"));
-    assert!(!text.contains(UPSTREAM_KEY));
+    for model in ["claude-cut", "claude-half"] {
+        let body = format!("{{\"stream\":true,\"model\":\"{model}\",\"max_tokens\":8,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}");
+        let (status, _, streamed) = send_raw(&n.gw, "/v1/messages", &body).await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8(streamed.to_vec()).unwrap();
+        let sent = native_chunks(model).concat();
+        let rest = text.strip_prefix(sent.as_str()).expect(&text);
+        assert!(!text.contains("message_stop"));
+        assert!(!text.contains(UPSTREAM_KEY));
+        // A half-sent event is closed by a blank line first; more blank lines are
+        // allowed (SSE ignores them).
+        assert!(
+            rest.starts_with("\n\n") || sent.ends_with("\n\n"),
+            "{model}: {rest:?}"
+        );
+        assert_cut_error(rest.trim_start_matches(['\r', '\n']));
+    }
+}
+
+/// The Anthropic error event that ends a cut native stream.
+fn assert_cut_error(rest: &str) {
     let error = parse_event(rest);
-    let kind = error["error"]["type"].as_str().unwrap_or_default().to_string();
+    let kind = error["error"]["type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         ["api_error", "overloaded_error"].contains(&kind.as_str()),
         "{rest:?}"

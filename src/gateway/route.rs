@@ -104,7 +104,7 @@ pub async fn forward_to(
                 continue;
             }
             // Anthropic's own error bodies (529 overloaded, …) reach Anthropic clients as
-            // they are; a chat upstream's server error becomes a generic 502.
+            // they are (checked below, once read); a chat upstream's becomes a generic 502.
             if status.is_server_error() && !endpoint.is_anthropic() {
                 return Err(ApiError::BadGateway);
             }
@@ -121,9 +121,29 @@ pub async fn forward_to(
         let started = Instant::now();
         let collected = collect(response).await;
         telemetry::record_upstream(started, &upstream);
+        if status.is_server_error() && !is_anthropic_error(&collected) {
+            // Anything else (a proxy's HTML page, …) says nothing a client can use.
+            return Err(ApiError::BadGateway);
+        }
         return collected.map(|answer| (answer, upstream));
     }
     Err(last_error)
+}
+
+/// An Anthropic error body (`{"type":"error","error":{…}}`), which passes to the client
+/// unchanged.
+fn is_anthropic_error(answer: &Result<Answer, ApiError>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        #[serde(rename = "type")]
+        kind: String,
+        error: serde_json::Map<String, serde_json::Value>,
+    }
+    match answer {
+        Ok(Answer::Complete { body, .. }) => serde_json::from_slice::<Shape>(body)
+            .is_ok_and(|shape| shape.kind == "error" && !shape.error.is_empty()),
+        _ => false,
+    }
 }
 
 /// The upstream rejected *our* credentials: a gateway misconfiguration, and its message
