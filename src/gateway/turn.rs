@@ -80,6 +80,17 @@ pub struct Complete {
     pub body: Bytes,
 }
 
+impl Complete {
+    /// The answer as it came, for a protocol that passes the upstream's bytes on.
+    pub fn into_response(self) -> Response {
+        super::route::respond(super::route::Answer::Complete {
+            status: self.status,
+            content_type: self.headers,
+            body: self.body,
+        })
+    }
+}
+
 /// A client protocol on the pipeline. An adapter supplies this, plus the parse into a
 /// [`Turn`]: the pipeline owns everything else (state, limits, routing, relay, settle).
 pub trait Protocol: Send + 'static {

@@ -11,6 +11,7 @@ pub fn error_type(status: u16) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
+        504 => "timeout_error",
         500..=599 => "api_error",
         _ => "invalid_request_error",
     }
@@ -48,6 +49,7 @@ mod tests {
             (500, "api_error"),
             (502, "api_error"),
             (503, "overloaded_error"),
+            (504, "timeout_error"),
         ] {
             let body = error_body(status, &openai).unwrap();
             assert_eq!(body["error"]["type"], kind);

@@ -151,48 +151,6 @@ fn content_text(content: Option<&Value>) -> String {
     }
 }
 
-/// The Anthropic error `type` for an HTTP status.
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        504 => "timeout_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    }
-}
-
-/// An error as Anthropic shapes it, from an OpenAI-shaped error body and its HTTP status.
-/// Only the OpenAI body's `error.message` is carried over; without one the message is a
-/// fixed text for the status.
-pub fn error_body(status: u16, openai_body: &Value) -> Value {
-    let kind = error_type(status);
-    let message = openai_body
-        .pointer("/error/message")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .map_or_else(|| fallback_message(kind).to_string(), str::to_string);
-    json!({"type": "error", "error": {"type": kind, "message": message}})
-}
-
-fn fallback_message(kind: &str) -> &'static str {
-    match kind {
-        "authentication_error" => "Authentication failed.",
-        "permission_error" => "Permission denied.",
-        "not_found_error" => "Not found.",
-        "request_too_large" => "The request is too large.",
-        "rate_limit_error" => "Rate limit exceeded.",
-        "overloaded_error" => "The service is overloaded. Try again later.",
-        "timeout_error" => "The request timed out.",
-        "api_error" => "Internal error.",
-        _ => "Invalid request.",
-    }
-}
-
 #[cfg(test)]
 #[path = "reply_tests.rs"]
 mod tests;

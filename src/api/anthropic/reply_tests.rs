@@ -105,6 +105,8 @@ fn message_without_text_or_usage() {
     assert_eq!(message(&parts, "x", "m")["content"][0]["text"], "ab");
 }
 
+use crate::wire::anthropic::error_body;
+
 #[test]
 fn error_bodies() {
     let openai = json!({"error": {"message": "bad thing", "type": "x", "param": "p", "code": "c"}});
@@ -123,14 +125,13 @@ fn error_bodies() {
         (502, "api_error"),
     ] {
         assert_eq!(
-            error_body(status, &openai),
+            error_body(status, &openai).unwrap(),
             json!({"type": "error", "error": {"type": kind, "message": "bad thing"}}),
             "status {status}"
         );
     }
-    let bare = error_body(502, &json!("not an object"));
-    assert_eq!(bare["error"]["type"], "api_error");
-    assert_eq!(bare["error"]["message"], "Internal error.");
+    // Not an OpenAI error body: left alone (an Anthropic body passes unchanged).
+    assert!(error_body(502, &json!("not an object")).is_none());
 }
 
 #[test]
@@ -138,7 +139,7 @@ fn error_body_from_api_error() {
     let err = crate::wire::error::ApiError::RateLimited {
         retry_after_secs: 3,
     };
-    let body = error_body(err.status_code().as_u16(), &err.body());
+    let body = error_body(err.status_code().as_u16(), &err.body()).unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(
         body["error"]["message"],

@@ -274,11 +274,7 @@ impl Protocol for Native {
         _reply: Option<&Reply>,
         answer: Complete,
     ) -> Result<(Response, Record), ApiError> {
-        let response = crate::gateway::route::respond(crate::gateway::route::Answer::Complete {
-            status: answer.status,
-            content_type: answer.headers,
-            body: answer.body,
-        });
+        let response = answer.into_response();
         Ok((response, Record::default()))
     }
 

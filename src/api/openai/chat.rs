@@ -14,7 +14,6 @@ use serde_json::value::RawValue;
 
 use crate::api::state::AppState;
 use crate::gateway::decode::Reply;
-use crate::gateway::route::respond;
 use crate::gateway::{
     Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };
@@ -139,16 +138,7 @@ impl Protocol for Chat {
             output: reply.map(|r| r.message.to_string()).into_iter().collect(),
             response: None,
         };
-        let Complete {
-            status,
-            headers,
-            body,
-        } = answer;
-        let response = respond(crate::gateway::route::Answer::Complete {
-            status,
-            content_type: headers,
-            body,
-        });
+        let response = answer.into_response();
         Ok((response, record))
     }
 
