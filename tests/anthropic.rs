@@ -642,6 +642,43 @@ async fn empty_tool_call_lists_open_no_block() {
 // ---------------------------------------------------------------------------------------
 // 3. A stream that breaks.
 
+/// A quiet stream is kept open with Anthropic `ping` events (not SSE comments), which
+/// Anthropic clients expect: the upstream goes silent until the client has seen one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_gets_ping_events() {
+    let chat = ChatMock::default();
+    let url = chat.serve().await;
+    let config = config_from_toml(&format!(
+        "stream_keepalive_secs = 1\n{}\n[[upstreams]]\nname = \"chat\"\nbase_url = \"{url}\"\nmodels = {CHAT_MODELS}\n",
+        keys_toml()
+    ));
+    let gw = spawn_gateway(config).await;
+    let body = json!({"model": "drop", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": "wait"}]});
+    let response = post(&gw, "/v1/messages", Some(KEY_A))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_event_stream(&response);
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    while let Some(piece) = stream.next().await {
+        text.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
+        if text.contains("event: ping\n") {
+            // Seen: the upstream may now end (with a broken connection).
+            chat.break_now.notify_one();
+        }
+    }
+    assert!(
+        text.contains("event: ping\ndata: {\"type\": \"ping\"}\n\n"),
+        "{text}"
+    );
+    assert!(!text.contains(": keep-alive"), "{text}");
+    assert!(text.trim_end().ends_with('}'), "{text}");
+    assert!(text.contains("event: error\n"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_stream_ends_with_an_error_event_and_stores_nothing() {
     let s = setup("").await;

@@ -39,6 +39,11 @@ pub trait StreamTap: Send + 'static {
     fn keep_alive(&self) -> Bytes {
         Bytes::from_static(KEEP_ALIVE)
     }
+    /// The longest quiet period the client's protocol allows, if shorter than the
+    /// configured keep-alive interval.
+    fn keep_alive_within(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The last bytes of a complete stream: known at once when there is nothing to settle.

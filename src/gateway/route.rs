@@ -252,7 +252,11 @@ pub fn respond_stream(
 ) -> Response {
     let options = RelayOptions {
         idle_timeout: upstream.idle_timeout,
-        keep_alive: gateway.config.stream_keepalive,
+        keep_alive: tap
+            .keep_alive_within()
+            .map_or(gateway.config.stream_keepalive, |within| {
+                within.min(gateway.config.stream_keepalive)
+            }),
         hard_stop: gateway.hard_stop.clone(),
         require_done: upstream.require_done,
     };

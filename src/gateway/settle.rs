@@ -145,6 +145,10 @@ impl StreamTap for Settler {
         )
     }
 
+    fn keep_alive_within(&self) -> Option<std::time::Duration> {
+        self.encoder.keep_alive_within()
+    }
+
     fn keep_alive(&self) -> Bytes {
         self.encoder
             .keep_alive()

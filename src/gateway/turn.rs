@@ -132,6 +132,11 @@ pub trait Encoder: Send + 'static {
     fn keep_alive(&self) -> Option<Bytes> {
         None
     }
+    /// The longest quiet period the protocol allows (Anthropic: a `ping` every 10 s), if
+    /// shorter than `stream_keepalive_secs`.
+    fn keep_alive_within(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The byte-faithful encoder: chat clients get the upstream's bytes untouched, and a

@@ -309,4 +309,8 @@ impl Encoder for NativeEvents {
     fn keep_alive(&self) -> Option<Bytes> {
         Some(super::stream::ping())
     }
+
+    fn keep_alive_within(&self) -> Option<std::time::Duration> {
+        Some(super::stream::PING_EVERY)
+    }
 }

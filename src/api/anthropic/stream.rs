@@ -26,6 +26,9 @@ use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{Encoder, Record};
 use crate::wire::error::ApiError;
 
+/// Anthropic's streams send a `ping` after at most this much silence.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The keep-alive event the relay sends after a silence.
 pub fn ping() -> Bytes {
     Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n")
@@ -303,6 +306,10 @@ pub fn error_event(out: &mut Vec<u8>, error: &ApiError) {
 impl Encoder for MessageEvents {
     fn keep_alive(&self) -> Option<Bytes> {
         Some(ping())
+    }
+
+    fn keep_alive_within(&self) -> Option<std::time::Duration> {
+        Some(PING_EVERY)
     }
 
     fn chunk(&mut self, _raw: &Bytes, deltas: &[Delta]) -> Option<Bytes> {
