@@ -24,6 +24,10 @@ use crate::wire::error::ApiError;
 /// Sent after a quiet period so proxies and clients keep the connection open.
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
+/// How long the rest of a complete stream's upstream body is read before the client's
+/// response ends anyway.
+const DRAIN_AFTER_END: Duration = Duration::from_secs(1);
+
 /// What the relay asks of the turn while it forwards: what to send for each upstream
 /// chunk, and how the stream ends. The pipeline's settler is the one implementation.
 pub trait StreamTap: Send + 'static {
@@ -112,7 +116,13 @@ pub fn relay(
 /// The next bytes to send, or `None` once the stream is over.
 async fn next_chunk(state: &mut RelayState) -> Option<Bytes> {
     loop {
-        let idle_deadline = state.last_upstream_byte + state.options.idle_timeout;
+        // Once complete, the rest of the upstream's body is read (so its connection can be
+        // reused) only briefly: an upstream that keeps its body open after the end must
+        // not hold the client's response open.
+        let idle_deadline = match state.tap {
+            Some(_) => state.last_upstream_byte + state.options.idle_timeout,
+            None => state.last_sent + DRAIN_AFTER_END,
+        };
         let keep_alive_at = state.last_sent + state.options.keep_alive;
         tokio::select! {
             biased;

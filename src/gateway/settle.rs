@@ -83,9 +83,11 @@ impl StreamTap for Settler {
             (None, None) => Flow::Send(bytes),
             (None, Some(events)) => Flow::Send(events),
             // Nothing to settle: the upstream's end passes on at once, uncopied.
-            (Some(_), None) if self.settlement.is_none() => Flow::Complete(bytes),
+            (Some(at), None) if self.settlement.is_none() => {
+                Flow::Complete(bytes.slice(..end_of_done(&bytes, at)))
+            }
             (Some(at), None) => {
-                self.held = bytes.slice(at..);
+                self.held = bytes.slice(at..end_of_done(&bytes, at));
                 self.split_end = at == 0;
                 Flow::Complete(bytes.slice(..at))
             }
@@ -161,9 +163,44 @@ impl StreamTap for Settler {
     }
 }
 
+/// Where the `data: [DONE]` line that starts at `at` ends, with the blank line after it:
+/// the stream is over there, and nothing after it is forwarded.
+fn end_of_done(bytes: &[u8], at: usize) -> usize {
+    let rest = bytes.get(at..).unwrap_or_default();
+    let line_end = match memchr::memchr(b'\n', rest) {
+        Some(newline) => at + newline + 1,
+        None => return bytes.len(),
+    };
+    let after = bytes.get(line_end..).unwrap_or_default();
+    if after.starts_with(b"\r\n") {
+        line_end + 2
+    } else if after.starts_with(b"\n") {
+        line_end + 1
+    } else {
+        line_end
+    }
+}
+
 /// Step 6's hand-off of the upstream's reported token usage (counted for operators).
 pub fn hand_on_usage(reply: &Reply) {
     if let Some(usage) = &reply.usage {
         crate::telemetry::record_tokens(usage.input_tokens, usage.output_tokens);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of_done;
+
+    #[test]
+    fn the_stream_ends_with_its_done_line() {
+        let chunk = b"data: {}\n\ndata: [DONE]\n\ndata: {\"more\":1}\n\n";
+        assert_eq!(
+            &chunk[..end_of_done(chunk, 10)],
+            b"data: {}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(end_of_done(b"data: [DONE]", 0), 12);
+        assert_eq!(end_of_done(b"data: [DONE]\r\n\r\nx", 0), 16);
+        assert_eq!(end_of_done(b"data: [DONE]\nx", 0), 13);
     }
 }

@@ -1,0 +1,85 @@
+//! A chat stream ends for the client at the upstream's `data: [DONE]`: nothing after it is
+//! forwarded or stored (even in the same chunk), and an upstream that keeps its body open
+//! afterwards does not hold the client's response open.
+// Tests fail by panicking; unwrap/expect here are assertions, not error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::response::IntoResponse;
+use axum::Router;
+use common::{client, config_from_toml, mock_upstream, spawn_gateway, two_keys_toml, KEY_A};
+use futures_util::StreamExt;
+use serde_json::json;
+
+const EVENTS: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+
+/// Streams one event, `[DONE]` and one more event in one chunk, then keeps the body open
+/// forever.
+async fn upstream() -> String {
+    let router = Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            // One chunk: an event after [DONE] arrives with it, as a close-delimited
+            // upstream can send it.
+            let more = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" MORE\"}}]}\n\n";
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(
+                format!("{EVENTS}{more}"),
+            ))]);
+            let never_ends = first.chain(futures_util::stream::pending());
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(never_ends),
+            )
+                .into_response()
+        }),
+    );
+    mock_upstream(router).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_ends_at_done_even_if_the_upstream_body_stays_open() {
+    let url = upstream().await;
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"open\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        two_keys_toml()
+    ));
+    let gw = spawn_gateway(config).await;
+    // With a session (the turn is settled before the end is sent) and without one.
+    for with_session in [true, false] {
+        let session = common::sessions::create(&gw, KEY_A, json!({})).await;
+        let mut request = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"model": "m", "stream": true,
+                "messages": [{"role": "user", "content": "hello"}]}));
+        if with_session {
+            request = request.header("x-session-id", &session);
+        }
+        let started = Instant::now();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        // The whole body: it must end although the upstream's never does. Before, it
+        // stayed open until the upstream's 60 s idle timeout, then got an error event.
+        let body = tokio::time::timeout(Duration::from_secs(20), response.bytes())
+            .await
+            .expect("the client's stream did not end after [DONE]")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            EVENTS,
+            "session: {with_session}"
+        );
+        if with_session {
+            // What is stored is what the client saw.
+            let stored = common::sessions::messages(&gw, KEY_A, &session).await;
+            assert_eq!(stored.len(), 2, "{stored:?}");
+            assert_eq!(stored[1]["content"], "hi");
+        }
+    }
+}
