@@ -21,7 +21,18 @@ const EVENTS: &str =
 /// Streams one event, `[DONE]` and one more event in one chunk, then keeps the body open
 /// forever.
 async fn upstream() -> String {
-    let router = Router::new().route(
+    let router = Router::new()
+        .route(
+            "/v2/chat/completions",
+            axum::routing::post(|| async {
+                // vLLM's way of failing mid-generation: an error event, then [DONE].
+                let events = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n\
+                              data: {\"error\":{\"message\":\"generation failed\",\"type\":\"InternalServerError\"}}\n\n\
+                              data: [DONE]\n\n";
+                ([("content-type", "text/event-stream")], events).into_response()
+            }),
+        )
+        .route(
         "/v1/chat/completions",
         axum::routing::post(|| async {
             // One chunk: an event after [DONE] arrives with it, as a close-delimited
@@ -82,4 +93,37 @@ async fn the_stream_ends_at_done_even_if_the_upstream_body_stays_open() {
             assert_eq!(stored[1]["content"], "hi");
         }
     }
+}
+
+/// An upstream that reports an error inside its stream, then sends `[DONE]`: the turn is
+/// not stored, and the client's stream ends with an error event instead of `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_inside_the_stream_is_not_stored() {
+    let url = upstream().await.replace("/v1", "/v2");
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"failing\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        two_keys_toml()
+    ));
+    let gw = spawn_gateway(config).await;
+    let session = common::sessions::create(&gw, KEY_A, json!({})).await;
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .header("x-session-id", &session)
+        .json(&json!({"model": "m", "stream": true,
+            "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(body.contains("generation failed"), "{body}");
+    assert!(!body.contains("[DONE]"), "{body}");
+    assert!(body.trim_end().ends_with("}"), "{body}");
+    assert!(body.contains("\"upstream_error\""), "{body}");
+    assert_eq!(
+        common::sessions::messages(&gw, KEY_A, &session).await,
+        Vec::<serde_json::Value>::new(),
+        "a turn the upstream failed is not stored"
+    );
 }

@@ -105,13 +105,14 @@ impl StreamTap for Settler {
                 held,
                 ..
             } = *self;
-            let made = match decoder.decodes() {
-                true => {
+            let made = match (decoder.decodes(), decoder.incomplete()) {
+                (true, true) => Err(incomplete_reply()),
+                (true, false) => {
                     let reply = decoder.reply();
                     hand_on_usage(&reply);
                     encoder.record(&reply).map(drop)
                 }
-                false => Ok(()),
+                (false, _) => Ok(()),
             };
             return Ending::Now(encoder.done(made.as_ref().map(|_| ())).unwrap_or(held));
         }
@@ -127,6 +128,8 @@ impl StreamTap for Settler {
                 } = *self;
                 let settled = match settlement {
                     None => Ok(()),
+                    // The upstream reported an error, or a line was lost: not stored.
+                    Some(_) if decoder.incomplete() => Err(incomplete_reply()),
                     Some(settlement) => {
                         let reply = decoder.reply();
                         hand_on_usage(&reply);
@@ -161,6 +164,15 @@ impl StreamTap for Settler {
         let mut encoder = self.encoder;
         encoder.failed(error)
     }
+}
+
+/// The error a turn ends with when its reply reached `[DONE]` but cannot be trusted
+/// whole (an error event inside the stream, or a line too long to read).
+fn incomplete_reply() -> ApiError {
+    tracing::warn!(
+        "upstream stream reported an error or lost a line before [DONE]; turn not stored"
+    );
+    ApiError::BadGateway
 }
 
 /// Where the `data: [DONE]` line that starts at `at` ends, with the blank line after it:

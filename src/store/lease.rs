@@ -103,6 +103,9 @@ impl SessionStore {
         owner: &str,
         id: &str,
     ) -> Result<SessionLease, SessionError> {
+        // Whose session it is, before waiting: another key's busy session must answer
+        // 404 at once, like an unknown one, not 409 after the busy timeout.
+        self.local_version(owner, id).await?;
         let lock = leases.lock_of(id);
         let held = tokio::time::timeout(self.limits().busy_timeout, lock.lock_owned()).await;
         let Ok(guard) = held else {
@@ -119,6 +122,13 @@ impl SessionStore {
             renewer: None,
             local: Some(guard),
         };
+        // Read again under the lock: the turn before may have changed it.
+        lease.version = self.local_version(owner, id).await?;
+        Ok(lease)
+    }
+
+    /// `owner`'s session `id`'s version (a read, so it works on a full disk too).
+    async fn local_version(&self, owner: &str, id: &str) -> Result<Version, SessionError> {
         let row = sqlx::query(
             "SELECT next_seq, message_count FROM sessions WHERE id = $1 AND owner = $2",
         )
@@ -128,10 +138,7 @@ impl SessionStore {
         .await
         .map_err(|e| self.writer.failed("read", e.into()))?;
         match row {
-            Some(row) => {
-                lease.version = version_of(&row)?;
-                Ok(lease)
-            }
+            Some(row) => version_of(&row),
             None => {
                 self.cache.remove(id);
                 Err(SessionError::NotFound)

@@ -1,5 +1,7 @@
 //! Where a turn is committed: reading a session's history, and storing a finished turn under its lease.
 
+use std::sync::Arc;
+
 use sqlx::Row;
 
 use super::{History, ResponseRecord, SessionError, SessionLease, SessionStore};
@@ -47,7 +49,7 @@ impl SessionStore {
 
     /// Stores a finished chat turn of a session (see [`SessionStore::commit`]).
     pub async fn commit_turn(
-        &self,
+        self: &Arc<Self>,
         owner: &str,
         lease: SessionLease,
         messages: &[String],
@@ -61,8 +63,12 @@ impl SessionStore {
     /// UPDATE. Either all of it is durable when this returns Ok, or none of it is. The
     /// transaction is a group commit shared with other sessions' turns (see `group`):
     /// Ok comes only after it committed; a storage failure fails all of its turns.
+    ///
+    /// The commit runs in a task of its own, which holds the lease until the batch holding
+    /// the turn is done: a caller that goes away meanwhile (a client that left mid-stream)
+    /// cannot free the session for another turn while this one is still being written.
     pub async fn commit(
-        &self,
+        self: &Arc<Self>,
         owner: &str,
         lease: Option<SessionLease>,
         messages: &[String],
@@ -71,6 +77,27 @@ impl SessionStore {
         if lease.is_none() && response.is_none() {
             return Ok(());
         }
+        let (store, owner, messages) = (self.clone(), owner.to_string(), messages.to_vec());
+        let response = response.cloned();
+        let committing = tokio::spawn(async move {
+            store
+                .commit_held(&owner, lease, &messages, response.as_ref())
+                .await
+        });
+        committing.await.unwrap_or_else(|_| {
+            Err(SessionError::Setup(
+                "the commit task ended without an answer".into(),
+            ))
+        })
+    }
+
+    async fn commit_held(
+        &self,
+        owner: &str,
+        lease: Option<SessionLease>,
+        messages: &[String],
+        response: Option<&ResponseRecord>,
+    ) -> Result<(), SessionError> {
         let session = lease.as_ref().map(|l| (l.id.clone(), l.token.clone()));
         let committed = self
             .committer

@@ -22,6 +22,34 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
     }
 }
 
+/// A chat tool call's id: the upstream's, or — when it sent none — one made from the
+/// message id and the call's position, so the streamed block, the whole reply and the
+/// stored session message all carry the same id, and the client's `tool_result` matches.
+pub fn call_id(upstream_id: Option<&str>, message_id: &str, position: u64) -> String {
+    match upstream_id.filter(|id| !id.is_empty()) {
+        Some(id) => id.to_string(),
+        None => format!("call_{}_{position}", message_id.trim_start_matches("msg_")),
+    }
+}
+
+/// The assistant message with an id on every tool call ([`call_id`]): what a session
+/// stores, and what the client's ids are made from.
+pub fn with_call_ids(message: &Value, message_id: &str) -> Value {
+    let mut message = message.clone();
+    let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
+    for (position, call) in calls.into_iter().flatten().enumerate() {
+        let id = call_id(
+            call.get("id").and_then(Value::as_str),
+            message_id,
+            position as u64,
+        );
+        if let Some(object) = call.as_object_mut() {
+            object.insert("id".into(), Value::String(id));
+        }
+    }
+    message
+}
+
 /// The `toolu_…` id a client sees for an upstream's chat tool call id.
 ///
 /// The rule, which makes a tool round trip exact: a non-empty upstream id `U` made only
@@ -111,6 +139,7 @@ pub fn message(reply: &Reply, id: &str, model: &str) -> Value {
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
+    let message = with_call_ids(message, id);
     let calls = message.get("tool_calls").and_then(Value::as_array);
     for call in calls.into_iter().flatten() {
         let function = call.get("function");

@@ -146,3 +146,22 @@ fn error_body_from_api_error() {
         "Rate limit exceeded; retry after 3 s."
     );
 }
+
+#[test]
+fn a_call_without_an_id_gets_the_same_id_everywhere() {
+    let chat = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "", "type": "function", "function": {"name": "g", "arguments": "{}"}}]});
+    let stored = with_call_ids(&chat, "msg_ab12");
+    assert_eq!(stored["tool_calls"][0]["id"], "call_ab12_0");
+    assert_eq!(stored["tool_calls"][1]["id"], "call_ab12_1");
+    let reply = Reply {
+        message: chat,
+        finish_reason: Some("tool_calls".into()),
+        usage: None,
+    };
+    let shown = message(&reply, "msg_ab12", "m");
+    // The client's id maps back to the stored call's id.
+    let first = shown["content"][0]["id"].as_str().unwrap();
+    assert_eq!(chat_call_id(first), "call_ab12_0");
+}

@@ -186,7 +186,9 @@ impl Protocol for Messages {
     fn upstream_call(&mut self, context: &History) -> Result<UpstreamCall, ApiError> {
         let chat = chat_body(&self.t, &context.to_messages(), self.cap);
         if self.t.stream {
-            self.input_tokens = tokens::estimate(&chat);
+            // A cheap guess (the exact count comes in `message_delta`): tokenizing here
+            // would cost every streamed turn milliseconds of CPU on the request path.
+            self.input_tokens = tokens::rough(chat.len());
         }
         let request = parse_request(Bytes::from(chat), Endpoint::ChatCompletions)
             .map_err(|invalid| ApiError::bad_request(invalid.message, Some("messages")))?;
@@ -215,7 +217,7 @@ impl Protocol for Messages {
         let reply = reply.ok_or(ApiError::Internal)?;
         let message = super::reply::message(reply, &self.id, &self.t.model);
         let record = Record {
-            output: vec![reply.message.to_string()],
+            output: vec![super::reply::with_call_ids(&reply.message, &self.id).to_string()],
             response: None,
         };
         Ok((axum::Json(message).into_response(), record))

@@ -21,7 +21,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::reply::{stop_reason, tool_use_id};
+use super::reply::{call_id, stop_reason, tool_use_id, with_call_ids};
 use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{Encoder, Record};
 use crate::wire::error::ApiError;
@@ -165,10 +165,10 @@ impl MessageEvents {
         }
         let Some(Open::Tool {
             index,
+            call: open_call,
             id: open_id,
             name: open_name,
             started,
-            ..
         }) = &mut self.open
         else {
             return;
@@ -183,7 +183,7 @@ impl MessageEvents {
                 return;
             }
             *started = true;
-            let block = tool_block(open_id.as_deref(), open_name);
+            let block = tool_block(open_id.as_deref(), &self.id, *open_call, open_name);
             event(
                 out,
                 "content_block_start",
@@ -225,7 +225,7 @@ impl MessageEvents {
             }) => {
                 self.closed_calls.push(call);
                 if !started {
-                    let block = tool_block(id.as_deref(), &name);
+                    let block = tool_block(id.as_deref(), &self.id, call, &name);
                     event(
                         out,
                         "content_block_start",
@@ -272,9 +272,11 @@ impl MessageEvents {
     }
 }
 
-/// A `tool_use` block as `content_block_start` carries it.
-fn tool_block(id: Option<&str>, name: &str) -> Value {
-    json!({"type": "tool_use", "id": tool_use_id(id), "name": name, "input": {}})
+/// A `tool_use` block as `content_block_start` carries it: chat call `call` of message
+/// `message_id` (its id made as the whole reply's and the stored message's are).
+fn tool_block(id: Option<&str>, message_id: &str, call: u64, name: &str) -> Value {
+    let id = call_id(id, message_id, call);
+    json!({"type": "tool_use", "id": tool_use_id(Some(&id)), "name": name, "input": {}})
 }
 
 /// Appends one SSE event whose `event:` line is the data's `type`.
@@ -287,10 +289,7 @@ fn event(out: &mut Vec<u8>, kind: &str, mut data: Value) {
 
 /// The Anthropic `error` event for a gateway error.
 pub fn error_event(out: &mut Vec<u8>, error: &ApiError) {
-    let kind = match error.status_code().as_u16() {
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    };
+    let kind = crate::wire::anthropic::error_type(error.status_code().as_u16());
     let body = error.body();
     let message = match body.pointer("/error/message").and_then(Value::as_str) {
         Some(message) => message.to_string(),
@@ -338,7 +337,7 @@ impl Encoder for MessageEvents {
     fn record(&mut self, reply: &Reply) -> Result<Record, ApiError> {
         self.finish(Some(reply));
         Ok(Record {
-            output: vec![reply.message.to_string()],
+            output: vec![with_call_ids(&reply.message, &self.id).to_string()],
             response: None,
         })
     }

@@ -39,11 +39,23 @@ fn tokens(text: &str) -> u64 {
     }
 }
 
+/// Bodies larger than this are estimated by length: BPE over megabytes of one repeated
+/// run of characters takes seconds of CPU.
+const TOKENIZE_AT_MOST: usize = 1024 * 1024;
+
+/// About four bytes a token: a guess that costs nothing (at least 1).
+pub fn rough(bytes: usize) -> u64 {
+    (bytes.div_ceil(4) as u64).max(1)
+}
+
 /// The estimated input tokens of a chat-completions request body: its messages (text,
 /// tool calls, images) and its tool definitions. At least 1 for any request with content.
 pub fn estimate(chat_body: &[u8]) -> u64 {
+    if chat_body.len() > TOKENIZE_AT_MOST {
+        return rough(chat_body.len());
+    }
     let Ok(body) = serde_json::from_slice::<Value>(chat_body) else {
-        return (chat_body.len().div_ceil(4) as u64).max(1);
+        return rough(chat_body.len());
     };
     let mut count = PER_REPLY;
     for message in body["messages"].as_array().into_iter().flatten() {

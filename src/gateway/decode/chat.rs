@@ -113,6 +113,8 @@ struct State {
     tool_calls: BTreeMap<u64, CallParts>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    /// The upstream reported an error inside the stream.
+    upstream_error: bool,
 }
 
 #[derive(Default)]
@@ -164,6 +166,16 @@ impl ChatDecoder {
         self.end.seen()
     }
 
+    /// The reply cannot be trusted whole: the upstream reported an error inside its
+    /// stream, or a line too long to read was skipped. Such a turn is not stored.
+    pub fn incomplete(&self) -> bool {
+        self.missed()
+            || self
+                .content
+                .as_ref()
+                .is_some_and(|(_, state)| state.upstream_error)
+    }
+
     /// A line over the SSE line cap was skipped, so `reply` lacks part of what was sent.
     pub fn missed(&self) -> bool {
         self.content
@@ -205,6 +217,9 @@ impl State {
         let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
             return;
         };
+        if chunk.error.is_some() {
+            self.upstream_error = true;
+        }
         if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_chat) {
             self.usage = Some(usage);
         }
@@ -269,6 +284,8 @@ impl State {
 struct Chunk {
     choices: Option<Vec<Choice>>,
     usage: Option<Value>,
+    /// An error the upstream reported inside its stream (vLLM sends one, then `[DONE]`).
+    error: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
