@@ -4,6 +4,8 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 
+use serde_json::{json, Value};
+
 use crate::wire::anthropic::error_body;
 
 /// Longest error body read for reshaping; gatewayd's own are far smaller.
@@ -14,38 +16,53 @@ pub fn is_anthropic(path: &str) -> bool {
     path == "/v1/messages" || path.starts_with("/v1/messages/")
 }
 
-/// An error response, its JSON body reshaped for an Anthropic client. Streams, successes
-/// and bodies that are not OpenAI-shaped errors pass unchanged.
+/// An error response, its body reshaped for an Anthropic client: gatewayd's own
+/// OpenAI-shaped errors keep their message; an Anthropic error body (a native upstream's)
+/// passes unchanged; anything else (an upstream's `{"detail": …}`, a text or HTML page)
+/// becomes a generic error of the status's type. Streams and successes pass unchanged.
 pub async fn reshape(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    let is_stream = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || !is_json {
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || is_stream {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
-        // Unreadable or oversized: a generic error in the right dialect.
-        let generic = serde_json::json!({"error": {"message": "The request failed."}});
-        let body = error_body(status.as_u16(), &generic).unwrap_or_default();
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from(body.to_string()));
-    };
-    let reshaped = serde_json::from_slice(&bytes)
+    let read = axum::body::to_bytes(body, MAX_ERROR_BODY).await;
+    let value: Option<Value> = read
+        .as_ref()
         .ok()
-        .and_then(|value| error_body(status.as_u16(), &value));
-    match reshaped {
-        Some(value) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            Response::from_parts(parts, Body::from(value.to_string()))
+        .and_then(|b| serde_json::from_slice(b).ok());
+    if let (Ok(bytes), Some(value)) = (&read, &value) {
+        if is_anthropic_error(value) {
+            return Response::from_parts(parts, Body::from(bytes.clone()));
         }
-        None => Response::from_parts(parts, Body::from(bytes)),
+    }
+    let generic = json!({"error": {"message": generic_message(status.as_u16())}});
+    let shaped = value
+        .and_then(|value| error_body(status.as_u16(), &value))
+        .or_else(|| error_body(status.as_u16(), &generic))
+        .unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(shaped.to_string()))
+}
+
+fn is_anthropic_error(value: &Value) -> bool {
+    value.get("type").and_then(Value::as_str) == Some("error")
+        && value.get("error").is_some_and(Value::is_object)
+}
+
+/// Said when the body carried no message gatewayd can pass on.
+fn generic_message(status: u16) -> &'static str {
+    match status {
+        400..=499 => "The upstream refused the request.",
+        _ => "The upstream model provider failed to answer. Try again later.",
     }
 }
