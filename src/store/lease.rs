@@ -19,7 +19,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::local_leases::LocalLeases;
-use super::{now, random_hex, SessionError, SessionStore, Version};
+use super::{random_hex, SessionError, SessionStore, Version};
+
+/// The database's own time in milliseconds (PostgreSQL): row leases are taken, renewed
+/// and judged by one clock, so instances whose clocks disagree cannot take each other's
+/// live leases. (Row leases exist only on PostgreSQL; SQLite's are in memory.)
+const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// How long a lease lasts without renewal: what a crashed holder costs its session.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -149,17 +154,16 @@ impl SessionStore {
     /// One atomic UPDATE: the lease is taken only if free or expired. It returns the
     /// session's version, so a cached history is validated without another round trip.
     async fn try_take(&self, owner: &str, id: &str, token: &str) -> Result<Attempt, SessionError> {
-        let (_, _, now_ms) = now();
-        let take = sqlx::query(
-            "UPDATE sessions SET lease_token = $1, lease_until_ms = $2 \
-             WHERE id = $3 AND owner = $4 AND (lease_token IS NULL OR lease_until_ms < $5) \
-             RETURNING next_seq, message_count",
-        )
-        .bind(token)
-        .bind(now_ms + LEASE_TTL.as_millis() as i64)
-        .bind(id)
-        .bind(owner)
-        .bind(now_ms);
+        let sql = format!(
+            "UPDATE sessions SET lease_token = $1, lease_until_ms = {DB_NOW_MS} + $2 \
+             WHERE id = $3 AND owner = $4 AND (lease_token IS NULL OR lease_until_ms < {DB_NOW_MS}) \
+             RETURNING next_seq, message_count"
+        );
+        let take = sqlx::query(&sql)
+            .bind(token)
+            .bind(LEASE_TTL.as_millis() as i64)
+            .bind(id)
+            .bind(owner);
         let mut conn = self.writer.acquire("lease").await?;
         // fetch_all, not fetch_optional: SQLite commits an autocommit UPDATE … RETURNING
         // only when the statement runs to its end, and a commit that fails there (a full
@@ -181,20 +185,22 @@ impl SessionStore {
 
     /// A read-only look, so waiters do not queue on the writer: `Taken` means free now.
     async fn peek_lease(&self, owner: &str, id: &str) -> Result<Attempt, SessionError> {
-        let row = sqlx::query(
-            "SELECT lease_token, lease_until_ms FROM sessions WHERE id = $1 AND owner = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.writer.failed("read", e.into()))?;
+        let sql = format!(
+            "SELECT lease_token, lease_until_ms < {DB_NOW_MS} AS expired FROM sessions \
+             WHERE id = $1 AND owner = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.writer.failed("read", e.into()))?;
         let Some(row) = row else {
             return Ok(Attempt::Missing);
         };
         let holder: Option<String> = row.try_get("lease_token")?;
-        let until: i64 = row.try_get("lease_until_ms")?;
-        Ok(if holder.is_none() || until < now().2 {
+        let expired: bool = row.try_get("expired")?;
+        Ok(if holder.is_none() || expired {
             Attempt::Taken((0, 0))
         } else {
             Attempt::Held
@@ -231,12 +237,13 @@ impl SessionStore {
     }
 
     async fn renew(&self, id: &str, token: &str) -> Result<(), SessionError> {
-        let renew = sqlx::query(
-            "UPDATE sessions SET lease_until_ms = $1 WHERE id = $2 AND lease_token = $3",
-        )
-        .bind(now().2 + LEASE_TTL.as_millis() as i64)
-        .bind(id)
-        .bind(token);
+        let sql = format!(
+            "UPDATE sessions SET lease_until_ms = {DB_NOW_MS} + $1 WHERE id = $2 AND lease_token = $3"
+        );
+        let renew = sqlx::query(&sql)
+            .bind(LEASE_TTL.as_millis() as i64)
+            .bind(id)
+            .bind(token);
         self.writer.execute("lease", renew).await.map(drop)
     }
 
