@@ -13,5 +13,5 @@ pub mod turn;
 pub use pipeline::{append, run};
 pub use state::Gateway;
 pub use turn::{
-    Complete, Encoder, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
+    Complete, Encoder, Native, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };

@@ -85,6 +85,12 @@ pub async fn run(
             content_type: headers,
             body,
         } if status.is_success() => {
+            if protocol.translates() && call.request.stream {
+                // The upstream ignored `stream`; a client that asked for another
+                // protocol's events cannot read a chat JSON body.
+                tracing::warn!("upstream answered a streaming request without a stream");
+                return Err(ApiError::BadGateway);
+            }
             let reply = match protocol.translates() || settlement.is_some() {
                 true => Some(Reply::from_completion(&body).ok_or_else(|| {
                     tracing::warn!("upstream reply had no choices[0].message; nothing stored");

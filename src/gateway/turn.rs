@@ -165,3 +165,57 @@ impl Encoder for Passthrough {
         None
     }
 }
+
+/// The protocol of a client that speaks its upstream's own API (native Responses,
+/// Anthropic's Messages): the request goes as it came, the answer comes back as it came.
+/// Only the encoder differs, for the endings and keep-alives gatewayd adds itself.
+pub struct Native {
+    request: Option<ChatRequest>,
+    endpoint: Endpoint,
+    api: NativeApi,
+    encoder: Option<Box<dyn Encoder>>,
+}
+
+impl Native {
+    pub fn new(request: ChatRequest, endpoint: Endpoint, api: NativeApi) -> Self {
+        Native {
+            request: Some(request),
+            endpoint,
+            api,
+            encoder: None,
+        }
+    }
+
+    /// Streams end and keep alive with `encoder` (by default: [`Passthrough`]).
+    pub fn with_encoder(mut self, encoder: Box<dyn Encoder>) -> Self {
+        self.encoder = Some(encoder);
+        self
+    }
+}
+
+impl Protocol for Native {
+    fn upstream_call(&mut self, _context: &History) -> Result<UpstreamCall, ApiError> {
+        Ok(UpstreamCall {
+            endpoint: self.endpoint,
+            request: self.request.take().ok_or(ApiError::Internal)?,
+            prefix: None,
+            native: Some(self.api),
+        })
+    }
+
+    fn translates(&self) -> bool {
+        false
+    }
+
+    fn reply(
+        &mut self,
+        _reply: Option<&Reply>,
+        answer: Complete,
+    ) -> Result<(Response, Record), ApiError> {
+        Ok((answer.into_response(), Record::default()))
+    }
+
+    fn encoder(&mut self) -> Box<dyn Encoder> {
+        self.encoder.take().unwrap_or_else(|| Box::new(Passthrough))
+    }
+}

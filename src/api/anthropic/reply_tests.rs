@@ -1,3 +1,5 @@
+//! Unit tests of the Anthropic reply shapes: stop reasons, tool ids that round-trip, messages and error bodies.
+
 use serde_json::json;
 
 use super::*;

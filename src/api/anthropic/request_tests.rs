@@ -1,3 +1,5 @@
+//! Unit tests of the Anthropic request translation: Claude Code-shaped requests, tool round trips, content blocks and refusals.
+
 use serde_json::{json, Value};
 
 use super::*;

@@ -23,7 +23,7 @@ use crate::api::responses::translate::random_id;
 use crate::api::state::AppState;
 use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{
-    Complete, Encoder, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
+    Complete, Encoder, Native, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };
 use crate::http::auth::{client_headers, Owner};
 use crate::http::body::read_json_body;
@@ -114,10 +114,8 @@ async fn native_turn(
         client_headers: client_headers(headers),
         records: false,
     };
-    let protocol = Native {
-        request: Some(request),
-        endpoint,
-    };
+    let protocol =
+        Native::new(request, endpoint, NativeApi::Messages).with_encoder(Box::new(NativeEvents));
     crate::gateway::run(state.gateway(), turn, protocol).await
 }
 
@@ -209,11 +207,6 @@ impl Protocol for Messages {
         reply: Option<&Reply>,
         _answer: Complete,
     ) -> Result<(Response, Record), ApiError> {
-        if self.t.stream {
-            // The upstream ignored `stream`; a streaming client cannot read a JSON body.
-            tracing::warn!("upstream answered a streaming request without a stream");
-            return Err(ApiError::BadGateway);
-        }
         let reply = reply.ok_or(ApiError::Internal)?;
         let message = super::reply::message(reply, &self.id, &self.t.model);
         let record = Record {
@@ -247,41 +240,6 @@ impl Protocol for Messages {
         {
             headers.insert(SESSION_HEADER, value);
         }
-    }
-}
-
-/// The client's Messages request, unchanged, to an upstream that speaks Anthropic's API;
-/// its answer unchanged.
-struct Native {
-    request: Option<ChatRequest>,
-    endpoint: Endpoint,
-}
-
-impl Protocol for Native {
-    fn upstream_call(&mut self, _context: &History) -> Result<UpstreamCall, ApiError> {
-        Ok(UpstreamCall {
-            endpoint: self.endpoint,
-            request: self.request.take().ok_or(ApiError::Internal)?,
-            prefix: None,
-            native: Some(NativeApi::Messages),
-        })
-    }
-
-    fn translates(&self) -> bool {
-        false
-    }
-
-    fn reply(
-        &mut self,
-        _reply: Option<&Reply>,
-        answer: Complete,
-    ) -> Result<(Response, Record), ApiError> {
-        let response = answer.into_response();
-        Ok((response, Record::default()))
-    }
-
-    fn encoder(&mut self) -> Box<dyn Encoder> {
-        Box::new(NativeEvents)
     }
 }
 

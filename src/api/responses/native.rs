@@ -14,17 +14,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::state::AppState;
-use crate::gateway::decode::Reply;
 use crate::gateway::resolve::native_holder;
 use crate::gateway::route::{respond, stored_response, Answer};
-use crate::gateway::{
-    Complete, Encoder, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
-};
+use crate::gateway::{Native, NativeApi, Stored, Turn};
 use crate::http::auth::client_headers;
-use crate::store::History;
 use crate::upstream::StoredResponseCall;
 use crate::wire::error::ApiError;
-use crate::wire::openai::{parse_request, ChatRequest, Endpoint};
+use crate::wire::openai::{parse_request, Endpoint};
 
 /// What routing needs from the request, read beside the untouched bytes. A duplicated
 /// field is refused, so gatewayd and the upstream cannot read different values.
@@ -93,45 +89,10 @@ pub async fn create(
         client_headers: client_headers(headers),
         records: names.store != Some(false),
     };
-    let protocol = Native {
-        request: Some(request),
-    };
+    let protocol = Native::new(request, Endpoint::Responses, NativeApi::Responses);
     crate::gateway::run(state.gateway(), turn, protocol)
         .await
         .map(Some)
-}
-
-/// The client's Responses request, unchanged, to a native upstream; its answer unchanged.
-struct Native {
-    request: Option<ChatRequest>,
-}
-
-impl Protocol for Native {
-    fn upstream_call(&mut self, _context: &History) -> Result<UpstreamCall, ApiError> {
-        Ok(UpstreamCall {
-            endpoint: Endpoint::Responses,
-            request: self.request.take().ok_or(ApiError::Internal)?,
-            prefix: None,
-            native: Some(NativeApi::Responses),
-        })
-    }
-
-    fn translates(&self) -> bool {
-        false
-    }
-
-    fn reply(
-        &mut self,
-        _reply: Option<&Reply>,
-        answer: Complete,
-    ) -> Result<(Response, Record), ApiError> {
-        let response = answer.into_response();
-        Ok((response, Record::default()))
-    }
-
-    fn encoder(&mut self) -> Box<dyn Encoder> {
-        Box::new(Passthrough)
-    }
 }
 
 /// Which stored-response call a route makes, with the client's query string.
