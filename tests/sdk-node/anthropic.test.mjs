@@ -4,12 +4,10 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { once } from "node:events";
-import http from "node:http";
 
 import Anthropic from "@anthropic-ai/sdk";
 
-import { CREATED, PIECES, TEXT, UPSTREAM_KEY, USAGE, keygen, startGatewayd } from "./harness.mjs";
+import { CREATED, PIECES, TEXT, UPSTREAM_KEY, USAGE, keygen, startGatewayd, startMock } from "./harness.mjs";
 
 const MODEL = "claude-sonnet-4-5";
 const CALL_ID = "call_mock_anthropic";
@@ -76,20 +74,6 @@ function answer(req, res, raw) {
   res.end("data: [DONE]\n\n");
 }
 
-async function startMock() {
-  const server = http.createServer((req, res) => {
-    const parts = [];
-    req.on("data", (part) => parts.push(part));
-    req.on("end", () => {
-      const raw = Buffer.concat(parts).toString("utf8");
-      received.push({ method: req.method, url: req.url, headers: req.headers, raw });
-      answer(req, res, raw);
-    });
-  });
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  return { url: `http://127.0.0.1:${server.address().port}/v1`, close: () => server.close() };
-}
 
 /** Every upstream request carrying `marker`, in order, checked for key hygiene. */
 function upstreamSaw(marker) {
@@ -115,7 +99,7 @@ let root;
 let client;
 
 before(async () => {
-  mock = await startMock();
+  mock = await startMock(answer, received);
   clientKey = keygen();
   gatewayd = await startGatewayd(mock.url, clientKey);
   root = gatewayd.baseURL.replace(/\/v1$/, ""); // the SDK adds /v1/messages itself

@@ -103,15 +103,18 @@ function answer(req, res, raw) {
   res.end("data: [DONE]\n\n");
 }
 
-/** Starts the mock upstream; resolves to `{ url, close() }` (`url` ends in /v1). */
-export async function startMock() {
+/**
+ * Starts the mock upstream; resolves to `{ url, close() }` (`url` ends in /v1). Another
+ * suite may answer its own way (`answerWith`) and keep its own log (`log`).
+ */
+export async function startMock(answerWith = answer, log = received) {
   const server = http.createServer((req, res) => {
     const parts = [];
     req.on("data", (part) => parts.push(part));
     req.on("end", () => {
       const raw = Buffer.concat(parts).toString("utf8");
-      received.push({ method: req.method, url: req.url, headers: req.headers, raw });
-      answer(req, res, raw);
+      log.push({ method: req.method, url: req.url, headers: req.headers, raw });
+      answerWith(req, res, raw);
     });
   });
   server.listen(0, "127.0.0.1");
