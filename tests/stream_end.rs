@@ -127,3 +127,92 @@ async fn an_error_inside_the_stream_is_not_stored() {
         "a turn the upstream failed is not stored"
     );
 }
+
+/// A close-delimited upstream (HTTP/1.1 without a length or chunking, `Connection:
+/// close`) that writes "Hello", " world", `[DONE]` and then one more event " MORE" as
+/// separate writes before closing. The client sees nothing after `[DONE]`, and the session
+/// stores what the client saw: "Hello world".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_after_done_on_a_close_delimited_stream_is_neither_relayed_nor_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                // Read the request head and its body (the gateway sends a content-length).
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let read = socket.read(&mut buffer).await.unwrap();
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .and_then(|value| value.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= head_end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let event = |text: &str| {
+                    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n")
+                };
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                for part in [
+                    head.to_string(),
+                    event("Hello"),
+                    event(" world"),
+                    "data: [DONE]\n\n".to_string(),
+                    event(" MORE"),
+                ] {
+                    if socket.write_all(part.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = socket.flush().await;
+                    tokio::task::yield_now().await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"close-delimited\"\nbase_url = \"http://{address}/v1\"\nmodels = [\"*\"]\n",
+        two_keys_toml()
+    ));
+    let gw = spawn_gateway(config).await;
+    for with_session in [true, false] {
+        let session = common::sessions::create(&gw, KEY_A, json!({})).await;
+        let mut request = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"model": "m", "stream": true,
+                "messages": [{"role": "user", "content": "hello"}]}));
+        if with_session {
+            request = request.header("x-session-id", &session);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+        assert!(body.contains("Hello") && body.contains(" world"), "{body}");
+        assert!(
+            body.ends_with("data: [DONE]\n\n"),
+            "session {with_session}: {body}"
+        );
+        assert!(!body.contains("MORE"), "session {with_session}: {body}");
+        if with_session {
+            let stored = common::sessions::messages(&gw, KEY_A, &session).await;
+            assert_eq!(stored.len(), 2, "{stored:?}");
+            assert_eq!(stored[1]["content"], "Hello world");
+        }
+    }
+}
