@@ -46,7 +46,9 @@ pub struct ServeArgs {
     #[arg(long, env = "API_SERVER_PORT", global = true)]
     pub port: Option<u16>,
 
-    /// Optional TOML config file; see config/gatewayd.example.toml.
+    /// Optional TOML config file (a regular file of at most 4 MiB); see
+    /// config/gatewayd.example.toml. `-` reads it from standard input, once: a SIGHUP
+    /// then keeps its [[keys]] and re-reads only the key files.
     #[arg(long, env = "GATEWAYD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cli::{LogFormat, ServeArgs};
+use super::file_read::{self, FileError, FileKind};
 use super::keys::KeyEntry;
 use super::limits::{self, Limits, RedisUrl};
 use super::proxies::{parse_trusted, ForwardedHeader};
@@ -66,11 +67,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {0}")]
+    Read(#[from] FileError),
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -231,20 +229,28 @@ impl Config {
     }
 }
 
+/// The `--config` value that reads the config from standard input.
+pub const STDIN_CONFIG: &str = "-";
+
 /// The `[[keys]]` of the config file as it is now on disk (for a SIGHUP reload). The
-/// whole file must still parse: a broken file never half-applies.
-pub fn reread_key_entries(path: Option<&Path>) -> Result<Vec<KeyEntry>, ConfigError> {
-    match path {
+/// whole file must still parse: a broken file never half-applies. A config read from
+/// standard input cannot be read again, so its `[[keys]]` stay those read at start.
+pub fn current_key_entries(config: &Config) -> Result<Vec<KeyEntry>, ConfigError> {
+    match config.config_path.as_deref() {
+        Some(path) if path == Path::new(STDIN_CONFIG) => Ok(config.key_entries.clone()),
         Some(path) => Ok(read_file(path)?.keys),
         None => Ok(Vec::new()),
     }
 }
 
+/// The config file (or standard input for `-`), through the shared reader: a regular
+/// file of at most 4 MiB, read under its deadline.
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = if path == Path::new(STDIN_CONFIG) {
+        file_read::read_stdin(FileKind::Config)?
+    } else {
+        file_read::read_text(path, FileKind::Config)?
+    };
     toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),

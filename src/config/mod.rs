@@ -3,7 +3,9 @@
 //! `SessionLimits` or `RedisUrl`) from here. Declarations and re-exports only.
 
 pub mod cli;
+pub mod file_read;
 pub mod keys;
+pub mod left_behind;
 pub mod limits;
 mod load;
 pub mod proxies;
@@ -12,7 +14,7 @@ pub mod tls;
 mod upstream;
 
 pub use limits::{Backend, Limits, RedisFailure, RedisUrl};
-pub use load::{reread_key_entries, Config, ConfigError, FileConfig};
+pub use load::{current_key_entries, Config, ConfigError, FileConfig, STDIN_CONFIG};
 pub use proxies::{parse_trusted, ForwardedHeader};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};
 pub use tls::TlsFiles;

@@ -11,6 +11,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
+use super::file_read::{self, FileError, FileKind};
+
 /// `[server.tls]`: where the listener's certificate chain and key are (paths only).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,11 +26,10 @@ pub struct TlsFiles {
 /// A certificate or key file that cannot be used. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {source}")]
     Read {
         what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
+        source: FileError,
     },
     #[error("{what} {}: {reason}", path.display())]
     Invalid {
@@ -45,12 +46,11 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A PEM file through the shared reader: a regular file of at most 1 MiB, under its deadline.
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
+    file_read::read(path, FileKind::Pem)
+        .map(|content| content.bytes)
+        .map_err(|source| TlsError::Read { what, source })
 }
 
 /// Every CERTIFICATE block of a PEM file; at least one.

@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::guard::GuardError;
-use super::reload::Reloader;
+use super::reload::Reloads;
 use super::startup::{self, StartupError};
 use super::systemd;
 use super::verdict::{auth_mode, Verdict};
@@ -150,29 +150,15 @@ impl Signals {
     }
 }
 
-/// SIGTERM / SIGINT start the drain; SIGHUP reloads the keys.
+/// SIGTERM / SIGINT start the drain; SIGHUP reloads keys and TLS files (never waiting:
+/// the reload runs on its own task, so SIGTERM is heard while a reload is stuck).
 async fn handle_signals(mut signals: Signals, state: AppState, shutdown: CancellationToken) {
-    let reloader = std::sync::Arc::new(Reloader::default());
+    let reloads = Reloads::start(state);
     loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break,
             _ = signals.terminate.recv() => break,
-            _ = signals.hangup.recv() => {
-                // Off the signal loop too: SIGTERM is heard while a reload is stuck.
-                let state = state.clone();
-                let reloader = reloader.clone();
-                tokio::spawn(async move {
-                    match reloader.reload(&state).await {
-                        Ok(keys) => {
-                            for warning in &keys.warnings {
-                                tracing::warn!("{warning}");
-                            }
-                            tracing::info!(keys = keys.keys.len(), auth = %auth_mode(&keys), "keys reloaded");
-                        }
-                        Err(err) => tracing::error!(error = %err, "key reload rejected; the previous keys stay in force"),
-                    }
-                });
-            }
+            _ = signals.hangup.recv() => reloads.request(),
         }
     }
     tracing::info!("shutdown requested; draining");

@@ -1,18 +1,30 @@
-//! SIGHUP: re-read every key source and swap the key set atomically, or keep the old one;
-//! the same for the listener's certificate and each upstream's TLS files.
+//! SIGHUP: re-read every key source and TLS file on a detached thread under a deadline, and install what is good; a stuck read never holds up a later reload.
 //!
-//! The re-read runs on its own thread under a deadline, never on the async workers: a
-//! key or config file on a hung filesystem delays nothing but the reload itself.
+//! Reads happen off the async workers, on a thread of their own: an `open()` that blocks
+//! cannot be cancelled. The thread hands over the keys first and the TLS files second,
+//! and each part is installed as it arrives, so a certificate that fails (or hangs) never
+//! holds back a key revocation. At [`RELOAD_DEADLINE`] the attempt ends whatever the
+//! thread does: a thread still running is left behind (logged, and counted in
+//! `gatewayd_reload_stuck_threads`), anything it reads later is thrown away, and the
+//! next SIGHUP starts a fresh reload at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::sign::CertifiedKey;
+use tokio::sync::Notify;
+
+use super::verdict::auth_mode;
 use crate::api::state::AppState;
 use crate::config;
 use crate::config::keys::{self, Env, KeySet, ProcessEnv};
+use crate::config::left_behind::{self, Watch};
+use crate::config::tls::TlsError;
+use crate::upstream::tls::{FreshTls, UpstreamTls};
 
-/// How long one reload may take before it is abandoned (the old keys stay in force).
+/// How long one reload may take before it is abandoned (what it has not installed by
+/// then stays as it was).
 pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -23,19 +35,16 @@ pub enum ReloadError {
     Keys(#[from] keys::KeyError),
     #[error("the new key set is empty; a reload never turns authentication off")]
     WouldDisableAuth,
-    #[error("the reload did not finish within {} s; a key or config file may be on a hung filesystem", RELOAD_DEADLINE.as_secs())]
+    #[error("the reload did not finish within {} s (a file on a hung filesystem?); its thread is left behind and the next SIGHUP starts a fresh reload", RELOAD_DEADLINE.as_secs())]
     TimedOut,
-    #[error("an earlier reload is still running (stuck reading a file); this one is skipped")]
-    StillRunning,
     #[error("the reload thread could not start: {0}")]
     Thread(String),
 }
 
 /// Re-reads API_SERVER_KEY_FILE, $CREDENTIALS_DIRECTORY/api_server_key and the config
-/// file's [[keys]], applying the same policy as startup. Blocking, and it swaps nothing:
-/// [`Reloader::reload`] installs the result only if it arrives within the deadline.
+/// file's [[keys]], applying the same policy as startup. Blocking, and it swaps nothing.
 pub fn fresh_keys(state: &AppState, env: &dyn Env) -> Result<KeySet, ReloadError> {
-    let entries = config::reread_key_entries(state.config.config_path.as_deref())?;
+    let entries = config::current_key_entries(&state.config)?;
     let fresh: KeySet = keys::load(env, &entries)?;
     if fresh.is_empty() && !state.keys.load().is_empty() {
         return Err(ReloadError::WouldDisableAuth);
@@ -43,23 +52,73 @@ pub fn fresh_keys(state: &AppState, env: &dyn Env) -> Result<KeySet, ReloadError
     Ok(fresh)
 }
 
-/// Re-reads the listener's certificate and key and every upstream's `ca_file` and
-/// client certificate (blocking). Each is swapped only when good; each outcome is logged.
-pub fn reload_tls(state: &AppState) {
-    if let Some(tls) = &state.tls {
-        match tls.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
-            Err(err) => tracing::error!(
-                error = %err,
-                "TLS certificate reload rejected; the previous certificate and key stay in force"
-            ),
-        }
+/// The listener's certificate and every upstream's TLS files, read but not in force.
+pub struct TlsReadout {
+    listener: Option<Result<CertifiedKey, TlsError>>,
+    upstreams: Vec<(Arc<UpstreamTls>, Result<FreshTls, TlsError>)>,
+}
+
+/// Reads the listener's certificate and key and every upstream's `ca_file` and client
+/// certificate (blocking; installs nothing).
+pub fn read_tls(state: &AppState) -> TlsReadout {
+    TlsReadout {
+        listener: state.tls.as_ref().map(|tls| tls.read_fresh()),
+        upstreams: state
+            .upstreams
+            .tls_settings()
+            .iter()
+            .map(|tls| (tls.clone(), tls.read_fresh()))
+            .collect(),
     }
-    for (upstream, outcome) in state.upstreams.reload_tls() {
+}
+
+/// One part of a reload, handed from the reading thread to the installer.
+enum Part {
+    Keys(Result<KeySet, ReloadError>),
+    Tls(TlsReadout),
+}
+
+fn install(state: &AppState, part: Part) {
+    match part {
+        Part::Keys(Ok(fresh)) => {
+            let fresh = Arc::new(fresh);
+            state.keys.store(fresh.clone());
+            for warning in &fresh.warnings {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(keys = fresh.keys.len(), auth = %auth_mode(&fresh), "keys reloaded");
+        }
+        Part::Keys(Err(err)) => key_reload_rejected(&err),
+        Part::Tls(readout) => install_tls(state, readout),
+    }
+}
+
+fn key_reload_rejected(err: &ReloadError) {
+    tracing::error!(error = %err, "key reload rejected; the previous keys stay in force");
+}
+
+/// Installs each good TLS part; each outcome is logged, a bad part leaves its old one.
+fn install_tls(state: &AppState, readout: TlsReadout) {
+    match (&state.tls, readout.listener) {
+        (Some(tls), Some(Ok(pair))) => {
+            tls.install(pair);
+            tracing::info!("TLS certificate reloaded");
+        }
+        (_, Some(Err(err))) => tracing::error!(
+            error = %err,
+            "TLS certificate reload rejected; the previous certificate and key stay in force"
+        ),
+        _ => {}
+    }
+    for (upstream, outcome) in readout.upstreams {
+        let name = upstream.name();
         match outcome {
-            Ok(()) => tracing::info!(%upstream, "upstream TLS files reloaded"),
+            Ok(fresh) => {
+                upstream.install(fresh);
+                tracing::info!(upstream = %name, "upstream TLS files reloaded");
+            }
             Err(err) => tracing::error!(
-                %upstream,
+                upstream = %name,
                 error = %err,
                 "upstream TLS reload rejected; its previous TLS settings stay in force"
             ),
@@ -67,43 +126,227 @@ pub fn reload_tls(state: &AppState) {
     }
 }
 
-/// Runs reloads one at a time on a detached thread (not tokio's blocking pool, whose
-/// threads would hold up shutdown), each under [`RELOAD_DEADLINE`].
-#[derive(Default)]
-pub struct Reloader {
-    running: Arc<AtomicBool>,
+/// Runs `read` on a detached thread (not tokio's blocking pool, whose threads would
+/// hold up shutdown), handing each part it sends to `install` as it arrives, until the
+/// thread ends or `deadline` passes. A thread still running then is left behind:
+/// counted, and whatever it sends later is dropped, never installed.
+async fn run_detached<P: Send + 'static>(
+    deadline: Duration,
+    read: impl FnOnce(&dyn Fn(P)) + Send + 'static,
+    mut install: impl FnMut(P),
+) -> Result<(), ReloadError> {
+    let (parts, mut arriving) = tokio::sync::mpsc::unbounded_channel();
+    let watch = Watch::new();
+    let end = watch.worker();
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let _end = end;
+            read(&|part| {
+                let _ = parts.send(part);
+            });
+        })
+        .map_err(|err| ReloadError::Thread(err.to_string()))?;
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(until, arriving.recv()).await {
+            Ok(Some(part)) => install(part),
+            Ok(None) => return Ok(()),
+            Err(_) if watch.abandon() => return Err(ReloadError::TimedOut),
+            // It ended just now: what it sent is complete and in time.
+            Err(_) => {
+                while let Ok(part) = arriving.try_recv() {
+                    install(part);
+                }
+                return Ok(());
+            }
+        }
+    }
 }
 
-impl Reloader {
-    /// On success the new set takes effect for the next request and is returned (for its
-    /// warnings); on any error, including the deadline, the old set stays in force.
-    pub async fn reload(&self, state: &AppState) -> Result<Arc<KeySet>, ReloadError> {
-        if self.running.swap(true, Ordering::AcqRel) {
-            return Err(ReloadError::StillRunning);
+/// One reload: keys, then TLS files, each installed if good and in time.
+async fn reload_once(state: AppState, deadline: Duration) {
+    let reader = state.clone();
+    let mut keys_seen = false;
+    let outcome = run_detached(
+        deadline,
+        move |send: &dyn Fn(Part)| {
+            send(Part::Keys(fresh_keys(&reader, &ProcessEnv)));
+            send(Part::Tls(read_tls(&reader)));
+        },
+        |part| {
+            keys_seen |= matches!(part, Part::Keys(_));
+            install(&state, part);
+        },
+    )
+    .await;
+    if let Err(err) = outcome {
+        if !keys_seen {
+            key_reload_rejected(&err);
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let running = self.running.clone();
-        let worker = state.clone();
-        let spawned = std::thread::Builder::new()
-            .name("key-reload".into())
-            .spawn(move || {
-                let result = fresh_keys(&worker, &ProcessEnv);
-                reload_tls(&worker);
-                running.store(false, Ordering::Release);
-                let _ = tx.send(result);
-            });
-        if let Err(err) = spawned {
-            self.running.store(false, Ordering::Release);
-            return Err(ReloadError::Thread(err.to_string()));
-        }
-        match tokio::time::timeout(RELOAD_DEADLINE, rx).await {
-            Ok(Ok(result)) => {
-                let fresh = Arc::new(result?);
-                state.keys.store(fresh.clone());
-                Ok(fresh)
+        tracing::error!(
+            error = %err,
+            threads_left_behind = left_behind::count(),
+            "reload abandoned; what it had not installed stays as it was"
+        );
+    }
+}
+
+/// Logs and publishes the number of threads left behind by hung file reads.
+fn report_left_behind(now: usize, grew: bool) {
+    crate::telemetry::set_reload_stuck_threads(now);
+    if grew {
+        tracing::warn!(
+            threads_left_behind = now,
+            "a thread stuck reading a file was left behind at its deadline"
+        );
+    } else {
+        tracing::info!(
+            threads_left_behind = now,
+            "a thread left behind by a hung file read has ended"
+        );
+    }
+}
+
+/// Where SIGHUPs go. One task runs the reloads, one at a time: a SIGHUP that arrives
+/// during a reload is answered by one fresh reload as soon as that one has finished or
+/// passed its deadline, so the latest files are always read after the latest SIGHUP.
+#[derive(Clone)]
+pub struct Reloads {
+    wanted: Arc<Notify>,
+}
+
+impl Reloads {
+    /// Starts the reload task for `state`. Must be called inside a runtime.
+    pub fn start(state: AppState) -> Reloads {
+        left_behind::report_to(report_left_behind);
+        crate::telemetry::set_reload_stuck_threads(left_behind::count());
+        Reloads::start_with(RELOAD_DEADLINE, move |deadline| {
+            reload_once(state.clone(), deadline)
+        })
+    }
+
+    fn start_with<F, R>(deadline: Duration, run: R) -> Reloads
+    where
+        F: Future<Output = ()> + Send + 'static,
+        R: Fn(Duration) -> F + Send + 'static,
+    {
+        let wanted = Arc::new(Notify::new());
+        let waiting = wanted.clone();
+        tokio::spawn(async move {
+            loop {
+                waiting.notified().await;
+                run(deadline).await;
             }
-            Ok(Err(_)) => Err(ReloadError::Thread("the reload thread ended early".into())),
-            Err(_) => Err(ReloadError::TimedOut),
+        });
+        Reloads { wanted }
+    }
+
+    /// Asks for a reload (a SIGHUP). Never waits.
+    pub fn request(&self) {
+        self.wanted.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    const SHORT: Duration = Duration::from_millis(200);
+
+    /// The count of threads left behind is per process: these tests take turns.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    #[tokio::test]
+    async fn a_stuck_reload_is_left_behind_and_never_installs_late() {
+        let _turn = SERIAL.lock().await;
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let installed = Arc::new(Mutex::new(Vec::new()));
+        let before = left_behind::count();
+        let seen = installed.clone();
+        let first = run_detached(
+            SHORT,
+            move |send: &dyn Fn(u32)| {
+                let _ = stuck.recv();
+                send(1);
+            },
+            move |part| seen.lock().unwrap().push(part),
+        )
+        .await;
+        assert!(matches!(first, Err(ReloadError::TimedOut)));
+        assert_eq!(left_behind::count(), before + 1);
+
+        let seen = installed.clone();
+        let second = run_detached(
+            SHORT,
+            |send: &dyn Fn(u32)| send(2),
+            move |part| seen.lock().unwrap().push(part),
+        )
+        .await;
+        assert!(second.is_ok(), "a fresh reload runs beside the stuck one");
+
+        release.send(()).unwrap();
+        while left_behind::count() != before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*installed.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_sighup_during_a_stuck_reload_gets_a_fresh_one_after_the_deadline() {
+        let _turn = SERIAL.lock().await;
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let stuck = Arc::new(Mutex::new(stuck));
+        let before = left_behind::count();
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let counted = runs.clone();
+        let reloads = Reloads::start_with(SHORT, move |deadline| {
+            let number = {
+                let mut runs = counted.lock().unwrap();
+                runs.push(tokio::time::Instant::now());
+                runs.len()
+            };
+            let done = done.clone();
+            let stuck = stuck.clone();
+            async move {
+                // The first reload hangs for ever; later ones finish at once.
+                let outcome = run_detached(
+                    deadline,
+                    move |send: &dyn Fn(usize)| {
+                        if number == 1 {
+                            let _ = stuck.lock().unwrap().recv();
+                        }
+                        send(number);
+                    },
+                    |_| {},
+                )
+                .await;
+                let _ = done.send((number, outcome.is_ok()));
+            }
+        });
+        reloads.request();
+        while runs.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        reloads.request();
+        reloads.request();
+        assert_eq!(finished.recv().await, Some((1, false)));
+        assert_eq!(left_behind::count(), before + 1);
+        assert_eq!(finished.recv().await, Some((2, true)));
+        {
+            let runs = runs.lock().unwrap();
+            assert_eq!(
+                runs.len(),
+                2,
+                "SIGHUPs during a reload are answered by one more"
+            );
+            assert!(runs[1] - runs[0] >= SHORT);
+        }
+        release.send(()).unwrap();
+        while left_behind::count() != before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

@@ -62,9 +62,19 @@ impl ListenerTls {
     /// Re-reads both files (blocking: call off the async workers). A good pair takes
     /// over for new handshakes; a bad one is refused and the old pair stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let pair = read_listener_pair(&self.files)?;
-        self.current.0.store(Arc::new(pair));
+        self.install(self.read_fresh()?);
         Ok(())
+    }
+
+    /// The first half of [`ListenerTls::reload`]: reads and checks the pair, swaps nothing
+    /// (so a reload that missed its deadline can never install what it read late).
+    pub fn read_fresh(&self) -> Result<CertifiedKey, TlsError> {
+        read_listener_pair(&self.files)
+    }
+
+    /// The second half: new handshakes get `pair`.
+    pub fn install(&self, pair: CertifiedKey) {
+        self.current.0.store(Arc::new(pair));
     }
 }
 

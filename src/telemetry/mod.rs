@@ -24,6 +24,8 @@ pub const AUTH_FAILURES: &str = "gatewayd_auth_failures_total";
 pub const RATE_LIMITED: &str = "gatewayd_rate_limited_total";
 /// Redis calls of the shared limiter that failed or timed out.
 pub const LIMIT_BACKEND_ERRORS: &str = "gatewayd_limit_backend_errors_total";
+/// Threads a reload left behind, stuck reading a file past their deadline, still running.
+pub const RELOAD_STUCK_THREADS: &str = "gatewayd_reload_stuck_threads";
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
@@ -140,6 +142,12 @@ pub fn count_refusal(error: &crate::wire::error::ApiError) {
         }
         _ => {}
     }
+}
+
+/// Publishes how many threads hung file reads have left behind.
+pub fn set_reload_stuck_threads(count: usize) {
+    handle();
+    metrics::gauge!(RELOAD_STUCK_THREADS).set(count as f64);
 }
 
 /// Counts a stream while it is open.

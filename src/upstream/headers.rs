@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::file_read::{read_text, FileKind};
 use crate::config::{HeaderSource, UpstreamApi, UpstreamConfig};
 
 /// gatewayd's product token, appended to the client's `User-Agent`.
@@ -261,8 +262,8 @@ fn resolve(name: &str, source: &str) -> Result<String, String> {
         };
     }
     if let Some(path) = source.strip_prefix("file:") {
-        let content = std::fs::read_to_string(path)
-            .map_err(|e| format!("headers: {name:?} cannot read file {path}: {e}"))?;
+        let content = read_text(std::path::Path::new(path), FileKind::Secret)
+            .map_err(|e| format!("headers: {name:?} cannot read file {e}"))?;
         return Ok(content.strip_suffix('\n').unwrap_or(&content).to_string());
     }
     Ok(source.to_string())

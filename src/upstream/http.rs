@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::headers::{pass_through, sensitive, RequestHeaders};
 use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
 use super::{UpstreamRequest, UpstreamResponse};
+use crate::config::file_read::{read_text, FileKind};
 use crate::config::{ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
 mod models;
@@ -285,8 +286,8 @@ fn read_api_key(config: &UpstreamConfig) -> Result<Option<Secret>, String> {
         };
     }
     if let Some(path) = &config.api_key_file {
-        let content = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read api_key_file {}: {e}", path.display()))?;
+        let content = read_text(path, FileKind::Secret)
+            .map_err(|e| format!("cannot read api_key_file {e}"))?;
         let key = content.strip_suffix('\n').unwrap_or(&content);
         return Ok(Some(Secret::new(key.to_string())));
     }

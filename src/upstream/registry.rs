@@ -92,6 +92,12 @@ impl Registry {
             .collect()
     }
 
+    /// The upstreams with TLS files of their own, for a reload that reads them all first
+    /// and installs them only if it finishes within its deadline.
+    pub fn tls_settings(&self) -> &[Arc<tls::UpstreamTls>] {
+        &self.tls
+    }
+
     pub fn upstream_names(&self) -> Vec<&str> {
         self.entries.iter().map(|e| e.upstream.name()).collect()
     }

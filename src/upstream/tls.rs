@@ -48,6 +48,12 @@ pub fn default_config() -> Result<ClientConfig, TlsError> {
         .with_no_client_auth())
 }
 
+/// One upstream's trust and client certificate as just read, not yet in force.
+pub struct FreshTls {
+    verifier: Arc<WebPkiServerVerifier>,
+    client_cert: Option<Arc<CertifiedKey>>,
+}
+
 /// One upstream's `ca_file` and client certificate, as loaded now.
 pub struct UpstreamTls {
     name: Arc<str>,
@@ -103,11 +109,23 @@ impl UpstreamTls {
     /// Re-reads `ca_file` and the client pair (blocking). All or nothing: on any error
     /// the previous trust and certificate stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let verifier = verifier_for(&self.ca_file)?;
-        let client_cert = self.read_client_cert()?;
-        self.verifier.0.store(verifier);
-        self.client_cert.0.store(client_cert);
+        self.install(self.read_fresh()?);
         Ok(())
+    }
+
+    /// The first half of [`UpstreamTls::reload`]: reads and checks every file, swaps
+    /// nothing (so a reload that missed its deadline never installs what it read late).
+    pub fn read_fresh(&self) -> Result<FreshTls, TlsError> {
+        Ok(FreshTls {
+            verifier: verifier_for(&self.ca_file)?,
+            client_cert: self.read_client_cert()?,
+        })
+    }
+
+    /// The second half: new handshakes use what `fresh` holds.
+    pub fn install(&self, fresh: FreshTls) {
+        self.verifier.0.store(fresh.verifier);
+        self.client_cert.0.store(fresh.client_cert);
     }
 
     fn read_client_cert(&self) -> Result<Option<Arc<CertifiedKey>>, TlsError> {
