@@ -2,6 +2,7 @@
 
 mod cache;
 mod group;
+mod headroom;
 mod items;
 mod lease;
 mod local_leases;
@@ -9,6 +10,7 @@ mod native;
 mod responses;
 mod retention;
 mod sessions;
+mod sqlite_files;
 mod turns;
 mod writer;
 

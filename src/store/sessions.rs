@@ -10,6 +10,8 @@ use sqlx::{AnyPool, Connection, Row};
 
 use super::cache::HistoryCache;
 use super::group::Committer;
+use super::headroom::{self, Headroom};
+use super::sqlite_files;
 use super::writer::Writer;
 use super::{new_session_id, now, Session, SessionError, SessionLimits};
 
@@ -44,22 +46,15 @@ pub struct StoredMessage {
 
 impl SessionStore {
     /// Opens (creating if needed) `data_dir/sessions.db` in WAL mode. The directory is
-    /// created with mode 0700: it holds people's conversations.
+    /// created with mode 0700 and the database 0600: they hold people's conversations.
     pub async fn open_sqlite(data_dir: &Path, limits: SessionLimits) -> Result<Self, SessionError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|e| {
-                SessionError::Setup(format!(
-                    "cannot create data dir {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
-        let owner_lock = lock_data_dir(data_dir)?;
-        let path = data_dir.join("sessions.db");
-        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let database = sqlite_files::prepare(data_dir)?;
+        let owner_lock = sqlite_files::lock(data_dir)?;
+        // The spare's room lets a database on a full disk open (its log index, its log
+        // checkpointed); the spare is made again once it is open.
+        let headroom = Headroom::new(&database);
+        let lent = headroom.release_spare();
+        let url = format!("sqlite://{}?mode=rwc", database.display());
         sqlx::any::install_default_drivers();
         let max_pages = limits.max_database_bytes / SQLITE_PAGE_BYTES;
         let pool = sqlite_pool(&url, 8, max_pages).await?;
@@ -70,7 +65,14 @@ impl SessionStore {
         sqlx::query("UPDATE sessions SET lease_token = NULL, lease_until_ms = 0 WHERE lease_token IS NOT NULL")
             .execute(&writer)
             .await?;
-        let mut store = Self::with_pools(pool, writer, limits, "sqlite");
+        {
+            let mut conn = writer.acquire().await?;
+            if let Err(err) = headroom.checkpoint(&mut conn).await {
+                tracing::warn!(error = %err, "write-ahead log checkpoint at start failed");
+            }
+        }
+        headroom.make_spare(lent).await;
+        let mut store = Self::with_pools(pool, writer, limits, "sqlite", Some(headroom));
         store._owner_lock = Some(owner_lock);
         store.local_leases = Some(Default::default());
         Ok(store)
@@ -86,7 +88,13 @@ impl SessionStore {
             .connect(url)
             .await?;
         MIGRATIONS.run(&pool).await?;
-        Ok(Self::with_pools(pool.clone(), pool, limits, "postgres"))
+        Ok(Self::with_pools(
+            pool.clone(),
+            pool,
+            limits,
+            "postgres",
+            None,
+        ))
     }
 
     fn with_pools(
@@ -94,8 +102,9 @@ impl SessionStore {
         writer: AnyPool,
         limits: SessionLimits,
         backend: &'static str,
+        headroom: Option<Headroom>,
     ) -> Self {
-        let writer = Arc::new(Writer::new(writer));
+        let writer = Arc::new(Writer::new(writer, headroom));
         SessionStore {
             pool,
             committer: Committer::spawn(writer.clone(), limits),
@@ -322,27 +331,6 @@ impl SessionStore {
     }
 }
 
-/// One gatewayd per SQLite file: a second process would share leases it cannot see
-/// being renewed. Several instances share sessions through PostgreSQL instead.
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, SessionError> {
-    let path = data_dir.join("sessions.lock");
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| SessionError::Setup(format!("cannot open {}: {e}", path.display())))?;
-    file.try_lock().map_err(|_| {
-        SessionError::Setup(format!(
-            "the data dir {} is in use by another gatewayd process. SQLite sessions serve one \
-             instance; give each instance its own --data-dir, or share sessions through \
-             PostgreSQL ([sessions] database_url)",
-            data_dir.display()
-        ))
-    })?;
-    Ok(file)
-}
-
 async fn sqlite_pool(url: &str, connections: u32, max_pages: u64) -> Result<AnyPool, SessionError> {
     Ok(AnyPoolOptions::new()
         .max_connections(connections)
@@ -366,6 +354,10 @@ async fn sqlite_pool(url: &str, connections: u32, max_pages: u64) -> Result<AnyP
                     // grow with the file (measured in the soak), hiding real leaks.
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                // A small write-ahead log, checkpointed often (see `headroom.rs`).
+                for pragma in headroom::pragmas() {
+                    sqlx::query(&pragma).execute(&mut *conn).await?;
                 }
                 Ok(())
             })

@@ -9,6 +9,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool};
 
+use super::headroom::Headroom;
 use super::SessionError;
 
 /// Counter of failed storage operations, labelled by `op`.
@@ -32,22 +33,32 @@ pub struct Writer {
     writable: AtomicBool,
     last_probe: Mutex<Option<Instant>>,
     last_failure: Mutex<Option<Instant>>,
+    /// SQLite only: keeps the write-ahead log small and room to checkpoint it.
+    headroom: Option<Headroom>,
 }
 
 impl Writer {
-    pub fn new(pool: AnyPool) -> Self {
+    pub fn new(pool: AnyPool, headroom: Option<Headroom>) -> Self {
         Writer {
             pool,
             writable: AtomicBool::new(true),
             last_probe: Mutex::new(None),
             last_failure: Mutex::new(None),
+            headroom,
         }
     }
 
     /// A connection for one write operation. Hand it back through [`Writer::finish`].
+    /// On SQLite, a write-ahead log that outgrew its checkpoints is checkpointed first,
+    /// so that it stays a small part of the volume (see `headroom.rs`).
     pub async fn acquire(&self, op: &'static str) -> Result<PoolConnection<Any>, SessionError> {
         match self.pool.acquire().await {
-            Ok(conn) => Ok(conn),
+            Ok(mut conn) => {
+                if let Some(headroom) = &self.headroom {
+                    headroom.before_write(&mut conn).await;
+                }
+                Ok(conn)
+            }
             Err(err) => Err(self.failed(op, SessionError::Storage(err))),
         }
     }
