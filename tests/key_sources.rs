@@ -1,4 +1,4 @@
-//! Key sources fail closed, on the real binary: dangling or unreadable credentials, FIFOs, devices, oversized and world-readable key files, and a SIGHUP that meets a FIFO.
+//! Key sources fail closed, on the real binary: dangling, missing or unreadable credentials, FIFOs, devices, oversized and world-readable key files, and a SIGHUP that meets a FIFO.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,6 +63,25 @@ fn a_dangling_credential_symlink_is_refused_not_keyless() {
     refused(
         &[("CREDENTIALS_DIRECTORY", &dir)],
         &[link.to_str().unwrap(), "symbolic link"],
+    );
+}
+
+#[test]
+fn a_credentials_directory_that_does_not_exist_is_refused_not_keyless() {
+    // systemd creates $CREDENTIALS_DIRECTORY before it starts the service: a missing one
+    // is a typo or a stale path, never "no credential" (which would mean keyless mode).
+    let gone = common::temp_dir("cred-gone").join("never-created");
+    refused(
+        &[("CREDENTIALS_DIRECTORY", &gone)],
+        &[
+            gone.to_str().unwrap(),
+            "CREDENTIALS_DIRECTORY",
+            "does not exist",
+        ],
+    );
+    refused(
+        &[("CREDENTIALS_DIRECTORY", Path::new("/nonexistent"))],
+        &["/nonexistent", "does not exist"],
     );
 }
 

@@ -34,8 +34,17 @@ fn tls_toml(cert: &std::path::Path, key: &std::path::Path) -> String {
 }
 
 async fn tls_gateway(pair: &Pair) -> Gateway {
+    tls_gateway_with(pair, "").await
+}
+
+/// [`tls_gateway`] with more config (e.g. a `[limits]` table) appended.
+async fn tls_gateway_with(pair: &Pair, extra_toml: &str) -> Gateway {
     let (cert, key) = pair.write(&temp_dir("tls"));
-    let config = config_from_toml(&format!("{}{}", tls_toml(&cert, &key), two_keys_toml()));
+    let config = config_from_toml(&format!(
+        "{}{}{extra_toml}",
+        tls_toml(&cert, &key),
+        two_keys_toml()
+    ));
     let tls = Arc::new(ListenerTls::load(config.tls.as_ref().unwrap()).unwrap());
     let store = open_store(&config, false).await;
     let state = state_for(config).with_sessions(store).with_tls(tls);
@@ -110,6 +119,38 @@ async fn a_wrong_host_or_an_expired_certificate_is_refused_by_the_client() {
     let client = client_trusting(&ca.pem(), HOST, good.addr).build().unwrap();
     let ok = client.get(https(good.addr.port(), "/health")).send().await;
     assert_eq!(ok.unwrap().status(), 200);
+}
+
+/// A handshake that stalls after its first bytes is closed within `unauthenticated_idle_secs`
+/// (default 5 s), not the longer `header_read_timeout_secs` (default 10 s) its first byte
+/// used to start. The two are set far apart so the bound is unmistakable on a slow run.
+#[tokio::test]
+async fn a_stalled_handshake_is_closed_at_the_unauthenticated_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("test CA");
+    let limits = "[limits]\nheader_read_timeout_secs = 60\nunauthenticated_idle_secs = 2\n";
+    let gw = tls_gateway_with(&ca.server(&[HOST]), limits).await;
+    // A TLS record header announcing a 512-byte ClientHello, and then nothing.
+    let partial_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+    for first_bytes in [&partial_hello[..], &[][..]] {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let started = Instant::now();
+        stream.write_all(first_bytes).await.unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("a handshake stalled after {first_bytes:?} was held past 30 s"),
+            }
+        }
+        let held = started.elapsed();
+        assert!(
+            held >= Duration::from_millis(1500) && held < Duration::from_secs(20),
+            "a handshake stalled after {first_bytes:?} was held {held:?}, not about 2 s"
+        );
+    }
 }
 
 fn signal(process: &common::Process, name: &str) {

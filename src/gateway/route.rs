@@ -24,8 +24,8 @@ pub enum Answer {
     Complete {
         status: StatusCode,
         /// Every upstream header the client sees, Content-Type included (filtered by
-        /// `upstream::headers::pass_through`). The field keeps its first name so callers
-        /// that only move it along need no change; rename it to `headers` with them.
+        /// `upstream::headers::response`). The field keeps its first name so callers that
+        /// only move it along need no change; rename it to `headers` with them.
         content_type: HeaderMap,
         body: Bytes,
     },

@@ -21,22 +21,9 @@ use super::state::EdgeState;
 use crate::wire::error::ApiError;
 
 /// Headers a reverse proxy, CDN or tunnel adds. Their presence means the peer address is
-/// not the client. (A proxy that adds none cannot be detected: see the README.)
-pub const PROXY_HEADERS: [&str; 13] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "x-original-url",
-    "x-rewrite-url",
-    "via",
-];
+/// not the client. (A proxy that adds none cannot be detected: see the README.) The one
+/// list the upstream header policy also uses: none of them is ever forwarded upstream.
+pub use crate::upstream::headers::PROXY_HEADERS;
 
 /// The edge's check before routing: the header count, and keyless mode's refusals. Its
 /// refusals still get the security headers (the edge adds them to every response).

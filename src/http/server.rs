@@ -217,6 +217,8 @@ fn spawn_connection<IO>(
                 let handshake = tokio::select! {
                     handshake = acceptor.accept(tracked) => handshake,
                     _ = activity.expired(timeouts) => return,
+                    // Before any request passed auth: the unauthenticated bound, bytes or not.
+                    _ = tokio::time::sleep(timeouts.unauthenticated_idle) => return,
                     _ = shutdown.cancelled() => return,
                 };
                 match handshake {

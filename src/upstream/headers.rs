@@ -1,6 +1,6 @@
 //! Which headers cross the gateway: client → upstream (a safe list, per-upstream extras,
-//! static and auth headers) and upstream → client (end-to-end headers, minus what is
-//! hop-by-hop, sets state, or names the upstream).
+//! static and auth headers), and the lists both directions share. Upstream → client is
+//! [`response`].
 //!
 //! Every decision is made once per upstream at startup; per request it is one pass over
 //! the headers.
@@ -11,6 +11,8 @@ use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::file_read::{read_text, FileKind};
 use crate::config::{HeaderSource, UpstreamApi, UpstreamConfig};
+
+pub mod response;
 
 /// gatewayd's product token, appended to the client's `User-Agent`.
 pub const PRODUCT: &str = concat!("gatewayd/", env!("CARGO_PKG_VERSION"));
@@ -26,73 +28,88 @@ const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 
-/// Client headers never forwarded, whatever `forward_headers` says: credentials meant
-/// for gatewayd, account selectors of the caller's own OpenAI account, gatewayd's own
-/// session header, proxy and hop-by-hop headers, and what gatewayd sets itself. Also
-/// checked per request, so no `forward_headers` prefix can let one through.
-const NEVER_FORWARD: [&str; 19] = [
+/// Headers a reverse proxy, CDN or tunnel adds to name the client, the original host or
+/// the original URL. Anyone can also forge them. So the edge reads their presence as
+/// "proxied" (keyless mode refuses such a request), no client's copy is ever forwarded
+/// upstream (not even under `forward_headers = ["*"]`), and no upstream's copy is passed
+/// back to a client. Every `x-forwarded-*` header is treated the same way.
+pub const PROXY_HEADERS: [&str; 13] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "via",
+];
+/// The prefix of the proxy headers [`PROXY_HEADERS`] cannot list one by one.
+const PROXY_HEADER_PREFIX: &str = "x-forwarded-";
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (plus the obsolete `keep-alive` and
+/// `proxy-connection`): they describe one connection, never the message. Any header a
+/// `Connection` header names is hop-by-hop too ([`named_in_connection`]).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Client headers never forwarded, whatever `forward_headers` says, besides the proxy
+/// and hop-by-hop lists: credentials meant for gatewayd, cookies, account selectors of
+/// the caller's own OpenAI account, gatewayd's own session header, and what gatewayd
+/// sets itself. Also checked per request, so no `forward_headers` prefix can let one
+/// through.
+const NEVER_FORWARD: [&str; 11] = [
     "authorization",
     "x-api-key",
     "api-key",
     "cookie",
+    "cookie2",
     "openai-organization",
     "openai-project",
     "x-session-id",
-    "forwarded",
-    "x-real-ip",
-    "via",
     "host",
     "content-length",
     "content-type",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
-const NEVER_FORWARD_PREFIXES: [&str; 2] = ["x-forwarded-", "proxy-"];
+const NEVER_FORWARD_PREFIXES: [&str; 2] = [PROXY_HEADER_PREFIX, "proxy-"];
 
-/// Upstream response headers never passed to the client: hop-by-hop (RFC 9110 §7.6.1),
-/// framing gatewayd sets itself, state and identity of the upstream, and policies that
-/// are gatewayd's own (its `Cache-Control: no-store`, CORS, HSTS, session header).
-const NEVER_PASS: [&str; 23] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "set-cookie",
-    "set-cookie2",
-    "server",
-    "alt-svc",
-    "via",
-    "date",
-    "cache-control",
-    "strict-transport-security",
-    "www-authenticate",
-    "x-session-id",
-    "openai-organization",
-    "openai-project",
-    "anthropic-organization-id",
-    "x-request-id",
-];
+/// Is `name` (lowercase) one of [`PROXY_HEADERS`] or an `x-forwarded-*` header?
+pub fn is_proxy_header(name: &str) -> bool {
+    PROXY_HEADERS.contains(&name) || name.starts_with(PROXY_HEADER_PREFIX)
+}
 
-/// The upstream's request id, renamed so gatewayd's own `X-Request-Id` stays.
-pub const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+/// Does a `Connection` header of `headers` list `name` (lowercase)? No allocation: the
+/// few `Connection` values are split in place.
+pub fn named_in_connection(headers: &HeaderMap, name: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
 
-/// The client headers that may leave gatewayd at all, for any upstream: the never-list
-/// removed, and any header whose value contains the caller's own key (`client_token`).
+/// The client headers that may leave gatewayd at all, for any upstream: the never-lists
+/// removed, every header the client's `Connection` names (hop-by-hop, RFC 9110 §7.6.1),
+/// and any header whose value contains the caller's own key (`client_token`).
 pub fn forwardable(client: &HeaderMap, client_token: Option<&[u8]>) -> HeaderMap {
     let mut out = HeaderMap::new();
+    let has_connection = client.contains_key(header::CONNECTION);
     for (name, value) in client {
         let n = name.as_str();
-        let never =
-            NEVER_FORWARD.contains(&n) || NEVER_FORWARD_PREFIXES.iter().any(|p| n.starts_with(p));
+        let never = is_never_forwarded(n) || (has_connection && named_in_connection(client, n));
         let names_key =
             client_token.is_some_and(|t| !t.is_empty() && contains(value.as_bytes(), t));
         if !never && !names_key {
@@ -108,6 +125,9 @@ pub struct RequestHeaders {
     extra_prefixes: Vec<String>,
     /// Static headers, then the auth header; all sensitive, so never in debug output.
     fixed: Vec<(HeaderName, HeaderValue)>,
+    /// The upstream key and the static values read from `env:`/`file:` (the config's
+    /// place for secrets): no response header containing one reaches a client.
+    secrets: Vec<Box<[u8]>>,
 }
 
 impl RequestHeaders {
@@ -147,6 +167,7 @@ impl RequestHeaders {
             }
         }
         let mut fixed = static_headers(&config.headers)?;
+        let mut secrets: Vec<Box<[u8]>> = secret_static_values(&config.headers, &fixed);
         if anthropic && !fixed.iter().any(|(n, _)| *n == ANTHROPIC_VERSION_HEADER) {
             let version = HeaderValue::from_static(ANTHROPIC_VERSION);
             fixed.push((ANTHROPIC_VERSION_HEADER, version));
@@ -166,12 +187,20 @@ impl RequestHeaders {
             let value = sensitive(value).ok_or("the API key is not a valid header value")?;
             fixed.retain(|(n, _)| *n != name);
             fixed.push((name, value));
+            secrets.push(key.as_bytes().into());
         }
         Ok(RequestHeaders {
             extra_exact,
             extra_prefixes,
             fixed,
+            secrets,
         })
+    }
+
+    /// The secret values this upstream is sent: its key, and static values read from
+    /// `env:`/`file:` of at least [`MIN_STATIC_SECRET`] bytes.
+    pub fn secrets(&self) -> impl Iterator<Item = &[u8]> {
+        self.secrets.iter().map(|s| &s[..])
     }
 
     /// Adds the forwarded client headers, `User-Agent` with gatewayd's token, and the
@@ -217,7 +246,10 @@ impl RequestHeaders {
 }
 
 fn is_never_forwarded(name: &str) -> bool {
-    NEVER_FORWARD.contains(&name) || NEVER_FORWARD_PREFIXES.iter().any(|p| name.starts_with(p))
+    NEVER_FORWARD.contains(&name)
+        || HOP_BY_HOP.contains(&name)
+        || is_proxy_header(name)
+        || NEVER_FORWARD_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 fn static_headers(
@@ -250,6 +282,28 @@ fn static_headers(
     Ok(fixed)
 }
 
+/// Shorter static values are not treated as secrets: matching them would drop unrelated
+/// response headers (a `Retry-After: 42` for an `x-org: env:ORG` of "42").
+const MIN_STATIC_SECRET: usize = 8;
+
+/// The resolved values of the static headers given as `env:NAME` or `file:PATH`.
+fn secret_static_values(
+    headers: &BTreeMap<String, HeaderSource>,
+    fixed: &[(HeaderName, HeaderValue)],
+) -> Vec<Box<[u8]>> {
+    let from_secret_source = |name: &HeaderName| {
+        headers.iter().any(|(configured, source)| {
+            configured.eq_ignore_ascii_case(name.as_str())
+                && (source.0.starts_with("env:") || source.0.starts_with("file:"))
+        })
+    };
+    fixed
+        .iter()
+        .filter(|(name, value)| from_secret_source(name) && value.len() >= MIN_STATIC_SECRET)
+        .map(|(_, value)| value.as_bytes().into())
+        .collect()
+}
+
 /// A static header value: literal, `env:NAME` or `file:PATH` (one trailing newline
 /// stripped). Errors name the variable or file, never the value.
 fn resolve(name: &str, source: &str) -> Result<String, String> {
@@ -276,48 +330,6 @@ pub fn sensitive(value: String) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// The upstream response headers a client sees. `upstream_host` is lowercase.
-pub fn pass_through(upstream: HeaderMap, upstream_host: &str) -> HeaderMap {
-    let listed_in_connection: Vec<String> = upstream
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in upstream {
-        let name = match name {
-            Some(name) => {
-                current = Some(name.clone());
-                name
-            }
-            None => match &current {
-                Some(name) => name.clone(),
-                None => continue,
-            },
-        };
-        let n = name.as_str();
-        if n == "x-request-id" {
-            out.append(UPSTREAM_REQUEST_ID, value);
-            continue;
-        }
-        let dropped = NEVER_PASS.contains(&n)
-            || n.starts_with("access-control-")
-            || listed_in_connection.iter().any(|c| c == n)
-            || (!upstream_host.is_empty()
-                && contains(
-                    &value.as_bytes().to_ascii_lowercase(),
-                    upstream_host.as_bytes(),
-                ));
-        if !dropped {
-            out.append(name, value);
-        }
-    }
-    out
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.len() <= haystack.len() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -325,36 +337,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn response_filter() {
-        let mut upstream = HeaderMap::new();
-        upstream.insert("retry-after", HeaderValue::from_static("2"));
-        upstream.insert(
-            "x-ratelimit-remaining-requests",
-            HeaderValue::from_static("0"),
-        );
-        upstream.insert("x-request-id", HeaderValue::from_static("req_up"));
-        upstream.insert("set-cookie", HeaderValue::from_static("a=b"));
-        upstream.insert("connection", HeaderValue::from_static("x-hop"));
-        upstream.insert("x-hop", HeaderValue::from_static("1"));
-        upstream.insert(
-            "location",
-            HeaderValue::from_static("https://API.example.net/v1/x"),
-        );
-        upstream.insert("content-type", HeaderValue::from_static("application/json"));
-        let out = pass_through(upstream, "api.example.net");
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "retry-after",
-                "x-ratelimit-remaining-requests",
-                "x-upstream-request-id",
-                "content-type"
-            ]
-        );
-    }
 
     #[test]
     fn the_caller_key_never_leaves() {
@@ -366,5 +348,46 @@ mod tests {
         let out = forwardable(&client, Some(b"k3y"));
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-stainless-os"]);
+    }
+
+    #[test]
+    fn headers_the_client_connection_names_stay_here() {
+        let mut client = HeaderMap::new();
+        client.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Stainless-Internal ,x-trace"),
+        );
+        client.insert("x-stainless-internal", HeaderValue::from_static("1"));
+        client.insert("x-stainless-os", HeaderValue::from_static("Linux"));
+        client.insert("x-trace", HeaderValue::from_static("t"));
+        client.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        let out = forwardable(&client, None);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-stainless-os"]);
+    }
+
+    #[test]
+    fn a_wildcard_forwards_no_spoofable_header() {
+        let config: UpstreamConfig =
+            toml::from_str("name = \"u\"\nbase_url = \"http://h/v1\"\nforward_headers = [\"*\"]\n")
+                .unwrap();
+        let policy = RequestHeaders::new(&config, Some("sk-up")).unwrap();
+        let mut client = HeaderMap::new();
+        for name in PROXY_HEADERS
+            .into_iter()
+            .chain(["cookie2", "x-forwarded-anything"])
+        {
+            client.insert(name, HeaderValue::from_static("1.2.3.4"));
+        }
+        client.insert("x-my-custom", HeaderValue::from_static("yes"));
+        let mut out = HeaderMap::new();
+        policy.apply(&forwardable(&client, None), &mut out);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["accept", "authorization", "user-agent", "x-my-custom"]
+        );
+        assert_eq!(policy.secrets().collect::<Vec<_>>(), [b"sk-up"]);
     }
 }

@@ -17,7 +17,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::headers::{pass_through, sensitive, RequestHeaders};
+use super::headers::response::ResponseHeaders;
+use super::headers::{sensitive, RequestHeaders};
 use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
 use super::{UpstreamRequest, UpstreamResponse};
 use crate::config::file_read::{read_text, FileKind};
@@ -94,8 +95,9 @@ pub struct HttpUpstream {
     request_headers: RequestHeaders,
     /// `host:port`, for logs an operator can act on (never the URL or key).
     authority: Arc<str>,
-    /// Lowercase host: a response header naming it is not passed to clients.
-    host: String,
+    /// What of the upstream's answer headers a client sees: nothing naming its host,
+    /// its key or its other secrets.
+    response_headers: ResponseHeaders,
     client: Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
@@ -113,11 +115,13 @@ impl HttpUpstream {
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let base_url = config.base_url.trim_end_matches('/');
         let mut basic_auth = None;
+        let mut basic_password = None;
         let mut uri = |path: &str| -> Result<url::Url, UpstreamError> {
             let mut url = url::Url::parse(&format!("{base_url}/{path}"))
                 .map_err(|_| config_error("base_url is not a valid URL"))?;
-            if let Some(basic) = take_credentials(&mut url).map_err(config_error)? {
+            if let Some((basic, password)) = take_credentials(&mut url).map_err(config_error)? {
                 basic_auth = Some(basic);
+                basic_password = Some(Secret::new(password));
             }
             if !config.query.is_empty() {
                 url.query_pairs_mut().extend_pairs(&config.query);
@@ -141,6 +145,13 @@ impl HttpUpstream {
         let request_headers = RequestHeaders::new(config, api_key.as_ref().map(Secret::expose))
             .map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let host = models_uri.host().unwrap_or_default().to_ascii_lowercase();
+        // The Basic credentials as sent (base64) and the password as written.
+        let basic_secrets = basic_auth
+            .iter()
+            .map(|basic| basic.as_bytes().strip_prefix(b"Basic ").unwrap_or_default())
+            .chain(basic_password.iter().map(|p| p.expose().as_bytes()));
+        let response_headers =
+            ResponseHeaders::new(&host, request_headers.secrets().chain(basic_secrets));
         let port = models_uri
             .port_u16()
             .unwrap_or(match models_uri.scheme_str() {
@@ -157,7 +168,7 @@ impl HttpUpstream {
             basic_auth,
             request_headers,
             authority: format!("{host}:{port}").into(),
-            host,
+            response_headers,
             client,
             first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
@@ -228,8 +239,9 @@ impl HttpUpstream {
     }
 }
 
-/// Moves `user:password@` out of the URL into a Basic `Authorization` value.
-fn take_credentials(url: &mut url::Url) -> Result<Option<HeaderValue>, &'static str> {
+/// Moves `user:password@` out of the URL into a Basic `Authorization` value; also
+/// returns the password (empty when none), which no response header may echo.
+fn take_credentials(url: &mut url::Url) -> Result<Option<(HeaderValue, String)>, &'static str> {
     if url.username().is_empty() && url.password().is_none() {
         return Ok(None);
     }
@@ -243,10 +255,11 @@ fn take_credentials(url: &mut url::Url) -> Result<Option<HeaderValue>, &'static 
     let password = url.password().map(decode).transpose().map_err(|_| bad)?;
     let cleared = url.set_username("").and_then(|()| url.set_password(None));
     cleared.map_err(|()| "base_url credentials cannot be removed")?;
-    let pair = format!("{username}:{}", password.unwrap_or_default());
+    let password = password.unwrap_or_default();
+    let pair = format!("{username}:{password}");
     let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
     sensitive(format!("Basic {encoded}"))
-        .map(Some)
+        .map(|basic| Some((basic, password)))
         .ok_or("base_url credentials are not a valid header value")
 }
 
@@ -359,7 +372,7 @@ impl HttpUpstream {
             .boxed();
         UpstreamResponse {
             status: parts.status,
-            headers: pass_through(parts.headers, &self.host),
+            headers: self.response_headers.pass_through(&parts.headers),
             body,
             idle_timeout: self.idle_timeout,
             require_done: self.require_done,

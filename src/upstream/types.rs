@@ -53,7 +53,7 @@ pub type ModelObject = serde_json::Map<String, serde_json::Value>;
 pub struct UpstreamResponse {
     pub status: ::http::StatusCode,
     /// The headers a client may see (Content-Type included), already filtered by
-    /// [`super::headers::pass_through`].
+    /// [`super::headers::response::ResponseHeaders::pass_through`].
     pub headers: ::http::HeaderMap,
     pub body: ByteStream,
     /// The longest silence allowed between body chunks.

@@ -81,6 +81,8 @@ pub enum KeyError {
         source_name: String,
         problem: WeakKey,
     },
+    #[error("CREDENTIALS_DIRECTORY names {}, which does not exist. systemd creates it for LoadCredential=; unset CREDENTIALS_DIRECTORY or point it at the credentials directory. gatewayd never falls back to running without a key", .0.display())]
+    MissingCredentialsDirectory(PathBuf),
     #[error("[[keys]] entry {name:?}: {problem}")]
     BadEntry { name: String, problem: String },
 }
@@ -139,6 +141,13 @@ pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
     };
     let credential = match env.var("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()) {
         Some(dir) => {
+            // systemd creates the directory before it starts the service, so a missing
+            // one is a misconfiguration (a typo, a stale path), never "no credential".
+            if let Err(err) = std::fs::metadata(&dir) {
+                if err.kind() == std::io::ErrorKind::NotFound {
+                    return Err(KeyError::MissingCredentialsDirectory(dir.into()));
+                }
+            }
             let path = Path::new(&dir).join("api_server_key");
             // Absent only when nothing exists there: a dangling link or EACCES refuses.
             if keyfile::present(&path)? {
