@@ -509,6 +509,7 @@ async fn old_responses_are_purged() {
         context: "[]".into(),
         input_items: "[]".into(),
         response: "{}".into(),
+        ..Default::default()
     };
     store
         .commit("someone", None, &[], Some(&old))

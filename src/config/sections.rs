@@ -19,6 +19,8 @@ pub struct ResponsesSection {
     pub unsupported_tools: ToolPolicy,
     /// Stored responses older than this many days are deleted; 0 keeps them forever.
     pub retention_days: u64,
+    /// What one key's stored responses may hold together (bytes); 0 = no limit.
+    pub max_bytes_per_key: u64,
 }
 
 impl ResponsesSection {
@@ -33,6 +35,7 @@ impl Default for ResponsesSection {
         ResponsesSection {
             unsupported_tools: Default::default(),
             retention_days: 30,
+            max_bytes_per_key: 256 * 1024 * 1024,
         }
     }
 }

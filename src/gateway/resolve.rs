@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
 use super::turn::Stored;
 use crate::store::{
     parse_session_id, session_id_of_conversation, History, SessionError, SessionLease, SessionStore,
@@ -55,19 +53,15 @@ pub async fn resolve(
         }
         Stored::Response(id) => {
             let found = match is_response_id(id) {
-                true => store.response(owner, id).await,
+                true => store.response_context(owner, id).await,
                 false => Err(SessionError::NotFound),
             };
-            let found = found.map_err(|err| match err {
+            let context = found.map_err(|err| match err {
                 SessionError::NotFound => previous_response_not_found(),
                 other => ApiError::from(other),
             })?;
-            let context: Vec<Box<RawValue>> =
-                serde_json::from_str(&found.context).map_err(|_| ApiError::Internal)?;
-            let messages: Vec<String> = context.iter().map(|m| m.get().to_string()).collect();
             let mut resolved = Resolved::fresh();
-            resolved.context.bytes = messages.iter().map(String::len).sum();
-            resolved.context.messages = messages;
+            resolved.context = context;
             Ok(resolved)
         }
         Stored::NativeResponse(id) => {

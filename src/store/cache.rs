@@ -7,6 +7,10 @@
 //! shared PostgreSQL (or anything else that changed the row) makes the entry a miss, and
 //! the history is read from the database as before. Deletes drop entries only to free
 //! memory early: a deleted session has no row, so its lease is refused before any read.
+//!
+//! Stored responses' contexts share the cache under their response ids, at one fixed
+//! version: a response's context never changes, and its row is checked before an entry
+//! is used (`chain.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,6 +69,19 @@ impl HistoryCache {
         let inner = self.inner.lock().ok()?;
         let entry = inner.entries.get(id)?;
         (entry.version == version && entry.owner == owner).then(|| entry.history.clone())
+    }
+
+    /// Removes and returns the history of `id` at `version`, if cached for that version and
+    /// owner: for a new state built on it, with no copy.
+    pub fn take(&self, id: &str, owner: &str, version: Version) -> Option<History> {
+        let mut inner = self.inner.lock().ok()?;
+        let entry = inner.entries.get(id)?;
+        if entry.version != version || entry.owner != owner {
+            return None;
+        }
+        let entry = inner.entries.remove(id)?;
+        inner.bytes -= entry.history.bytes;
+        Some(entry.history)
     }
 
     /// Remembers `history` as the state of `id` at `version` (read from the database).
@@ -143,6 +160,17 @@ mod tests {
         cache.append("s", (5, 4), (6, 5), &["x".into()]);
         assert!(cache.get("s", "k", (6, 5)).is_none());
         assert!(cache.get("s", "k", (4, 4)).is_none());
+        assert_eq!(cache.inner.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn take_moves_an_entry_out_for_its_version_and_owner_only() {
+        let cache = HistoryCache::default();
+        cache.put("r", "k", (-1, -1), history(&["a", "b"]));
+        assert!(cache.take("r", "other", (-1, -1)).is_none());
+        assert!(cache.take("r", "k", (0, 0)).is_none());
+        assert_eq!(cache.take("r", "k", (-1, -1)).unwrap().messages, ["a", "b"]);
+        assert!(cache.get("r", "k", (-1, -1)).is_none());
         assert_eq!(cache.inner.lock().unwrap().bytes, 0);
     }
 

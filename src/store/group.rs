@@ -1,10 +1,12 @@
 //! Group commit: one task commits the waiting turns of many sessions in one transaction, and answers each only after that commit.
 //!
-//! A turn whose own checks fail (its session's limits, a lost lease, a deleted session)
-//! changes nothing: the one UPDATE that appends every turn of the batch carries each
-//! turn's conditions, so a refused turn's row is simply not touched, and the others
-//! commit. A storage failure anywhere (the UPDATE, an INSERT, the COMMIT) rolls the whole
-//! transaction back, and every turn of the batch gets that failure (503): none is stored.
+//! A turn whose own checks fail (its session's limits, a lost lease, a deleted session,
+//! its owner's response quota, a previous response deleted meanwhile) changes nothing:
+//! responses are claimed first, and the one UPDATE that appends every turn of the batch
+//! carries each turn's conditions, so a refused turn's rows are simply not touched (a
+//! claimed quota is given back), and the others commit. A storage failure anywhere (the
+//! UPDATE, an INSERT, the COMMIT) rolls the whole transaction back, and every turn of the
+//! batch gets that failure (503): none is stored.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use sqlx::{Any, Connection, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::response_commit::{self, Claim};
 use super::writer::Writer;
 use super::{now, ResponseRecord, SessionError, SessionLimits, Version};
 
@@ -146,13 +149,23 @@ async fn append_all(
     batch: &[Job],
 ) -> Result<Vec<Result<Version, SessionError>>, SessionError> {
     let (created_at, _, _) = now();
+    // Responses first: a turn whose response cannot be stored (its parent is gone, or
+    // its owner's quota is full) touches no session either.
+    let mut refusals = claim_responses(tx, batch).await?;
+    let claimed: Vec<bool> = batch
+        .iter()
+        .zip(&refusals)
+        .map(|(job, refusal)| job.response.is_some() && refusal.is_none())
+        .collect();
     // In id order: PostgreSQL's plan for this UPDATE (a nested loop over the VALUES, as
     // EXPLAIN shows) locks the rows in this order, so two instances' batches that meet on
     // a row (possible only after a lost lease) lock in the same order. Should they still
     // deadlock, PostgreSQL aborts one transaction and its turns get 503: nothing is lost.
     let mut leased: Vec<(&Job, &str, &str)> = batch
         .iter()
-        .filter_map(|job| {
+        .zip(&refusals)
+        .filter(|(_, refusal)| refusal.is_none())
+        .filter_map(|(job, _)| {
             let (id, token) = job.session.as_ref()?;
             Some((job, id.as_str(), token.as_str()))
         })
@@ -208,7 +221,11 @@ async fn append_all(
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut inserts: Vec<(&str, i64, &str)> = Vec::new();
-    for job in batch {
+    for (job, refused) in batch.iter().zip(refusals.iter_mut()) {
+        if let Some(refused) = refused.take() {
+            outcomes.push(Err(refused));
+            continue;
+        }
         let Some((id, token)) = &job.session else {
             outcomes.push(Ok((0, 0)));
             continue;
@@ -238,23 +255,58 @@ async fn append_all(
         }
         insert.execute(&mut **tx).await?;
     }
-    for (job, outcome) in batch.iter().zip(&outcomes) {
-        if let (Some(record), Ok(_)) = (&job.response, outcome) {
-            sqlx::query(
-                "INSERT INTO responses (id, owner, created_at, context, input_items, response) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&record.id)
-            .bind(&job.owner)
-            .bind(record.created_at)
-            .bind(&record.context)
-            .bind(&record.input_items)
-            .bind(&record.response)
-            .execute(&mut **tx)
-            .await?;
+    for ((job, outcome), claimed) in batch.iter().zip(&outcomes).zip(claimed) {
+        let Some(record) = job.response.as_ref().filter(|_| claimed) else {
+            continue;
+        };
+        match outcome {
+            Ok(total) => {
+                // Made in a conversation: its context is the session's messages before
+                // this turn's, linked rather than copied.
+                let session = job.session.as_ref().map(|(id, _)| {
+                    let first = total.0 - job.messages.len() as i64;
+                    (id.as_str(), first)
+                });
+                response_commit::insert(tx, &job.owner, record, session).await?;
+            }
+            // Claimed, but its session refused the turn: the bytes go back.
+            Err(_) => {
+                let bytes = i64::try_from(record.bytes()).unwrap_or(i64::MAX);
+                response_commit::release_usage(tx, &job.owner, bytes).await?;
+            }
         }
     }
     Ok(outcomes)
+}
+
+/// The batch's responses claimed (see [`response_commit::claim_all`]): per job, why it
+/// is refused, if it is.
+async fn claim_responses(
+    tx: &mut Transaction<'_, Any>,
+    batch: &[Job],
+) -> Result<Vec<Option<SessionError>>, SessionError> {
+    let mut at = Vec::new();
+    let mut claims = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        if let Some(record) = &job.response {
+            at.push(i);
+            claims.push(Claim {
+                owner: &job.owner,
+                record,
+            });
+        }
+    }
+    let mut refusals: Vec<Option<SessionError>> = batch.iter().map(|_| None).collect();
+    if claims.is_empty() {
+        return Ok(refusals);
+    }
+    let claimed = response_commit::claim_all(tx, &claims).await?;
+    for (i, refusal) in at.into_iter().zip(claimed) {
+        if let Some(slot) = refusals.get_mut(i) {
+            *slot = refusal;
+        }
+    }
+    Ok(refusals)
 }
 
 /// Why a turn's conditions did not hold: its session is gone, its lease was lost, or the

@@ -153,3 +153,68 @@ async fn a_commit_with_a_foreign_token_is_a_lost_lease() {
     assert!(matches!(stale, Err(SessionError::LeaseLost)), "{stale:?}");
     assert_eq!(stored(&store, &id).await, 0);
 }
+
+/// A conversation turn whose response passes its owner's quota changes nothing: no
+/// message appended, no bytes counted; the turn next to it in the batch commits; and a
+/// turn its session refuses gives its claimed bytes back.
+#[tokio::test]
+async fn a_response_over_its_quota_fails_alone_and_stores_nothing() {
+    let limits = SessionLimits {
+        max_bytes: 64,
+        ..SessionLimits::default()
+    };
+    let store = store(limits).await;
+    let record = |id: &str, size: usize| ResponseRecord {
+        id: id.into(),
+        context: format!("[\"{}\"]", "x".repeat(size)),
+        max_owner_bytes: 100,
+        ..Default::default()
+    };
+    let (mut jobs, mut answers, mut leases, mut ids) = (vec![], vec![], vec![], vec![]);
+    // Over the quota; within it; within it, but over its session's byte limit.
+    for (text, response) in [
+        ("a", record("r1", 200)),
+        ("b", record("r2", 10)),
+        (&*"y".repeat(80), record("r3", 10)),
+    ] {
+        let id = store
+            .create("k", Default::default(), None)
+            .await
+            .unwrap()
+            .id;
+        let lease = store.lease("k", &id).await.unwrap();
+        let (done, answer) = oneshot::channel();
+        jobs.push(Job {
+            owner: "k".into(),
+            session: Some((id.clone(), lease.token.clone())),
+            messages: vec![format!("{{\"content\":\"{text}\"}}")],
+            response: Some(response),
+            done,
+        });
+        ids.push(id);
+        answers.push(answer);
+        leases.push(lease);
+    }
+    commit_batch(&store.writer, store.limits(), jobs).await;
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await.unwrap());
+    }
+    assert!(
+        matches!(outcomes[0], Err(SessionError::ResponseQuota(100))),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].is_ok(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], Err(SessionError::LimitExceeded(_))),
+        "{outcomes:?}"
+    );
+    assert_eq!(stored(&store, &ids[0]).await, 0);
+    assert_eq!(stored(&store, &ids[1]).await, 1);
+    assert_eq!(
+        store.response_bytes("k").await.unwrap(),
+        record("r2", 10).bytes()
+    );
+    assert!(store.response("k", "r1").await.is_err());
+    assert!(store.response("k", "r3").await.is_err());
+}

@@ -1,12 +1,15 @@
 //! Server-side conversation sessions: types, ids, storage errors and the store over SQLite or PostgreSQL.
 
 mod cache;
+mod chain;
 mod group;
 mod headroom;
 mod items;
 mod lease;
 mod local_leases;
 mod native;
+mod response_commit;
+mod response_links;
 mod responses;
 mod retention;
 mod sessions;
@@ -65,16 +68,32 @@ impl History {
 }
 
 /// A Responses API response as stored with its turn (see [`SessionStore::commit`]).
-#[derive(Debug, Clone)]
+///
+/// Responses form chains: a response keeps the id of the one it continues and only the
+/// messages it added, and its context is rebuilt by walking the chain (`chain.rs`). One
+/// made in a conversation is linked to the conversation's messages before it instead.
+#[derive(Debug, Clone, Default)]
 pub struct ResponseRecord {
     pub id: String,
     pub created_at: i64,
-    /// JSON array of chat messages: the context the turn continued, its input, its output.
+    /// The response this one continues (`previous_response_id`); `None` starts a chain.
+    pub parent: Option<String>,
+    /// JSON array of the chat messages this response adds: its input, then its output.
     pub context: String,
     /// JSON array of the turn's input items, for `GET /v1/responses/{id}/input_items`.
     pub input_items: String,
     /// The response object as the client received it.
     pub response: String,
+    /// `[responses] max_bytes_per_key` for the turn: what its owner's stored responses
+    /// may hold together once it is in; 0 = no limit.
+    pub max_owner_bytes: u64,
+}
+
+impl ResponseRecord {
+    /// What the record stores, counted against its owner's quota.
+    pub fn bytes(&self) -> u64 {
+        (self.context.len() + self.input_items.len() + self.response.len()) as u64
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +110,12 @@ pub enum SessionError {
     /// The owner already has `max_sessions_per_key` sessions.
     #[error("session quota of {0} reached")]
     QuotaReached(usize),
+    /// The owner's stored responses would pass `[responses] max_bytes_per_key` (bytes).
+    #[error("stored responses quota of {0} bytes reached")]
+    ResponseQuota(u64),
+    /// The response a turn continues was deleted or expired before the turn was stored.
+    #[error("the previous response is no longer stored")]
+    PreviousResponseGone,
     /// The turn's lease expired and another continuation took the session over.
     #[error("session lease lost before the turn was stored")]
     LeaseLost,
@@ -174,6 +199,13 @@ impl From<SessionError> for ApiError {
             SessionError::LimitExceeded(message) => ApiError::PayloadTooLarge(message),
             SessionError::Busy | SessionError::LeaseLost => ApiError::SessionBusy,
             SessionError::QuotaReached(limit) => ApiError::SessionLimitReached(limit),
+            SessionError::ResponseQuota(limit) => ApiError::StorageQuotaExceeded(limit),
+            SessionError::PreviousResponseGone => ApiError::NotFound {
+                message: "No stored response with that previous_response_id: it was deleted or \
+                          expired while this turn ran."
+                    .into(),
+                code: Some("previous_response_not_found"),
+            },
             // Counted and logged (operation and cause) where it happened, in the store.
             SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
                 ApiError::StorageUnavailable

@@ -103,6 +103,9 @@ impl SessionStore {
             .committer
             .commit(owner, session, messages.to_vec(), response.cloned())
             .await;
+        if let (Ok(_), None, Some(record)) = (&committed, &lease, response) {
+            self.remember_response(owner, record);
+        }
         if let Some(mut lease) = lease {
             match committed {
                 Ok(total) => {

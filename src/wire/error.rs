@@ -54,6 +54,11 @@ pub enum ApiError {
     SessionBusy,
     #[error("This key has reached its limit of {0} sessions. Delete sessions it no longer needs.")]
     SessionLimitReached(usize),
+    /// `[responses] max_bytes_per_key`: the key's stored responses would pass their quota.
+    #[error(
+        "This key's stored responses would exceed their quota of {0} bytes. Delete stored responses it no longer needs, or send \"store\": false."
+    )]
+    StorageQuotaExceeded(u64),
     #[error("Internal error.")]
     Internal,
     /// `[limits] redis_failure = "closed"` while Redis cannot be reached.
@@ -97,7 +102,9 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::SessionBusy => StatusCode::CONFLICT,
-            ApiError::SessionLimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::SessionLimitReached(_) | ApiError::StorageQuotaExceeded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,7 +112,9 @@ impl ApiError {
     fn error_type(&self) -> &'static str {
         match self {
             ApiError::Unauthorized { .. } | ApiError::Forbidden(_) => "invalid_request_error",
-            ApiError::RateLimited { .. } | ApiError::SessionLimitReached(_) => "rate_limit_error",
+            ApiError::RateLimited { .. }
+            | ApiError::SessionLimitReached(_)
+            | ApiError::StorageQuotaExceeded(_) => "rate_limit_error",
             ApiError::BadGateway
             | ApiError::GatewayTimeout
             | ApiError::Unavailable
@@ -134,6 +143,7 @@ impl ApiError {
             ApiError::LimitsUnavailable => Some("limits_unavailable"),
             ApiError::SessionBusy => Some("session_busy"),
             ApiError::SessionLimitReached(_) => Some("session_limit_reached"),
+            ApiError::StorageQuotaExceeded(_) => Some("storage_quota_exceeded"),
             _ => None,
         }
     }
@@ -180,6 +190,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::StorageUnavailable | ApiError::SessionBusy | ApiError::LimitsUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // Retrying cannot help until the key frees storage: the OpenAI SDKs read this
+            // and do not retry the 429.
+            ApiError::StorageQuotaExceeded(_) => {
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
             }
             _ => {}
         }

@@ -46,6 +46,17 @@ pub async fn create(
         (None, None) => Stored::Nothing,
     };
     let input: Vec<String> = t.input_messages.iter().map(Value::to_string).collect();
+    let input_items = Value::Array(with_ids(&t.input_items)).to_string();
+    let max_owner_bytes = state.config.responses.max_bytes_per_key;
+    if t.store {
+        // Refused before anything goes upstream when the input alone would pass the
+        // key's quota; the commit checks the whole response again.
+        let incoming = input.iter().map(String::len).sum::<usize>() + input_items.len();
+        state
+            .session_store()?
+            .admits_response(&owner, incoming as u64, max_owner_bytes)
+            .await?;
+    }
     let turn = Turn {
         owner,
         stored,
@@ -55,10 +66,11 @@ pub async fn create(
     };
     let recording = Recording {
         meta: ResponseMeta::new(&t, crate::api::responses::translate::now_secs()),
-        context: Vec::new(),
+        parent: t.previous_response_id.clone(),
         input,
-        input_items: with_ids(&t.input_items),
+        input_items,
         persist: t.store,
+        max_owner_bytes,
     };
     let protocol = Responses {
         t,
@@ -95,16 +107,20 @@ struct Responses {
     recording: Option<Recording>,
 }
 
-/// What a finished turn stores: built from the translated request, the context it
-/// continued and its outcome.
+/// What a finished turn stores: built from the translated request and its outcome. The
+/// context it continued is not copied: the stored response names its parent
+/// (`previous_response_id`), or the commit links it to its conversation.
 struct Recording {
     meta: ResponseMeta,
-    /// The chat messages the turn continued (system prompt first, as a message).
-    context: Vec<String>,
+    /// The response this turn continues.
+    parent: Option<String>,
     input: Vec<String>,
-    input_items: Vec<Value>,
+    /// The input items as a JSON array, each with an id.
+    input_items: String,
     /// `store`: the response is kept for `previous_response_id` and GET.
     persist: bool,
+    /// `[responses] max_bytes_per_key` when the turn arrived.
+    max_owner_bytes: u64,
 }
 
 impl Recording {
@@ -117,14 +133,11 @@ impl Recording {
         let response = self.persist.then(|| ResponseRecord {
             id: self.meta.id.clone(),
             created_at: self.meta.created_at,
-            context: format!(
-                "[{}]",
-                [&self.context[..], &self.input[..], &output[..]]
-                    .concat()
-                    .join(",")
-            ),
-            input_items: Value::Array(self.input_items.clone()).to_string(),
+            parent: self.parent.clone(),
+            context: format!("[{}]", [&self.input[..], &output[..]].concat().join(",")),
+            input_items: self.input_items.clone(),
             response: object.to_string(),
+            max_owner_bytes: self.max_owner_bytes,
         });
         Ok(Record { output, response })
     }
@@ -132,11 +145,7 @@ impl Recording {
 
 impl Protocol for Responses {
     fn upstream_call(&mut self, context: &History) -> Result<UpstreamCall, ApiError> {
-        let context = context.to_messages();
-        let chat = chat_body(&self.t, self.t.stream, &context);
-        if let Some(recording) = &mut self.recording {
-            recording.context = context;
-        }
+        let chat = chat_body(&self.t, self.t.stream, &context.to_messages());
         let request =
             parse_request(Bytes::from(chat), Endpoint::ChatCompletions).map_err(|_| {
                 ApiError::bad_request(
@@ -173,10 +182,11 @@ impl Protocol for Responses {
     fn encoder(&mut self) -> Box<dyn Encoder> {
         let recording = self.recording.take().unwrap_or_else(|| Recording {
             meta: ResponseMeta::new(&self.t, crate::api::responses::translate::now_secs()),
-            context: Vec::new(),
+            parent: None,
             input: Vec::new(),
-            input_items: Vec::new(),
+            input_items: String::new(),
             persist: false,
+            max_owner_bytes: 0,
         });
         Box::new(ResponseEvents {
             translator: StreamTranslator::new(recording.meta.clone()),
