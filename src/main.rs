@@ -15,7 +15,42 @@ use gatewayd::daemon::verdict::{self, auth_mode, Verdict};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// glibc's malloc, tuned so that memory freed after a large request goes back to the OS
+/// (measured: eight concurrent 7 MB Responses requests left 300–450 MiB resident with
+/// the defaults, 10–30 MiB with this). The only unsafe code in gatewayd: two FFI calls
+/// without preconditions.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+mod glibc_malloc {
+    /// Allocations of at least this size get a mapping of their own, unmapped when freed.
+    /// Setting it also stops glibc from raising it after each large free (up to 32 MiB),
+    /// which would keep every later large buffer in its arenas once it is freed.
+    const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+    #[allow(unsafe_code)]
+    pub fn tune() {
+        // SAFETY: mallopt only sets an allocator parameter; main calls it first, before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+
+    /// Returns the free pages of every arena to the OS (run after large requests).
+    #[allow(unsafe_code)]
+    pub fn release() {
+        // SAFETY: malloc_trim has no preconditions; it locks each arena in turn.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+    {
+        glibc_malloc::tune();
+        gatewayd::api::responses::memory::set_release(glibc_malloc::release);
+    }
     let cli = Cli::parse();
     if let Some(Command::Keygen { sha256 }) = cli.command {
         return keygen(sha256);

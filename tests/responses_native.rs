@@ -390,6 +390,45 @@ async fn unstored_responses_and_conversations() {
     assert_eq!(s.total_seen(), 1);
 }
 
+/// An item with an `id` and no `type` (missing or null) is read upstream as an
+/// `item_reference`: refused with the same 400 as the literal type, whatever other fields
+/// it has unless it is a message (a `role` and a `content`), and no upstream sees it. A
+/// message without `type` still passes, with or without an id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_less_item_references_are_refused() {
+    let s = setup(false).await;
+    let request = |input: &str| format!("{{\"model\":\"m\",\"input\":{input}}}");
+    let (status, literal) = s
+        .create(
+            KEY_A,
+            &request("[{\"type\":\"item_reference\",\"id\":\"msg_1\"}]"),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(json(&literal)["error"]["param"], "input");
+    for input in [
+        "[{\"id\":\"msg_1\"}]",
+        "[{\"type\":null,\"id\":\"msg_1\"}]",
+        "[{\"role\":\"user\",\"content\":\"hi\"},{\"id\":\"msg_1\",\"status\":\"completed\"}]",
+        "[{\"id\":\"msg_1\",\"role\":\"user\"}]",
+        "[{\"id\":\"fc_1\",\"output\":\"x\",\"type\":null}]",
+    ] {
+        let (status, refused) = s.create(KEY_B, &request(input)).await;
+        assert_eq!((status, &refused), (400, &literal), "{input}");
+    }
+    assert_eq!(s.total_seen(), 0, "no upstream saw a reference");
+
+    for input in [
+        "[{\"role\":\"user\",\"content\":\"hi\"}]",
+        "[{\"id\":\"msg_2\",\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"hi\"}]}]",
+    ] {
+        let (status, _) = s.create(KEY_A, &request(input)).await;
+        assert_eq!(status, 200, "{input}");
+        assert_eq!(s.one.seen().last().unwrap().body, Bytes::from(request(input)));
+    }
+    assert_eq!(s.total_seen(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_ups_on_sqlite() {
     follow_ups_go_to_the_owner_and_its_upstream(false).await;

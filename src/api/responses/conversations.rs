@@ -8,10 +8,14 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::api::responses::memory;
 use crate::api::responses::routes::{page, ListParams};
-use crate::api::responses::translate::responses_items::{items_to_messages, message_to_items};
+use crate::api::responses::translate::raw;
+use crate::api::responses::translate::responses_items::items_to_messages;
+use crate::api::responses::translate::stored_items::message_to_items;
 use crate::api::sessions::check_metadata;
 use crate::api::state::AppState;
 use crate::gateway::resolve::{conversation_error, conversation_not_found};
@@ -45,18 +49,20 @@ pub fn routes() -> Router<AppState> {
 struct ConversationBody {
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
+    /// Read as raw JSON and converted one item at a time (no `Value` tree of the body).
     #[serde(default)]
-    items: Option<Vec<Value>>,
+    items: Option<Box<RawValue>>,
 }
 
 async fn body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<ConversationBody, ApiError> {
+) -> Result<(ConversationBody, memory::ReleaseAfter), ApiError> {
     let body = read_body(body, state.config.limits.max_body_bytes).await?;
+    let release = memory::release_after(body.len());
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(ConversationBody::default());
+        return Ok((ConversationBody::default(), release));
     }
     require_json(headers)?;
     let parsed: ConversationBody = serde_json::from_slice(&body)
@@ -64,7 +70,7 @@ async fn body(
     if let Some(metadata) = &parsed.metadata {
         check_metadata(metadata)?;
     }
-    Ok(parsed)
+    Ok((parsed, release))
 }
 
 fn object(session: &Session) -> Value {
@@ -76,17 +82,24 @@ fn session_id(id: &str) -> Result<String, ApiError> {
     session_id_of_conversation(id).map_err(|_| conversation_not_found())
 }
 
-/// Appends items to the session: a turn on the pipeline with no upstream call.
+/// The chat messages for a JSON list of items.
+fn messages_of(items: &RawValue) -> Result<Vec<String>, ApiError> {
+    if !raw::is_array(items) {
+        return Err(ApiError::bad_request(
+            "'items' must be a list.",
+            Some("items"),
+        ));
+    }
+    Ok(items_to_messages(items)?)
+}
+
+/// Appends messages to the session: a turn on the pipeline with no upstream call.
 async fn append(
     state: &AppState,
     owner: &str,
     id: &str,
-    items: &[Value],
+    messages: Vec<String>,
 ) -> Result<usize, ApiError> {
-    let messages: Vec<String> = items_to_messages(items)?
-        .iter()
-        .map(Value::to_string)
-        .collect();
     let turn = Turn {
         owner: owner.into(),
         stored: Stored::Conversation(id.to_string()),
@@ -103,14 +116,18 @@ async fn create(
     headers: HeaderMap,
     request: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let request = body(&state, &headers, request).await?;
+    let (request, _release) = body(&state, &headers, request).await?;
+    let messages = match &request.items {
+        Some(items) => messages_of(items)?,
+        None => Vec::new(),
+    };
     let store = state.session_store()?;
     let session = store
         .create(&owner, request.metadata.unwrap_or_default(), None)
         .await
         .map_err(ApiError::from)?;
-    if let Some(items) = request.items.filter(|i| !i.is_empty()) {
-        if let Err(err) = append(&state, &owner, &session.id, &items).await {
+    if !messages.is_empty() {
+        if let Err(err) = append(&state, &owner, &session.id, messages).await {
             // Never leave a half-created conversation behind. If even the delete fails
             // (storage down), the empty conversation stays and is said so in the log.
             if let Err(left) = store.delete(&owner, &session.id).await {
@@ -144,7 +161,7 @@ async fn update(
     request: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = session_id(&id)?;
-    let request = body(&state, &headers, request).await?;
+    let (request, _release) = body(&state, &headers, request).await?;
     if request.items.is_some() {
         return Err(ApiError::bad_request(
             "Add items through /items.",
@@ -209,7 +226,7 @@ async fn list_items(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddItems {
-    items: Vec<Value>,
+    items: Box<RawValue>,
 }
 
 async fn add_items(
@@ -222,9 +239,10 @@ async fn add_items(
     let id = session_id(&id)?;
     require_json(&headers)?;
     let request = read_body(request, state.config.limits.max_body_bytes).await?;
+    let _release = memory::release_after(request.len());
     let request: AddItems = serde_json::from_slice(&request)
         .map_err(|e| ApiError::bad_request(format!("Invalid items request: {e}"), Some("items")))?;
-    let added = append(&state, &owner, &id, &request.items).await?;
+    let added = append(&state, &owner, &id, messages_of(&request.items)?).await?;
     let stored = stored_items(state.session_store()?, &owner, &id).await?;
     let new_rows = &stored[stored.len().saturating_sub(added)..];
     let data = as_items(new_rows);

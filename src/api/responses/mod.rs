@@ -2,6 +2,7 @@
 //! and the pure translations between it and chat completions. Declarations only.
 
 pub mod conversations;
+pub mod memory;
 pub mod native;
 pub mod routes;
 pub mod translate;

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use bytes::Bytes;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
+use crate::api::responses::translate::{raw, Refusal};
 use crate::api::state::AppState;
 use crate::gateway::resolve::native_holder;
 use crate::gateway::route::{respond, stored_response, Answer};
@@ -22,24 +24,63 @@ use crate::upstream::StoredResponseCall;
 use crate::wire::error::ApiError;
 use crate::wire::openai::{parse_request, Endpoint};
 
-/// What routing needs from the request, read beside the untouched bytes. A duplicated
-/// field is refused, so gatewayd and the upstream cannot read different values.
+/// What routing needs from the request, read beside the untouched bytes (borrowed, never
+/// parsed into a tree). A duplicated field is refused, so gatewayd and the upstream cannot
+/// read different values.
 #[derive(Deserialize)]
-struct Names {
-    previous_response_id: Option<Value>,
-    conversation: Option<serde::de::IgnoredAny>,
+struct Names<'a> {
+    #[serde(borrow)]
+    previous_response_id: Option<&'a RawValue>,
+    conversation: Option<IgnoredAny>,
     store: Option<bool>,
-    input: Option<Value>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
 }
 
-/// An `item_reference` names an item stored at the upstream, which holds every key's
-/// items under the gateway's one account: gatewayd cannot check whose it is.
-fn references_stored_items(input: Option<&Value>) -> bool {
-    input.and_then(Value::as_array).is_some_and(|items| {
-        items
-            .iter()
-            .any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference"))
+/// An input item, as far as telling a reference from an item goes.
+#[derive(Deserialize)]
+struct ItemShape<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    role: Option<IgnoredAny>,
+    #[serde(default)]
+    content: Option<IgnoredAny>,
+}
+
+impl ItemShape<'_> {
+    /// An `item_reference`, named or by shape. OpenAI's schema makes `type` optional for
+    /// two items only: a message (which has a `role` and a `content`) and a reference
+    /// (which has an `id`). So an item with an `id` and no `type` that is not a message
+    /// is read upstream as a reference, whatever other fields it carries.
+    fn is_reference(&self) -> bool {
+        match self.kind {
+            Some(kind) => raw::text(kind).is_some_and(|kind| kind == "item_reference"),
+            None => self.id.is_some() && !(self.role.is_some() && self.content.is_some()),
+        }
+    }
+}
+
+/// Whether `input` refers to items stored at the upstream, which holds every key's items
+/// under the gateway's one account: gatewayd cannot check whose they are. An item that
+/// repeats one of the fields read here is refused too, so the upstream cannot read it
+/// differently.
+fn references_stored_items(input: Option<&RawValue>) -> bool {
+    let Some(items) = input.filter(|input| raw::is_array(input)) else {
+        return false;
+    };
+    raw::for_each(items, |_, item| {
+        if !raw::is_object(item) {
+            return Ok(());
+        }
+        match serde_json::from_str::<ItemShape<'_>>(item.get()) {
+            Ok(shape) if !shape.is_reference() => Ok(()),
+            _ => Err(Refusal::new("input", "a reference")),
+        }
     })
+    .is_err()
 }
 
 /// `POST /v1/responses` for a model whose first upstream is native; `None` means the
@@ -66,15 +107,17 @@ pub async fn create(
             Some("conversation"),
         ));
     }
-    if references_stored_items(names.input.as_ref()) {
+    if references_stored_items(names.input) {
         return Err(ApiError::bad_request(
             "'item_reference' input items are not available for a model served by a native Responses upstream; send the items themselves, or use previous_response_id.",
             Some("input"),
         ));
     }
     let stored = match names.previous_response_id {
-        None | Some(Value::Null) => Stored::Nothing,
-        Some(Value::String(previous)) => Stored::NativeResponse(previous),
+        None => Stored::Nothing,
+        Some(previous) if raw::is_string(previous) => {
+            Stored::NativeResponse(raw::text(previous).unwrap_or_default().into_owned())
+        }
         Some(_) => {
             return Err(ApiError::bad_request(
                 "'previous_response_id' must be a string.",

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::paging::page_limit;
+use crate::api::responses::memory;
 use crate::api::responses::native::{self as native, StoredCall as Stored};
 use crate::api::responses::turn::create as create_turn;
 use crate::api::state::AppState;
@@ -34,10 +35,11 @@ async fn create(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = read_body(body, state.config.limits.max_body_bytes).await?;
+    let _release = memory::release_after(body.len());
     if let Some(passed) = native::create(&state, &owner, &headers, &body).await? {
         return Ok(passed);
     }
-    create_turn(&state, owner, &headers, &body).await
+    create_turn(&state, owner, &headers, body).await
 }
 
 /// Unknown, malformed, `store: false` and another key's ids: all the same 404.

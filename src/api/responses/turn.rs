@@ -6,14 +6,13 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::api::responses::translate::random_id;
 use crate::api::responses::translate::responses::{chat_body, translate, Translated};
-use crate::api::responses::translate::responses_items::items_to_messages;
+use crate::api::responses::translate::responses_items::output_to_messages;
 use crate::api::responses::translate::responses_reply::{
     outcome_from_reply, response_object, Outcome, ResponseMeta,
 };
@@ -34,9 +33,11 @@ pub async fn create(
     state: &AppState,
     owner: Arc<str>,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let t = translate(body, state.config.responses.unsupported_tools)?;
+    let mut t = translate(&body, state.config.responses.unsupported_tools)?;
+    // Everything the turn needs was copied out: the body is not held through the turn.
+    drop(body);
     if !t.dropped_tools.is_empty() {
         tracing::debug!(tools = %t.dropped_tools.join(", "), "dropped tools a chat upstream cannot run");
     }
@@ -45,8 +46,8 @@ pub async fn create(
         (None, Some(conversation)) => Stored::Conversation(conversation.clone()),
         (None, None) => Stored::Nothing,
     };
-    let input: Vec<String> = t.input_messages.iter().map(Value::to_string).collect();
-    let input_items = Value::Array(with_ids(&t.input_items)).to_string();
+    let input = std::mem::take(&mut t.input_messages);
+    let input_items = std::mem::take(&mut t.input_items);
     let max_owner_bytes = state.config.responses.max_bytes_per_key;
     if t.store {
         // Refused before anything goes upstream when the input alone would pass the
@@ -79,28 +80,6 @@ pub async fn create(
     crate::gateway::run(state.gateway(), turn, protocol).await
 }
 
-/// Input items as `input_items` lists them: each with an id.
-fn with_ids(items: &[Value]) -> Vec<Value> {
-    items
-        .iter()
-        .map(|item| {
-            let mut item = item.clone();
-            if let Some(object) = item.as_object_mut() {
-                if !object.get("id").is_some_and(Value::is_string) {
-                    let prefix = match object.get("type").and_then(Value::as_str) {
-                        Some("function_call") => "fc",
-                        Some("function_call_output") => "fco",
-                        Some("reasoning") => "rs",
-                        _ => "msg",
-                    };
-                    object.insert("id".into(), Value::String(random_id(prefix)));
-                }
-            }
-            item
-        })
-        .collect()
-}
-
 struct Responses {
     t: Translated,
     /// Moves into the stream encoder when the answer streams.
@@ -115,7 +94,7 @@ struct Recording {
     /// The response this turn continues.
     parent: Option<String>,
     input: Vec<String>,
-    /// The input items as a JSON array, each with an id.
+    /// The input items as `input_items` lists them (a JSON list, each with an id).
     input_items: String,
     /// `store`: the response is kept for `previous_response_id` and GET.
     persist: bool,
@@ -124,19 +103,15 @@ struct Recording {
 }
 
 impl Recording {
-    fn record(&self, outcome: &Outcome, object: &Value) -> Result<Record, ApiError> {
-        let output: Vec<String> = items_to_messages(&outcome.items)
-            .map_err(|_| ApiError::Internal)?
-            .iter()
-            .map(Value::to_string)
-            .collect();
+    fn record(&self, outcome: &Outcome, object: &RawValue) -> Result<Record, ApiError> {
+        let output = output_to_messages(&outcome.items).map_err(|_| ApiError::Internal)?;
         let response = self.persist.then(|| ResponseRecord {
             id: self.meta.id.clone(),
             created_at: self.meta.created_at,
             parent: self.parent.clone(),
             context: format!("[{}]", [&self.input[..], &output[..]].concat().join(",")),
             input_items: self.input_items.clone(),
-            response: object.to_string(),
+            response: object.get().to_string(),
             max_owner_bytes: self.max_owner_bytes,
         });
         Ok(Record { output, response })
@@ -145,7 +120,9 @@ impl Recording {
 
 impl Protocol for Responses {
     fn upstream_call(&mut self, context: &History) -> Result<UpstreamCall, ApiError> {
-        let chat = chat_body(&self.t, self.t.stream, &context.to_messages());
+        let context = context.to_messages();
+        let input = self.recording.as_ref().map_or(&[][..], |r| &r.input);
+        let chat = chat_body(&mut self.t, &context, input);
         let request =
             parse_request(Bytes::from(chat), Endpoint::ChatCompletions).map_err(|_| {
                 ApiError::bad_request(
@@ -176,7 +153,12 @@ impl Protocol for Responses {
         let outcome = outcome_from_reply(reply);
         let object = response_object(&recording.meta, &outcome, None);
         let record = recording.record(&outcome, &object)?;
-        Ok((axum::Json(object).into_response(), record))
+        let json = HeaderValue::from_static("application/json");
+        let body = String::from(Box::<str>::from(object));
+        Ok((
+            ([(header::CONTENT_TYPE, json)], body).into_response(),
+            record,
+        ))
     }
 
     fn encoder(&mut self) -> Box<dyn Encoder> {
@@ -192,7 +174,7 @@ impl Protocol for Responses {
             translator: StreamTranslator::new(recording.meta.clone()),
             recording,
             closing: Vec::new(),
-            object: Value::Null,
+            object: Box::default(),
         })
     }
 
@@ -212,7 +194,7 @@ struct ResponseEvents {
     recording: Recording,
     /// The events that close the last item, held until the turn is settled.
     closing: Vec<u8>,
-    object: Value,
+    object: Box<RawValue>,
 }
 
 impl Encoder for ResponseEvents {

@@ -1,10 +1,12 @@
 //! Pure translations between wire formats: no I/O, no state, unit-tested on recorded shapes.
 
+pub mod raw;
 pub mod responses;
 pub mod responses_items;
 pub mod responses_reply;
 pub mod responses_stream;
 pub mod responses_tools;
+pub mod stored_items;
 pub mod translated;
 
 use crate::wire::error::ApiError;
@@ -52,3 +54,5 @@ pub fn random_id(prefix: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_raw;

@@ -1,13 +1,21 @@
 //! A Responses API request → the chat-completions request that answers it (pure; refusals name the parameter).
+//!
+//! The body is read one level deep as raw JSON (`raw.rs`): input items and content parts
+//! are converted one at a time, and what passes through unchanged (tool schemas,
+//! metadata, text) is copied as text. No `serde_json::Value` tree of the request is built,
+//! so the working memory is a small multiple of the body whatever its shape.
 
-use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
-use super::responses_items::items_to_messages;
+use serde_json::value::RawValue;
+
+use super::raw::{self, Members, MAX_DEPTH};
+use super::responses_items::{item_members, push_listed_item, Messages};
 pub use super::responses_tools::ToolPolicy;
 use super::responses_tools::{tool_choice, tools};
-use super::translated::truncate;
 pub use super::translated::Translated;
-use super::Refusal;
+use super::translated::{truncate, Echo};
+use super::{random_id, Refusal};
 
 /// Fields accepted and ignored: they do not change the answer a chat upstream gives.
 const IGNORED: &[&str] = &[
@@ -26,28 +34,39 @@ const PASSED: &[&str] = &["temperature", "top_p", "user", "safety_identifier"];
 
 /// Reads a Responses request body. Unknown fields and untranslatable values are refused.
 pub fn translate(body: &[u8], policy: ToolPolicy) -> Result<Translated, Refusal> {
-    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+    if !raw::nesting_within(body, MAX_DEPTH) {
+        return Err(Refusal::new(
+            "body",
+            format!("The body nests arrays and objects deeper than {MAX_DEPTH} levels."),
+        ));
+    }
+    let Ok(mut request) = serde_json::from_slice::<Members<'_>>(body) else {
         return Err(Refusal::new(
             "body",
             "The body must be a JSON object (Responses API request).",
         ));
     };
-    let model = match request.remove("model") {
-        Some(Value::String(m)) if !m.is_empty() => m,
+    let model = match request.remove("model").and_then(raw::text) {
+        Some(m) if !m.is_empty() => m.into_owned(),
         _ => return Err(Refusal::new("model", "'model' must be a non-empty string.")),
+    };
+    let mut echo = Echo {
+        instructions: take_string(&mut request, "instructions")?.map(raw::owned),
+        ..Echo::default()
     };
     let mut out = Translated {
         model,
         stream: take_bool(&mut request, "stream", false)?,
         store: take_bool(&mut request, "store", true)?,
-        instructions: take_string(&mut request, "instructions")?,
-        previous_response_id: take_string(&mut request, "previous_response_id")?,
+        previous_response_id: take_string(&mut request, "previous_response_id")?
+            .and_then(raw::text)
+            .map(|id| id.into_owned()),
         conversation: conversation_id(request.remove("conversation"))?,
-        input_items: Vec::new(),
+        input_items: String::from("[]"),
         input_messages: Vec::new(),
-        chat_fields: Map::new(),
+        chat_fields: Default::default(),
         dropped_tools: Vec::new(),
-        echo: Map::new(),
+        echo: Arc::default(),
     };
     if out.previous_response_id.is_some() && out.conversation.is_some() {
         return Err(Refusal::new(
@@ -55,12 +74,51 @@ pub fn translate(body: &[u8], policy: ToolPolicy) -> Result<Translated, Refusal>
             "'previous_response_id' and 'conversation' cannot be used together.",
         ));
     }
-    out.input_items = match request.remove("input") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(text)) => {
-            vec![json!({"type": "message", "role": "user", "content": text})]
+    input(request.remove("input"), &mut out)?;
+    let tools = tools(request.remove("tools"), policy, &mut out, &mut echo)?;
+    for (name, value) in request {
+        field(&name, value, &tools.names, &mut out, &mut echo)?;
+    }
+    match tools.json {
+        Some(list) => {
+            out.chat_fields.insert("tools", list);
         }
-        Some(Value::Array(items)) => items.into_iter().map(normalise_item).collect(),
+        None => {
+            // Chat refuses `parallel_tool_calls` without tools.
+            out.chat_fields.remove("parallel_tool_calls");
+            let none = out
+                .chat_fields
+                .get("tool_choice")
+                .and_then(|c| raw::text(c))
+                .is_some_and(|c| c == "none");
+            if !none {
+                out.chat_fields.remove("tool_choice");
+            }
+        }
+    }
+    out.echo = Arc::new(echo);
+    Ok(out)
+}
+
+/// `input`: a string (one user message) or a list of items, converted one at a time into
+/// chat messages and, for a response that is stored, into the list `input_items` shows.
+fn input(value: Option<&RawValue>, out: &mut Translated) -> Result<(), Refusal> {
+    let items = match value {
+        None => return Ok(()),
+        Some(v) if raw::is_null(v) => return Ok(()),
+        Some(text) if raw::is_string(text) => {
+            // One user message; the item is written as `input_items` lists it.
+            out.input_messages = vec![format!(r#"{{"role":"user","content":{}}}"#, text.get())];
+            if out.store {
+                out.input_items = format!(
+                    r#"[{{"content":{},"id":"{}","role":"user","type":"message"}}]"#,
+                    text.get(),
+                    random_id("msg")
+                );
+            }
+            return Ok(());
+        }
+        Some(items) if raw::is_array(items) => items,
         Some(_) => {
             return Err(Refusal::new(
                 "input",
@@ -68,78 +126,86 @@ pub fn translate(body: &[u8], policy: ToolPolicy) -> Result<Translated, Refusal>
             ))
         }
     };
-    out.input_messages = items_to_messages(&out.input_items)?;
-    let tools = tools(request.remove("tools"), policy, &mut out)?;
-    let (field_names, mut request) = (request.keys().cloned().collect::<Vec<_>>(), request);
-    for name in field_names {
-        let value = request.remove(&name).unwrap_or(Value::Null);
-        field(&name, value, &tools, &mut out)?;
-    }
-    if !tools.is_empty() {
-        out.chat_fields.insert("tools".into(), Value::Array(tools));
-    } else {
-        // Chat refuses `parallel_tool_calls` without tools.
-        out.chat_fields.remove("parallel_tool_calls");
-        if out.chat_fields.get("tool_choice").and_then(Value::as_str) != Some("none") {
-            out.chat_fields.remove("tool_choice");
+    let store = out.store;
+    let mut messages = Messages::default();
+    let mut listed = Vec::with_capacity(if store { items.get().len() + 64 } else { 2 });
+    listed.push(b'[');
+    raw::for_each(items, |index, item| {
+        let members = item_members(index, item)?;
+        messages.push(index, &members)?;
+        if store {
+            if index > 0 {
+                listed.push(b',');
+            }
+            push_listed_item(&members, &mut listed);
         }
-    }
-    Ok(out)
+        Ok(())
+    })?;
+    listed.push(b']');
+    out.input_messages = messages.finish();
+    out.input_items = String::from_utf8(listed).unwrap_or_else(|_| String::from("[]"));
+    Ok(())
 }
 
 /// One top-level field other than those read above.
-fn field(name: &str, value: Value, tools: &[Value], out: &mut Translated) -> Result<(), Refusal> {
-    if value.is_null() || IGNORED.contains(&name) {
+fn field(
+    name: &str,
+    value: &RawValue,
+    tools: &[String],
+    out: &mut Translated,
+    echo: &mut Echo,
+) -> Result<(), Refusal> {
+    if raw::is_null(value) || IGNORED.contains(&name) {
+        return Ok(());
+    }
+    if let Some(passed) = PASSED.iter().find(|passed| **passed == name) {
+        pass(passed, passed, value, out, echo);
         return Ok(());
     }
     match name {
-        _ if PASSED.contains(&name) => {
-            out.echo.insert(name.into(), value.clone());
-            out.chat_fields.insert(name.into(), value);
-        }
         "max_output_tokens" => {
-            out.echo.insert(name.into(), value.clone());
-            out.chat_fields.insert("max_completion_tokens".into(), value);
+            pass("max_output_tokens", "max_completion_tokens", value, out, echo)
         }
         "parallel_tool_calls" => {
-            if !value.is_boolean() {
+            if !raw::is_bool(value) {
                 return Err(Refusal::new(name, "'parallel_tool_calls' must be a boolean."));
             }
-            out.echo.insert(name.into(), value.clone());
-            out.chat_fields.insert(name.into(), value);
+            pass("parallel_tool_calls", "parallel_tool_calls", value, out, echo);
         }
         "metadata" => {
-            if !value.is_object() {
+            if !raw::is_object(value) {
                 return Err(Refusal::new(name, "'metadata' must be an object."));
             }
             // Kept on the stored response; chat refuses metadata unless it stores too.
-            out.echo.insert(name.into(), value);
+            echo.fields.insert("metadata", raw::owned(value));
         }
         "tool_choice" => {
-            let choice = tool_choice(&value, tools, &out.dropped_tools)?;
-            out.echo.insert(name.into(), value);
-            out.chat_fields.insert(name.into(), choice);
+            let choice = tool_choice(value, tools, &out.dropped_tools)?;
+            echo.fields.insert("tool_choice", raw::owned(value));
+            out.chat_fields.insert("tool_choice", choice);
         }
         "text" => {
-            if let Some(format) = value.get("format").filter(|f| !f.is_null()) {
+            let members = raw::members(value).unwrap_or_default();
+            if let Some(format) = non_null(&members, "format") {
                 out.chat_fields
-                    .insert("response_format".into(), response_format(format)?);
+                    .insert("response_format", response_format(format)?);
             }
-            if let Some(verbosity) = value.get("verbosity").filter(|v| !v.is_null()) {
-                out.chat_fields.insert("verbosity".into(), verbosity.clone());
+            if let Some(verbosity) = non_null(&members, "verbosity") {
+                out.chat_fields.insert("verbosity", raw::owned(verbosity));
             }
-            out.echo.insert(name.into(), value);
+            echo.fields.insert("text", raw::owned(value));
         }
         "reasoning" => {
             // `summary` / `generate_summary` are ignored: chat returns no reasoning items.
-            if let Some(effort) = value.get("effort").filter(|e| !e.is_null()) {
+            let members = raw::members(value).unwrap_or_default();
+            if let Some(effort) = non_null(&members, "effort") {
                 out.chat_fields
-                    .insert("reasoning_effort".into(), effort.clone());
+                    .insert("reasoning_effort", raw::owned(effort));
             }
-            out.echo.insert(name.into(), value);
+            echo.fields.insert("reasoning", raw::owned(value));
         }
-        "background" if value == json!(false) => {}
-        "truncation" if value == json!("disabled") => {}
+        "background" if value.get() == "false" => {}
+        "truncation" if raw::text(value).is_some_and(|t| t == "disabled") => {}
         "background" | "truncation" | "prompt" | "conversation" => {
             return Err(Refusal::new(
                 name,
@@ -156,102 +222,144 @@ fn field(name: &str, value: Value, tools: &[Value], out: &mut Translated) -> Res
     Ok(())
 }
 
-fn response_format(format: &Value) -> Result<Value, Refusal> {
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(json!({"type": "text"})),
-        Some("json_object") => Ok(json!({"type": "json_object"})),
+/// A field the response echoes and the chat request carries (under `chat`), as sent.
+fn pass(
+    echoed: &'static str,
+    chat: &'static str,
+    value: &RawValue,
+    out: &mut Translated,
+    echo: &mut Echo,
+) {
+    echo.fields.insert(echoed, raw::owned(value));
+    out.chat_fields.insert(chat, raw::owned(value));
+}
+
+fn non_null<'a>(members: &Members<'a>, name: &str) -> Option<&'a RawValue> {
+    members.get(name).copied().filter(|v| !raw::is_null(v))
+}
+
+/// `text.format` → chat's `response_format`; a JSON schema is copied as sent.
+fn response_format(format: &RawValue) -> Result<Box<RawValue>, Refusal> {
+    let members = raw::members(format).unwrap_or_default();
+    let chat = match raw::member_text(&members, "type").as_deref() {
+        Some("text") => r#"{"type":"text"}"#.to_string(),
+        Some("json_object") => r#"{"type":"json_object"}"#.to_string(),
         Some("json_schema") => {
-            let mut schema = Map::new();
+            let mut chat = String::from(r#"{"type":"json_schema","json_schema":{"#);
+            let mut first = true;
             for key in ["name", "schema", "strict", "description"] {
-                if let Some(v) = format.get(key).filter(|v| !v.is_null()) {
-                    schema.insert(key.into(), v.clone());
+                if let Some(value) = non_null(&members, key) {
+                    if !first {
+                        chat.push(',');
+                    }
+                    first = false;
+                    chat.push('"');
+                    chat.push_str(key);
+                    chat.push_str("\":");
+                    chat.push_str(value.get());
                 }
             }
-            Ok(json!({"type": "json_schema", "json_schema": schema}))
+            chat.push_str("}}");
+            chat
         }
-        _ => Err(Refusal::new(
-            "text.format",
-            "text.format.type must be text, json_object or json_schema.",
-        )),
-    }
+        _ => {
+            return Err(Refusal::new(
+                "text.format",
+                "text.format.type must be text, json_object or json_schema.",
+            ))
+        }
+    };
+    Ok(raw::from_json(chat))
 }
 
-/// Message items without `type` (as the Agents SDK sends them) are messages.
-fn normalise_item(item: Value) -> Value {
-    match item {
-        Value::Object(mut object) => {
-            if !object.contains_key("type") && object.contains_key("role") {
-                object.insert("type".into(), json!("message"));
-            }
-            Value::Object(object)
-        }
-        other => other,
-    }
-}
-
-fn conversation_id(value: Option<Value>) -> Result<Option<String>, Refusal> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) => Ok(Some(id)),
-        Some(Value::Object(object)) => match object.get("id") {
-            Some(Value::String(id)) => Ok(Some(id.clone())),
-            _ => Err(Refusal::new(
-                "conversation",
-                "'conversation' must be an id or {\"id\": …}.",
-            )),
-        },
-        Some(_) => Err(Refusal::new(
+fn conversation_id(value: Option<&RawValue>) -> Result<Option<String>, Refusal> {
+    let refusal = || {
+        Refusal::new(
             "conversation",
             "'conversation' must be an id or {\"id\": …}.",
-        )),
+        )
+    };
+    match value {
+        None => Ok(None),
+        Some(v) if raw::is_null(v) => Ok(None),
+        Some(id) if raw::is_string(id) => Ok(raw::text(id).map(|id| id.into_owned())),
+        Some(object) => {
+            let members = raw::members(object).ok_or_else(refusal)?;
+            let id = raw::member_text(&members, "id").ok_or_else(refusal)?;
+            Ok(Some(id.into_owned()))
+        }
     }
 }
 
 fn take_bool(
-    request: &mut Map<String, Value>,
+    request: &mut Members<'_>,
     name: &'static str,
     default: bool,
 ) -> Result<bool, Refusal> {
-    match request.remove(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(b),
+    match request.remove(name).map(RawValue::get) {
+        None | Some("null") => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
         Some(_) => Err(Refusal::new(name, format!("'{name}' must be a boolean."))),
     }
 }
 
-fn take_string(
-    request: &mut Map<String, Value>,
+/// A field that must be a string (or null): its raw JSON.
+fn take_string<'a>(
+    request: &mut Members<'a>,
     name: &'static str,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<&'a RawValue>, Refusal> {
     match request.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+        None => Ok(None),
+        Some(v) if raw::is_null(v) => Ok(None),
+        Some(s) if raw::is_string(s) => Ok(Some(s)),
         Some(_) => Err(Refusal::new(name, format!("'{name}' must be a string."))),
     }
 }
 
 /// The chat request body: `instructions`, the stored context (raw JSON messages), this
-/// turn's input, then the translated fields. The context is spliced in as stored text.
-pub fn chat_body(t: &Translated, upstream_stream: bool, context: &[String]) -> Vec<u8> {
-    let mut messages: Vec<String> = Vec::with_capacity(context.len() + t.input_messages.len() + 1);
-    if let Some(instructions) = &t.instructions {
-        messages.push(json!({"role": "system", "content": instructions}).to_string());
-    }
-    messages.extend(context.iter().cloned());
-    messages.extend(t.input_messages.iter().map(Value::to_string));
-    let mut fields = t.chat_fields.clone();
-    fields.insert("model".into(), Value::String(t.model.clone()));
-    fields.insert("stream".into(), Value::Bool(upstream_stream));
-    if upstream_stream {
-        fields.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    let rest = Value::Object(fields).to_string();
-    let mut body =
-        Vec::with_capacity(rest.len() + messages.iter().map(String::len).sum::<usize>() + 16);
+/// turn's input (its chat messages), then the translated fields, written once into one
+/// buffer, streamed when the client streams. The request is built once: the fields move into it (a tool schema is not held
+/// twice through the turn).
+pub fn chat_body(t: &mut Translated, context: &[String], input: &[String]) -> Vec<u8> {
+    let instructions = t.echo.instructions.as_deref();
+    let messages: usize = context.iter().chain(input).map(String::len).sum();
+    let fields: usize = t.chat_fields.values().map(|v| v.get().len() + 32).sum();
+    let mut body = Vec::with_capacity(
+        messages
+            + fields
+            + instructions.map_or(0, |i| i.get().len() + 32)
+            + t.model.len()
+            + context.len()
+            + input.len()
+            + 128,
+    );
     body.extend_from_slice(b"{\"messages\":[");
-    body.extend_from_slice(messages.join(",").as_bytes());
-    body.extend_from_slice(b"],");
-    // `rest` is a JSON object: drop its opening brace and keep the closing one.
-    body.extend_from_slice(rest.get(1..).unwrap_or("}").as_bytes());
+    let mut first = true;
+    let mut message = |body: &mut Vec<u8>, json: &[u8]| {
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(json);
+    };
+    if let Some(instructions) = instructions {
+        let system = format!(r#"{{"role":"system","content":{}}}"#, instructions.get());
+        message(&mut body, system.as_bytes());
+    }
+    for json in context.iter().chain(input) {
+        message(&mut body, json.as_bytes());
+    }
+    body.extend_from_slice(b"]");
+    for (name, value) in std::mem::take(&mut t.chat_fields) {
+        body.extend_from_slice(format!(",\"{name}\":").as_bytes());
+        body.extend_from_slice(value.get().as_bytes());
+    }
+    let model = serde_json::to_string(&t.model).unwrap_or_else(|_| "\"\"".into());
+    body.extend_from_slice(format!(",\"model\":{model},\"stream\":{}", t.stream).as_bytes());
+    if t.stream {
+        body.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+    }
+    body.push(b'}');
     body
 }

@@ -1,52 +1,101 @@
-//! Responses items ⇄ chat messages: input items become chat messages, stored chat messages become items again.
+//! Responses input items → chat messages, read from the raw JSON one item and one part at a time: no `Value` tree of the input is ever built.
 
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::random_id;
+use super::raw::{self, Members};
+use super::translated::truncate;
 use super::Refusal;
 
-/// Chat messages for a list of Responses input items, in order. `function_call` items
-/// join the assistant message before them (chat carries calls on the assistant message);
-/// `reasoning` items have no chat equivalent and carry nothing a chat upstream can use,
-/// so they are skipped.
-pub fn items_to_messages(items: &[Value]) -> Result<Vec<Value>, Refusal> {
-    let mut messages: Vec<Value> = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
+/// Chat messages (JSON text each) for a JSON list of Responses input items, in order.
+pub fn items_to_messages(items: &RawValue) -> Result<Vec<String>, Refusal> {
+    let mut messages = Messages::default();
+    raw::for_each(items, |index, item| {
+        messages.push(index, &item_members(index, item)?)
+    })?;
+    Ok(messages.finish())
+}
+
+/// Chat messages for the output items of a finished turn (the model's reply, small next
+/// to a request).
+pub fn output_to_messages(items: &[serde_json::Value]) -> Result<Vec<String>, Refusal> {
+    let items = serde_json::value::to_raw_value(items)
+        .map_err(|_| Refusal::new("output", "The output items could not be written."))?;
+    items_to_messages(&items)
+}
+
+/// An input item's members; refused unless it is an object.
+pub fn item_members(index: usize, item: &RawValue) -> Result<Members<'_>, Refusal> {
+    raw::members(item).ok_or_else(|| {
+        Refusal::new(
+            format!("input[{index}]"),
+            "Each input item must be an object.",
+        )
+    })
+}
+
+/// Chat messages built from items in order. `function_call` items join the assistant
+/// message before them (chat carries calls on the assistant message), so the last
+/// assistant message stays open; `reasoning` items have no chat equivalent and carry
+/// nothing a chat upstream can use, so they are skipped.
+#[derive(Default)]
+pub struct Messages {
+    done: Vec<String>,
+    /// The last assistant message without its closing brace, and whether its
+    /// `tool_calls` list is open.
+    open: Option<(String, bool)>,
+}
+
+impl Messages {
+    pub fn push(&mut self, index: usize, item: &Members<'_>) -> Result<(), Refusal> {
         let param = || format!("input[{index}]");
-        let Some(object) = item.as_object() else {
-            return Err(Refusal::new(param(), "Each input item must be an object."));
-        };
-        let kind = object.get("type").and_then(Value::as_str);
-        match kind {
-            None | Some("message") => messages.push(message(object, &param())?),
-            Some("function_call") => {
-                let call = function_call(object, &param())?;
-                match messages.last_mut() {
-                    Some(last) if takes_calls(last) => {
-                        if let Some(calls) = last
-                            .as_object_mut()
-                            .map(|m| m.entry("tool_calls").or_insert_with(|| json!([])))
-                            .and_then(Value::as_array_mut)
-                        {
-                            calls.push(call);
-                        }
-                    }
-                    _ => messages
-                        .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+        match raw::member_text(item, "type").as_deref() {
+            None | Some("message") => {
+                let (role, mut message) = message(item, &param())?;
+                self.close();
+                if role == "assistant" {
+                    self.open = Some((message, false));
+                } else {
+                    message.push('}');
+                    self.done.push(message);
                 }
             }
+            Some("function_call") => {
+                let call = function_call(item, &param())?;
+                let (message, has_calls) = self.open.get_or_insert_with(|| {
+                    (r#"{"role":"assistant","content":null"#.to_string(), false)
+                });
+                message.push_str(if *has_calls {
+                    ","
+                } else {
+                    r#","tool_calls":["#
+                });
+                message.push_str(&call);
+                *has_calls = true;
+            }
             Some("function_call_output") => {
-                let call_id = string_field(object, "call_id", &param())?;
-                let output = match object.get("output") {
-                    Some(Value::String(text)) => text.clone(),
-                    Some(Value::Array(parts)) => parts_text(parts),
+                let call_id = string_member(item, "call_id", &param())?;
+                let mut message = String::from(r#"{"role":"tool","tool_call_id":"#);
+                message.push_str(call_id.get());
+                message.push_str(r#","content":"#);
+                match item.get("output") {
+                    Some(output) if raw::is_string(output) => message.push_str(output.get()),
+                    Some(output) if raw::is_array(output) => {
+                        raw::push_string(&mut message, &parts_text(output))
+                    }
                     _ => {
                         return Err(Refusal::new(
                             format!("{}.output", param()),
                             "function_call_output needs an 'output' string.",
                         ))
                     }
-                };
-                messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+                }
+                message.push('}');
+                self.close();
+                self.done.push(message);
             }
             Some("reasoning") => {}
             Some(other) => {
@@ -59,17 +108,28 @@ pub fn items_to_messages(items: &[Value]) -> Result<Vec<Value>, Refusal> {
                 ))
             }
         }
+        Ok(())
     }
-    Ok(messages)
+
+    fn close(&mut self) {
+        if let Some((mut message, has_calls)) = self.open.take() {
+            if has_calls {
+                message.push(']');
+            }
+            message.push('}');
+            self.done.push(message);
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<String> {
+        self.close();
+        self.done
+    }
 }
 
-/// An assistant message with no tool results after it yet can carry more calls.
-fn takes_calls(message: &Value) -> bool {
-    message.get("role").and_then(Value::as_str) == Some("assistant")
-}
-
-fn message(object: &Map<String, Value>, param: &str) -> Result<Value, Refusal> {
-    let role = match object.get("role").and_then(Value::as_str) {
+/// A message's role and its chat JSON without the closing brace.
+fn message(item: &Members<'_>, param: &str) -> Result<(&'static str, String), Refusal> {
+    let role = match raw::member_text(item, "role").as_deref() {
         Some("developer") | Some("system") => "system",
         Some("user") => "user",
         Some("assistant") => "assistant",
@@ -80,59 +140,74 @@ fn message(object: &Map<String, Value>, param: &str) -> Result<Value, Refusal> {
             ))
         }
     };
-    let content = match object.get("content") {
-        Some(Value::String(text)) => Value::String(text.clone()),
-        Some(Value::Array(parts)) => {
-            let converted = parts
-                .iter()
-                .map(|part| content_part(part, param))
-                .collect::<Result<Vec<_>, _>>()?;
-            let all_text = converted
-                .iter()
-                .all(|p| p.get("type").and_then(Value::as_str) == Some("text"));
-            if role != "user" && all_text {
-                // Assistant and system content is plain text on every chat upstream.
-                Value::String(parts_text(&converted))
-            } else if role == "assistant" {
-                return Err(Refusal::new(
-                    format!("{param}.content"),
-                    "Assistant messages may only carry text.",
-                ));
-            } else {
-                Value::Array(converted)
-            }
-        }
+    let content = item.get("content").copied();
+    let mut out = String::with_capacity(40 + content.map_or(0, |c| c.get().len()));
+    out.push_str(r#"{"role":""#);
+    out.push_str(role);
+    out.push_str(r#"","content":"#);
+    match content {
+        Some(text) if raw::is_string(text) => out.push_str(text.get()),
+        Some(parts) if raw::is_array(parts) => content_parts(parts, role, param, &mut out)?,
         _ => {
             return Err(Refusal::new(
                 format!("{param}.content"),
                 "A message's content must be a string or a list of content parts.",
             ))
         }
-    };
-    Ok(json!({"role": role, "content": content}))
+    }
+    Ok((role, out))
 }
 
-fn content_part(part: &Value, param: &str) -> Result<Value, Refusal> {
-    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-    let text = || part.get("text").and_then(Value::as_str);
-    match kind {
-        "input_text" | "output_text" | "text" | "summary_text" => match text() {
-            Some(text) => Ok(json!({"type": "text", "text": text})),
+/// A content part, checked: text (a JSON string) or an image.
+enum Part<'a> {
+    Text(Option<&'a RawValue>),
+    Image {
+        url: &'a RawValue,
+        detail: Option<&'a RawValue>,
+    },
+}
+
+/// The fields of a content part this translation reads (others are skipped unread).
+#[derive(Deserialize, Default)]
+struct PartFields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    image_url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    detail: Option<&'a RawValue>,
+}
+
+fn part<'a>(part: &'a RawValue, param: &str) -> Result<Part<'a>, Refusal> {
+    let fields: PartFields<'a> = match raw::is_object(part) {
+        true => serde_json::from_str(part.get()).map_err(|_| {
+            Refusal::new(
+                format!("{param}.content"),
+                "A content part must name each field once.",
+            )
+        })?,
+        false => PartFields::default(),
+    };
+    let string = |value: Option<&'a RawValue>| value.filter(|v| raw::is_string(v));
+    let kind = fields.kind.and_then(raw::text).unwrap_or_default();
+    match kind.as_ref() {
+        "input_text" | "output_text" | "text" | "summary_text" => match string(fields.text) {
+            Some(text) => Ok(Part::Text(Some(text))),
             None => Err(Refusal::new(
                 format!("{param}.content"),
                 "A text part needs a 'text' string.",
             )),
         },
-        "refusal" => Ok(json!({"type": "text",
-            "text": part.get("refusal").and_then(Value::as_str).unwrap_or("")})),
-        "input_image" => match part.get("image_url").and_then(Value::as_str) {
-            Some(url) => {
-                let mut image = json!({"url": url});
-                if let Some(detail) = part.get("detail").and_then(Value::as_str) {
-                    image["detail"] = json!(detail);
-                }
-                Ok(json!({"type": "image_url", "image_url": image}))
-            }
+        "refusal" => Ok(Part::Text(string(fields.refusal))),
+        "input_image" => match string(fields.image_url) {
+            Some(url) => Ok(Part::Image {
+                url,
+                detail: string(fields.detail),
+            }),
             None => Err(Refusal::new(
                 format!("{param}.content"),
                 "input_image needs an 'image_url' (file_id needs a file store this gateway does not have).",
@@ -148,121 +223,121 @@ fn content_part(part: &Value, param: &str) -> Result<Value, Refusal> {
     }
 }
 
-fn function_call(object: &Map<String, Value>, param: &str) -> Result<Value, Refusal> {
-    let call_id = string_field(object, "call_id", param)?;
-    let name = string_field(object, "name", param)?;
-    let arguments = object
-        .get("arguments")
-        .and_then(Value::as_str)
-        .unwrap_or("{}");
-    Ok(json!({"id": call_id, "type": "function",
-              "function": {"name": name, "arguments": arguments}}))
+/// Content parts as chat content: assistant and system text is plain text on every chat
+/// upstream, so all-text parts join into one string; user parts stay a list.
+fn content_parts(
+    parts: &RawValue,
+    role: &str,
+    param: &str,
+    out: &mut String,
+) -> Result<(), Refusal> {
+    if role != "user" {
+        let mut text = String::new();
+        let mut has_image = false;
+        raw::for_each(parts, |_, raw_part| {
+            match part(raw_part, param)? {
+                Part::Text(Some(piece)) => text.push_str(&raw::text(piece).unwrap_or_default()),
+                Part::Text(None) => {}
+                Part::Image { .. } => has_image = true,
+            }
+            Ok(())
+        })?;
+        if !has_image {
+            raw::push_string(out, &text);
+            return Ok(());
+        }
+        if role == "assistant" {
+            return Err(Refusal::new(
+                format!("{param}.content"),
+                "Assistant messages may only carry text.",
+            ));
+        }
+    }
+    out.push('[');
+    raw::for_each(parts, |index, raw_part| {
+        if index > 0 {
+            out.push(',');
+        }
+        match part(raw_part, param)? {
+            Part::Text(text) => {
+                out.push_str(r#"{"type":"text","text":"#);
+                out.push_str(text.map_or(r#""""#, RawValue::get));
+                out.push('}');
+            }
+            Part::Image { url, detail } => {
+                out.push_str(r#"{"type":"image_url","image_url":{"url":"#);
+                out.push_str(url.get());
+                if let Some(detail) = detail {
+                    out.push_str(r#","detail":"#);
+                    out.push_str(detail.get());
+                }
+                out.push_str("}}");
+            }
+        }
+        Ok(())
+    })?;
+    out.push(']');
+    Ok(())
 }
 
-fn string_field(object: &Map<String, Value>, name: &str, param: &str) -> Result<String, Refusal> {
-    object
-        .get(name)
-        .and_then(Value::as_str)
-        .map(str::to_string)
+/// A chat tool call for a `function_call` item.
+fn function_call(item: &Members<'_>, param: &str) -> Result<String, Refusal> {
+    let call_id = string_member(item, "call_id", param)?;
+    let name = string_member(item, "name", param)?;
+    let arguments = item
+        .get("arguments")
+        .copied()
+        .filter(|a| raw::is_string(a))
+        .map_or(r#""{}""#, RawValue::get);
+    Ok(format!(
+        r#"{{"id":{},"type":"function","function":{{"name":{},"arguments":{arguments}}}}}"#,
+        call_id.get(),
+        name.get()
+    ))
+}
+
+/// A member that must be a JSON string, as raw JSON.
+fn string_member<'a>(item: &Members<'a>, name: &str, param: &str) -> Result<&'a RawValue, Refusal> {
+    item.get(name)
+        .copied()
+        .filter(|v| raw::is_string(v))
         .ok_or_else(|| Refusal::new(format!("{param}.{name}"), format!("'{name}' is required.")))
 }
 
-/// The text of content parts (Responses or chat shaped), joined.
-pub fn parts_text(parts: &[Value]) -> String {
-    parts
-        .iter()
-        .filter_map(|p| p.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join("")
-}
-
-fn truncate(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((i, _)) => &text[..i],
-        None => text,
-    }
-}
-
-/// The Responses items a stored chat message stands for, with ids derived from `base`
-/// (stable for a stored row: `msg_<base>`, `fc_<base>_<n>`, `fco_<base>`).
-pub fn message_to_items(message: &Value, base: &str) -> Vec<Value> {
-    let role = message
-        .get("role")
-        .and_then(Value::as_str)
-        .unwrap_or("user");
-    let mut items = Vec::new();
-    if role == "tool" {
-        items.push(json!({
-            "id": format!("fco_{base}"), "type": "function_call_output", "status": "completed",
-            "call_id": message.get("tool_call_id").cloned().unwrap_or(Value::Null),
-            "output": text_of(message.get("content")),
-        }));
-        return items;
-    }
-    let content = message.get("content");
-    let has_content = match content {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(parts)) => !parts.is_empty(),
-        _ => false,
-    };
-    if has_content || message.get("tool_calls").is_none() {
-        let part_type = if role == "assistant" {
-            "output_text"
-        } else {
-            "input_text"
-        };
-        let parts: Vec<Value> = match content {
-            Some(Value::Array(parts)) => parts.iter().map(|p| chat_part(p, part_type)).collect(),
-            other => vec![text_part(part_type, &text_of(other))],
-        };
-        items.push(
-            json!({"id": format!("msg_{base}"), "type": "message", "status": "completed",
-                          "role": role, "content": parts}),
-        );
-    }
-    for (n, call) in message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let function = call.get("function");
-        items.push(json!({
-            "id": format!("fc_{base}_{n}"), "type": "function_call", "status": "completed",
-            "call_id": call.get("id").cloned().unwrap_or(Value::Null),
-            "name": function.and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null),
-            "arguments": function.and_then(|f| f.get("arguments")).cloned().unwrap_or(json!("")),
-        }));
-    }
-    items
-}
-
-fn text_part(kind: &str, text: &str) -> Value {
-    if kind == "output_text" {
-        json!({"type": kind, "text": text, "annotations": [], "logprobs": []})
-    } else {
-        json!({"type": kind, "text": text})
-    }
-}
-
-fn chat_part(part: &Value, text_kind: &str) -> Value {
-    match part.get("type").and_then(Value::as_str) {
-        Some("image_url") => {
-            json!({"type": "input_image", "detail": part.pointer("/image_url/detail").cloned().unwrap_or(json!("auto")),
-            "image_url": part.pointer("/image_url/url").cloned().unwrap_or(Value::Null)})
+/// The text of a list of content parts, joined (parts without a `text` string add nothing).
+fn parts_text(parts: &RawValue) -> String {
+    let mut text = String::new();
+    let _ = raw::for_each(parts, |_, part| {
+        if let Some(piece) = raw::members(part).and_then(|m| raw::member_text(&m, "text")) {
+            text.push_str(&piece);
         }
-        _ => text_part(
-            text_kind,
-            part.get("text").and_then(Value::as_str).unwrap_or(""),
-        ),
-    }
+        Ok(())
+    });
+    text
 }
 
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts_text(parts),
-        _ => String::new(),
+/// Appends an input item as `input_items` lists it: a message without `type` gets
+/// `"type":"message"`, and an item without a string `id` gets a new one.
+pub fn push_listed_item(item: &Members<'_>, out: &mut Vec<u8>) {
+    let mut listed: BTreeMap<&str, &RawValue> = item
+        .iter()
+        .map(|(name, value)| (name.as_str(), *value))
+        .collect();
+    let message = raw::from_json(r#""message""#.to_string());
+    if !item.contains_key("type") && item.contains_key("role") {
+        listed.insert("type", &message);
     }
+    let id;
+    if !item.get("id").is_some_and(|id| raw::is_string(id)) {
+        let prefix = match listed.get("type").and_then(|t| raw::text(t)).as_deref() {
+            Some("function_call") => "fc",
+            Some("function_call_output") => "fco",
+            Some("reasoning") => "rs",
+            _ => "msg",
+        };
+        id = raw::from_json(format!("\"{}\"", random_id(prefix)));
+        listed.insert("id", &id);
+    }
+    // Writing to a Vec cannot fail, and every value is JSON already.
+    let _ = serde_json::to_writer(out, &listed);
 }

@@ -1,22 +1,27 @@
 //! A chat completion (or an assembled stream) → the Responses API response object.
 
-use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
+use serde_json::{json, Value};
 
 use super::random_id;
 use super::responses::Translated;
+use super::translated::Echo;
 use crate::gateway::decode::Reply;
 
 /// What the response object reports about its request; fixed before the upstream call.
+/// The echoed request fields are shared, never copied, between the turn's objects.
 #[derive(Debug, Clone)]
 pub struct ResponseMeta {
     pub id: String,
     pub created_at: i64,
     pub model: String,
-    pub instructions: Option<String>,
     pub previous_response_id: Option<String>,
     pub conversation: Option<String>,
     pub store: bool,
-    pub echo: Map<String, Value>,
+    pub echo: Arc<Echo>,
 }
 
 impl ResponseMeta {
@@ -25,7 +30,6 @@ impl ResponseMeta {
             id: random_id("resp"),
             created_at,
             model: t.model.clone(),
-            instructions: t.instructions.clone(),
             previous_response_id: t.previous_response_id.clone(),
             conversation: t.conversation.clone(),
             store: t.store,
@@ -51,57 +55,92 @@ pub fn status(finish_reason: Option<&str>) -> (&'static str, Value) {
     }
 }
 
+/// The response object, written once as JSON text: the echoed request fields (tools,
+/// schemas, metadata) are copied from their raw text, never parsed.
+#[derive(Serialize)]
+struct ResponseObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created_at: i64,
+    status: &'a str,
+    background: bool,
+    error: &'a Value,
+    incomplete_details: &'a Value,
+    instructions: Option<&'a RawValue>,
+    max_output_tokens: &'a RawValue,
+    model: &'a str,
+    output: &'a [Value],
+    parallel_tool_calls: &'a RawValue,
+    previous_response_id: Option<&'a str>,
+    conversation: Option<Value>,
+    reasoning: &'a RawValue,
+    store: bool,
+    temperature: &'a RawValue,
+    text: &'a RawValue,
+    tool_choice: &'a RawValue,
+    tools: &'a RawValue,
+    top_p: &'a RawValue,
+    truncation: &'static str,
+    usage: Option<Value>,
+    user: &'a RawValue,
+    metadata: &'a RawValue,
+}
+
+/// A constant's raw JSON (`null` should it not parse).
+fn constant(json: &'static str) -> &'static RawValue {
+    serde_json::from_str(json).unwrap_or(RawValue::NULL)
+}
+
 /// The response object. `status` is "in_progress", "completed", "incomplete" or "failed".
 pub fn response_object(
     meta: &ResponseMeta,
     outcome: &Outcome,
     status_override: Option<(&str, Value)>,
-) -> Value {
-    let (status, incomplete) = match status_override {
+) -> Box<RawValue> {
+    let (status, details) = match status_override {
         Some((s, details)) => (s.to_string(), details),
         None => {
             let (s, d) = status(outcome.finish_reason.as_deref());
             (s.to_string(), d)
         }
     };
-    let echo = |name: &str, default: Value| meta.echo.get(name).cloned().unwrap_or(default);
-    let error = if status == "failed" {
-        incomplete.clone()
-    } else {
-        Value::Null
+    let echo = |name: &str, default: &'static str| {
+        meta.echo.field(name).unwrap_or_else(|| constant(default))
     };
-    let incomplete = if status == "incomplete" {
-        incomplete
-    } else {
-        Value::Null
+    let (error, incomplete) = match status.as_str() {
+        "failed" => (details, Value::Null),
+        "incomplete" => (Value::Null, details),
+        _ => (Value::Null, Value::Null),
     };
-    json!({
-        "id": meta.id,
-        "object": "response",
-        "created_at": meta.created_at,
-        "status": status,
-        "background": false,
-        "error": error,
-        "incomplete_details": incomplete,
-        "instructions": meta.instructions,
-        "max_output_tokens": echo("max_output_tokens", Value::Null),
-        "model": meta.model,
-        "output": outcome.items,
-        "parallel_tool_calls": echo("parallel_tool_calls", json!(true)),
-        "previous_response_id": meta.previous_response_id,
-        "conversation": meta.conversation.as_ref().map(|id| json!({"id": id})),
-        "reasoning": echo("reasoning", json!({"effort": null, "summary": null})),
-        "store": meta.store,
-        "temperature": echo("temperature", json!(1.0)),
-        "text": echo("text", json!({"format": {"type": "text"}})),
-        "tool_choice": echo("tool_choice", json!("auto")),
-        "tools": echo("tools", json!([])),
-        "top_p": echo("top_p", json!(1.0)),
-        "truncation": "disabled",
-        "usage": outcome.usage.as_ref().map(usage),
-        "user": echo("user", Value::Null),
-        "metadata": echo("metadata", json!({})),
-    })
+    let object = ResponseObject {
+        id: &meta.id,
+        object: "response",
+        created_at: meta.created_at,
+        status: &status,
+        background: false,
+        error: &error,
+        incomplete_details: &incomplete,
+        instructions: meta.echo.instructions.as_deref(),
+        max_output_tokens: echo("max_output_tokens", "null"),
+        model: &meta.model,
+        output: &outcome.items,
+        parallel_tool_calls: echo("parallel_tool_calls", "true"),
+        previous_response_id: meta.previous_response_id.as_deref(),
+        conversation: meta.conversation.as_ref().map(|id| json!({"id": id})),
+        reasoning: echo("reasoning", r#"{"effort":null,"summary":null}"#),
+        store: meta.store,
+        temperature: echo("temperature", "1.0"),
+        text: echo("text", r#"{"format":{"type":"text"}}"#),
+        tool_choice: echo("tool_choice", r#""auto""#),
+        tools: meta.echo.tools.as_deref().unwrap_or_else(|| constant("[]")),
+        top_p: echo("top_p", "1.0"),
+        truncation: "disabled",
+        usage: outcome.usage.as_ref().map(usage),
+        user: echo("user", "null"),
+        metadata: echo("metadata", "{}"),
+    };
+    // Serialising borrowed JSON and plain values cannot fail.
+    to_raw_value(&object).unwrap_or_default()
 }
 
 /// Chat usage → Responses usage, with the `*_details` objects the SDKs read.

@@ -1,5 +1,6 @@
 //! A chat-completions stream, decoded into deltas → the Responses API's semantic events, incrementally, with sequence numbers.
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::random_id;
@@ -63,16 +64,8 @@ impl StreamTranslator {
                 &Outcome::default(),
                 Some(("in_progress", Value::Null)),
             );
-            self.event(
-                &mut out,
-                "response.created",
-                json!({"response": response.clone()}),
-            );
-            self.event(
-                &mut out,
-                "response.in_progress",
-                json!({"response": response}),
-            );
+            self.response_event(&mut out, "response.created", &response);
+            self.response_event(&mut out, "response.in_progress", &response);
         }
         out
     }
@@ -267,14 +260,15 @@ impl StreamTranslator {
         (outcome, out)
     }
 
-    /// `response.completed` or `response.incomplete`, carrying the full response.
-    pub fn terminal(&mut self, response: &Value) -> Vec<u8> {
-        let kind = match response.get("status").and_then(Value::as_str) {
-            Some("incomplete") => "response.incomplete",
+    /// `response.completed` or `response.incomplete`, carrying the full response (built
+    /// from the outcome [`Self::finish`] returned).
+    pub fn terminal(&mut self, response: &RawValue) -> Vec<u8> {
+        let kind = match status(self.finish_reason.as_deref()).0 {
+            "incomplete" => "response.incomplete",
             _ => "response.completed",
         };
         let mut out = Vec::new();
-        self.event(&mut out, kind, json!({"response": response}));
+        self.response_event(&mut out, kind, response);
         out
     }
 
@@ -299,8 +293,21 @@ impl StreamTranslator {
             &outcome,
             Some(("failed", json!({"code": code, "message": message}))),
         );
-        self.event(&mut out, "response.failed", json!({"response": response}));
+        self.response_event(&mut out, "response.failed", &response);
         out
+    }
+
+    /// An event carrying the response object, copied in as JSON text.
+    fn response_event(&mut self, out: &mut Vec<u8>, kind: &str, response: &RawValue) {
+        let head = format!(
+            "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{},\"response\":",
+            self.seq
+        );
+        self.seq += 1;
+        out.reserve(head.len() + response.get().len() + 3);
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(response.get().as_bytes());
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn event(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {

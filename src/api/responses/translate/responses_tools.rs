@@ -1,8 +1,9 @@
-//! Responses API tools → chat tools: function tools reshaped, the rest dropped or refused per `[responses] unsupported_tools`.
+//! Responses API tools → chat tools: function tools reshaped, the rest dropped or refused per `[responses] unsupported_tools`. Schemas pass through as raw JSON.
 
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
 
-use super::translated::{truncate, Translated};
+use super::raw::{self, Members};
+use super::translated::{truncate, Echo, Translated};
 use super::Refusal;
 pub use crate::config::ToolPolicy;
 
@@ -19,48 +20,55 @@ const BUILT_IN_TOOLS: &[&str] = &[
     "local_shell",
 ];
 
+/// The function tools in chat's nested shape, and their names.
+#[derive(Default)]
+pub(super) struct ChatTools {
+    /// A JSON list; `None` when no function tool is left.
+    pub json: Option<Box<RawValue>>,
+    pub names: Vec<String>,
+}
+
 /// Function tools in chat's nested shape; built-in and unknown tools dropped or refused.
+/// The function tools are echoed as sent.
 pub(super) fn tools(
-    value: Option<Value>,
+    value: Option<&RawValue>,
     policy: ToolPolicy,
     out: &mut Translated,
-) -> Result<Vec<Value>, Refusal> {
-    let items = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
+    echo: &mut Echo,
+) -> Result<ChatTools, Refusal> {
+    let list = match value {
+        None => return Ok(ChatTools::default()),
+        Some(v) if raw::is_null(v) => return Ok(ChatTools::default()),
+        Some(v) if raw::is_array(v) => v,
         Some(_) => return Err(Refusal::new("tools", "'tools' must be a list.")),
     };
-    out.echo.insert("tools".into(), Value::Array(Vec::new()));
-    let mut chat_tools = Vec::with_capacity(items.len());
-    for (index, tool) in items.into_iter().enumerate() {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+    let mut chat = String::from("[");
+    let mut echoed = String::from("[");
+    let mut names = Vec::new();
+    raw::for_each(list, |index, tool| {
+        let members = raw::members(tool).unwrap_or_default();
+        let kind = raw::member_text(&members, "type").unwrap_or_default();
         if kind == "function" {
-            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+            let name = members.get("name").copied().filter(|n| raw::is_string(n));
+            let Some(name) = name else {
                 return Err(Refusal::new(
                     format!("tools[{index}].name"),
                     "Function tools need a 'name'.",
                 ));
             };
-            let mut function = json!({"name": name});
-            for key in ["description", "parameters"] {
-                if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
-                    function[key] = v.clone();
-                }
+            if !names.is_empty() {
+                chat.push(',');
+                echoed.push(',');
             }
+            push_chat_function(&mut chat, name, &members);
             // `strict` is accepted and ignored: not every chat upstream enforces schemas.
-            chat_tools.push(json!({"type": "function", "function": function}));
-            if let Some(Value::Array(echoed)) = out.echo.get_mut("tools") {
-                echoed.push(tool);
-            }
-            continue;
+            echoed.push_str(tool.get());
+            names.push(raw::text(name).unwrap_or_default().into_owned());
+            return Ok(());
         }
-        let label = tool_label(&tool, &kind);
+        let label = tool_label(&members, &kind);
         if policy == ToolPolicy::Reject {
-            let what = if BUILT_IN_TOOLS.contains(&kind.as_str()) {
+            let what = if BUILT_IN_TOOLS.contains(&kind.as_ref()) {
                 "built-in"
             } else {
                 "unknown"
@@ -71,14 +79,37 @@ pub(super) fn tools(
             ));
         }
         out.dropped_tools.push(label);
+        Ok(())
+    })?;
+    chat.push(']');
+    echoed.push(']');
+    echo.tools = Some(raw::from_json(echoed));
+    Ok(ChatTools {
+        json: (!names.is_empty()).then(|| raw::from_json(chat)),
+        names,
+    })
+}
+
+/// `{"type":"function","function":{"name":…,"description":…,"parameters":…}}`, the
+/// description and parameters copied as sent.
+fn push_chat_function(chat: &mut String, name: &RawValue, tool: &Members<'_>) {
+    chat.push_str(r#"{"type":"function","function":{"name":"#);
+    chat.push_str(name.get());
+    for key in ["description", "parameters"] {
+        if let Some(value) = tool.get(key).filter(|v| !raw::is_null(v)) {
+            chat.push_str(",\"");
+            chat.push_str(key);
+            chat.push_str("\":");
+            chat.push_str(value.get());
+        }
     }
-    Ok(chat_tools)
+    chat.push_str("}}");
 }
 
 /// A tool's name for the drop header and messages: its type, or `namespace:name`.
-fn tool_label(tool: &Value, kind: &str) -> String {
+fn tool_label(tool: &Members<'_>, kind: &str) -> String {
     let kind = if kind.is_empty() { "unknown" } else { kind };
-    let label = match tool.get("name").and_then(Value::as_str) {
+    let label = match raw::member_text(tool, "name") {
         Some(name) if !BUILT_IN_TOOLS.contains(&kind) => format!("{kind}:{name}"),
         _ => kind.to_string(),
     };
@@ -89,48 +120,50 @@ fn tool_label(tool: &Value, kind: &str) -> String {
         .collect()
 }
 
+/// The chat `tool_choice` for a Responses one, given the function tools' names and the
+/// labels of the tools dropped.
 pub(super) fn tool_choice(
-    value: &Value,
-    tools: &[Value],
+    value: &RawValue,
+    names: &[String],
     dropped: &[String],
-) -> Result<Value, Refusal> {
+) -> Result<Box<RawValue>, Refusal> {
     const PARAM: &str = "tool_choice";
-    match value {
-        Value::String(mode) if ["auto", "none", "required"].contains(&mode.as_str()) => {
-            Ok(value.clone())
+    if let Some(mode) = raw::text(value) {
+        if ["auto", "none", "required"].contains(&mode.as_ref()) {
+            return Ok(raw::owned(value));
         }
-        Value::Object(choice) => {
-            let kind = choice.get("type").and_then(Value::as_str).unwrap_or("");
-            if kind == "function" {
-                let name = choice.get("name").and_then(Value::as_str).unwrap_or("");
-                let known = tools
-                    .iter()
-                    .any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name));
-                if !known {
-                    return Err(Refusal::new(
-                        PARAM,
-                        format!(
-                            "tool_choice names the function '{}', which is not in 'tools'.",
-                            truncate(name)
-                        ),
-                    ));
-                }
-                return Ok(json!({"type": "function", "function": {"name": name}}));
-            }
-            if dropped
-                .iter()
-                .any(|d| d == kind || d.starts_with(&format!("{kind}:")))
-            {
-                return Err(Refusal::new(PARAM, format!("tool_choice forces the tool '{}', which a chat-completions upstream cannot run and was dropped.", truncate(kind))));
-            }
-            Err(Refusal::new(
-                PARAM,
-                "This tool_choice cannot be translated for a chat-completions upstream.",
-            ))
-        }
-        _ => Err(Refusal::new(
+    }
+    let Some(choice) = raw::members(value) else {
+        return Err(Refusal::new(
             PARAM,
             "tool_choice must be auto, none, required or a function.",
-        )),
+        ));
+    };
+    let kind = raw::member_text(&choice, "type").unwrap_or_default();
+    if kind == "function" {
+        let name = raw::member_text(&choice, "name").unwrap_or_default();
+        if !names.iter().any(|known| *known == name) {
+            return Err(Refusal::new(
+                PARAM,
+                format!(
+                    "tool_choice names the function '{}', which is not in 'tools'.",
+                    truncate(&name)
+                ),
+            ));
+        }
+        let mut chat = String::from(r#"{"type":"function","function":{"name":"#);
+        raw::push_string(&mut chat, &name);
+        chat.push_str("}}");
+        return Ok(raw::from_json(chat));
     }
+    if dropped
+        .iter()
+        .any(|d| *d == kind || d.starts_with(&format!("{kind}:")))
+    {
+        return Err(Refusal::new(PARAM, format!("tool_choice forces the tool '{}', which a chat-completions upstream cannot run and was dropped.", truncate(&kind))));
+    }
+    Err(Refusal::new(
+        PARAM,
+        "This tool_choice cannot be translated for a chat-completions upstream.",
+    ))
 }

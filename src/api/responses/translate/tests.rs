@@ -3,9 +3,10 @@
 use serde_json::{json, Value};
 
 use super::responses::{chat_body, translate, ToolPolicy};
-use super::responses_items::{items_to_messages, message_to_items};
+use super::responses_items::items_to_messages;
 use super::responses_reply::{outcome_from_reply, response_object, Outcome, ResponseMeta};
 use super::responses_stream::StreamTranslator;
+use super::stored_items::message_to_items;
 use crate::gateway::decode::{ChatDecoder, Reply};
 
 fn tr(body: Value) -> super::responses::Translated {
@@ -19,7 +20,22 @@ fn refused(body: Value, policy: ToolPolicy) -> String {
 }
 
 fn chat(t: &super::responses::Translated, context: &[String]) -> Value {
-    serde_json::from_slice(&chat_body(t, t.stream, context)).unwrap()
+    let mut t = t.clone();
+    let input = std::mem::take(&mut t.input_messages);
+    serde_json::from_slice(&chat_body(&mut t, context, &input)).unwrap()
+}
+
+/// Chat messages for a list of items, as values.
+fn messages(items: Value) -> Result<Vec<Value>, super::Refusal> {
+    let items = serde_json::value::to_raw_value(&items).unwrap();
+    Ok(items_to_messages(&items)?
+        .iter()
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect())
+}
+
+fn object(meta: &ResponseMeta, outcome: &Outcome) -> Value {
+    serde_json::from_str(response_object(meta, outcome, None).get()).unwrap()
 }
 
 #[test]
@@ -56,7 +72,7 @@ fn string_input_and_instructions() {
 
 #[test]
 fn items_roles_parts_and_calls() {
-    let messages = items_to_messages(&[
+    let messages = messages(json!([
         json!({"role": "developer", "content": "dev rules"}),
         json!({"type": "message", "role": "system", "content": [{"type": "input_text", "text": "sys"}]}),
         json!({"role": "user", "content": [{"type": "input_text", "text": "look"},
@@ -69,7 +85,7 @@ fn items_roles_parts_and_calls() {
         json!({"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "two"}]}),
         json!({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "xyz"}),
         json!({"type": "function_call", "call_id": "call_3", "name": "h", "arguments": "{}"}),
-    ]).unwrap();
+    ])).unwrap();
     assert_eq!(
         messages,
         vec![
@@ -99,7 +115,7 @@ fn stored_messages_become_items_again() {
     assert_eq!(items[0]["content"][0]["type"], "output_text");
     assert_eq!(items[1]["id"], "fc_7_0");
     assert_eq!(items[1]["call_id"], "call_1");
-    let back = items_to_messages(&items).unwrap();
+    let back = messages(Value::Array(items)).unwrap();
     assert_eq!(back[0]["tool_calls"][0]["function"]["name"], "f");
     let tool = message_to_items(
         &json!({"role": "tool", "tool_call_id": "call_1", "content": "x"}),
@@ -223,7 +239,7 @@ fn completion_to_response() {
         .unwrap();
     let meta = meta();
     assert!(meta.id.starts_with("resp_") && meta.id.len() == 37);
-    let response = response_object(&meta, &outcome, None);
+    let response = object(&meta, &outcome);
     assert_eq!(response["status"], "incomplete");
     assert_eq!(
         response["incomplete_details"]["reason"],
@@ -251,7 +267,7 @@ fn completion_to_response() {
         "message": {"content": null}}]}))
     .unwrap();
     assert_eq!(
-        response_object(&meta, &filtered, None)["incomplete_details"]["reason"],
+        object(&meta, &filtered)["incomplete_details"]["reason"],
         "content_filter"
     );
     assert!(outcome_from_completion(&json!({"choices": []})).is_none());
