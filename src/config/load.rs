@@ -10,6 +10,7 @@ use super::cli::{LogFormat, ServeArgs};
 use super::keys::KeyEntry;
 use super::limits::{self, Limits, RedisUrl};
 use super::proxies::{parse_trusted, ForwardedHeader};
+use super::routing::{self, RoutingSection};
 use super::sections::{ResponsesSection, ServerSection, SessionsSection};
 use super::tls::TlsFiles;
 use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
@@ -31,6 +32,8 @@ pub struct FileConfig {
     pub sessions: SessionsSection,
     #[serde(default)]
     pub responses: ResponsesSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
 }
 
 /// Everything gatewayd runs with, after merging. Built once; never mutated.
@@ -49,6 +52,8 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: SessionsSection,
     pub responses: ResponsesSection,
+    /// `[routing]`: strategies, circuit breakers, the retry budget, probes.
+    pub routing: RoutingSection,
     pub config_path: Option<PathBuf>,
     /// Optional separate `HOST:PORT` for /metrics.
     pub metrics_addr: Option<String>,
@@ -112,6 +117,13 @@ impl Config {
                     ca_file: None,
                     client_cert_file: None,
                     client_key_file: None,
+                    weight: defaults::weight(),
+                    priority: 0,
+                    max_in_flight: 0,
+                    failure_threshold: None,
+                    cooldown_secs: None,
+                    max_cooldown_secs: None,
+                    probe_path: None,
                 },
             );
         }
@@ -162,6 +174,7 @@ impl Config {
             limits,
             sessions,
             responses: file.responses,
+            routing: file.routing,
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
             trusted_proxies,
@@ -222,6 +235,8 @@ impl Config {
             }
         }
         limits::validate(&self.limits).map_err(ConfigError::Invalid)?;
+        let redis = self.limits.backend == limits::Backend::Redis;
+        routing::validate(&self.routing, &self.upstreams, redis).map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "[limits] max_body_bytes and max_connections must be above 0".into(),
