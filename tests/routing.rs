@@ -135,6 +135,33 @@ async fn latency_drains_an_upstream_that_turns_slow_within_two_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_tier_serves_only_while_the_tier_above_is_full() {
+    let primary = Mock::start("tier0").await;
+    primary.set(Behaviour::Slow(Duration::from_millis(300)));
+    let overflow = Mock::start("tier1").await;
+    let upstreams = [
+        overflow.toml("priority = 1"),
+        primary.toml("priority = 0\nmax_in_flight = 2"),
+    ];
+    let gw = gateway("", &upstreams).await;
+    // One at a time: the first tier always has room.
+    assert_eq!(load(&gw, 3, 1).await, 3);
+    assert_eq!((primary.hits(), overflow.hits()), (3, 0));
+    // Eight at a time: it takes two, the next tier the rest.
+    assert_eq!(load(&gw, 24, 8).await, 24);
+    assert_eq!(
+        primary.peak_in_flight(),
+        2,
+        "max_in_flight = 2 was exceeded"
+    );
+    assert!(
+        overflow.hits() >= 6,
+        "the next tier got {}",
+        overflow.hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_the_budget_when_two_of_three_fail() {
     let first = Mock::start("fail1").await;
     let second = Mock::start("fail2").await;

@@ -42,6 +42,9 @@ struct Shared {
     arrivals: Mutex<Vec<Instant>>,
     /// Requests of `/models` (probes).
     probes: AtomicUsize,
+    /// Chat requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
 }
 
 pub struct Mock {
@@ -66,6 +69,8 @@ impl Mock {
                 hits: watch::channel(0).0,
                 arrivals: Mutex::new(Vec::new()),
                 probes: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+                peak_in_flight: AtomicUsize::new(0),
             }),
             server: Mutex::new(None),
         };
@@ -117,6 +122,11 @@ impl Mock {
         *self.shared.hits.borrow()
     }
 
+    /// The most chat requests it ever answered at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn probes(&self) -> usize {
         self.shared.probes.load(Ordering::SeqCst)
     }
@@ -156,6 +166,14 @@ impl Mock {
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    let response = respond(&shared, body).await;
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn respond(shared: &Shared, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
     shared.arrivals.lock().unwrap().push(Instant::now());
     shared.hits.send_modify(|n| *n += 1);
