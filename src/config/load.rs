@@ -54,6 +54,9 @@ pub struct Config {
     pub responses: ResponsesSection,
     /// `[routing]`: strategies, circuit breakers, the retry budget, probes.
     pub routing: RoutingSection,
+    /// The first upstream came from `--upstream` / GATEWAYD_UPSTREAM_URL, not the file
+    /// (a reload keeps it).
+    pub upstream_from_flag: bool,
     pub config_path: Option<PathBuf>,
     /// Optional separate `HOST:PORT` for /metrics.
     pub metrics_addr: Option<String>,
@@ -175,6 +178,7 @@ impl Config {
             sessions,
             responses: file.responses,
             routing: file.routing,
+            upstream_from_flag: args.upstream.is_some(),
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
             trusted_proxies,
@@ -253,6 +257,28 @@ pub fn reread_key_entries(path: Option<&Path>) -> Result<Vec<KeyEntry>, ConfigEr
         Some(path) => Ok(read_file(path)?.keys),
         None => Ok(Vec::new()),
     }
+}
+
+/// The `[[upstreams]]` and `[routing]` of the config file as it is now on disk (for a
+/// SIGHUP reload), checked like at startup; the upstream given by flag stays first.
+/// The whole file must still parse: a broken file never half-applies.
+pub fn reread_upstreams(
+    current: &Config,
+) -> Result<(Vec<UpstreamConfig>, RoutingSection), ConfigError> {
+    let Some(path) = &current.config_path else {
+        return Ok((current.upstreams.clone(), current.routing.clone()));
+    };
+    let file = read_file(path)?;
+    let mut next = current.clone();
+    next.upstreams = file.upstreams;
+    if current.upstream_from_flag {
+        if let Some(flag) = current.upstreams.first() {
+            next.upstreams.insert(0, flag.clone());
+        }
+    }
+    next.routing = file.routing;
+    next.validate()?;
+    Ok((next.upstreams, next.routing))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -13,7 +13,7 @@ pub mod tls;
 mod upstream;
 
 pub use limits::{Backend, Limits, RedisFailure, RedisUrl};
-pub use load::{reread_key_entries, Config, ConfigError, FileConfig};
+pub use load::{reread_key_entries, reread_upstreams, Config, ConfigError, FileConfig};
 pub use proxies::{parse_trusted, ForwardedHeader};
 pub use routing::{BreakerPolicy, ModelRouting, RoutingSection, Strategy};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};

@@ -21,8 +21,8 @@ pub struct RoutingSection {
     pub cooldown_secs: u64,
     /// The longest an upstream stays open: doubled cooldowns and `Retry-After` stop here.
     pub max_cooldown_secs: u64,
-    /// Retries may add at most this share of a pool's first attempts (last 10 s); at
-    /// least one retry per second is always allowed.
+    /// Retries may add at most this share of a pool's first attempts (last 10 s); one
+    /// retry per second (ten per 10 s) is always allowed.
     pub retry_budget_percent: u32,
     /// Every this many seconds, each open upstream is probed (`GET {base_url}/models` or
     /// its `probe_path`); a good answer closes it. 0 = no probes.

@@ -1,5 +1,6 @@
 //! SIGHUP: re-read every key source and swap the key set atomically, or keep the old one;
-//! the same for the listener's certificate and each upstream's TLS files.
+//! the same for the listener's certificate, the upstreams with their routing (health kept
+//! by name) and each upstream's TLS files.
 //!
 //! The re-read runs on its own thread under a deadline, never on the async workers: a
 //! key or config file on a hung filesystem delays nothing but the reload itself.
@@ -67,6 +68,29 @@ pub fn reload_tls(state: &AppState) {
     }
 }
 
+/// Re-reads `[[upstreams]]` and `[routing]` and swaps in the new upstreams, pools and
+/// strategies (blocking). Upstreams whose name is unchanged keep their health: an open
+/// one stays open. Anything invalid is logged and the previous upstreams stay.
+pub fn reload_upstreams(state: &AppState) {
+    if state.config.config_path.is_none() {
+        return; // nothing to re-read: the upstreams came from flags
+    }
+    let built = config::reread_upstreams(&state.config)
+        .map_err(|e| e.to_string())
+        .and_then(|(upstreams, routing)| {
+            let count = upstreams.len();
+            let swapped = state.upstreams.reload(&upstreams, &routing);
+            swapped.map(|()| count).map_err(|e| e.to_string())
+        });
+    match built {
+        Ok(upstreams) => tracing::info!(upstreams, "upstreams and routing reloaded"),
+        Err(error) => tracing::error!(
+            %error,
+            "upstream reload rejected; the previous upstreams and routing stay in force"
+        ),
+    }
+}
+
 /// Runs reloads one at a time on a detached thread (not tokio's blocking pool, whose
 /// threads would hold up shutdown), each under [`RELOAD_DEADLINE`].
 #[derive(Default)]
@@ -88,6 +112,7 @@ impl Reloader {
             .name("key-reload".into())
             .spawn(move || {
                 let result = fresh_keys(&worker, &ProcessEnv);
+                reload_upstreams(&worker);
                 reload_tls(&worker);
                 running.store(false, Ordering::Release);
                 let _ = tx.send(result);

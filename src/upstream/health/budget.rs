@@ -1,11 +1,13 @@
 //! A pool's shared counters: the retry budget (retries at most a share of first attempts
-//! over the last 10 s, with a floor of one retry per second) and the turn counter the
+//! over the last 10 s, with a floor of one retry per second: ten per window) and the turn counter the
 //! `weighted` and `least_busy` strategies spread requests with.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Seconds of history the budget weighs.
 const WINDOW_SECS: u64 = 10;
+/// Retries always allowed, per second of the window, however few first attempts.
+const FLOOR_PER_SEC: u64 = 1;
 
 /// One second of a pool's attempts.
 #[derive(Default)]
@@ -44,15 +46,18 @@ impl Pool {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes one retry from the budget, or says none is left.
+    /// Takes one retry from the budget, or says none is left: retries over the window
+    /// may reach the budget's share of its first attempts, or one per second of it
+    /// (ten), whichever is more.
     pub fn try_retry(&self, now_ms: u64) -> bool {
         let now = now_ms / 1000;
         let this = self.current(now);
         // Counted first, so that concurrent retries see each other and never overdraw.
-        let this_second = this.retries.fetch_add(1, Ordering::Relaxed) + 1;
+        this.retries.fetch_add(1, Ordering::Relaxed);
         let (firsts, retries) = self.totals(now);
-        let within_share = u64::from(retries) * 100 <= u64::from(firsts) * u64::from(self.percent);
-        if within_share || this_second <= 1 {
+        let retries = u64::from(retries);
+        let within_share = retries * 100 <= u64::from(firsts) * u64::from(self.percent);
+        if within_share || retries <= WINDOW_SECS * FLOOR_PER_SEC {
             return true;
         }
         this.retries.fetch_sub(1, Ordering::Relaxed);
@@ -98,35 +103,41 @@ mod tests {
     fn retries_stay_within_the_share_of_first_attempts() {
         let pool = Pool::new(20);
         let mut allowed = 0;
-        for i in 0..100 {
-            let now = 5_000 + i * 10; // 100 requests within one second
+        for i in 0..1000 {
+            let now = 5_000 + i; // 1,000 requests within one second
             pool.first_attempt(now);
             if pool.try_retry(now) {
                 allowed += 1;
             }
         }
-        assert_eq!(allowed, 20);
+        assert_eq!(allowed, 200);
     }
 
     #[test]
-    fn one_retry_per_second_is_always_allowed() {
+    fn ten_retries_per_ten_seconds_are_always_allowed() {
         let pool = Pool::new(0);
-        assert!(pool.try_retry(1_000));
+        for _ in 0..10 {
+            assert!(pool.try_retry(1_000));
+        }
         assert!(!pool.try_retry(1_500));
-        assert!(pool.try_retry(2_000));
+        // Ten seconds on, the first second's retries have left the window.
+        assert!(pool.try_retry(11_000));
     }
 
     #[test]
     fn old_seconds_leave_the_window() {
         let pool = Pool::new(20);
-        for _ in 0..10 {
+        for _ in 0..100 {
             pool.first_attempt(0);
         }
-        assert!(pool.try_retry(0));
-        assert!(pool.try_retry(0));
+        for _ in 0..20 {
+            assert!(pool.try_retry(0));
+        }
         assert!(!pool.try_retry(0));
-        // Ten seconds on, those first attempts no longer pay for retries.
-        assert!(pool.try_retry(10_500));
+        // Ten seconds on, those first attempts no longer pay for retries: the floor does.
+        for _ in 0..10 {
+            assert!(pool.try_retry(10_500));
+        }
         assert!(!pool.try_retry(10_600));
     }
 }
