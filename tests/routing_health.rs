@@ -2,7 +2,8 @@
 //! threshold, gets no client request while open and closes after its restart and one
 //! half-open success; `Retry-After: 3` keeps an upstream out for 3 s; a pool of one whose
 //! upstream is dead answers fast 503s with `Retry-After` (OpenAI and Anthropic shapes)
-//! while readiness stays 200 and the metrics say which upstream is open.
+//! while readiness stays 200 and the metrics say which upstream is open; active probes
+//! close a recovered upstream without a client request, and probe only open ones.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -275,4 +276,62 @@ async fn a_pool_of_one_answers_fast_503s_with_retry_after_once_open() {
         "gatewayd_upstream_in_flight{{upstream=\"{name}\"}} 0"
     )));
     assert!(metrics.contains("gatewayd_upstream_ewma_ttfb_seconds{"));
+}
+
+/// Polls `/metrics` until upstream `name` is in `wanted` state; panics after `limit`.
+async fn wait_for_state(gw: &Gateway, name: &str, wanted: Option<u8>, limit: Duration) {
+    let started = Instant::now();
+    while state(gw, name).await != wanted {
+        assert!(
+            started.elapsed() < limit,
+            "{name} not {wanted:?} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_close_a_recovered_upstream_and_leave_closed_ones_alone() {
+    let recovering = Mock::start("recovering").await;
+    let dead = Graveyard::start().await;
+    let dead_name = format!("dead-{}", dead.addr.port());
+    let dead_toml = format!(
+        "[[upstreams]]\nname = \"{dead_name}\"\nbase_url = \"{}\"\nmodels = [\"m\"]\n",
+        dead.url()
+    );
+    let backup = Mock::start("kept").await;
+    // No half-open trial within the test: only a probe can close anything.
+    let routing =
+        "[routing]\nfailure_threshold = 1\ncooldown_secs = 300\nprobe_interval_secs = 1\n";
+    let upstreams = [recovering.toml(""), dead_toml, backup.toml("")];
+    let gw = gateway(routing, &upstreams).await;
+    let url = gw.url("/v1/chat/completions");
+    let client = client();
+    assert_eq!(chat(&client, &url).await.0, 200);
+    assert_eq!(recovering.hits(), 1);
+
+    recovering.kill().await;
+    assert_eq!(chat(&client, &url).await.0, 200, "the backup answers");
+    assert_eq!(state(&gw, &recovering.name).await, OPEN);
+    assert_eq!(state(&gw, &dead_name).await, OPEN);
+
+    recovering.restart().await;
+    wait_for_state(&gw, &recovering.name, CLOSED, Duration::from_secs(15)).await;
+    assert!(recovering.probes() >= 1);
+    assert_eq!(recovering.hits(), 1, "a client request was spent on it");
+    assert_eq!(chat(&client, &url).await.0, 200);
+    assert_eq!(recovering.hits(), 2, "closed, so it serves again");
+
+    // Two more rounds probe the dead one (still open); nothing probes the closed ones.
+    let (probed, dead_seen) = (recovering.probes(), dead.connections());
+    let started = Instant::now();
+    while dead.connections() < dead_seen + 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the open upstream is not probed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recovering.probes(), probed, "a closed upstream was probed");
+    assert_eq!(backup.probes(), 0, "a closed upstream was probed");
 }
