@@ -1,6 +1,7 @@
 //! Routing in operation, on the real binary: an upstream that opens and closes says so in
 //! one log line each; a SIGHUP that changes pools, weights and strategies keeps the
-//! health of upstreams whose name is unchanged.
+//! health of upstreams whose name is unchanged; two gateways sharing health through a
+//! real Redis (127.0.0.1:6379): once one opens an upstream, the other skips it.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,8 +11,9 @@ mod routing_mock;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{binary, client, start, temp_dir};
-use routing_mock::{Graveyard, Mock};
+use common::{binary, client, config_from_toml, spawn_gateway, start, temp_dir, two_keys_toml};
+use common::{Gateway, KEY_A};
+use routing_mock::{chat, Behaviour, Graveyard, Mock};
 use serde_json::json;
 
 /// Waits until stderr has a line containing `needle`.
@@ -164,4 +166,69 @@ async fn one_log_line_when_an_upstream_opens_and_one_when_it_closes() {
     assert_eq!(about("upstream closed"), 1, "{log}");
     let opened = log.lines().find(|l| l.contains("upstream opened")).unwrap();
     assert!(opened.contains("consecutive_failures"), "{opened}");
+}
+
+/// `gatewayd_upstream_state{upstream=name}` of an in-process gateway.
+async fn gateway_state(gw: &Gateway, name: &str) -> Option<u8> {
+    let metrics = client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("gatewayd_upstream_state{{upstream=\"{name}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_health_through_redis() {
+    let failing = Mock::start("shared-bad").await;
+    failing.set(Behaviour::Status(500));
+    let healthy = Mock::start("shared-good").await;
+    let mut random = [0u8; 6];
+    getrandom::getrandom(&mut random).unwrap();
+    let toml = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n\
+         redis_prefix = \"gwtest-{}\"\nredis_timeout_ms = 500\n\
+         [routing]\nshare_health = true\nfailure_threshold = 2\ncooldown_secs = 60\n{}{}{}",
+        hex::encode(random),
+        failing.toml(""),
+        healthy.toml(""),
+        two_keys_toml()
+    );
+    let first = spawn_gateway(config_from_toml(&toml)).await;
+    let second = spawn_gateway(config_from_toml(&toml)).await;
+    let client = client();
+    let url = first.url("/v1/chat/completions");
+    for _ in 0..2 {
+        assert_eq!(chat(&client, &url).await.0, 200, "the healthy one answers");
+    }
+    assert_eq!(failing.hits(), 2);
+    assert_eq!(gateway_state(&first, &failing.name).await, Some(2));
+
+    // The second gateway has sent it nothing, yet learns it is open.
+    let started = Instant::now();
+    while gateway_state(&second, &failing.name).await != Some(2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not shared within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("shared after {:?}", started.elapsed());
+    let url = second.url("/v1/chat/completions");
+    for _ in 0..20 {
+        assert_eq!(chat(&client, &url).await.0, 200);
+    }
+    assert_eq!(
+        failing.hits(),
+        2,
+        "the second gateway tried the open upstream"
+    );
 }

@@ -308,6 +308,11 @@ impl Health {
         Some(Transition::Closed)
     }
 
+    /// Whether it is open only because another instance said so.
+    pub fn is_open_by_peer(&self) -> bool {
+        self.state.load(Ordering::Acquire) != CLOSED && self.opened_by_peer.load(Ordering::Relaxed)
+    }
+
     /// When an open upstream may be tried again, in clock milliseconds.
     pub fn open_until(&self) -> Option<u64> {
         (self.state.load(Ordering::Acquire) != CLOSED)
