@@ -192,4 +192,16 @@ async fn retries_stay_within_the_budget_when_two_of_three_fail() {
         retries <= bound,
         "{retries} retries for 300 first attempts (budget {bound})"
     );
+    // Counted: retries by the reason the attempt before failed, and the ones refused.
+    let metrics = gatewayd::telemetry::handle().render();
+    let count = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(series));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("gatewayd_upstream_retries_total{reason=\"server_error\"}") >= 1.0);
+    assert!(
+        count("gatewayd_retry_budget_exhausted_total") >= 1.0,
+        "{metrics}"
+    );
 }
