@@ -53,6 +53,7 @@ pub use wire::{error, openai};
 /// Serves an already-built state on listeners that are already bound (and judged).
 /// Returns once `shutdown` has fired and connections have drained.
 pub async fn run(state: AppState, listeners: Vec<Listener>, shutdown: CancellationToken) {
+    gateway::routing::start(state.gateway(), shutdown.clone());
     let app = app(state.clone());
     serve_router(state, app, listeners, shutdown).await;
 }

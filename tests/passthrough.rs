@@ -189,17 +189,18 @@ async fn response_headers_pass_through_on_success_error_and_stream() {
     assert_passed_through(ok.headers());
     assert_eq!(ok.headers()["content-type"], "application/json");
 
-    let limited = send_chat(&gw, "limited", false).await;
-    assert_eq!(limited.status(), 429);
-    assert_passed_through(limited.headers());
-    let error: Value = limited.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
-
     let stream = send_chat(&gw, "m", true).await;
     assert_eq!(stream.status(), 200);
     assert_passed_through(stream.headers());
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     assert!(stream.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+
+    // Last: its `Retry-After: 7` keeps this (only) upstream out for 7 s.
+    let limited = send_chat(&gw, "limited", false).await;
+    assert_eq!(limited.status(), 429);
+    assert_passed_through(limited.headers());
+    let error: Value = limited.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
 }
 
 #[tokio::test]

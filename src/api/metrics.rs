@@ -14,6 +14,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    crate::gateway::routing::export_metrics(&state.upstreams);
     if let Some(store) = &state.sessions {
         match store.count().await {
             Ok(count) => metrics::gauge!(telemetry::SESSIONS_STORED).set(count as f64),

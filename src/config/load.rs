@@ -11,6 +11,7 @@ use super::file_read::{self, FileError, FileKind};
 use super::keys::KeyEntry;
 use super::limits::{self, Limits, RedisUrl};
 use super::proxies::{parse_trusted, ForwardedHeader};
+use super::routing::{self, RoutingSection};
 use super::sections::{ResponsesSection, ServerSection, SessionsSection};
 use super::tls::TlsFiles;
 use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
@@ -32,6 +33,8 @@ pub struct FileConfig {
     pub sessions: SessionsSection,
     #[serde(default)]
     pub responses: ResponsesSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
 }
 
 /// Everything gatewayd runs with, after merging. Built once; never mutated.
@@ -50,6 +53,11 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: SessionsSection,
     pub responses: ResponsesSection,
+    /// `[routing]`: strategies, circuit breakers, the retry budget, probes.
+    pub routing: RoutingSection,
+    /// The first upstream came from `--upstream` / GATEWAYD_UPSTREAM_URL, not the file
+    /// (a reload keeps it).
+    pub upstream_from_flag: bool,
     pub config_path: Option<PathBuf>,
     /// Optional separate `HOST:PORT` for /metrics.
     pub metrics_addr: Option<String>,
@@ -110,6 +118,13 @@ impl Config {
                     ca_file: None,
                     client_cert_file: None,
                     client_key_file: None,
+                    weight: defaults::weight(),
+                    priority: 0,
+                    max_in_flight: 0,
+                    failure_threshold: None,
+                    cooldown_secs: None,
+                    max_cooldown_secs: None,
+                    probe_path: None,
                 },
             );
         }
@@ -160,6 +175,8 @@ impl Config {
             limits,
             sessions,
             responses: file.responses,
+            routing: file.routing,
+            upstream_from_flag: args.upstream.is_some(),
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),
             trusted_proxies,
@@ -220,6 +237,8 @@ impl Config {
             }
         }
         limits::validate(&self.limits).map_err(ConfigError::Invalid)?;
+        let redis = self.limits.backend == limits::Backend::Redis;
+        routing::validate(&self.routing, &self.upstreams, redis).map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "[limits] max_body_bytes and max_connections must be above 0".into(),
@@ -241,6 +260,33 @@ pub fn current_key_entries(config: &Config) -> Result<Vec<KeyEntry>, ConfigError
         Some(path) => Ok(read_file(path)?.keys),
         None => Ok(Vec::new()),
     }
+}
+
+/// The `[[upstreams]]` and `[routing]` of the config file as it is now on disk (for a
+/// SIGHUP reload), checked like at startup; the upstream given by flag stays first.
+/// The whole file must still parse: a broken file never half-applies.
+pub fn reread_upstreams(
+    current: &Config,
+) -> Result<(Vec<UpstreamConfig>, RoutingSection), ConfigError> {
+    let Some(path) = current
+        .config_path
+        .as_ref()
+        .filter(|path| path.as_path() != Path::new(STDIN_CONFIG))
+    else {
+        // Flags only, or standard input (read once, at start): nothing to re-read.
+        return Ok((current.upstreams.clone(), current.routing.clone()));
+    };
+    let file = read_file(path)?;
+    let mut next = current.clone();
+    next.upstreams = file.upstreams;
+    if current.upstream_from_flag {
+        if let Some(flag) = current.upstreams.first() {
+            next.upstreams.insert(0, flag.clone());
+        }
+    }
+    next.routing = file.routing;
+    next.validate()?;
+    Ok((next.upstreams, next.routing))
 }
 
 /// The config file (or standard input for `-`), through the shared reader: a regular

@@ -9,13 +9,17 @@ pub mod left_behind;
 pub mod limits;
 mod load;
 pub mod proxies;
+pub mod routing;
 mod sections;
 pub mod tls;
 mod upstream;
 
 pub use limits::{Backend, Limits, RedisFailure, RedisUrl};
-pub use load::{current_key_entries, Config, ConfigError, FileConfig, STDIN_CONFIG};
+pub use load::{
+    current_key_entries, reread_upstreams, Config, ConfigError, FileConfig, STDIN_CONFIG,
+};
 pub use proxies::{parse_trusted, ForwardedHeader};
+pub use routing::{BreakerPolicy, ModelRouting, RoutingSection, Strategy};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};
 pub use tls::TlsFiles;
 pub use upstream::{HeaderSource, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};

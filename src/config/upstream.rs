@@ -1,4 +1,5 @@
-//! One `[[upstreams]]` entry as written: where it is, its credentials, models, timeouts and wire options.
+//! One `[[upstreams]]` entry as written: where it is, its credentials, models, timeouts, wire
+//! options and routing settings.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -71,6 +72,24 @@ pub struct UpstreamConfig {
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `client_cert_file`. Never logged.
     pub client_key_file: Option<PathBuf>,
+    /// Share of a `weighted` pool's requests, relative to the other upstreams' weights.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+    /// Tier: 0 is tried first; a higher tier is used only while every upstream of the
+    /// tiers before it is open or at its `max_in_flight`.
+    #[serde(default)]
+    pub priority: u32,
+    /// The most requests (streams included) sent to it at once; 0 = no limit.
+    #[serde(default)]
+    pub max_in_flight: u32,
+    /// Overrides `[routing] failure_threshold` for this upstream.
+    pub failure_threshold: Option<u32>,
+    /// Overrides `[routing] cooldown_secs` for this upstream.
+    pub cooldown_secs: Option<u64>,
+    /// Overrides `[routing] max_cooldown_secs` for this upstream.
+    pub max_cooldown_secs: Option<u64>,
+    /// What a probe asks for, below `base_url`: `models` unless set.
+    pub probe_path: Option<String>,
 }
 
 /// Which API an upstream speaks.
@@ -146,5 +165,8 @@ pub(super) mod defaults {
     }
     pub fn models_timeout() -> u64 {
         5
+    }
+    pub fn weight() -> u32 {
+        1
     }
 }

@@ -1,4 +1,4 @@
-//! SIGHUP: re-read every key source and TLS file on a detached thread under a deadline, and install what is good; a stuck read never holds up a later reload.
+//! SIGHUP: re-read every key source, the upstreams with their routing and every TLS file on a detached thread under a deadline, and install what is good; a stuck read never holds up a later reload.
 //!
 //! Reads happen off the async workers, on a thread of their own: an `open()` that blocks
 //! cannot be cancelled. The thread hands over the keys first and the TLS files second,
@@ -22,6 +22,7 @@ use crate::config::keys::{self, Env, KeySet, ProcessEnv};
 use crate::config::left_behind::{self, Watch};
 use crate::config::tls::TlsError;
 use crate::upstream::tls::{FreshTls, UpstreamTls};
+use crate::upstream::NextUpstreams;
 
 /// How long one reload may take before it is abandoned (what it has not installed by
 /// then stays as it was).
@@ -75,6 +76,7 @@ pub fn read_tls(state: &AppState) -> TlsReadout {
 /// One part of a reload, handed from the reading thread to the installer.
 enum Part {
     Keys(Result<KeySet, ReloadError>),
+    Upstreams(Option<Result<NextUpstreams, String>>),
     Tls(TlsReadout),
 }
 
@@ -89,8 +91,34 @@ fn install(state: &AppState, part: Part) {
             tracing::info!(keys = fresh.keys.len(), auth = %auth_mode(&fresh), "keys reloaded");
         }
         Part::Keys(Err(err)) => key_reload_rejected(&err),
+        Part::Upstreams(None) => {}
+        Part::Upstreams(Some(Ok(next))) => {
+            state.upstreams.install(next);
+            tracing::info!("upstreams and routing reloaded");
+        }
+        Part::Upstreams(Some(Err(error))) => tracing::error!(
+            %error,
+            "upstream reload rejected; the previous upstreams and routing stay in force"
+        ),
         Part::Tls(readout) => install_tls(state, readout),
     }
+}
+
+/// Re-reads `[[upstreams]]` and `[routing]` and builds the new upstreams, pools and
+/// strategies (blocking; installs nothing). Upstreams whose name is unchanged keep their
+/// health: an open one stays open. `None` when the upstreams came from flags only.
+fn read_upstreams(state: &AppState) -> Option<Result<NextUpstreams, String>> {
+    state.config.config_path.as_ref()?;
+    Some(
+        config::reread_upstreams(&state.config)
+            .map_err(|e| e.to_string())
+            .and_then(|(upstreams, routing)| {
+                state
+                    .upstreams
+                    .prepare(&upstreams, &routing)
+                    .map_err(|e| e.to_string())
+            }),
+    )
 }
 
 fn key_reload_rejected(err: &ReloadError) {
@@ -172,6 +200,7 @@ async fn reload_once(state: AppState, deadline: Duration) {
         deadline,
         move |send: &dyn Fn(Part)| {
             send(Part::Keys(fresh_keys(&reader, &ProcessEnv)));
+            send(Part::Upstreams(read_upstreams(&reader)));
             send(Part::Tls(read_tls(&reader)));
         },
         |part| {

@@ -83,7 +83,7 @@ pub fn judge(args: &ServeArgs, env: &dyn Env, resolver: &dyn Resolver) -> Result
     check_key_required(&config, strong_key)?;
     let inherited = systemd::inherited_sockets(strong_key)?;
     let plan = plan(&config, strong_key, inherited.is_some(), resolver)?;
-    let registry = Registry::from_config(&config.upstreams)?;
+    let registry = Registry::with_routing(&config.upstreams, &config.routing)?;
     let tls = match &config.tls {
         Some(files) => Some(std::sync::Arc::new(ListenerTls::load(files)?)),
         None => None,

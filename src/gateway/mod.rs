@@ -6,6 +6,7 @@ pub mod pipeline;
 pub mod relay;
 pub mod resolve;
 pub mod route;
+pub mod routing;
 pub mod settle;
 pub mod state;
 pub mod turn;

@@ -1,4 +1,5 @@
-//! Sends one request to the upstreams that serve its model, in fallback order, and shapes the answer.
+//! Sends one request to the upstreams that serve its model, in its pool's order with
+//! fallback, skipping open upstreams, and shapes the answer.
 
 use std::time::Instant;
 
@@ -7,9 +8,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use super::routing::{self, Attempt, Skipped};
 use super::state::Gateway;
 use crate::gateway::relay::{relay, RelayOptions, StreamTap};
 use crate::telemetry;
+use crate::upstream::health::clock;
 use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
 use crate::upstream::{UpstreamRequest, UpstreamResponse};
 use crate::wire::error::ApiError;
@@ -33,9 +36,12 @@ pub enum Answer {
     Stream(UpstreamResponse),
 }
 
-/// Tries each upstream serving the model, in order, up to `max_attempts`. Connect
-/// errors, 429 and 5xx move on to the next; timeouts do not (the upstream may already be
-/// working on it). Nothing has reached the client yet, so retrying is safe.
+/// Sends the request to the upstreams serving the model, in the order its pool's
+/// strategy gives, up to `max_attempts`. Open upstreams (and those at their
+/// `max_in_flight`) are skipped without an attempt; when every one is, the answer is an
+/// immediate 503 with `Retry-After`. Connect errors, 429 and 5xx move on to the next while
+/// the pool's retry budget allows; timeouts do not (the upstream may already be working
+/// on it). Nothing has reached the client yet, so retrying is safe.
 pub async fn forward(
     gateway: &Gateway,
     endpoint: Endpoint,
@@ -47,6 +53,26 @@ pub async fn forward(
     Ok(answer)
 }
 
+/// What failed last, kept until the request knows whether another upstream will try.
+enum Failed {
+    /// No answer (connect error, broken exchange, an endpoint it does not serve).
+    Error(&'static str),
+    /// The upstream's own refusal (429, 5xx): the client's answer if nothing follows.
+    Refused {
+        response: UpstreamResponse,
+        upstream: String,
+        reason: &'static str,
+    },
+}
+
+impl Failed {
+    fn reason(&self) -> &'static str {
+        match self {
+            Failed::Error(reason) | Failed::Refused { reason, .. } => reason,
+        }
+    }
+}
+
 /// [`forward`] over the given candidates; also says which upstream answered.
 pub async fn forward_to(
     gateway: &Gateway,
@@ -55,7 +81,7 @@ pub async fn forward_to(
     history: Option<&[u8]>,
     candidates: Vec<Candidate>,
 ) -> Result<(Answer, String), ApiError> {
-    if candidates.is_empty() {
+    let Some(first) = candidates.first() else {
         return Err(ApiError::NotFound {
             message: format!(
                 "The model '{}' does not exist or is not served by this gateway.",
@@ -63,11 +89,34 @@ pub async fn forward_to(
             ),
             code: Some("model_not_found"),
         });
-    }
-    let attempts = candidates.len().min(gateway.config.max_attempts as usize);
-    let mut last_error = ApiError::BadGateway;
-    for (attempt, candidate) in candidates.into_iter().take(attempts).enumerate() {
-        let is_last = attempt + 1 == attempts;
+    };
+    let (strategy, pool) = gateway.upstreams.strategy(&request.model, &first.label);
+    let order = routing::attempt_order(candidates, strategy, &pool);
+    let max_attempts = gateway.config.max_attempts as usize;
+    let mut made = 0;
+    let mut skipped = Skipped::default();
+    let mut failed: Option<Failed> = None;
+    let total = order.len();
+    for (index, candidate) in order.into_iter().enumerate() {
+        if made == max_attempts {
+            break;
+        }
+        let Some(mut attempt) = routing::claim(&candidate, &mut skipped) else {
+            continue;
+        };
+        let now = clock::now_ms();
+        match &failed {
+            None => pool.first_attempt(now),
+            Some(previous) => {
+                if !pool.try_retry(now) {
+                    telemetry::count_retry_refused();
+                    tracing::warn!(model = %candidate.label, "retry budget spent; not retrying");
+                    break;
+                }
+                telemetry::count_retry(previous.reason());
+            }
+        }
+        made += 1;
         let body = request.forward_body(Some(&candidate.upstream_model), history);
         let upstream = candidate.upstream.name().to_string();
         telemetry::record_model(&candidate.label);
@@ -81,6 +130,7 @@ pub async fn forward_to(
             })
             .await;
         telemetry::record_upstream(started, &upstream);
+        let failure = attempt.judge(&sent);
         let response = match sent {
             Ok(response) => response,
             Err(err @ UpstreamError::Timeout(_)) => {
@@ -88,46 +138,75 @@ pub async fn forward_to(
                 return Err(ApiError::GatewayTimeout);
             }
             Err(err) => {
-                if is_last {
+                if index + 1 == total || made == max_attempts {
                     tracing::warn!(%upstream, error = %err, "upstream failed");
                 } else {
                     tracing::warn!(%upstream, error = %err, "upstream failed; trying the next one");
                 }
-                last_error = ApiError::BadGateway;
+                failed = Some(Failed::Error(failure.unwrap_or("broken_response")));
                 continue;
             }
         };
-        let status = response.status;
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            tracing::warn!(%upstream, %status, "upstream refused the request");
-            if !is_last {
-                continue;
-            }
-            // Anthropic's own error bodies (529 overloaded, …) reach Anthropic clients as
-            // they are (checked below, once read); a chat upstream's becomes a generic 502.
-            if status.is_server_error() && !endpoint.is_anthropic() {
-                return Err(ApiError::BadGateway);
-            }
+        if let Some(reason) = failure {
+            tracing::warn!(%upstream, status = %response.status, "upstream refused the request");
+            failed = Some(Failed::Refused {
+                response,
+                upstream,
+                reason,
+            });
+            continue;
         }
-        refuse_credential_errors(status, &upstream)?;
-        let is_event_stream = response
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if request.stream && status.is_success() && is_event_stream {
-            return Ok((Answer::Stream(response), upstream));
-        }
-        let started = Instant::now();
-        let collected = collect(response).await;
-        telemetry::record_upstream(started, &upstream);
-        if status.is_server_error() && !is_anthropic_error(&collected) {
-            // Anything else (a proxy's HTML page, …) says nothing a client can use.
-            return Err(ApiError::BadGateway);
-        }
-        return collected.map(|answer| (answer, upstream));
+        return finish(endpoint, request, response, attempt, upstream).await;
     }
-    Err(last_error)
+    match failed {
+        None => Err(ApiError::UpstreamUnavailable {
+            retry_after_secs: skipped.retry_after_secs(),
+        }),
+        Some(Failed::Error(_)) => Err(ApiError::BadGateway),
+        Some(Failed::Refused {
+            response, upstream, ..
+        }) => finish(endpoint, request, response, None, upstream).await,
+    }
+}
+
+/// The answer the client gets from the upstream's response. `attempt` (if still held)
+/// stays with a stream until it ends. A 429 passes on; a 5xx becomes a generic 502,
+/// except Anthropic's own error bodies (529 overloaded, …), which reach Anthropic clients
+/// as they are.
+async fn finish(
+    endpoint: Endpoint,
+    request: &ChatRequest,
+    response: UpstreamResponse,
+    attempt: impl Into<Option<Attempt>>,
+    upstream: String,
+) -> Result<(Answer, String), ApiError> {
+    let attempt = attempt.into();
+    let status = response.status;
+    if status.is_server_error() && !endpoint.is_anthropic() {
+        return Err(ApiError::BadGateway);
+    }
+    refuse_credential_errors(status, &upstream)?;
+    let is_event_stream = response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if request.stream && status.is_success() && is_event_stream {
+        let response = match attempt {
+            Some(attempt) => attempt.hold_through(response),
+            None => response,
+        };
+        return Ok((Answer::Stream(response), upstream));
+    }
+    let started = Instant::now();
+    let collected = collect(response).await;
+    drop(attempt);
+    telemetry::record_upstream(started, &upstream);
+    if status.is_server_error() && !is_anthropic_error(&collected) {
+        // Anything else (a proxy's HTML page, …) says nothing a client can use.
+        return Err(ApiError::BadGateway);
+    }
+    collected.map(|answer| (answer, upstream))
 }
 
 /// An Anthropic error body (`{"type":"error","error":{…}}`), which passes to the client

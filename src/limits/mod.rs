@@ -1,7 +1,8 @@
 //! Who may send how much: per-caller rate and concurrency, and the failed-auth throttle,
 //! counted in this process (`local.rs`) or shared by every instance through Redis
 //! (`shared.rs`), with the Redis failure policy decided here and nowhere else. The
-//! `[limits]` settings themselves are plain data in `config/limits.rs`.
+//! `[limits]` settings themselves are plain data in `config/limits.rs`. Routing shares
+//! upstream health through the same Redis (`shared_redis`).
 
 mod caller;
 mod local;
@@ -30,6 +31,23 @@ pub struct Limiter {
     /// This process's counts: the limiter with `backend = "local"`, the fallback with Redis.
     local: LocalLimiter,
     shared: Option<SharedLimiter>,
+}
+
+/// The limits' Redis, for other state every instance shares: commands run under the
+/// limits' timeout and outage handling, keys under their prefix.
+#[derive(Clone)]
+pub struct SharedRedis(SharedLimiter);
+
+impl SharedRedis {
+    /// `None` when Redis did not answer in time (or is down and not due for a retry).
+    pub async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
+        self.0.query(command).await
+    }
+
+    /// `{redis_prefix}:{name}`.
+    pub fn key(&self, name: &str) -> String {
+        self.0.key(name)
+    }
 }
 
 /// A held concurrency slot, released when the response body ends (or dropped).
@@ -122,6 +140,12 @@ impl Limiter {
             (Some(shared), RedisFailure::Closed) => shared.ping().await,
             _ => true,
         }
+    }
+
+    /// The Redis every instance shares (`backend = "redis"`), for other state they share:
+    /// upstream health with `[routing] share_health`.
+    pub fn shared_redis(&self) -> Option<SharedRedis> {
+        self.shared.clone().map(SharedRedis)
     }
 
     /// Whether the last Redis call succeeded (`None` with the local backend).

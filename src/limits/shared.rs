@@ -171,6 +171,18 @@ impl SharedLimiter {
         Some((wait > 0).then(|| whole_seconds(Duration::from_micros(wait as u64))))
     }
 
+    /// One command for other state the instances share (upstream health), under the same
+    /// timeout and outage handling as the limits: `None` when Redis did not answer.
+    pub async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
+        self.call(|mut conn| async move { command.query_async(&mut conn).await })
+            .await
+    }
+
+    /// `{redis_prefix}:{name}`: a key beside the limits' keys.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.0.prefix)
+    }
+
     /// PING within the timeout, whatever the probe schedule (for /health/ready).
     pub async fn ping(&self) -> bool {
         self.0.retry_at.store(0, Ordering::Relaxed);

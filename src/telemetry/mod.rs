@@ -26,6 +26,18 @@ pub const RATE_LIMITED: &str = "gatewayd_rate_limited_total";
 pub const LIMIT_BACKEND_ERRORS: &str = "gatewayd_limit_backend_errors_total";
 /// Threads a reload left behind, stuck reading a file past their deadline, still running.
 pub const RELOAD_STUCK_THREADS: &str = "gatewayd_reload_stuck_threads";
+/// Each upstream's breaker: 0 closed, 1 half-open, 2 open.
+pub const UPSTREAM_STATE: &str = "gatewayd_upstream_state";
+/// Each upstream's peak-EWMA time to first byte.
+pub const UPSTREAM_EWMA_TTFB: &str = "gatewayd_upstream_ewma_ttfb_seconds";
+/// Requests (streams included) each upstream is serving now.
+pub const UPSTREAM_IN_FLIGHT: &str = "gatewayd_upstream_in_flight";
+/// Times each upstream's breaker opened.
+pub const UPSTREAM_OPENED: &str = "gatewayd_upstream_opened_total";
+/// Retries, by the reason the attempt before failed.
+pub const UPSTREAM_RETRIES: &str = "gatewayd_upstream_retries_total";
+/// Retries not made because the pool's retry budget was spent.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "gatewayd_retry_budget_exhausted_total";
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
@@ -148,6 +160,29 @@ pub fn count_refusal(error: &crate::wire::error::ApiError) {
 pub fn set_reload_stuck_threads(count: usize) {
     handle();
     metrics::gauge!(RELOAD_STUCK_THREADS).set(count as f64);
+}
+
+/// Counts one retry; `reason` is one of a fixed few words.
+pub fn count_retry(reason: &'static str) {
+    metrics::counter!(UPSTREAM_RETRIES, "reason" => reason).increment(1);
+}
+
+/// Counts a retry the retry budget refused.
+pub fn count_retry_refused() {
+    metrics::counter!(RETRY_BUDGET_EXHAUSTED).increment(1);
+}
+
+/// Counts an upstream's breaker opening (`upstream` is a configured name).
+pub fn count_upstream_opened(upstream: &str) {
+    metrics::counter!(UPSTREAM_OPENED, "upstream" => upstream.to_string()).increment(1);
+}
+
+/// Sets one upstream's health gauges (`upstream` is a configured name).
+pub fn set_upstream_health(upstream: String, state: f64, ewma_ttfb: f64, in_flight: f64) {
+    handle();
+    metrics::gauge!(UPSTREAM_STATE, "upstream" => upstream.clone()).set(state);
+    metrics::gauge!(UPSTREAM_EWMA_TTFB, "upstream" => upstream.clone()).set(ewma_ttfb);
+    metrics::gauge!(UPSTREAM_IN_FLIGHT, "upstream" => upstream).set(in_flight);
 }
 
 /// Counts a stream while it is open.

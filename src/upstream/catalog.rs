@@ -22,11 +22,12 @@ impl Registry {
     /// and aliases, then what it lists (filtered by its patterns). Failed upstreams are
     /// logged and skipped; when they leave nothing at all, that is an error, not `[]`.
     pub async fn list_models(&self) -> Result<Vec<Value>, CatalogError> {
-        let listings = self.listings(self.entries.iter().collect()).await;
+        let table = self.table();
+        let listings = self.listings(table.entries.iter().collect()).await;
         let mut seen = HashSet::new();
         let mut models = Vec::new();
         let mut failed = false;
-        for (entry, listing) in self.entries.iter().zip(listings) {
+        for (entry, listing) in table.entries.iter().zip(listings) {
             let listed = match listing {
                 Some(Ok(listed)) => Some(listed),
                 Some(Err(err)) => {
@@ -63,7 +64,8 @@ impl Registry {
     /// or a name a pattern upstream lists. `Err` when the upstreams that could serve it
     /// all failed to answer, so "not found" would be a guess.
     pub async fn find_model(&self, id: &str) -> Result<Option<Value>, CatalogError> {
-        for entry in &self.entries {
+        let table = self.table();
+        for entry in &table.entries {
             if entry.exact.iter().any(|m| m == id) || entry.aliases.iter().any(|(a, _)| a == id) {
                 let listed = match self.listings(vec![entry]).await.pop().flatten() {
                     Some(Ok(listed)) => listed,
@@ -72,7 +74,7 @@ impl Registry {
                 return Ok(Some(self.configured(entry, id, &listed)));
             }
         }
-        let serving: Vec<&Entry> = self.entries.iter().filter(|e| e.lists(id)).collect();
+        let serving: Vec<&Entry> = table.entries.iter().filter(|e| e.lists(id)).collect();
         let listings = self.listings(serving.clone()).await;
         let mut failed = false;
         for (entry, listing) in serving.into_iter().zip(listings) {

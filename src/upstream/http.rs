@@ -26,6 +26,7 @@ use crate::config::{ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
 mod models;
 mod native;
+mod probe;
 use crate::config::keys::Secret;
 
 /// The pooled client every upstream shares; cloning it shares the pool.
@@ -84,6 +85,8 @@ pub struct HttpUpstream {
     /// a URL parse.
     endpoint_uris: Vec<Uri>,
     models_uri: Uri,
+    /// What a health probe asks for: `{base_url}/{probe_path}` (`models` by default).
+    probe_uri: Uri,
     /// `…/responses` with the configured query, credentials removed: the base of a
     /// native upstream's stored-response URLs.
     responses_url: url::Url,
@@ -142,6 +145,8 @@ impl HttpUpstream {
             models_url.query_pairs_mut().append_pair("limit", "1000");
         }
         let models_uri = valid(models_url)?;
+        let probe_path = config.probe_path.as_deref().unwrap_or("models");
+        let probe_uri = valid(uri(probe_path.trim_start_matches('/'))?)?;
         let request_headers = RequestHeaders::new(config, api_key.as_ref().map(Secret::expose))
             .map_err(|m| UpstreamError::Config(name.clone(), m))?;
         let host = models_uri.host().unwrap_or_default().to_ascii_lowercase();
@@ -162,6 +167,7 @@ impl HttpUpstream {
             api: config.api,
             endpoint_uris,
             models_uri,
+            probe_uri,
             responses_url,
             native: config.responses == ResponsesMode::Native,
             max_output_tokens: config.max_output_tokens,
@@ -359,6 +365,10 @@ impl Upstream for HttpUpstream {
 
     fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>> {
         self.cached_models().boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        self.probe_once().boxed()
     }
 }
 

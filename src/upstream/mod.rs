@@ -1,10 +1,11 @@
-//! Upstreams: the provider trait, the model→upstream registry and its fallback order, the
-//! HTTP client, the built-in `echo` model, which headers cross the gateway and the model
+//! Upstreams: the provider trait, the model→upstream registry with each upstream's health,
+//! the HTTP client, the built-in `echo` model, which headers cross the gateway and the model
 //! catalog. Declarations and re-exports only.
 
 mod catalog;
 mod echo;
 pub mod headers;
+pub mod health;
 mod http;
 mod registry;
 pub mod tls;
@@ -14,7 +15,7 @@ pub use crate::config::UpstreamApi;
 pub use crate::wire::openai::Endpoint;
 pub use catalog::CatalogError;
 pub use echo::EchoUpstream;
-pub use registry::{Candidate, Registry};
+pub use registry::{Candidate, NextUpstreams, Placement, Registry};
 pub use types::{
     ByteStream, ModelObject, StoredResponseCall, Upstream, UpstreamError, UpstreamRequest,
     UpstreamResponse,

@@ -113,4 +113,9 @@ pub trait Upstream: Send + Sync {
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>>;
     /// The upstream's own model list, for pattern upstreams.
     fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>>;
+    /// A cheap health check of an open upstream (`probe_interval_secs`): `Ok` when it
+    /// answers at all with neither 429 nor 5xx.
+    fn probe(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

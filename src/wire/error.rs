@@ -48,6 +48,11 @@ pub enum ApiError {
     UpstreamTruncated,
     #[error("The gateway is shutting down.")]
     Unavailable,
+    /// Every upstream serving the model is open (failing) or at its `max_in_flight`.
+    #[error(
+        "No upstream serving this model is available right now; retry after {retry_after_secs} s."
+    )]
+    UpstreamUnavailable { retry_after_secs: u64 },
     #[error("Session storage is unavailable, so nothing was stored. Retry shortly.")]
     StorageUnavailable,
     #[error("Another request is still continuing this session. Retry when it has finished.")]
@@ -98,9 +103,10 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway | ApiError::UpstreamTruncated => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unavailable | ApiError::StorageUnavailable | ApiError::LimitsUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable
+            | ApiError::StorageUnavailable
+            | ApiError::LimitsUnavailable
+            | ApiError::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SessionBusy => StatusCode::CONFLICT,
             ApiError::SessionLimitReached(_) | ApiError::StorageQuotaExceeded(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -118,7 +124,8 @@ impl ApiError {
             ApiError::BadGateway
             | ApiError::GatewayTimeout
             | ApiError::Unavailable
-            | ApiError::UpstreamTruncated => "upstream_error",
+            | ApiError::UpstreamTruncated
+            | ApiError::UpstreamUnavailable { .. } => "upstream_error",
             ApiError::Internal | ApiError::StorageUnavailable | ApiError::LimitsUnavailable => {
                 "server_error"
             }
@@ -139,6 +146,7 @@ impl ApiError {
             ApiError::GatewayTimeout => Some("upstream_timeout"),
             ApiError::BadGateway => Some("upstream_error"),
             ApiError::UpstreamTruncated => Some("upstream_truncated"),
+            ApiError::UpstreamUnavailable { .. } => Some("upstream_unavailable"),
             ApiError::StorageUnavailable => Some("storage_unavailable"),
             ApiError::LimitsUnavailable => Some("limits_unavailable"),
             ApiError::SessionBusy => Some("session_busy"),
@@ -185,7 +193,8 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static(challenge),
                 );
             }
-            ApiError::RateLimited { retry_after_secs } => {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::UpstreamUnavailable { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::StorageUnavailable | ApiError::SessionBusy | ApiError::LimitsUnavailable => {

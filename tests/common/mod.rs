@@ -77,7 +77,7 @@ pub fn named_keys_toml(a: &str, b: &str) -> String {
 
 pub fn state_for(config: Config) -> AppState {
     let keys: KeySet = keys::load(&FakeEnv(HashMap::new()), &config.key_entries).unwrap();
-    let registry = Registry::from_config(&config.upstreams).unwrap();
+    let registry = Registry::with_routing(&config.upstreams, &config.routing).unwrap();
     AppState::new(config, keys, registry)
 }
 
