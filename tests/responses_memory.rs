@@ -144,9 +144,10 @@ fn patient_client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn respond(process: &Process, body: Vec<u8>) -> u16 {
+/// POSTs `body` to `path`; the answer must be a 200.
+async fn post_ok(process: &Process, path: &str, body: Vec<u8>) -> String {
     let response = patient_client()
-        .post(process.url("/v1/responses"))
+        .post(process.url(path))
         .bearer_auth(KEY_A)
         .header("content-type", "application/json")
         .body(body)
@@ -156,7 +157,34 @@ async fn respond(process: &Process, body: Vec<u8>) -> u16 {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     assert!(status == 200, "{status}: {}", &text[..text.len().min(500)]);
-    status
+    text
+}
+
+async fn respond(process: &Process, body: Vec<u8>) -> u16 {
+    post_ok(process, "/v1/responses", body).await;
+    200
+}
+
+/// GETs `path`; the answer must be a 200. Returns its size.
+async fn get(process: &Process, path: &str) -> usize {
+    let response = patient_client()
+        .get(process.url(path))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.bytes().await.unwrap().len()
+}
+
+/// The growth of peak RSS over the RSS before `work`, and the RSS once memory settles
+/// back under `bound`.
+async fn measure<F: std::future::Future>(process: &Process, bound: u64, work: F) -> (u64, u64) {
+    reset_peak(process);
+    let before = rss(process);
+    work.await;
+    let grown = peak(process).saturating_sub(before);
+    (grown, rss_settles_to(process, bound).await)
 }
 
 /// Small requests first, so that the baseline includes what every turn sets up once
@@ -172,10 +200,12 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
-/// Each shape: the peak while an unstored request is translated and answered stays
-/// under 6× its size, and once a stored one is answered (and its memory released) the
-/// process holds less than 3× its size more than before. Before the fix, 200,000 parts
-/// added 650 MiB and a 9.9 MB tool schema 230 MiB, and kept it.
+/// Each shape: the peak while an unstored request is translated and answered, and while
+/// the stored one's `input_items` are listed, stays under 6× its size; once each is
+/// answered (and its memory released) the process holds less than 3× the size more than
+/// before. The same for a conversation created with the 200,000 parts (no peak bound on
+/// creating it: that is storing, not translating) and its items listed. Before the fix, 200,000 parts added 650 MiB and a 9.9 MB tool schema 230 MiB,
+/// and kept it; listing the parts' `input_items` took 470 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_of_each_shape_costs_a_small_multiple_of_its_size() {
     let largest = Arc::new(AtomicUsize::new(0));
@@ -185,45 +215,94 @@ async fn a_large_request_of_each_shape_costs_a_small_multiple_of_its_size() {
     for shape in SHAPES {
         let body = shape.body(false);
         let size = body.len() as u64;
-        let before = rss(&gateway);
-        reset_peak(&gateway);
+        let bound = baseline + 3 * size;
         largest.store(0, Ordering::Relaxed);
-        respond(&gateway, body).await;
-        let working = peak(&gateway).saturating_sub(before);
+        let (working, unstored_left) = measure(&gateway, bound, respond(&gateway, body)).await;
         assert!(
             largest.load(Ordering::Relaxed) as u64 > size / 2,
             "{shape:?}: the upstream got the content"
         );
-        let unstored_left = rss_settles_to(&gateway, baseline + 3 * size).await;
-
-        reset_peak(&gateway);
-        let before_stored = rss(&gateway);
-        respond(&gateway, shape.body(true)).await;
-        let stored_peak = peak(&gateway).saturating_sub(before_stored);
-        let left = rss_settles_to(&gateway, baseline + 3 * size).await;
+        let mut id = String::new();
+        let (stored_peak, left) = measure(&gateway, bound, async {
+            let answer = post_ok(&gateway, "/v1/responses", shape.body(true)).await;
+            id = serde_json::from_str::<Value>(&answer).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        })
+        .await;
+        // Listing what was stored reads it as text too.
+        let path = format!("/v1/responses/{id}/input_items?limit=100");
+        let (listing, listed_left) = measure(&gateway, bound, get(&gateway, &path)).await;
         eprintln!(
-            "{shape:?}: body {}; unstored: peak +{}, then +{}; stored: peak +{}, then +{} over the baseline {}",
+            "{shape:?}: body {}; unstored: peak +{}, then +{}; stored: peak +{}, then +{}; \
+             input_items: peak +{}, then +{} (over the baseline {})",
             mib(size),
             mib(working),
             mib(unstored_left.saturating_sub(baseline)),
             mib(stored_peak),
             mib(left.saturating_sub(baseline)),
+            mib(listing),
+            mib(listed_left.saturating_sub(baseline)),
             mib(baseline),
         );
-        assert!(
-            working < 6 * size,
-            "{shape:?}: translating a {} body took {} at its peak",
-            mib(size),
-            mib(working)
-        );
-        assert!(
-            unstored_left <= baseline + 3 * size && left <= baseline + 3 * size,
-            "{shape:?}: a {} body left {} (unstored) and {} (stored) over the baseline",
-            mib(size),
-            mib(unstored_left.saturating_sub(baseline)),
-            mib(left.saturating_sub(baseline))
-        );
+        for (what, grown) in [("translating", working), ("listing", listing)] {
+            assert!(
+                grown < 6 * size,
+                "{shape:?}: {what} a {} body took {} at its peak",
+                mib(size),
+                mib(grown)
+            );
+        }
+        for left in [unstored_left, left, listed_left] {
+            assert!(
+                left <= bound,
+                "{shape:?}: a {} body left {} over the baseline",
+                mib(size),
+                mib(left.saturating_sub(baseline))
+            );
+        }
     }
+
+    // A conversation holding the 200,000 parts, then its items listed.
+    let parts: Vec<Value> = (0..200_000)
+        .map(|_| json!({"type": "input_text", "text": "abcd"}))
+        .collect();
+    let items = json!({"items": [{"type": "message", "role": "user", "content": parts}]});
+    let body = serde_json::to_vec(&items).unwrap();
+    let size = body.len() as u64;
+    let bound = baseline + 3 * size;
+    let mut id = String::new();
+    let (adding, added_left) = measure(&gateway, bound, async {
+        let answer = post_ok(&gateway, "/v1/conversations", body).await;
+        id = serde_json::from_str::<Value>(&answer).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    })
+    .await;
+    let path = format!("/v1/conversations/{id}/items?limit=100");
+    let (listing, listed_left) = measure(&gateway, bound, async {
+        assert!(get(&gateway, &path).await as u64 > size / 2);
+    })
+    .await;
+    eprintln!(
+        "conversation: body {}; created: peak +{}, then +{}; items: peak +{}, then +{}",
+        mib(size),
+        mib(adding),
+        mib(added_left.saturating_sub(baseline)),
+        mib(listing),
+        mib(listed_left.saturating_sub(baseline)),
+    );
+    // Creating it stores the message: the storage write is not bounded here, only that
+    // its memory goes back.
+    assert!(listing < 6 * size, "listing took {}", mib(listing));
+    assert!(
+        added_left <= bound && listed_left <= bound,
+        "{} and {} left",
+        mib(added_left.saturating_sub(baseline)),
+        mib(listed_left.saturating_sub(baseline))
+    );
 }
 
 /// Eight large requests at once, of every shape: once all are answered, the process

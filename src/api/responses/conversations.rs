@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::api::responses::memory;
-use crate::api::responses::routes::{page, ListParams};
+use crate::api::responses::routes::{id_of, json_response, list, page, ListParams};
 use crate::api::responses::translate::raw;
 use crate::api::responses::translate::responses_items::items_to_messages;
 use crate::api::responses::translate::stored_items::message_to_items;
@@ -193,14 +194,12 @@ async fn remove(
         "object": "conversation.deleted", "deleted": true})))
 }
 
-/// Every stored message as items, oldest first; ids are derived from the message's seq.
-fn as_items(stored: &[StoredItem]) -> Vec<Value> {
+/// Every stored message as items (JSON text each), oldest first; ids are derived from the
+/// message's seq.
+fn as_items(stored: &[StoredItem]) -> Vec<Box<RawValue>> {
     stored
         .iter()
-        .flat_map(|row| {
-            let message: Value = serde_json::from_str(&row.json).unwrap_or(Value::Null);
-            message_to_items(&message, &row.seq.to_string())
-        })
+        .flat_map(|row| message_to_items(&row.json, &row.seq.to_string()))
         .collect()
 }
 
@@ -217,10 +216,10 @@ async fn list_items(
     Owner(owner): Owner,
     Path(id): Path<String>,
     query: ListParams,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let stored = stored_items(state.session_store()?, &owner, &id).await?;
-    page(as_items(&stored), query).map(axum::Json)
+    page(&as_items(&stored), query)
 }
 
 #[derive(Deserialize)]
@@ -235,7 +234,7 @@ async fn add_items(
     Path(id): Path<String>,
     headers: HeaderMap,
     request: Body,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     require_json(&headers)?;
     let request = read_body(request, state.config.limits.max_body_bytes).await?;
@@ -246,9 +245,8 @@ async fn add_items(
     let stored = stored_items(state.session_store()?, &owner, &id).await?;
     let new_rows = &stored[stored.len().saturating_sub(added)..];
     let data = as_items(new_rows);
-    Ok(axum::Json(json!({"object": "list", "data": data,
-        "first_id": data.first().and_then(|i| i.get("id")),
-        "last_id": data.last().and_then(|i| i.get("id")), "has_more": false})))
+    let data: Vec<&RawValue> = data.iter().map(AsRef::as_ref).collect();
+    Ok(list(&data, false))
 }
 
 /// The seq an item id was derived from: `msg_<seq>`, `fc_<seq>_<n>` or `fco_<seq>`.
@@ -268,20 +266,19 @@ async fn read_item(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path((id, item_id)): Path<(String, String)>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let stored = stored_items(state.session_store()?, &owner, &id).await?;
     let seq = seq_of(&item_id).ok_or_else(item_not_found)?;
     let rows: Vec<&StoredItem> = stored.iter().filter(|r| r.seq == seq).collect();
-    let items = rows.first().map(|row| {
-        let message: Value = serde_json::from_str(&row.json).unwrap_or(Value::Null);
-        message_to_items(&message, &row.seq.to_string())
-    });
+    let items = rows
+        .first()
+        .map(|row| message_to_items(&row.json, &row.seq.to_string()));
     items
         .into_iter()
         .flatten()
-        .find(|item| item.get("id").and_then(Value::as_str) == Some(item_id.as_str()))
-        .map(axum::Json)
+        .find(|item| id_of(item).and_then(raw::text).as_deref() == Some(item_id.as_str()))
+        .map(|item| json_response(String::from(Box::<str>::from(item))))
         .ok_or_else(item_not_found)
 }
 

@@ -6,12 +6,16 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::borrow::Borrow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::api::paging::page_limit;
 use crate::api::responses::memory;
 use crate::api::responses::native::{self as native, StoredCall as Stored};
+use crate::api::responses::translate::raw;
 use crate::api::responses::turn::create as create_turn;
 use crate::api::state::AppState;
 use crate::gateway::resolve::is_response_id;
@@ -136,17 +140,20 @@ async fn input_items(
         return Ok(passed);
     }
     let stored = stored(&state, &owner, &id).await?;
-    let items: Vec<Value> =
+    // Each item stays JSON text: no tree of what may be a 10 MB input.
+    let items: Vec<&RawValue> =
         serde_json::from_str(&stored.input_items).map_err(|_| ApiError::Internal)?;
-    Ok(axum::Json(page(items, query)?).into_response())
+    page(&items, query)
 }
 
-/// One page of a list of items (oldest first as given), as OpenAI's list objects.
-pub fn page(mut items: Vec<Value>, query: ListParams) -> Result<Value, ApiError> {
+/// One page of a list of items (oldest first as given), as OpenAI's list objects. The
+/// items are copied as JSON text, never parsed into trees.
+pub fn page<T: Borrow<RawValue>>(items: &[T], query: ListParams) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|_| {
         ApiError::bad_request("'limit' must be a number between 1 and 100.", Some("limit"))
     })?;
     let limit = page_limit(query.limit)?;
+    let mut items: Vec<&RawValue> = items.iter().map(Borrow::borrow).collect();
     match query.order.as_deref() {
         None | Some("desc") => items.reverse(),
         Some("asc") => {}
@@ -161,19 +168,59 @@ pub fn page(mut items: Vec<Value>, query: ListParams) -> Result<Value, ApiError>
         None => 0,
         Some(after) => items
             .iter()
-            .position(|item| item.get("id").and_then(Value::as_str) == Some(after.as_str()))
+            .position(|item| {
+                id_of(item)
+                    .and_then(raw::text)
+                    .is_some_and(|id| id == after.as_str())
+            })
             .map(|at| at + 1)
             .ok_or_else(|| {
                 ApiError::bad_request("'after' is not an item id in this list.", Some("after"))
             })?,
     };
     let rest = items.get(start..).unwrap_or_default();
-    let data: Vec<Value> = rest.iter().take(limit).cloned().collect();
-    Ok(json!({
-        "object": "list",
-        "data": data,
-        "first_id": data.first().and_then(|i| i.get("id")),
-        "last_id": data.last().and_then(|i| i.get("id")),
-        "has_more": rest.len() > limit,
-    }))
+    let data = rest.get(..limit).unwrap_or(rest);
+    Ok(list(data, rest.len() > limit))
+}
+
+/// An item's `id`, as JSON text.
+pub fn id_of(item: &RawValue) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<Id<'_>>(item.get()).ok()?.id
+}
+
+/// OpenAI's list object around `data` (JSON text each).
+pub fn list(data: &[&RawValue], has_more: bool) -> Response {
+    #[derive(Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: &'a [&'a RawValue],
+        first_id: Option<&'a RawValue>,
+        last_id: Option<&'a RawValue>,
+        has_more: bool,
+    }
+    let list = List {
+        object: "list",
+        data,
+        first_id: data.first().and_then(|item| id_of(item)),
+        last_id: data.last().and_then(|item| id_of(item)),
+        has_more,
+    };
+    json_response(serde_json::to_string(&list).unwrap_or_default())
+}
+
+/// A 200 with a JSON body gatewayd wrote.
+pub fn json_response(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -6,7 +6,6 @@ use super::responses::{chat_body, translate, ToolPolicy};
 use super::responses_items::items_to_messages;
 use super::responses_reply::{outcome_from_reply, response_object, Outcome, ResponseMeta};
 use super::responses_stream::StreamTranslator;
-use super::stored_items::message_to_items;
 use crate::gateway::decode::{ChatDecoder, Reply};
 
 fn tr(body: Value) -> super::responses::Translated {
@@ -102,26 +101,6 @@ fn items_roles_parts_and_calls() {
             {"id": "call_3", "type": "function", "function": {"name": "h", "arguments": "{}"}}]}),
         ]
     );
-}
-
-#[test]
-fn stored_messages_become_items_again() {
-    let items = message_to_items(
-        &json!({"role": "assistant", "content": "hi", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}),
-        "7",
-    );
-    assert_eq!(items[0]["id"], "msg_7");
-    assert_eq!(items[0]["content"][0]["type"], "output_text");
-    assert_eq!(items[1]["id"], "fc_7_0");
-    assert_eq!(items[1]["call_id"], "call_1");
-    let back = messages(Value::Array(items)).unwrap();
-    assert_eq!(back[0]["tool_calls"][0]["function"]["name"], "f");
-    let tool = message_to_items(
-        &json!({"role": "tool", "tool_call_id": "call_1", "content": "x"}),
-        "8",
-    );
-    assert_eq!(tool[0]["type"], "function_call_output");
 }
 
 #[test]

@@ -1,10 +1,12 @@
-//! Unit tests of the raw-JSON reading: nesting, walking lists, values passed through as sent, and the `input_items` list.
+//! Unit tests of the raw-JSON reading: nesting, walking lists, values passed through as sent, the `input_items` list, stored messages as items.
 
 use serde_json::{json, Value};
 
 use super::raw::{for_each, nesting_within, MAX_DEPTH};
 use super::responses::{chat_body, translate, ToolPolicy, Translated};
+use super::responses_items::items_to_messages;
 use super::responses_reply::{response_object, Outcome, ResponseMeta};
+use super::stored_items::message_to_items;
 use super::Refusal;
 
 fn tr(body: &str) -> Result<Translated, Refusal> {
@@ -146,4 +148,71 @@ fn content_parts_are_converted_as_sent() {
         joined.input_messages,
         [r#"{"role":"system","content":"a\nb"}"#]
     );
+}
+
+#[test]
+fn stored_messages_become_items_again() {
+    let items = stored_items(
+        json!({"role": "assistant", "content": "hi", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}),
+        "7",
+    );
+    assert_eq!(items[0]["id"], "msg_7");
+    assert_eq!(
+        items[0]["content"],
+        json!([{"type": "output_text", "text": "hi", "annotations": [], "logprobs": []}])
+    );
+    assert_eq!(
+        items[1],
+        json!({"id": "fc_7_0", "type": "function_call", "status": "completed",
+            "call_id": "call_1", "name": "f", "arguments": "{}"})
+    );
+    let back = messages(Value::Array(items));
+    assert_eq!(back[0]["tool_calls"][0]["function"]["name"], "f");
+    let tool = stored_items(
+        json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "x"}]}),
+        "8",
+    );
+    assert_eq!(
+        tool,
+        [
+            json!({"id": "fco_8", "type": "function_call_output", "status": "completed",
+            "call_id": "call_1", "output": "x"})
+        ]
+    );
+    let user = stored_items(
+        json!({"role": "user", "content": [{"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}),
+        "9",
+    );
+    assert_eq!(
+        user[0]["content"],
+        json!([{"type": "input_text", "text": "look"},
+            {"type": "input_image", "detail": "auto", "image_url": "https://x/y.png"}])
+    );
+    let calls_only = stored_items(
+        json!({"role": "assistant", "content": "", "tool_calls": []}),
+        "10",
+    );
+    assert!(calls_only.is_empty(), "{calls_only:?}");
+    let unreadable = message_to_items("not json", "11");
+    assert_eq!(unreadable.len(), 1);
+}
+
+/// The items of a stored message, as values.
+fn stored_items(message: Value, base: &str) -> Vec<Value> {
+    message_to_items(&message.to_string(), base)
+        .iter()
+        .map(|item| serde_json::from_str(item.get()).unwrap())
+        .collect()
+}
+
+/// Chat messages for a list of items, as values.
+fn messages(items: Value) -> Vec<Value> {
+    let items = serde_json::value::to_raw_value(&items).unwrap();
+    items_to_messages(&items)
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect()
 }
