@@ -6,10 +6,10 @@ mod common;
 mod pki;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, start, temp_dir};
+use common::{binary, output_within, start, temp_dir};
 use pki::{client_trusting, Ca};
 
 const HOST: &str = "gateway.test";
@@ -199,28 +199,9 @@ impl World {
     }
 }
 
-/// Runs `command` to completion, but never for longer than [`EXIT_BOUND`]: a hang is a
-/// failure (the child is killed), not a stuck test run.
-fn output_within(mut command: Command) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(EXIT_BOUND) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("gatewayd did not exit within {EXIT_BOUND:?} (it hung)");
-        }
-    }
-}
-
 fn refused_at_start(kind: Kind) {
     let world = World::new("kinds-start");
-    let good = output_within(world.command(&["check-config"]));
+    let good = output_within(world.command(&["check-config"]), EXIT_BOUND);
     let err = String::from_utf8_lossy(&good.stderr);
     assert_eq!(
         good.status.code(),
@@ -232,7 +213,7 @@ fn refused_at_start(kind: Kind) {
         make(&path, shape);
         for subcommand in ["check-config", "serve"] {
             let started = Instant::now();
-            let output = output_within(world.command(&[subcommand]));
+            let output = output_within(world.command(&[subcommand]), EXIT_BOUND);
             let err = String::from_utf8_lossy(&output.stderr);
             let case = format!("{kind:?} as {shape:?}, {subcommand}");
             assert_eq!(output.status.code(), Some(78), "{case}: {err}");
@@ -467,7 +448,10 @@ fn from_stdin(world: &World, subcommand: &str, stdin: Stdio) -> Command {
 fn config_from_standard_input_is_read_with_the_same_cap_and_deadline() {
     let world = World::new("kinds-stdin");
     let config = std::fs::File::open(world.path(Kind::Config)).unwrap();
-    let good = output_within(from_stdin(&world, "check-config", config.into()));
+    let good = output_within(
+        from_stdin(&world, "check-config", config.into()),
+        EXIT_BOUND,
+    );
     let out = String::from_utf8_lossy(&good.stdout);
     assert_eq!(
         good.status.code(),
@@ -478,7 +462,7 @@ fn config_from_standard_input_is_read_with_the_same_cap_and_deadline() {
     assert!(out.contains("k0, k1, k2, k3, k4"), "{out}");
 
     let zero = std::fs::File::open("/dev/zero").unwrap();
-    let endless = output_within(from_stdin(&world, "check-config", zero.into()));
+    let endless = output_within(from_stdin(&world, "check-config", zero.into()), EXIT_BOUND);
     let err = String::from_utf8_lossy(&endless.stderr);
     assert_eq!(endless.status.code(), Some(78), "{err}");
     assert!(err.contains("larger than 4194304 bytes"), "{err}");
@@ -487,7 +471,7 @@ fn config_from_standard_input_is_read_with_the_same_cap_and_deadline() {
     // A pipe whose writer never writes nor closes: refused at the read deadline.
     let (reader, writer) = std::io::pipe().unwrap();
     let started = Instant::now();
-    let open = output_within(from_stdin(&world, "serve", reader.into()));
+    let open = output_within(from_stdin(&world, "serve", reader.into()), EXIT_BOUND);
     let err = String::from_utf8_lossy(&open.stderr);
     assert_eq!(open.status.code(), Some(78), "{err}");
     assert!(err.contains("did not finish within 5 s"), "{err}");

@@ -6,29 +6,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{binary, client, start, KEY_A, KEY_B};
-
-/// Runs `command` to completion, but never for longer than `limit`: a hang is a failure
-/// (the child is killed), not a stuck test run.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("gatewayd did not finish within {limit:?} (it hung)");
-        }
-    }
-}
+use common::{binary, client, output_within, start, KEY_A, KEY_B};
 
 fn refused(env: &[(&str, &Path)], expect: &[&str]) {
     for args in [&["--port", "0"][..], &["check-config", "--port", "0"][..]] {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_openai_error, client, config_from_toml, spawn_gateway, two_keys_toml};
 use common::{Gateway, KEY_A};
-use routing_mock::{chat, quantile, Behaviour, Graveyard, Mock};
+use routing_mock::{chat, quantile, upstream_state, Behaviour, Graveyard, Mock};
 use serde_json::json;
 
 async fn gateway(routing: &str, upstreams: &[String]) -> Gateway {
@@ -25,20 +25,7 @@ async fn gateway(routing: &str, upstreams: &[String]) -> Gateway {
 /// The breaker state of upstream `name` as `/metrics` says it (0 closed, 1 half-open,
 /// 2 open); `None` when it says nothing.
 async fn state(gw: &Gateway, name: &str) -> Option<u8> {
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("gatewayd_upstream_state{{upstream=\"{name}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map(|value| value.trim().parse().unwrap())
+    upstream_state(gw.url("/metrics"), Some(KEY_A), name).await
 }
 
 const CLOSED: Option<u8> = Some(0);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{binary, client, config_from_toml, spawn_gateway, start, temp_dir, two_keys_toml};
 use common::{Gateway, KEY_A};
-use routing_mock::{chat, Behaviour, Graveyard, Mock};
+use routing_mock::{chat, upstream_state, Behaviour, Graveyard, Mock};
 use serde_json::json;
 
 /// Waits until stderr has a line containing `needle`.
@@ -43,20 +43,7 @@ async fn post_chat(process: &common::Process) -> u16 {
 
 /// `gatewayd_upstream_state{upstream=name}` as the process's /metrics says it.
 async fn state(process: &common::Process, name: &str) -> Option<u8> {
-    let metrics = client()
-        .get(process.url("/metrics"))
-        .header("host", "localhost")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("gatewayd_upstream_state{{upstream=\"{name}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map(|value| value.trim().parse().unwrap())
+    upstream_state(process.url("/metrics"), None, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,20 +157,7 @@ async fn one_log_line_when_an_upstream_opens_and_one_when_it_closes() {
 
 /// `gatewayd_upstream_state{upstream=name}` of an in-process gateway.
 async fn gateway_state(gw: &Gateway, name: &str) -> Option<u8> {
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("gatewayd_upstream_state{{upstream=\"{name}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map(|value| value.trim().parse().unwrap())
+    upstream_state(gw.url("/metrics"), Some(KEY_A), name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,20 +113,9 @@ impl Registry {
         }
     }
 
-    /// SIGHUP: builds the upstreams and pools anew and swaps them in whole. Upstreams
-    /// whose name is unchanged keep their health. On error nothing changes.
-    pub fn reload(
-        &self,
-        configs: &[UpstreamConfig],
-        routing: &RoutingSection,
-    ) -> Result<(), UpstreamError> {
-        let next = self.prepare(configs, routing)?;
-        self.install(next);
-        Ok(())
-    }
-
-    /// Builds the next upstreams and pools (reading their files, blocking) without
-    /// putting them in force.
+    /// SIGHUP, first half: builds the upstreams and pools anew (reading their files,
+    /// blocking) without putting them in force. Upstreams whose name is unchanged keep
+    /// their health. On error nothing changes.
     pub fn prepare(
         &self,
         configs: &[UpstreamConfig],

@@ -10,7 +10,7 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use gatewayd::cli::ServeArgs;
@@ -321,4 +321,23 @@ macro_rules! on_both_backends {
             })*
         }
     };
+}
+
+/// Runs `command` to completion, but never for longer than `limit`: a hang is a failure
+/// (the child is killed), not a stuck test run.
+pub fn output_within(mut command: Command, limit: Duration) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("gatewayd did not finish within {limit:?} (it hung)");
+        }
+    }
 }

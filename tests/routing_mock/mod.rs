@@ -287,3 +287,21 @@ pub fn quantile(samples: &[Duration], q: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
+
+/// `gatewayd_upstream_state{upstream=name}` (0 closed, 1 half-open, 2 open) as the
+/// `/metrics` at `metrics_url` says it; `None` when it says nothing. `bearer` is the key to
+/// send, if the gateway needs one.
+pub async fn upstream_state(metrics_url: String, bearer: Option<&str>, name: &str) -> Option<u8> {
+    let mut request = reqwest::Client::new()
+        .get(metrics_url)
+        .header("host", "localhost");
+    if let Some(key) = bearer {
+        request = request.bearer_auth(key);
+    }
+    let metrics = request.send().await.unwrap().text().await.unwrap();
+    let series = format!("gatewayd_upstream_state{{upstream=\"{name}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map(|value| value.trim().parse().unwrap())
+}
