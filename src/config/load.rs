@@ -13,6 +13,7 @@ use super::limits::{self, Limits, RedisUrl};
 use super::proxies::{parse_trusted, ForwardedHeader};
 use super::routing::{self, RoutingSection};
 use super::sections::{ResponsesSection, ServerSection, SessionsSection};
+use super::telemetry::TelemetrySection;
 use super::tls::TlsFiles;
 use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
@@ -35,6 +36,8 @@ pub struct FileConfig {
     pub responses: ResponsesSection,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
 }
 
 /// Everything gatewayd runs with, after merging. Built once; never mutated.
@@ -55,6 +58,8 @@ pub struct Config {
     pub responses: ResponsesSection,
     /// `[routing]`: strategies, circuit breakers, the retry budget, probes.
     pub routing: RoutingSection,
+    /// `[telemetry]`: access log and traces.
+    pub telemetry: TelemetrySection,
     /// The first upstream came from `--upstream` / GATEWAYD_UPSTREAM_URL, not the file
     /// (a reload keeps it).
     pub upstream_from_flag: bool,
@@ -176,6 +181,7 @@ impl Config {
             sessions,
             responses: file.responses,
             routing: file.routing,
+            telemetry: file.telemetry,
             upstream_from_flag: args.upstream.is_some(),
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),

@@ -11,6 +11,7 @@ mod load;
 pub mod proxies;
 pub mod routing;
 mod sections;
+pub mod telemetry;
 pub mod tls;
 mod upstream;
 
@@ -21,5 +22,6 @@ pub use load::{
 pub use proxies::{parse_trusted, ForwardedHeader};
 pub use routing::{BreakerPolicy, ModelRouting, RoutingSection, Strategy};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};
+pub use telemetry::TelemetrySection;
 pub use tls::TlsFiles;
 pub use upstream::{HeaderSource, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
