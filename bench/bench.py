@@ -974,8 +974,11 @@ def cmd_report(args) -> None:
              "gatewayd-session": "gatewayd + session (SQLite)",
              "gatewayd-pg-session": "gatewayd + session (PostgreSQL)",
              "gatewayd-responses": "gatewayd /v1/responses",
+             "gatewayd-pool-ordered": "gatewayd, pool of 3 (ordered)",
+             "gatewayd-pool-latency": "gatewayd, pool of 3 (latency)",
              "baseline": "baseline gatewayd", "baseline-session": "baseline gatewayd + session (SQLite)"}
-    extra_targets = {"nonstream": ["gatewayd-responses", "gatewayd-session", "gatewayd-pg-session"],
+    extra_targets = {"nonstream": ["gatewayd-responses", "gatewayd-session", "gatewayd-pg-session",
+                                   "gatewayd-pool-ordered", "gatewayd-pool-latency"],
                      "stream": ["gatewayd-responses"]}
     # run.sh --baseline: a second gatewayd binary, reported in its own section only
     base_targets = {"nonstream": ["baseline", "baseline-session"], "stream": ["baseline"]}
@@ -1065,6 +1068,27 @@ def cmd_report(args) -> None:
         w(f"| {kname} | {_f(cn, 1)} | {_f(cg, 1)} | {_f(cpu_ratio[kind], 2, 'x') if cpu_ratio[kind] is not None else 'n/a'} | "
           f"{_f(cr, 1)} | {_f(rr, 2, 'x') if rr is not None else 'n/a'} |")
     w("")
+
+    # ---- routing: choosing within a pool of three upstreams
+    if any(("nonstream", t) in tput for t in ("gatewayd-pool-ordered", "gatewayd-pool-latency")):
+        w("## Routing (a pool of 3 upstreams serving the model, non-streaming, median of rounds)")
+        w("")
+        w("The same static upstream behind three upstream entries, so only the choice differs from "
+          "plain gatewayd (one upstream). Added CPU: the pool's CPU µs/req minus plain gatewayd's.")
+        w("")
+        w("| strategy | req/s | CPU µs/req | added CPU µs/req | vs gatewayd plain chat |")
+        w("|---|---:|---:|---:|---:|")
+        plain = tput.get(("nonstream", "gatewayd"), {})
+        for t, sname in (("gatewayd-pool-ordered", "ordered"), ("gatewayd-pool-latency", "latency")):
+            v = tput.get(("nonstream", t))
+            if not v:
+                w(f"| {sname} | not run | | | |")
+                continue
+            added = None if v["cpu_us"] is None or plain.get("cpu_us") is None else v["cpu_us"] - plain["cpu_us"]
+            rv = ratio(v["rps"], plain.get("rps"))
+            w(f"| {sname} | {_f(v['rps'], 0)} | {_f(v['cpu_us'], 1)} | {_f(added, 1)} | "
+              f"{_f(rv, 2, 'x') if rv is not None else 'n/a'} |")
+        w("")
 
     # ---- sessions: SQLite vs PostgreSQL
     sess_ratio = {}

@@ -19,7 +19,8 @@ completions (wrk, interleaved rounds, median); latency added at a fixed
 request rate; streaming time to first byte; gatewayd RSS idle, after load,
 while holding N concurrent streams, and over a soak; chat with a session
 (X-Session-Id) on SQLite and on PostgreSQL; the Responses API (plain and
-streamed); CPU time per request of nginx and gatewayd. Ends with a PASS/MISS
+streamed); routing within a pool of three upstreams ("ordered" and "latency"
+strategies); CPU time per request of nginx and gatewayd. Ends with a PASS/MISS
 list against the targets.
 
 Options:
@@ -244,7 +245,7 @@ NOFILE="$(ulimit -n)"
 info "open-file limit: $NOFILE"
 
 ports=()
-offsets=(0 1 2 10 11 20 21 22 23)
+offsets=(0 1 2 10 11 20 21 22 23 26 27)
 [[ -n "$BASE_BIN" ]] && offsets+=(24 25)
 for off in "${offsets[@]}"; do ports+=($((PORT_BASE + off))); done
 for p in "${ports[@]}"; do
@@ -258,6 +259,7 @@ UP_JSON=$((PORT_BASE + 0)) UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2))
 PX_JSON=$((PORT_BASE + 10)) PX_SSE=$((PORT_BASE + 11))
 GW_JSON=$((PORT_BASE + 20)) GW_SSE=$((PORT_BASE + 21)) GW_SLOW=$((PORT_BASE + 22)) GW_PG=$((PORT_BASE + 23))
 GWB_JSON=$((PORT_BASE + 24)) GWB_SSE=$((PORT_BASE + 25))  # baseline gatewayd (--baseline)
+GW_POOL_ORD=$((PORT_BASE + 26)) GW_POOL_LAT=$((PORT_BASE + 27))  # a pool of 3 upstreams, per strategy
 
 # ---------------------------------------------------------------- gatewayd build
 if [[ -z "$GW_BIN" ]]; then
@@ -349,9 +351,11 @@ start_gatewayd_bin() {  # start_gatewayd_bin BINARY NAME PORT UPSTREAM_PORT [CON
   local name="$1" port="$2" up="$3" conf="${4:-$WORK/gatewayd.toml}"
   shift $(( $# < 4 ? $# : 4 ))
   mkdir -p "$WORK/data/$name"
+  local upstream_arg=(--upstream "http://127.0.0.1:$up/v1")
+  [[ "$up" == - ]] && upstream_arg=()  # the config file names the upstreams
   # shellcheck disable=SC2086  # GATEWAYD_ARGS is split on purpose
   API_SERVER_KEY="$KEY" RUST_LOG="${RUST_LOG:-info}" \
-    "$bin" --config "$conf" --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$up/v1" \
+    "$bin" --config "$conf" --host 127.0.0.1 --port "$port" "${upstream_arg[@]}" \
     --data-dir "$WORK/data/$name" "$@" ${GATEWAYD_ARGS:-} >"$WORK/$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
@@ -372,6 +376,23 @@ if [[ -n "$BASE_BIN" ]]; then
   start_gatewayd_bin "$BASE_BIN" gw-base-json "$GWB_JSON" "$UP_JSON"; GWBJ_PID="$LAST_PID"
   start_gatewayd_bin "$BASE_BIN" gw-base-sse "$GWB_SSE" "$UP_SSE"; GWBS_PID="$LAST_PID"
 fi
+
+# Routing cost: three upstream entries (all the same static upstream) serving one
+# model, picked by the "ordered" and by the "latency" strategy. The difference from
+# plain gatewayd (one upstream) is what choosing within a pool costs per request.
+pool_config() {  # pool_config STRATEGY FILE
+  {
+    for u in a b c; do
+      printf '[[upstreams]]\nname = "pool-%s"\nbase_url = "http://127.0.0.1:%s/v1"\nmodels = ["*"]\n\n' "$u" "$UP_JSON"
+    done
+    printf '[routing]\nstrategy = "%s"\n\n[sessions]\nmax_sessions_per_key = 0\n' "$1"
+  } > "$2"
+}
+pool_config ordered "$WORK/gatewayd-pool-ordered.toml"
+pool_config latency "$WORK/gatewayd-pool-latency.toml"
+log "Starting gatewayd with a pool of 3 upstreams: ordered on :$GW_POOL_ORD, latency on :$GW_POOL_LAT (all -> :$UP_JSON)"
+start_gatewayd gw-pool-ordered "$GW_POOL_ORD" - "$WORK/gatewayd-pool-ordered.toml"; GWPO_PID="$LAST_PID"
+start_gatewayd gw-pool-latency "$GW_POOL_LAT" - "$WORK/gatewayd-pool-latency.toml"; GWPL_PID="$LAST_PID"
 
 # gatewayd with its sessions on PostgreSQL: a private database, dropped on exit
 GWPG_PID=""
@@ -430,6 +451,10 @@ for t in direct nginx gatewayd; do
   check_target "$t non-stream" "${URL_JSON[$t]}" "$WORK/body.json" '"chat.completion"'
   check_target "$t stream" "${URL_SSE[$t]}" "$WORK/body-stream.json" 'data: \[DONE\]'
 done
+URL_POOL_ORD="http://127.0.0.1:$GW_POOL_ORD/v1/chat/completions"
+URL_POOL_LAT="http://127.0.0.1:$GW_POOL_LAT/v1/chat/completions"
+check_target "gatewayd pool (ordered)" "$URL_POOL_ORD" "$WORK/body.json" '"chat.completion"'
+check_target "gatewayd pool (latency)" "$URL_POOL_LAT" "$WORK/body.json" '"chat.completion"'
 RESP_JSON="http://127.0.0.1:$GW_JSON/v1/responses"
 RESP_SSE="http://127.0.0.1:$GW_SSE/v1/responses"
 check_target "gatewayd responses" "$RESP_JSON" "$WORK/body-resp.json" '"status":"completed"'
@@ -514,6 +539,8 @@ for t in "${TPUT_TARGETS[@]}"; do
   run_wrk stream "$t" warmup "${URL_SSE[$t]}" "$WORK/body-stream.json" "$WARM" "${PID_SSE[$t]}"
 done
 run_wrk nonstream gatewayd-responses warmup "$RESP_JSON" "$WORK/body-resp.json" "$WARM" "$GWJ_PID"
+run_wrk nonstream gatewayd-pool-ordered warmup "$URL_POOL_ORD" "$WORK/body.json" "$WARM" "$GWPO_PID"
+run_wrk nonstream gatewayd-pool-latency warmup "$URL_POOL_LAT" "$WORK/body.json" "$WARM" "$GWPL_PID"
 run_wrk stream gatewayd-responses warmup "$RESP_SSE" "$WORK/body-resp-stream.json" "$WARM" "$GWS_PID"
 if [[ -n "$GWPG_PID" ]]; then run_wrk nonstream gatewayd-pg warmup "$URL_PG" "$WORK/body.json" "$WARM" "$GWPG_PID"; fi
 
@@ -523,6 +550,8 @@ for r in $(seq 1 "$ROUNDS"); do
     run_wrk nonstream "$t" "$r" "${URL_JSON[$t]}" "$WORK/body.json" "$DURATION" "${PID_JSON[$t]}"
   done
   run_wrk nonstream gatewayd-responses "$r" "$RESP_JSON" "$WORK/body-resp.json" "$DURATION" "$GWJ_PID"
+  run_wrk nonstream gatewayd-pool-ordered "$r" "$URL_POOL_ORD" "$WORK/body.json" "$DURATION" "$GWPO_PID"
+  run_wrk nonstream gatewayd-pool-latency "$r" "$URL_POOL_LAT" "$WORK/body.json" "$DURATION" "$GWPL_PID"
   if [[ $HAVE_SESSIONS -eq 1 ]]; then
     # a fresh pool per round, so conversations are equally long in every round
     mk_sessions "$SESSIONS" "$WORK/sessions-$r.txt"
