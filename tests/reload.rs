@@ -396,3 +396,30 @@ async fn gatewayd_reload_fails_clearly_when_no_daemon_runs() {
     let output = reload_command(&config, &data_dir);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_log_filter_applies_to_the_lines_logged_after_the_reload() {
+    let dir = temp_dir("reload-log");
+    let config = dir.join("gatewayd.toml");
+    let data_dir = dir.join("data");
+    std::fs::write(&config, "[server]\nlog_filter = \"info\"\n").unwrap();
+    let mut command = binary();
+    command
+        .env_remove("RUST_LOG")
+        .env("GATEWAYD_DATA_DIR", &data_dir)
+        .args(["--port", "0", "--config"])
+        .arg(&config);
+    let process = start(command);
+    let debug_line = "finished processing request";
+    let health = || client().get(process.url("/health")).send();
+    assert_eq!(health().await.unwrap().status(), 200);
+
+    std::fs::write(&config, "[server]\nlog_filter = \"info,gatewayd=debug\"\n").unwrap();
+    let output = reload_command(&config, &data_dir);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("server.log_filter"), "{}", stdout(&output));
+    assert!(!process.stderr().contains(debug_line), "debug lines before the reload");
+
+    assert_eq!(health().await.unwrap().status(), 200);
+    wait_for_line(&process, debug_line);
+}

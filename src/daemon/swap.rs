@@ -129,7 +129,7 @@ pub fn install(running: &Running, prepared: Prepared) {
         config,
         keys,
         upstreams,
-        changes,
+        changes: _,
     } = prepared;
     let old = running.state();
     let keys = Arc::new(keys);
