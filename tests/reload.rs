@@ -417,8 +417,15 @@ async fn a_new_log_filter_applies_to_the_lines_logged_after_the_reload() {
     std::fs::write(&config, "[server]\nlog_filter = \"info,gatewayd=debug\"\n").unwrap();
     let output = reload_command(&config, &data_dir);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(stdout(&output).contains("server.log_filter"), "{}", stdout(&output));
-    assert!(!process.stderr().contains(debug_line), "debug lines before the reload");
+    assert!(
+        stdout(&output).contains("server.log_filter"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        !process.stderr().contains(debug_line),
+        "debug lines before the reload"
+    );
 
     assert_eq!(health().await.unwrap().status(), 200);
     wait_for_line(&process, debug_line);

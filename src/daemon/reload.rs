@@ -59,7 +59,7 @@ pub fn read_tls(state: &AppState) -> TlsReadout {
 /// One part of a reload, handed from the reading thread to the installer.
 enum Part {
     /// The config file with every key source and the upstreams: all of it or none.
-    Config(Result<Prepared, Rejection>),
+    Config(Result<Box<Prepared>, Rejection>),
     /// The TLS files, after the config: a certificate that hangs never holds back a
     /// key revocation.
     Tls(TlsReadout),
@@ -83,7 +83,7 @@ fn install(running: &Running, part: Part, report: &mut Report) {
             report.outcome = Outcome::Applied;
             report.changed = changes.live.iter().map(|s| s.to_string()).collect();
             report.restart = changes.restart.iter().map(|s| s.to_string()).collect();
-            swap::install(running, prepared);
+            swap::install(running, *prepared);
         }
         Part::Config(Err(rejection)) => {
             let what = match rejection {
@@ -191,7 +191,7 @@ async fn reload_once(
     let outcome = run_detached(
         deadline,
         move |send: &dyn Fn(Part)| {
-            send(Part::Config(swap::prepare(&reader, &ProcessEnv)));
+            send(Part::Config(swap::prepare(&reader, &ProcessEnv).map(Box::new)));
             send(Part::Tls(read_tls(&reader.state())));
         },
         |part| install(&running, part, &mut report),
