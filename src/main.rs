@@ -91,8 +91,8 @@ fn keygen(sha256: bool) -> ExitCode {
 /// Signals the running daemon and prints its verdict on the reload.
 fn reload(args: &gatewayd::config::cli::ServeArgs) -> ExitCode {
     let cors = std::env::var("API_SERVER_CORS_ORIGINS").ok();
-    let files = daemon::control::locate(args, cors);
-    let answer = daemon::control::reload(&files);
+    let located = daemon::control::locate(args, cors);
+    let answer = daemon::control::reload(&located);
     if answer.code == daemon::control::exit::APPLIED {
         println!("{}", answer.text);
     } else {

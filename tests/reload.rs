@@ -376,6 +376,20 @@ async fn gatewayd_reload_fails_clearly_when_no_daemon_runs() {
         stderr(&output)
     );
 
+    // A pid file without a start time, naming a live process that is not gatewayd.
+    std::fs::write(
+        data_dir.join("gatewayd.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let output = reload_command(&config, &data_dir);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        stderr(&output).contains("not gatewayd"),
+        "{}",
+        stderr(&output)
+    );
+
     // A daemon that has stopped took its pid file with it.
     std::fs::remove_file(data_dir.join("gatewayd.pid")).unwrap();
     let daemon = Daemon::start("reload-stopped", "", false);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::reload::RELOAD_DEADLINE;
 use super::report::{self, Outcome, PidRecord, Report, ReportFiles};
 use crate::config::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, STDIN_CONFIG};
 
 /// How long `gatewayd reload` waits for the report: the reload's own deadline, and a
 /// margin for the daemon to notice the signal and write the file.
@@ -37,21 +37,43 @@ fn answer(code: u8, text: impl Into<String>) -> Answer {
     }
 }
 
+/// Where the daemon's pid file should be, and why that may be a guess.
+pub struct Located {
+    pub files: ReportFiles,
+    /// Why the config could not be loaded (so its data dir came from elsewhere).
+    pub config_problem: Option<String>,
+}
+
 /// The pid file of the daemon `args` would start. The config file may be the broken one
 /// that is about to be rejected, so only its `[server] data_dir` is needed from it.
-pub fn locate(args: &ServeArgs, env_cors: Option<String>) -> ReportFiles {
+pub fn locate(args: &ServeArgs, env_cors: Option<String>) -> Located {
     if let Some(path) = &args.pid_file {
-        return ReportFiles::new(Some(path), Path::new(""));
+        return Located {
+            files: ReportFiles::new(Some(path), Path::new("")),
+            config_problem: None,
+        };
     }
-    let data_dir = match Config::load(args, env_cors) {
-        Ok(config) => config.data_dir,
-        Err(_) => args
-            .data_dir
-            .clone()
-            .or_else(|| lenient_data_dir(args.config.as_deref()?))
-            .unwrap_or_else(|| PathBuf::from("data")),
+    let from_stdin = args.config.as_deref() == Some(Path::new(STDIN_CONFIG));
+    let loaded = match from_stdin {
+        // Standard input is the daemon's, not ours to read.
+        true => Err("a config read from standard input cannot be read again".to_string()),
+        false => Config::load(args, env_cors).map_err(|e| e.to_string()),
     };
-    ReportFiles::new(None, &data_dir)
+    let (data_dir, config_problem) = match loaded {
+        Ok(config) => (config.data_dir, None),
+        Err(problem) => {
+            let dir = args
+                .data_dir
+                .clone()
+                .or_else(|| lenient_data_dir(args.config.as_deref()?))
+                .unwrap_or_else(|| PathBuf::from("data"));
+            (dir, Some(problem))
+        }
+    };
+    Located {
+        files: ReportFiles::new(None, &data_dir),
+        config_problem,
+    }
 }
 
 /// `[server] data_dir` from a file that may not pass every check.
@@ -62,14 +84,21 @@ fn lenient_data_dir(path: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(dir))
 }
 
-/// Signals the daemon behind `files` and waits for its verdict.
-pub fn reload(files: &ReportFiles) -> Answer {
+/// Signals the daemon behind `located` and waits for its verdict.
+pub fn reload(located: &Located) -> Answer {
+    let files = &located.files;
     let pid_path = files.pid.display();
     let text = match std::fs::read_to_string(&files.pid) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let guess = match &located.config_problem {
+                Some(problem) => format!(
+                    ". The config could not be loaded ({problem}), so this may not be the daemon's data dir: pass --data-dir or --pid-file"
+                ),
+                None => String::new(),
+            };
             return answer(exit::NOT_RUNNING, format!(
-                "gatewayd is not running with this config: there is no pid file at {pid_path} (gatewayd writes it at start and removes it at exit; pass --pid-file if it was started with one)"
+                "gatewayd is not running with this config: there is no pid file at {pid_path} (gatewayd writes it at start and removes it at exit; pass --pid-file if it was started with one){guess}"
             ));
         }
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -150,8 +179,19 @@ fn stale(record: &PidRecord, path: &Path) -> Option<String> {
             "gatewayd is not running: the pid file {path} is stale (process {} is another program now); remove the file",
             record.pid
         )),
+        // No start time recorded: the process's name is the only check left.
+        (Some(_), None) if !is_gatewayd(record.pid) => Some(format!(
+            "gatewayd is not running: the pid file {path} names process {}, which is not gatewayd; remove the file",
+            record.pid
+        )),
         _ => None,
     }
+}
+
+/// Whether process `pid` runs a program named gatewayd (`/proc/PID/comm`).
+fn is_gatewayd(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|name| name.trim_end() == "gatewayd")
 }
 
 /// Sends SIGHUP to `pid`.

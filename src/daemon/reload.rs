@@ -191,7 +191,9 @@ async fn reload_once(
     let outcome = run_detached(
         deadline,
         move |send: &dyn Fn(Part)| {
-            send(Part::Config(swap::prepare(&reader, &ProcessEnv).map(Box::new)));
+            send(Part::Config(
+                swap::prepare(&reader, &ProcessEnv).map(Box::new),
+            ));
             send(Part::Tls(read_tls(&reader.state())));
         },
         |part| install(&running, part, &mut report),
