@@ -68,22 +68,28 @@ enum Part {
 fn install(running: &Running, part: Part, report: &mut Report) {
     match part {
         Part::Config(Ok(prepared)) => {
-            let changes = &prepared.changes;
-            if !changes.restart.is_empty() {
+            report.outcome = Outcome::Applied;
+            report.changed = prepared
+                .changes
+                .live
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            report.restart = prepared
+                .changes
+                .restart
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            swap::install(running, *prepared);
+            let (changed, restart) = (report.changed.join(", "), report.restart.join(", "));
+            if !restart.is_empty() {
                 tracing::warn!(
-                    settings = %changes.restart.join(", "),
+                    settings = %restart,
                     "these settings changed but need a restart to take effect; the rest of the reload is applied"
                 );
             }
-            tracing::info!(
-                changed = %changes.live.join(", "),
-                restart_needed = %changes.restart.join(", "),
-                "config reloaded"
-            );
-            report.outcome = Outcome::Applied;
-            report.changed = changes.live.iter().map(|s| s.to_string()).collect();
-            report.restart = changes.restart.iter().map(|s| s.to_string()).collect();
-            swap::install(running, *prepared);
+            tracing::info!(changed = %changed, restart_needed = %restart, "config reloaded");
         }
         Part::Config(Err(rejection)) => {
             let what = match rejection {
