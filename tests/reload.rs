@@ -1,4 +1,4 @@
-//! Whole-config reload on the real binary, asked for with `gatewayd reload`: a new upstream takes new requests while a stream opened before finishes from the old one; a new rate limit and new CORS origins apply to new requests; a bad config is rejected whole, with the reason check-config gives; a new host is named as needing a restart while the rest applies; and `gatewayd reload` says so, or that no daemon runs.
+//! Whole-config reload on the real binary, asked for with `gatewayd reload`: a new upstream takes new requests while a stream opened before finishes from the old one; a new rate limit, new CORS origins, a new body limit and a new log filter apply to new requests; a bad config is rejected whole, with the reason check-config gives; a new host is named as needing a restart while the rest applies; and `gatewayd reload` says so, or that no daemon runs.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -443,4 +443,30 @@ async fn a_new_log_filter_applies_to_the_lines_logged_after_the_reload() {
 
     assert_eq!(health().await.unwrap().status(), 200);
     wait_for_line(&process, debug_line);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_body_limit_applies_to_new_requests() {
+    let daemon = Daemon::start("reload-body", "", true);
+    let post = |size: usize| {
+        let body =
+            json!({"model": "echo", "messages": [{"role": "user", "content": "x".repeat(size)}]});
+        client()
+            .post(daemon.process.url("/v1/chat/completions"))
+            .bearer_auth(KEY_A)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post(4096).await.unwrap().status(), 200);
+
+    let output = daemon.reload_with("[limits]\nmax_body_bytes = 1024\n");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("limits.max_body_bytes"),
+        "{}",
+        stdout(&output)
+    );
+
+    assert_eq!(post(4096).await.unwrap().status(), 413);
+    assert_eq!(post(16).await.unwrap().status(), 200);
 }
