@@ -1,0 +1,180 @@
+//! Failed authentications as an operator reads them at `info`: at most one summary line
+//! per client address a minute (how many failures, and what was done about them), and a
+//! line when each failed-auth throttle starts and when it ends.
+//!
+//! A guesser must not be able to flood the log or the memory through this: the state is
+//! one small entry per address for at most [`MAX_ADDRESSES`] addresses (failures from
+//! any others are summed into one line a minute), and an address gets a line only when
+//! its throttle starts or ends, or once per [`WINDOW`] for its summary.
+//!
+//! When lines are written:
+//! - **throttle start**: at once, when a failed authentication puts the address over its
+//!   quota (`failed_auth_per_minute`);
+//! - **summary**: when the throttle starts (its count then includes every failure that led
+//!   to it), or else a minute after the address's first failure since its last summary;
+//!   never twice within a minute for one address;
+//! - **throttle end**: by the once-a-second sweep, within a second of the end (not when
+//!   the address is next seen). With `backend = "redis"`, an instance logs only the
+//!   throttles it started itself.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// At most one summary line per address within this long.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses with their own summary state; failures from others share one line.
+pub const MAX_ADDRESSES: usize = 4096;
+
+#[derive(Default)]
+struct Entry {
+    /// Failures since the last summary (or since the first one, if none was written yet).
+    failures: u64,
+    /// Requests refused because the throttle was on, since the last summary.
+    refused: u64,
+    /// When the counting for the next summary began (its first failure or refusal).
+    counting_since: Option<Instant>,
+    /// When this address's last summary was written.
+    last_summary: Option<Instant>,
+    /// While the throttle is on: when it ends.
+    throttled_until: Option<Instant>,
+    /// The throttle's length when it last started, for the summary's "action taken".
+    throttled_for_secs: Option<u64>,
+}
+
+#[derive(Default)]
+struct Summaries {
+    by_address: HashMap<IpAddr, Entry>,
+    /// Failures from addresses beyond `MAX_ADDRESSES`, since `overflow_since`.
+    overflow: u64,
+    overflow_since: Option<Instant>,
+}
+
+fn state() -> MutexGuard<'static, Summaries> {
+    static STATE: OnceLock<Mutex<Summaries>> = OnceLock::new();
+    let lock = STATE.get_or_init(Mutex::default);
+    // A panic elsewhere while holding it leaves counts, never broken invariants.
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The entry for `client`, or `None` once `MAX_ADDRESSES` others are tracked.
+fn entry(summaries: &mut Summaries, client: IpAddr) -> Option<&mut Entry> {
+    let full = summaries.by_address.len() >= MAX_ADDRESSES;
+    if full && !summaries.by_address.contains_key(&client) {
+        return None;
+    }
+    Some(summaries.by_address.entry(client).or_default())
+}
+
+/// A key comparison from `client` failed. `throttled_for_secs` is set when this failure
+/// put the address over its quota, so the throttle starts now.
+pub fn failed(client: IpAddr, throttled_for_secs: Option<u64>) {
+    let now = Instant::now();
+    let mut summaries = state();
+    let Some(entry) = entry(&mut summaries, client) else {
+        summaries.overflow += 1;
+        summaries.overflow_since.get_or_insert(now);
+        return;
+    };
+    entry.failures += 1;
+    entry.counting_since.get_or_insert(now);
+    let Some(secs) = throttled_for_secs else {
+        return;
+    };
+    if entry.throttled_until.is_none() {
+        tracing::info!(
+            %client,
+            failures = entry.failures,
+            throttled_secs = secs,
+            "failed-auth throttle started for {client}: requests from it are refused for {secs} s"
+        );
+    }
+    entry.throttled_until = Some(now + Duration::from_secs(secs));
+    entry.throttled_for_secs = Some(secs);
+    if entry.last_summary.is_none_or(|at| now - at >= WINDOW) {
+        summarise(client, entry, now);
+    }
+}
+
+/// A request from `client` was refused because its throttle is on (no key was compared).
+pub fn refused(client: IpAddr) {
+    let now = Instant::now();
+    let mut summaries = state();
+    if let Some(entry) = entry(&mut summaries, client) {
+        entry.refused += 1;
+        entry.counting_since.get_or_insert(now);
+    }
+}
+
+/// Writes `entry`'s summary line and starts counting afresh.
+fn summarise(client: IpAddr, entry: &mut Entry, now: Instant) {
+    let action = match (entry.throttled_until, entry.throttled_for_secs) {
+        (Some(until), Some(secs)) if until > now => format!("throttled for {secs} s"),
+        (_, Some(secs)) => format!("throttled for {secs} s (now over)"),
+        _ => "none yet (under the failed-auth limit)".to_string(),
+    };
+    let (failures, refused) = (entry.failures, entry.refused);
+    tracing::info!(
+        %client,
+        failures,
+        refused,
+        action = %action,
+        "failed authentications from {client} in the last minute: {failures} \
+         ({refused} more refused while throttled); action: {action}"
+    );
+    entry.failures = 0;
+    entry.refused = 0;
+    entry.counting_since = None;
+    entry.throttled_for_secs = None;
+    entry.last_summary = Some(now);
+}
+
+/// Once a second: ends throttles that are over, writes the summaries that are due, and
+/// forgets addresses with nothing left to report.
+pub fn sweep(now: Instant) {
+    let mut summaries = state();
+    for (client, entry) in summaries.by_address.iter_mut() {
+        if entry.throttled_until.is_some_and(|until| until <= now) {
+            entry.throttled_until = None;
+            tracing::info!(%client, "failed-auth throttle ended for {client}");
+        }
+        let due = entry.counting_since.is_some_and(|since| {
+            now - since >= WINDOW && entry.last_summary.is_none_or(|at| now - at >= WINDOW)
+        });
+        if due {
+            summarise(*client, entry, now);
+        }
+    }
+    summaries.by_address.retain(|_, entry| {
+        entry.throttled_until.is_some()
+            || entry.counting_since.is_some()
+            || entry.last_summary.is_some_and(|at| now - at < WINDOW)
+    });
+    if summaries
+        .overflow_since
+        .is_some_and(|since| now - since >= WINDOW)
+    {
+        tracing::info!(
+            failures = summaries.overflow,
+            "failed authentications in the last minute from addresses beyond the {MAX_ADDRESSES} summarised one by one: {}",
+            summaries.overflow
+        );
+        summaries.overflow = 0;
+        summaries.overflow_since = None;
+    }
+}
+
+/// Starts the once-a-second sweep (once per process). Must be called inside a runtime.
+pub fn start_sweeping() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        tokio::spawn(async {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                sweep(Instant::now());
+            }
+        });
+    });
+}
