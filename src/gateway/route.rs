@@ -81,6 +81,7 @@ pub async fn forward_to(
     history: Option<&[u8]>,
     candidates: Vec<Candidate>,
 ) -> Result<(Answer, String), ApiError> {
+    telemetry::record_requested_model(&request.model);
     let Some(first) = candidates.first() else {
         return Err(ApiError::NotFound {
             message: format!(

@@ -151,7 +151,11 @@ impl Pending {
             route: timing.route.get().map(|route| route.as_str()),
             status: self.status.as_u16(),
             key: timing.caller.get().map(|name| name.as_ref()),
-            model: timing.model.get().map(|model| model.as_ref()),
+            model: timing
+                .requested_model
+                .get()
+                .or(timing.model.get())
+                .map(|model| model.as_ref()),
             upstream: timing.upstream.get().map(|name| name.as_ref()),
             input_tokens: tokens.map(|t| t.0),
             output_tokens: tokens.map(|t| t.1),

@@ -124,6 +124,9 @@ pub struct RequestTiming {
     route: OnceLock<MatchedPath>,
     /// The name of the caller's key (set by the auth boundary).
     caller: OnceLock<Arc<str>>,
+    /// The model as the client named it, for the access log only (unbounded, so never a
+    /// metric label).
+    requested_model: OnceLock<Arc<str>>,
     /// The configured name of the upstream that answered.
     upstream: OnceLock<Arc<str>>,
     /// Input and output tokens, when the upstream reported them and gatewayd read them.
@@ -175,6 +178,13 @@ pub fn record_model(model: &Arc<str>) {
 /// Names the caller's key on the current request (no-op outside one).
 pub fn record_caller(name: &Arc<str>) {
     let _ = TIMING.try_with(|t| t.caller.set(name.clone()));
+}
+
+/// Notes the model the client asked for, when the access log will print it.
+pub fn record_requested_model(model: &str) {
+    if access_log::enabled() {
+        let _ = TIMING.try_with(|t| t.requested_model.set(Arc::from(model)));
+    }
 }
 
 /// Names the upstream that answered the current request (a configured name).
