@@ -257,7 +257,9 @@ pub fn set_upstream_health(upstream: String, state: f64, ewma_ttfb: f64, in_flig
     handle();
     metrics::gauge!(UPSTREAM_STATE, "upstream" => upstream.clone()).set(state);
     metrics::gauge!(UPSTREAM_EWMA_TTFB, "upstream" => upstream.clone()).set(ewma_ttfb);
-    metrics::gauge!(UPSTREAM_IN_FLIGHT, "upstream" => upstream).set(in_flight);
+    metrics::gauge!(UPSTREAM_IN_FLIGHT, "upstream" => upstream.clone()).set(in_flight);
+    // At zero until the breaker first opens, so the series exists for dashboards.
+    metrics::counter!(UPSTREAM_OPENED, "upstream" => upstream).increment(0);
 }
 
 /// Counts a stream while it is open.
