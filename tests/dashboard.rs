@@ -25,7 +25,10 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
         }
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap();
-            found.push((panel["title"].as_str().unwrap().to_string(), expr.to_string()));
+            found.push((
+                panel["title"].as_str().unwrap().to_string(),
+                expr.to_string(),
+            ));
         }
     }
     found
@@ -38,7 +41,14 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
 /// a malformed expression fails the test.
 fn metric_names(expr: &str) -> Vec<String> {
     const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset"];
-    const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const GROUPING: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
     let chars: Vec<char> = expr.chars().collect();
     // Open brackets; 'L' is the `(` of a grouping list.
     let mut open: Vec<char> = Vec::new();
@@ -69,7 +79,9 @@ fn metric_names(expr: &str) -> Vec<String> {
             let rest: String = chars[i..].iter().collect();
             let rest = rest.trim_start();
             let function = rest.starts_with('(')
-                || GROUPING.iter().any(|g| rest.starts_with(&format!("{g} ")) || rest.starts_with(&format!("{g}(")));
+                || GROUPING.iter().any(|g| {
+                    rest.starts_with(&format!("{g} ")) || rest.starts_with(&format!("{g}("))
+                });
             let inside = matches!(open.last(), Some('{' | '[' | 'L'));
             let variable = start > 0 && chars[start - 1] == '$';
             if GROUPING.contains(&word.as_str()) && !inside {
@@ -83,13 +95,18 @@ fn metric_names(expr: &str) -> Vec<String> {
             '(' if grouping_next => open.push('L'),
             '{' | '[' | '(' => open.push(c),
             '}' | ']' | ')' => {
-                let opened = open.pop().unwrap_or_else(|| panic!("unbalanced {c} in {expr}"));
+                let opened = open
+                    .pop()
+                    .unwrap_or_else(|| panic!("unbalanced {c} in {expr}"));
                 let expected = match c {
                     '}' => "{",
                     ']' => "[",
                     _ => "(L",
                 };
-                assert!(expected.contains(opened), "mismatched {opened}…{c} in {expr}");
+                assert!(
+                    expected.contains(opened),
+                    "mismatched {opened}…{c} in {expr}"
+                );
             }
             _ => {}
         }
@@ -105,7 +122,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn the_expression_reader_finds_metric_names() {
     assert_eq!(
-        metric_names(r#"sum by (route, status) (rate(gatewayd_requests_total{instance=~"$instance",status=~"5.."}[$__rate_interval])) / clamp_min(sum(rate(x_total[5m])), 1e-9)"#),
+        metric_names(
+            r#"sum by (route, status) (rate(gatewayd_requests_total{instance=~"$instance",status=~"5.."}[$__rate_interval])) / clamp_min(sum(rate(x_total[5m])), 1e-9)"#
+        ),
         ["gatewayd_requests_total", "x_total"]
     );
     assert_eq!(
@@ -122,7 +141,11 @@ fn the_expression_reader_finds_metric_names() {
 async fn every_metric_the_dashboard_queries_exists_after_ordinary_traffic() {
     let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
     let exprs = expressions(&dashboard);
-    assert!(exprs.len() >= 20, "the dashboard has {} queries", exprs.len());
+    assert!(
+        exprs.len() >= 20,
+        "the dashboard has {} queries",
+        exprs.len()
+    );
 
     let (url, _) = chat_upstream().await;
     let dir = temp_dir("dashboard");
@@ -188,7 +211,10 @@ async fn every_metric_the_dashboard_queries_exists_after_ordinary_traffic() {
     let mut missing = Vec::new();
     for (title, expr) in &exprs {
         let names = metric_names(expr);
-        assert!(!names.is_empty(), "panel {title:?} queries no metric: {expr}");
+        assert!(
+            !names.is_empty(),
+            "panel {title:?} queries no metric: {expr}"
+        );
         for name in names {
             if !exposed.contains(name.as_str()) {
                 missing.push(format!("{name} (panel {title:?})"));

@@ -304,7 +304,10 @@ async fn a_catch_all_upstream_is_asked_for_an_id_its_list_lacks() {
     assert_eq!(status, 502);
     common::assert_openai_error(&error, "upstream_error", "upstream_error");
     let text = error.to_string();
-    assert!(!text.contains("127.0.0.1") && !text.contains(&url), "{text}");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains(&url),
+        "{text}"
+    );
 
     // A listed id is answered from the list, without asking.
     let (status, _) = get_json(&gw, "/v1/models/listed").await;

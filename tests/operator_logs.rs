@@ -43,7 +43,10 @@ impl Running {
 
 fn collect(reader: impl std::io::Read + Send + 'static, into: Lines) {
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+        {
             into.lock().unwrap().push(line);
         }
     });
@@ -127,8 +130,14 @@ async fn failed_auths_are_summarised_once_and_the_throttle_names_itself() {
         message.contains("Too many failed authentications from this address (127.0.0.1)"),
         "{message}"
     );
-    assert!(message.contains("refused, whatever key it sends, until 20"), "{message}");
-    assert!(message.contains(&format!("retry after {retry_after} s")), "{message}");
+    assert!(
+        message.contains("refused, whatever key it sends, until 20"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("retry after {retry_after} s")),
+        "{message}"
+    );
     assert!(!message.contains(KEY_A) && !message.contains(WRONG_KEY));
 
     let started = wait_for(
@@ -148,18 +157,27 @@ async fn failed_auths_are_summarised_once_and_the_throttle_names_itself() {
         .iter()
         .filter(|l| l.contains("failed authentications from 127.0.0.1 in the last minute"))
         .collect();
-    assert_eq!(summaries.len(), 1, "one summary, not one line per failure:\n{}", log.join("\n"));
+    assert_eq!(
+        summaries.len(),
+        1,
+        "one summary, not one line per failure:\n{}",
+        log.join("\n")
+    );
     let summary = summaries[0];
     assert!(summary.contains("INFO"), "{summary}");
     assert!(summary.contains("last minute: 31 "), "{summary}");
     assert!(summary.contains("action: throttled for "), "{summary}");
     assert_eq!(
-        log.iter().filter(|l| l.contains("throttle started")).count(),
+        log.iter()
+            .filter(|l| l.contains("throttle started"))
+            .count(),
         1,
         "{}",
         log.join("\n")
     );
-    assert!(log.iter().all(|l| !l.contains(WRONG_KEY) && !l.contains(KEY_A)));
+    assert!(log
+        .iter()
+        .all(|l| !l.contains(WRONG_KEY) && !l.contains(KEY_A)));
 }
 
 /// Sends the access-log traffic: a chat, a streamed chat and a request with a wrong key,
@@ -204,7 +222,11 @@ async fn access_log_traffic(gw: &Running) -> [String; 3] {
 
 /// The access log line with request id `id`, waiting for it to be written.
 fn line_for(lines: &Lines, id: &str) -> Value {
-    let line = wait_for(lines, &format!("\"request_id\":\"{id}\""), Duration::from_secs(20));
+    let line = wait_for(
+        lines,
+        &format!("\"request_id\":\"{id}\""),
+        Duration::from_secs(20),
+    );
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
@@ -240,7 +262,10 @@ fn assert_access_lines(lines: &Lines, ids: &[String; 3], upstream_url: &str) {
 
     let all = lines.lock().unwrap().join("\n");
     for secret in [KEY_A, WRONG_KEY, "secret words", "echo:", upstream_url] {
-        assert!(!all.contains(secret), "{secret:?} in the access log:\n{all}");
+        assert!(
+            !all.contains(secret),
+            "{secret:?} in the access log:\n{all}"
+        );
     }
 }
 
@@ -251,7 +276,10 @@ fn mock_toml(url: &str) -> String {
 #[tokio::test]
 async fn the_access_log_writes_one_json_line_per_request_to_standard_output() {
     let (url, _) = chat_upstream().await;
-    let gw = start_with(&format!("{}\n[telemetry]\naccess_log = true\n", mock_toml(&url)));
+    let gw = start_with(&format!(
+        "{}\n[telemetry]\naccess_log = true\n",
+        mock_toml(&url)
+    ));
     let ids = access_log_traffic(&gw).await;
     assert_access_lines(&gw.stdout, &ids, &url);
     // Standard output holds the access log and nothing else.
@@ -277,9 +305,15 @@ async fn the_access_log_goes_to_access_log_file_when_set() {
     let ids = access_log_traffic(&gw).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while file_lines(&path).lock().unwrap().len() < 3 {
-        assert!(Instant::now() < deadline, "the access log file has fewer than 3 lines");
+        assert!(
+            Instant::now() < deadline,
+            "the access log file has fewer than 3 lines"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_access_lines(&file_lines(&path), &ids, &url);
-    assert!(gw.stdout.lock().unwrap().is_empty(), "nothing on standard output");
+    assert!(
+        gw.stdout.lock().unwrap().is_empty(),
+        "nothing on standard output"
+    );
 }

@@ -36,7 +36,10 @@ fn registered_routes(dir: &Path, into: &mut Vec<String>) {
 #[test]
 fn every_registered_route_is_in_the_served_table() {
     let mut registered = Vec::new();
-    registered_routes(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api"), &mut registered);
+    registered_routes(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api"),
+        &mut registered,
+    );
     assert!(registered.len() >= 15, "{registered:?}");
     for pattern in &registered {
         assert!(

@@ -245,7 +245,9 @@ fn throttled(peer: IpAddr, retry_after_secs: u64) -> ApiError {
         retry_after_secs,
         client: peer.to_canonical(),
         until: crate::wire::time::rfc3339(
-            ends.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64,
+            ends.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64,
         ),
     }
 }

@@ -156,8 +156,8 @@ where
                 crate::telemetry::record(&timing, started, response.status());
                 if let Some(logged) = logged {
                     let status = response.status();
-                    response = response
-                        .map(|body| access_log::wrap(body, logged, status, timing.clone()));
+                    response =
+                        response.map(|body| access_log::wrap(body, logged, status, timing.clone()));
                 }
                 let status = response.status().as_u16();
                 let latency_ms = started.elapsed().as_millis() as u64;

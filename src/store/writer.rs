@@ -42,7 +42,9 @@ impl Writer {
         // At zero from the start, so dashboards and alerts see the series before the
         // first failure.
         crate::telemetry::handle();
-        for op in ["read", "create", "append", "delete", "lease", "purge", "probe"] {
+        for op in [
+            "read", "create", "append", "delete", "lease", "purge", "probe",
+        ] {
             metrics::counter!(STORAGE_ERRORS, "op" => op).absolute(0);
         }
         Writer {

@@ -95,21 +95,26 @@ impl HttpUpstream {
     /// with empty, `.` or `..` segments is not asked for.
     pub(super) async fn fetch_model(&self, id: &str) -> Result<Option<ModelObject>, UpstreamError> {
         let parts: Vec<&str> = id.split('/').collect();
-        if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
             return Ok(None);
         }
         let mut url = self.model_url.clone();
         let broken =
             || UpstreamError::Config(self.name.clone(), "base_url cannot take a path".into());
-        url.path_segments_mut().map_err(|()| broken())?.extend(parts);
+        url.path_segments_mut()
+            .map_err(|()| broken())?
+            .extend(parts);
         let uri = Uri::try_from(url.as_str()).map_err(|_| broken())?;
         let response = self
             .call(Method::GET, &uri, Bytes::new(), &HeaderMap::new())
             .await?;
         match response.status() {
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => {
-                return Ok(None)
-            }
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => return Ok(None),
             status if !status.is_success() => {
                 return Err(UpstreamError::Broken(
                     self.name.clone(),
