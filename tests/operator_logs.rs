@@ -165,8 +165,10 @@ async fn failed_auths_are_summarised_once_and_the_throttle_names_itself() {
     );
     let summary = summaries[0];
     assert!(summary.contains("INFO"), "{summary}");
-    assert!(summary.contains("last minute: 31 "), "{summary}");
-    assert!(summary.contains("action: throttled for "), "{summary}");
+    assert!(
+        summary.contains("last minute: 31; action: throttled for "),
+        "{summary}"
+    );
     assert_eq!(
         log.iter()
             .filter(|l| l.contains("throttle started"))

@@ -115,13 +115,16 @@ fn summarise(client: IpAddr, entry: &mut Entry, now: Instant) {
         _ => "none yet (under the failed-auth limit)".to_string(),
     };
     let (failures, refused) = (entry.failures, entry.refused);
+    let while_throttled = match refused {
+        0 => String::new(),
+        n => format!(" ({n} more requests refused while throttled)"),
+    };
     tracing::info!(
         %client,
         failures,
         refused,
-        action = %action,
-        "failed authentications from {client} in the last minute: {failures} \
-         ({refused} more refused while throttled); action: {action}"
+        "failed authentications from {client} in the last minute: {failures}{while_throttled}; \
+         action: {action}"
     );
     entry.failures = 0;
     entry.refused = 0;
