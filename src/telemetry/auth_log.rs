@@ -70,40 +70,46 @@ fn entry(summaries: &mut Summaries, client: IpAddr) -> Option<&mut Entry> {
 /// A key comparison from `client` failed. `throttled_for_secs` is set when this failure
 /// put the address over its quota, so the throttle starts now.
 pub fn failed(client: IpAddr, throttled_for_secs: Option<u64>) {
-    let now = Instant::now();
-    let mut summaries = state();
-    let Some(entry) = entry(&mut summaries, client) else {
-        summaries.overflow += 1;
-        summaries.overflow_since.get_or_insert(now);
-        return;
-    };
-    entry.failures += 1;
-    entry.counting_since.get_or_insert(now);
-    let Some(secs) = throttled_for_secs else {
-        return;
-    };
-    if entry.throttled_until.is_none() {
-        tracing::info!(
-            %client,
-            failures = entry.failures,
-            throttled_secs = secs,
-            "failed-auth throttle started for {client}: requests from it are refused for {secs} s"
-        );
-    }
-    entry.throttled_until = Some(now + Duration::from_secs(secs));
-    entry.throttled_for_secs = Some(secs);
-    if entry.last_summary.is_none_or(|at| now - at >= WINDOW) {
-        summarise(client, entry, now);
-    }
+    state().failed(client, throttled_for_secs, Instant::now());
 }
 
 /// A request from `client` was refused because its throttle is on (no key was compared).
 pub fn refused(client: IpAddr) {
-    let now = Instant::now();
-    let mut summaries = state();
-    if let Some(entry) = entry(&mut summaries, client) {
-        entry.refused += 1;
+    state().refused(client, Instant::now());
+}
+
+impl Summaries {
+    fn failed(&mut self, client: IpAddr, throttled_for_secs: Option<u64>, now: Instant) {
+        let Some(entry) = entry(self, client) else {
+            self.overflow += 1;
+            self.overflow_since.get_or_insert(now);
+            return;
+        };
+        entry.failures += 1;
         entry.counting_since.get_or_insert(now);
+        let Some(secs) = throttled_for_secs else {
+            return;
+        };
+        if entry.throttled_until.is_none() {
+            tracing::info!(
+                %client,
+                failures = entry.failures,
+                throttled_secs = secs,
+                "failed-auth throttle started for {client}: requests from it are refused for {secs} s"
+            );
+        }
+        entry.throttled_until = Some(now + Duration::from_secs(secs));
+        entry.throttled_for_secs = Some(secs);
+        if entry.last_summary.is_none_or(|at| now - at >= WINDOW) {
+            summarise(client, entry, now);
+        }
+    }
+
+    fn refused(&mut self, client: IpAddr, now: Instant) {
+        if let Some(entry) = entry(self, client) {
+            entry.refused += 1;
+            entry.counting_since.get_or_insert(now);
+        }
     }
 }
 
@@ -136,7 +142,10 @@ fn summarise(client: IpAddr, entry: &mut Entry, now: Instant) {
 /// Once a second: ends throttles that are over, writes the summaries that are due, and
 /// forgets addresses with nothing left to report.
 pub fn sweep(now: Instant) {
-    let mut summaries = state();
+    sweep_summaries(&mut state(), now);
+}
+
+fn sweep_summaries(summaries: &mut Summaries, now: Instant) {
     for (client, entry) in summaries.by_address.iter_mut() {
         if entry.throttled_until.is_some_and(|until| until <= now) {
             entry.throttled_until = None;
@@ -180,4 +189,66 @@ pub fn start_sweeping() {
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(n: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn the_state_is_bounded_and_emptied_once_nothing_is_left_to_report() {
+        let mut summaries = Summaries::default();
+        let start = Instant::now();
+        for n in 0..(MAX_ADDRESSES as u32 + 500) {
+            summaries.failed(address(n), None, start);
+            summaries.refused(address(n), start);
+        }
+        assert_eq!(summaries.by_address.len(), MAX_ADDRESSES);
+        assert_eq!(summaries.overflow, 500);
+        // A minute on, every summary is written (and the overflow's one line).
+        sweep_summaries(&mut summaries, start + WINDOW);
+        assert!(summaries
+            .by_address
+            .values()
+            .all(|e| e.counting_since.is_none()));
+        assert_eq!((summaries.overflow, summaries.overflow_since), (0, None));
+        // Another minute without failures: nothing is left to remember.
+        sweep_summaries(&mut summaries, start + 2 * WINDOW);
+        assert!(summaries.by_address.is_empty());
+    }
+
+    #[test]
+    fn an_address_gets_one_summary_a_minute_and_its_throttle_ends_in_the_sweep() {
+        let mut summaries = Summaries::default();
+        let (client, start) = (address(1), Instant::now());
+        for _ in 0..30 {
+            summaries.failed(client, None, start);
+        }
+        // The throttle starts: the summary is written now, with all 31 failures.
+        summaries.failed(client, Some(2), start);
+        let entry = &summaries.by_address[&client];
+        assert_eq!((entry.failures, entry.last_summary), (0, Some(start)));
+        // The throttle ends in the sweep after its end.
+        sweep_summaries(&mut summaries, start + Duration::from_secs(3));
+        assert_eq!(summaries.by_address[&client].throttled_until, None);
+        // A second throttle within the minute: counted, not summarised yet.
+        let later = start + Duration::from_secs(10);
+        summaries.failed(client, Some(4), later);
+        let entry = &summaries.by_address[&client];
+        assert_eq!((entry.failures, entry.last_summary), (1, Some(start)));
+        assert!(entry.throttled_until.is_some());
+        sweep_summaries(&mut summaries, start + Duration::from_secs(59));
+        assert_eq!(summaries.by_address[&client].last_summary, Some(start));
+        // Due a minute after the last summary (and a minute after counting began).
+        sweep_summaries(&mut summaries, later + WINDOW);
+        let entry = &summaries.by_address[&client];
+        assert_eq!(
+            (entry.failures, entry.last_summary),
+            (0, Some(later + WINDOW))
+        );
+    }
 }

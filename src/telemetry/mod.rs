@@ -144,9 +144,13 @@ impl RequestTiming {
     }
 }
 
-/// The current request's record, for work that outlives the handler (a stream's end).
+/// The current request's record, for work that outlives the handler (a stream's end),
+/// when the access log will read it.
 pub fn current() -> Option<Arc<RequestTiming>> {
-    TIMING.try_with(Arc::clone).ok()
+    match access_log::enabled() {
+        true => TIMING.try_with(Arc::clone).ok(),
+        false => None,
+    }
 }
 
 tokio::task_local! {
@@ -175,9 +179,12 @@ pub fn record_model(model: &Arc<str>) {
     let _ = TIMING.try_with(|t| t.model.set(model.clone()));
 }
 
-/// Names the caller's key on the current request (no-op outside one).
+/// Names the caller's key on the current request, for the access log (no-op outside a
+/// request or with the access log off, like the other `record_*` that only it reads).
 pub fn record_caller(name: &Arc<str>) {
-    let _ = TIMING.try_with(|t| t.caller.set(name.clone()));
+    if access_log::enabled() {
+        let _ = TIMING.try_with(|t| t.caller.set(name.clone()));
+    }
 }
 
 /// Notes the model the client asked for, when the access log will print it.
@@ -189,7 +196,9 @@ pub fn record_requested_model(model: &str) {
 
 /// Names the upstream that answered the current request (a configured name).
 pub fn record_answered_by(upstream: &str) {
-    let _ = TIMING.try_with(|t| t.upstream.set(Arc::from(upstream)));
+    if access_log::enabled() {
+        let _ = TIMING.try_with(|t| t.upstream.set(Arc::from(upstream)));
+    }
 }
 
 /// Runs a request's handling with its timing in scope, so handlers can add to it.
