@@ -284,6 +284,40 @@ async fn the_access_log_writes_one_json_line_per_request_to_standard_output() {
     ));
     let ids = access_log_traffic(&gw).await;
     assert_access_lines(&gw.stdout, &ids, &url);
+
+    // A streamed session turn: gatewayd reads the stream, so its tokens are known.
+    let http = client();
+    let session: Value = http
+        .post(gw.url("/v1/sessions"))
+        .bearer_auth(KEY_A)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let turn = http
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .header("x-session-id", session["id"].as_str().unwrap())
+        .header("x-request-id", "req-session-4")
+        .json(&json!({"model": "m", "stream": true,
+            "messages": [{"role": "user", "content": "secret words"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(turn.status(), 200);
+    turn.bytes().await.unwrap();
+    let line = line_for(&gw.stdout, "req-session-4");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["key"], "alice");
+    assert_eq!(
+        (&line["input_tokens"], &line["output_tokens"]),
+        (&json!(4), &json!(2))
+    );
+    assert_eq!(line["complete"], true);
+
     // Standard output holds the access log and nothing else.
     for line in gw.stdout.lock().unwrap().iter() {
         serde_json::from_str::<Value>(line).unwrap();
