@@ -375,12 +375,7 @@ impl Upstream for HttpUpstream {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ModelObject>, UpstreamError>> {
-        async move {
-            tokio::time::timeout(self.models_timeout, self.fetch_model(id))
-                .await
-                .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone())))
-        }
-        .boxed()
+        self.model_by_id(id).boxed()
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {

@@ -89,11 +89,18 @@ impl HttpUpstream {
             .collect())
     }
 
+    /// [`Self::fetch_model`] within `models_timeout_secs`.
+    pub(super) async fn model_by_id(&self, id: &str) -> Result<Option<ModelObject>, UpstreamError> {
+        tokio::time::timeout(self.models_timeout, self.fetch_model(id))
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone())))
+    }
+
     /// `GET {base}/models/{id}`: the model object, `None` when the upstream answers that it
     /// has no such model (404), or cannot be asked for one model (405, 501). The id goes
     /// in as escaped path segments (its `/` kept, as in `meta-llama/Llama-3.1-8B`); an id
     /// with empty, `.` or `..` segments is not asked for.
-    pub(super) async fn fetch_model(&self, id: &str) -> Result<Option<ModelObject>, UpstreamError> {
+    async fn fetch_model(&self, id: &str) -> Result<Option<ModelObject>, UpstreamError> {
         let parts: Vec<&str> = id.split('/').collect();
         if parts
             .iter()
