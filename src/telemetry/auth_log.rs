@@ -1,15 +1,17 @@
 //! Failed authentications as an operator reads them at `info`: at most one summary line
 //! per client address a minute (how many failures, and what was done about them), and a
-//! line when each failed-auth throttle starts and when it ends.
+//! line when a failed-auth throttle starts and when it ends.
 //!
 //! A guesser must not be able to flood the log or the memory through this: the state is
 //! one small entry per address for at most [`MAX_ADDRESSES`] addresses (failures from
-//! any others are summed into one line a minute), and an address gets a line only when
-//! its throttle starts or ends, or once per [`WINDOW`] for its summary.
+//! any others are summed into one line a minute), and an address gets at most three
+//! lines a [`WINDOW`]: its summary, and one throttle's start and end. A guesser that
+//! keeps going is throttled again every few seconds; those repeats within the minute are
+//! counted in the summary ("throttled 12 times"), not logged one by one.
 //!
 //! When lines are written:
 //! - **throttle start**: at once, when a failed authentication puts the address over its
-//!   quota (`failed_auth_per_minute`);
+//!   quota (`failed_auth_per_minute`), unless a start was logged for it within a minute;
 //! - **summary**: when the throttle starts (its count then includes every failure that led
 //!   to it), or else a minute after the address's first failure since its last summary;
 //!   never twice within a minute for one address;
@@ -41,6 +43,12 @@ struct Entry {
     throttled_until: Option<Instant>,
     /// The throttle's length when it last started, for the summary's "action taken".
     throttled_for_secs: Option<u64>,
+    /// Throttles started since the last summary.
+    throttles: u32,
+    /// When a throttle start was last logged (at most one a minute).
+    start_logged: Option<Instant>,
+    /// The running throttle's start was logged, so its end is too.
+    end_to_log: bool,
 }
 
 #[derive(Default)]
@@ -91,12 +99,17 @@ impl Summaries {
             return;
         };
         if entry.throttled_until.is_none() {
-            tracing::info!(
-                %client,
-                failures = entry.failures,
-                throttled_secs = secs,
-                "failed-auth throttle started for {client}: requests from it are refused for {secs} s"
-            );
+            entry.throttles += 1;
+            entry.end_to_log = entry.start_logged.is_none_or(|at| now - at >= WINDOW);
+            if entry.end_to_log {
+                entry.start_logged = Some(now);
+                tracing::info!(
+                    %client,
+                    failures = entry.failures,
+                    throttled_secs = secs,
+                    "failed-auth throttle started for {client}: requests from it are refused for {secs} s"
+                );
+            }
         }
         entry.throttled_until = Some(now + Duration::from_secs(secs));
         entry.throttled_for_secs = Some(secs);
@@ -115,9 +128,10 @@ impl Summaries {
 
 /// Writes `entry`'s summary line and starts counting afresh.
 fn summarise(client: IpAddr, entry: &mut Entry, now: Instant) {
-    let action = match (entry.throttled_until, entry.throttled_for_secs) {
-        (Some(until), Some(secs)) if until > now => format!("throttled for {secs} s"),
-        (_, Some(secs)) => format!("throttled for {secs} s (now over)"),
+    let action = match (entry.throttles, entry.throttled_for_secs) {
+        (1, Some(secs)) => format!("throttled for {secs} s"),
+        (n, Some(secs)) if n > 1 => format!("throttled {n} times, the last for {secs} s"),
+        _ if entry.refused > 0 => "kept throttled".to_string(),
         _ => "none yet (under the failed-auth limit)".to_string(),
     };
     let (failures, refused) = (entry.failures, entry.refused);
@@ -136,6 +150,7 @@ fn summarise(client: IpAddr, entry: &mut Entry, now: Instant) {
     entry.refused = 0;
     entry.counting_since = None;
     entry.throttled_for_secs = None;
+    entry.throttles = 0;
     entry.last_summary = Some(now);
 }
 
@@ -149,7 +164,9 @@ fn sweep_summaries(summaries: &mut Summaries, now: Instant) {
     for (client, entry) in summaries.by_address.iter_mut() {
         if entry.throttled_until.is_some_and(|until| until <= now) {
             entry.throttled_until = None;
-            tracing::info!(%client, "failed-auth throttle ended for {client}");
+            if std::mem::take(&mut entry.end_to_log) {
+                tracing::info!(%client, "failed-auth throttle ended for {client}");
+            }
         }
         let due = entry.counting_since.is_some_and(|since| {
             now - since >= WINDOW && entry.last_summary.is_none_or(|at| now - at >= WINDOW)
@@ -162,6 +179,7 @@ fn sweep_summaries(summaries: &mut Summaries, now: Instant) {
         entry.throttled_until.is_some()
             || entry.counting_since.is_some()
             || entry.last_summary.is_some_and(|at| now - at < WINDOW)
+            || entry.start_logged.is_some_and(|at| now - at < WINDOW)
     });
     if summaries
         .overflow_since
@@ -235,11 +253,14 @@ mod tests {
         // The throttle ends in the sweep after its end.
         sweep_summaries(&mut summaries, start + Duration::from_secs(3));
         assert_eq!(summaries.by_address[&client].throttled_until, None);
-        // A second throttle within the minute: counted, not summarised yet.
+        // A second throttle within the minute: counted, neither its start nor its end
+        // logged, and not summarised yet.
         let later = start + Duration::from_secs(10);
         summaries.failed(client, Some(4), later);
         let entry = &summaries.by_address[&client];
         assert_eq!((entry.failures, entry.last_summary), (1, Some(start)));
+        assert_eq!((entry.throttles, entry.end_to_log), (1, false));
+        assert_eq!(entry.start_logged, Some(start));
         assert!(entry.throttled_until.is_some());
         sweep_summaries(&mut summaries, start + Duration::from_secs(59));
         assert_eq!(summaries.by_address[&client].last_summary, Some(start));
@@ -250,5 +271,10 @@ mod tests {
             (entry.failures, entry.last_summary),
             (0, Some(later + WINDOW))
         );
+        // A minute after the last logged start, a new throttle's start is logged again.
+        summaries.failed(client, Some(2), later + WINDOW);
+        let entry = &summaries.by_address[&client];
+        assert_eq!(entry.start_logged, Some(later + WINDOW));
+        assert!(entry.end_to_log);
     }
 }
