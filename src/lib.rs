@@ -78,6 +78,7 @@ pub async fn serve_router(
     shutdown: CancellationToken,
 ) {
     telemetry::start_upkeep();
+    telemetry::auth_log::start_sweeping();
     let edge = state.edge();
     let draining = edge.draining.clone();
     let fired = shutdown.clone();

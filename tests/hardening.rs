@@ -673,11 +673,24 @@ async fn failed_auth_is_throttled_per_address_before_comparison() {
         assert_error(&reply, StatusCode::UNAUTHORIZED, "invalid_api_key");
     }
     let reply = send(app.clone(), attempt(wrong, "192.0.2.9:1001")).await;
-    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
+    assert_error(
+        &reply,
+        StatusCode::TOO_MANY_REQUESTS,
+        "failed_auth_throttled",
+    );
     assert!(reply.headers.contains_key("retry-after"));
-    // Blocked before any comparison: even the right key waits.
+    // Blocked before any comparison: even the right key waits, and is told why.
     let reply = send(app.clone(), attempt(KEY_A, "192.0.2.9:1002")).await;
-    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
+    assert_error(
+        &reply,
+        StatusCode::TOO_MANY_REQUESTS,
+        "failed_auth_throttled",
+    );
+    let message = reply.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("failed authentications from this address (192.0.2.9)"),
+        "{message}"
+    );
     // Other addresses are not affected; successes never spend quota.
     for _ in 0..10 {
         assert_eq!(

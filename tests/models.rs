@@ -245,3 +245,75 @@ async fn a_failed_listing_is_not_cached() {
     assert_eq!(list["data"][0]["owned_by"], "flaky");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A catch-all upstream whose list lacks an id it serves (lists are often partial): the
+/// gateway asks it for `/models/{id}` before answering 404. An id it does not know is an
+/// OpenAI-shaped 404; a lookup that fails is a 502 that does not show the upstream's URL.
+#[tokio::test]
+async fn a_catch_all_upstream_is_asked_for_an_id_its_list_lacks() {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = asked.clone();
+    let url = mock_upstream(
+        Router::new()
+            .route(
+                "/v1/models",
+                get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "listed"}]})) }),
+            )
+            .route(
+                "/v1/models/{*id}",
+                get(move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    seen.lock().unwrap().push(id.clone());
+                    async move {
+                        match id.as_str() {
+                            "gpt-4o-mini" | "org/unlisted" => axum::Json(
+                                json!({"id": id, "object": "model", "created": 7, "owned_by": "openai"}),
+                            )
+                            .into_response(),
+                            "broken" => (StatusCode::INTERNAL_SERVER_ERROR, "no").into_response(),
+                            _ => (
+                                StatusCode::NOT_FOUND,
+                                axum::Json(json!({"error": {"message": "no such model"}})),
+                            )
+                                .into_response(),
+                        }
+                    }
+                }),
+            ),
+    )
+    .await;
+    let gw = gateway(&upstream("cloud", &url, r#"["*"]"#, "")).await;
+
+    let (status, model) = get_json(&gw, "/v1/models/gpt-4o-mini").await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(model["id"], "gpt-4o-mini");
+    assert_eq!(model["created"], 7);
+    assert_eq!(model["owned_by"], "openai");
+    let (status, model) = get_json(&gw, "/v1/models/org/unlisted").await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(model["id"], "org/unlisted");
+
+    let (status, error) = get_json(&gw, "/v1/models/absent").await;
+    assert_eq!(status, 404);
+    common::assert_openai_error(&error, "invalid_request_error", "model_not_found");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'absent'"));
+
+    let (status, error) = get_json(&gw, "/v1/models/broken").await;
+    assert_eq!(status, 502);
+    common::assert_openai_error(&error, "upstream_error", "upstream_error");
+    let text = error.to_string();
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains(&url),
+        "{text}"
+    );
+
+    // A listed id is answered from the list, without asking.
+    let (status, _) = get_json(&gw, "/v1/models/listed").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["gpt-4o-mini", "org/unlisted", "absent", "broken"]
+    );
+}

@@ -1,5 +1,6 @@
 //! The fallback for paths no route serves: a 404 that names the method and path, and
-//! says when the path is an OpenAI API route this gateway does not implement.
+//! says when the path is an OpenAI API route this gateway does not implement, listing
+//! what it does serve.
 
 use axum::http::{Method, Uri};
 
@@ -27,6 +28,46 @@ const OPENAI_ROUTES: &[&str] = &[
     "/v1/chat/completions/",
 ];
 
+/// Every route pattern the API serves, with what a client would call it. The 404 lists
+/// these names; `tests/routes.rs` checks that every pattern here is served and that every
+/// route the source registers is here, so the list cannot drift from the router.
+pub const SERVED_ROUTES: &[(&str, &str)] = &[
+    ("chat completions", "/v1/chat/completions"),
+    ("completions", "/v1/completions"),
+    ("embeddings", "/v1/embeddings"),
+    ("models", "/v1/models"),
+    ("models", "/v1/models/{*id}"),
+    ("Responses", "/v1/responses"),
+    ("Responses", "/v1/responses/{id}"),
+    ("Responses", "/v1/responses/{id}/input_items"),
+    ("Conversations", "/v1/conversations"),
+    ("Conversations", "/v1/conversations/{id}"),
+    ("Conversations", "/v1/conversations/{id}/items"),
+    ("Conversations", "/v1/conversations/{id}/items/{item_id}"),
+    ("Anthropic Messages", "/v1/messages"),
+    ("Anthropic Messages", "/v1/messages/count_tokens"),
+    ("sessions", "/v1/sessions"),
+    ("sessions", "/v1/sessions/{id}"),
+    ("health", "/health"),
+    ("health", "/health/ready"),
+    ("metrics", "/metrics"),
+];
+
+/// "chat completions, completions, … and metrics": each name once, in table order.
+fn served_names() -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in SERVED_ROUTES {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => last.to_string(),
+        None => String::new(),
+    }
+}
+
 pub async fn fallback(method: Method, uri: Uri) -> ApiError {
     let path = uri.path();
     let shown: String = path.chars().take(200).collect();
@@ -40,8 +81,8 @@ pub async fn fallback(method: Method, uri: Uri) -> ApiError {
         ApiError::NotFound {
             message: format!(
                 "{method} {shown} is an OpenAI API route that this gateway does not support. \
-                 gatewayd serves chat completions, completions, embeddings, models and sessions; \
-                 see docs/api.md."
+                 gatewayd serves {}; see docs/api.md.",
+                served_names()
             ),
             code: Some("unsupported_route"),
         }

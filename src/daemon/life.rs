@@ -29,6 +29,9 @@ pub enum DaemonError {
     Sessions(#[from] SessionError),
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    /// `[telemetry] access_log_file` cannot be opened.
+    #[error("{0}")]
+    AccessLog(String),
 }
 
 impl DaemonError {
@@ -36,7 +39,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Startup(err) => err.exit_code(),
-            DaemonError::Sessions(_) | DaemonError::Signals(_) => 1,
+            DaemonError::Sessions(_) | DaemonError::Signals(_) | DaemonError::AccessLog(_) => 1,
         }
     }
 }
@@ -94,6 +97,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
         tracing::warn!("{warning}");
     }
     let store = open_sessions(&config).await?;
+    crate::telemetry::access_log::install(&config.telemetry).map_err(DaemonError::AccessLog)?;
     if config.upstreams.is_empty() {
         tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
     }

@@ -101,6 +101,10 @@ pub async fn run(
             if let Some(recorder) = &native {
                 native_record::from_body(recorder, &body).await?;
             }
+            if reply.is_none() && crate::telemetry::access_log::enabled() {
+                // A passed-through chat is read for its usage only for the access log.
+                note_usage(&body);
+            }
             let answer = Complete {
                 status,
                 headers,
@@ -108,7 +112,7 @@ pub async fn run(
             };
             let (response, record) = protocol.reply(reply.as_ref(), answer)?;
             if let Some(reply) = &reply {
-                hand_on_usage(reply);
+                hand_on_usage(reply, crate::telemetry::current().as_deref());
             }
             if let Some(settlement) = settlement {
                 // Stored before the client sees the answer: an acknowledged turn is never lost.
@@ -148,6 +152,14 @@ pub async fn append(gateway: &Gateway, turn: Turn) -> Result<usize, ApiError> {
     };
     settlement.commit(Default::default()).await?;
     Ok(added)
+}
+
+/// Notes a whole chat reply's token usage on the current request, if it reports any.
+fn note_usage(body: &[u8]) {
+    let usage = Reply::from_completion(body).and_then(|reply| reply.usage);
+    if let (Some(usage), Some(request)) = (usage, crate::telemetry::current()) {
+        request.set_tokens(usage.input_tokens, usage.output_tokens);
+    }
 }
 
 /// The upstreams that may answer: those serving the model (natively, if the call needs

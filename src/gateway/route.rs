@@ -81,6 +81,7 @@ pub async fn forward_to(
     history: Option<&[u8]>,
     candidates: Vec<Candidate>,
 ) -> Result<(Answer, String), ApiError> {
+    telemetry::record_requested_model(&request.model);
     let Some(first) = candidates.first() else {
         return Err(ApiError::NotFound {
             message: format!(
@@ -181,6 +182,7 @@ async fn finish(
     upstream: String,
 ) -> Result<(Answer, String), ApiError> {
     let attempt = attempt.into();
+    telemetry::record_answered_by(&upstream);
     let status = response.status;
     if status.is_server_error() && !endpoint.is_anthropic() {
         return Err(ApiError::BadGateway);
@@ -242,6 +244,7 @@ pub async fn stored_response(
     call: StoredResponseCall,
 ) -> Result<Answer, ApiError> {
     let name = upstream.name().to_string();
+    telemetry::record_answered_by(&name);
     let started = Instant::now();
     let sent = upstream.stored_response(call).await;
     let response = sent.map_err(|err| {

@@ -9,6 +9,7 @@ use super::decode::{ChatDecoder, Delta, Reply};
 use super::relay::{Ending, Flow, StreamTap};
 use super::turn::{Encoder, Record};
 use crate::store::{SessionLease, SessionStore};
+use crate::telemetry::RequestTiming;
 use crate::wire::error::ApiError;
 
 /// What a turn stores once its reply is complete. Holding it holds the session's lease:
@@ -51,6 +52,8 @@ pub struct Settler {
     held: Bytes,
     /// The `[DONE]` line began in an earlier chunk, so part of it was sent already.
     split_end: bool,
+    /// The request's record: the stream ends after its handler has returned.
+    request: Option<Arc<RequestTiming>>,
 }
 
 impl Settler {
@@ -70,6 +73,7 @@ impl Settler {
             settlement,
             held: Bytes::new(),
             split_end: false,
+            request: crate::telemetry::current(),
         })
     }
 }
@@ -103,13 +107,14 @@ impl StreamTap for Settler {
                 decoder,
                 mut encoder,
                 held,
+                request,
                 ..
             } = *self;
             let made = match (decoder.decodes(), decoder.incomplete()) {
                 (true, true) => Err(incomplete_reply()),
                 (true, false) => {
                     let reply = decoder.reply();
-                    hand_on_usage(&reply);
+                    hand_on_usage(&reply, request.as_deref());
                     encoder.record(&reply).map(drop)
                 }
                 (false, _) => Ok(()),
@@ -124,6 +129,7 @@ impl StreamTap for Settler {
                     settlement,
                     held,
                     split_end,
+                    request,
                     ..
                 } = *self;
                 let settled = match settlement {
@@ -132,7 +138,7 @@ impl StreamTap for Settler {
                     Some(_) if decoder.incomplete() => Err(incomplete_reply()),
                     Some(settlement) => {
                         let reply = decoder.reply();
-                        hand_on_usage(&reply);
+                        hand_on_usage(&reply, request.as_deref());
                         match encoder.record(&reply) {
                             Ok(record) => settlement.commit(record).await,
                             Err(error) => Err(error),
@@ -193,10 +199,14 @@ fn end_of_done(bytes: &[u8], at: usize) -> usize {
     }
 }
 
-/// Step 6's hand-off of the upstream's reported token usage (counted for operators).
-pub fn hand_on_usage(reply: &Reply) {
+/// Step 6's hand-off of the upstream's reported token usage (counted for operators, and
+/// noted on the request for its access log line).
+pub fn hand_on_usage(reply: &Reply, request: Option<&RequestTiming>) {
     if let Some(usage) = &reply.usage {
         crate::telemetry::record_tokens(usage.input_tokens, usage.output_tokens);
+        if let Some(request) = request {
+            request.set_tokens(usage.input_tokens, usage.output_tokens);
+        }
     }
 }
 

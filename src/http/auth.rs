@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
@@ -21,6 +22,7 @@ use super::hold::HoldBody;
 use crate::config::keys::{digest, is_token68, ClientKey, KeyDigest, KeySet};
 pub use crate::limits::Caller;
 use crate::limits::Limiter;
+use crate::telemetry::auth_log;
 use crate::wire::error::ApiError;
 
 /// Routes anyone may call without a key, matched on the router's route pattern (never
@@ -204,15 +206,18 @@ impl<S> RequireApiKey<S> {
 }
 
 /// Throttle guessing: an address over its failure quota is refused before any key
-/// comparison runs, and only failures spend quota.
+/// comparison runs, and only failures spend quota. Operators see the failures summarised
+/// per address, and each throttle's start and end (`telemetry::auth_log`).
 async fn compare(
     keys: &ArcSwap<KeySet>,
     limiter: &Limiter,
     peer: IpAddr,
     presented: &KeyDigest,
 ) -> Result<Caller, ApiError> {
+    let counted_as = crate::limits::bucket(peer);
     if let Some(retry_after_secs) = limiter.auth_blocked(peer).await? {
-        return Err(ApiError::RateLimited { retry_after_secs });
+        auth_log::refused(counted_as);
+        return Err(throttled(peer, retry_after_secs));
     }
     let verified = verify_digest(&keys.load(), presented);
     match verified {
@@ -220,12 +225,30 @@ async fn compare(
             name: Arc::from(key.name.as_str()),
             key: Some(key),
         }),
-        None => Err(match limiter.auth_failed(peer).await? {
-            Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs },
-            None => ApiError::Unauthorized {
-                token_presented: true,
-            },
-        }),
+        None => {
+            let throttled_for = limiter.auth_failed(peer).await?;
+            auth_log::failed(counted_as, throttled_for);
+            Err(match throttled_for {
+                Some(retry_after_secs) => throttled(peer, retry_after_secs),
+                None => ApiError::Unauthorized {
+                    token_presented: true,
+                },
+            })
+        }
+    }
+}
+
+/// The 429 of the failed-auth throttle: it names the cause and when it ends.
+fn throttled(peer: IpAddr, retry_after_secs: u64) -> ApiError {
+    let ends = SystemTime::now() + Duration::from_secs(retry_after_secs);
+    ApiError::AuthThrottled {
+        retry_after_secs,
+        client: peer.to_canonical(),
+        until: crate::wire::time::rfc3339(
+            ends.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64,
+        ),
     }
 }
 
@@ -258,6 +281,9 @@ where
                 }
                 Err(error) => Err(error),
             };
+            if let Ok(Some(caller)) = &caller {
+                crate::telemetry::record_caller(&caller.name);
+            }
             match caller {
                 // Public routes carry no caller and are not metered.
                 Ok(None) => inner.call(request).await,

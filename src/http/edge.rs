@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, Request};
@@ -23,6 +23,7 @@ use super::client_addr::{self, ClientAddr};
 use super::hardening;
 use super::peer::Peer;
 use super::state::EdgeState;
+use crate::telemetry::access_log;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -120,6 +121,13 @@ where
         );
         request.extensions_mut().insert(ClientAddr(client));
         let span = request_span(&request, &id, client);
+        // The access log's start of a line; one branch when the log is off.
+        let logged = access_log::enabled().then(|| access_log::Started {
+            at: SystemTime::now(),
+            clock: started,
+            method: request.method().clone(),
+            request_id: id.clone(),
+        });
         let refused = hardening::refuse(&self.state, &request);
         let anthropic = super::dialect::is_anthropic(request.uri().path());
         let strip_cors = !config.cors_origins.is_empty();
@@ -146,6 +154,11 @@ where
             async move {
                 let mut response = scoped.await;
                 crate::telemetry::record(&timing, started, response.status());
+                if let Some(logged) = logged {
+                    let status = response.status();
+                    response =
+                        response.map(|body| access_log::wrap(body, logged, status, timing.clone()));
+                }
                 let status = response.status().as_u16();
                 let latency_ms = started.elapsed().as_millis() as u64;
                 if response.status().is_server_error() {

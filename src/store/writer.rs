@@ -39,6 +39,14 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(pool: AnyPool, headroom: Option<Headroom>) -> Self {
+        // At zero from the start, so dashboards and alerts see the series before the
+        // first failure.
+        crate::telemetry::handle();
+        for op in [
+            "read", "create", "append", "delete", "lease", "purge", "probe",
+        ] {
+            metrics::counter!(STORAGE_ERRORS, "op" => op).absolute(0);
+        }
         Writer {
             pool,
             writable: AtomicBool::new(true),

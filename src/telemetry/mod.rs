@@ -1,4 +1,6 @@
 //! Metrics: the Prometheus recorder, the per-request metrics layer and what it measures.
+//! The access log (`access_log.rs`) and the failed-auth log lines (`auth_log.rs`) read
+//! the same per-request record.
 //!
 //! Gateway overhead is the time a request spends inside gatewayd until its response head
 //! is ready, minus the time spent waiting on upstreams.
@@ -11,6 +13,8 @@ use axum::extract::MatchedPath;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub mod access_log;
+pub mod auth_log;
 mod handles;
 pub mod logs;
 
@@ -39,6 +43,39 @@ pub const UPSTREAM_OPENED: &str = "gatewayd_upstream_opened_total";
 pub const UPSTREAM_RETRIES: &str = "gatewayd_upstream_retries_total";
 /// Retries not made because the pool's retry budget was spent.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "gatewayd_retry_budget_exhausted_total";
+/// Access log lines dropped because the writer fell behind.
+pub const ACCESS_LOG_DROPPED: &str = "gatewayd_access_log_dropped_total";
+
+/// Why an upstream attempt failed and the next was tried (the `reason` of [`UPSTREAM_RETRIES`]).
+const RETRY_REASONS: [&str; 6] = [
+    "rate_limited",
+    "server_error",
+    "connect_error",
+    "timeout",
+    "broken_response",
+    "not_served",
+];
+
+/// Registers the error counters at zero, so a dashboard or an alert sees them (and
+/// `rate()` works) before the first error happens.
+fn register_error_counters() {
+    for name in [
+        AUTH_FAILURES,
+        RATE_LIMITED,
+        LIMIT_BACKEND_ERRORS,
+        RETRY_BUDGET_EXHAUSTED,
+        ACCESS_LOG_DROPPED,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in RETRY_REASONS {
+        metrics::counter!(UPSTREAM_RETRIES, "reason" => reason).absolute(0);
+    }
+    for direction in ["input", "output"] {
+        metrics::counter!(TOKENS, "direction" => direction).absolute(0);
+    }
+    metrics::gauge!(ACTIVE_STREAMS).increment(0.0);
+}
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
@@ -56,6 +93,7 @@ pub fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
+            register_error_counters();
             handle
         })
         .clone()
@@ -78,18 +116,41 @@ pub fn start_upkeep() {
     });
 }
 
-/// What the handler learned about a request, for its metrics line.
+/// What the handler learned about a request, for its metrics and its access log line.
 #[derive(Default)]
 pub struct RequestTiming {
     upstream_nanos: AtomicU64,
     model: OnceLock<Arc<str>>,
     /// The route pattern, recorded inside the router (the edge runs before routing).
     route: OnceLock<MatchedPath>,
+    /// The name of the caller's key (set by the auth boundary).
+    caller: OnceLock<Arc<str>>,
+    /// The model as the client named it, for the access log only (unbounded, so never a
+    /// metric label).
+    requested_model: OnceLock<Arc<str>>,
+    /// The configured name of the upstream that answered.
+    upstream: OnceLock<Arc<str>>,
+    /// Input and output tokens, when the upstream reported them and gatewayd read them.
+    tokens: OnceLock<(u64, u64)>,
 }
 
 impl RequestTiming {
     pub fn start() -> Arc<RequestTiming> {
         Arc::new(RequestTiming::default())
+    }
+
+    /// Notes the tokens of this request's reply (the first report counts).
+    pub fn set_tokens(&self, input: u64, output: u64) {
+        let _ = self.tokens.set((input, output));
+    }
+}
+
+/// The current request's record, for work that outlives the handler (a stream's end),
+/// when the access log will read it.
+pub fn current() -> Option<Arc<RequestTiming>> {
+    match access_log::enabled() {
+        true => TIMING.try_with(Arc::clone).ok(),
+        false => None,
     }
 }
 
@@ -117,6 +178,28 @@ pub fn record_tokens(input: u64, output: u64) {
 /// (never raw client input), so the label set stays bounded.
 pub fn record_model(model: &Arc<str>) {
     let _ = TIMING.try_with(|t| t.model.set(model.clone()));
+}
+
+/// Names the caller's key on the current request, for the access log (no-op outside a
+/// request or with the access log off, like the other `record_*` that only it reads).
+pub fn record_caller(name: &Arc<str>) {
+    if access_log::enabled() {
+        let _ = TIMING.try_with(|t| t.caller.set(name.clone()));
+    }
+}
+
+/// Notes the model the client asked for, when the access log will print it.
+pub fn record_requested_model(model: &str) {
+    if access_log::enabled() {
+        let _ = TIMING.try_with(|t| t.requested_model.set(Arc::from(model)));
+    }
+}
+
+/// Names the upstream that answered the current request (a configured name).
+pub fn record_answered_by(upstream: &str) {
+    if access_log::enabled() {
+        let _ = TIMING.try_with(|t| t.upstream.set(Arc::from(upstream)));
+    }
 }
 
 /// Runs a request's handling with its timing in scope, so handlers can add to it.
@@ -150,7 +233,8 @@ pub fn count_refusal(error: &crate::wire::error::ApiError) {
         crate::wire::error::ApiError::Unauthorized { .. } => {
             metrics::counter!(AUTH_FAILURES).increment(1)
         }
-        crate::wire::error::ApiError::RateLimited { .. } => {
+        crate::wire::error::ApiError::RateLimited { .. }
+        | crate::wire::error::ApiError::AuthThrottled { .. } => {
             metrics::counter!(RATE_LIMITED).increment(1)
         }
         _ => {}
@@ -183,7 +267,9 @@ pub fn set_upstream_health(upstream: String, state: f64, ewma_ttfb: f64, in_flig
     handle();
     metrics::gauge!(UPSTREAM_STATE, "upstream" => upstream.clone()).set(state);
     metrics::gauge!(UPSTREAM_EWMA_TTFB, "upstream" => upstream.clone()).set(ewma_ttfb);
-    metrics::gauge!(UPSTREAM_IN_FLIGHT, "upstream" => upstream).set(in_flight);
+    metrics::gauge!(UPSTREAM_IN_FLIGHT, "upstream" => upstream.clone()).set(in_flight);
+    // At zero until the breaker first opens, so the series exists for dashboards.
+    metrics::counter!(UPSTREAM_OPENED, "upstream" => upstream).increment(0);
 }
 
 /// Counts a stream while it is open.

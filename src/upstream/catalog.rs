@@ -61,8 +61,9 @@ impl Registry {
     }
 
     /// The model object for `id`, if this gateway serves it: a configured name or alias,
-    /// or a name a pattern upstream lists. `Err` when the upstreams that could serve it
-    /// all failed to answer, so "not found" would be a guess.
+    /// a name a pattern upstream lists, or one such an upstream knows when asked by id.
+    /// `Err` when an upstream that could serve it failed to answer, so "not found" would
+    /// be a guess.
     pub async fn find_model(&self, id: &str) -> Result<Option<Value>, CatalogError> {
         let table = self.table();
         for entry in &table.entries {
@@ -76,19 +77,30 @@ impl Registry {
         }
         let serving: Vec<&Entry> = table.entries.iter().filter(|e| e.lists(id)).collect();
         let listings = self.listings(serving.clone()).await;
-        let mut failed = false;
-        for (entry, listing) in serving.into_iter().zip(listings) {
-            match listing {
-                Some(Ok(listed)) => {
-                    if let Some(model) = listed.iter().find(|m| id_of(m) == id) {
-                        return Ok(Some(with_defaults(model.clone(), entry)));
-                    }
+        for (entry, listing) in serving.iter().zip(&listings) {
+            if let Some(Ok(listed)) = listing {
+                if let Some(model) = listed.iter().find(|m| id_of(m) == id) {
+                    return Ok(Some(with_defaults(model.clone(), entry)));
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(upstream = entry.upstream.name(), error = %err, "could not list upstream models");
+            }
+        }
+        for (entry, listing) in serving.iter().zip(&listings) {
+            if let Some(Err(err)) = listing {
+                tracing::warn!(upstream = entry.upstream.name(), error = %err, "could not list upstream models");
+            }
+        }
+        // Not in any list: the upstreams whose patterns cover the id may still serve it
+        // (a list can be partial), so each is asked for it by id.
+        let asked = join_all(serving.iter().map(|e| e.upstream.retrieve_model(id))).await;
+        let mut failed = false;
+        for (entry, answer) in serving.into_iter().zip(asked) {
+            match answer {
+                Ok(Some(model)) => return Ok(Some(with_defaults(model, entry))),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(upstream = entry.upstream.name(), error = %err, "could not ask upstream for the model");
                     failed = true;
                 }
-                None => {}
             }
         }
         if failed {

@@ -90,6 +90,8 @@ pub struct HttpUpstream {
     /// `…/responses` with the configured query, credentials removed: the base of a
     /// native upstream's stored-response URLs.
     responses_url: url::Url,
+    /// `{base}/models`, where one model is asked for as `{base}/models/{id}`.
+    model_url: url::Url,
     native: bool,
     max_output_tokens: Option<u64>,
     /// Basic credentials from the base URL (sensitive), built once.
@@ -140,6 +142,7 @@ impl HttpUpstream {
             .map(|endpoint| valid(uri(endpoint.path())?))
             .collect::<Result<Vec<Uri>, _>>()?;
         let mut models_url = uri("models")?;
+        let model_url = models_url.clone();
         if config.api == UpstreamApi::Anthropic {
             // Anthropic pages its list, 20 by default; one page of the most it allows.
             models_url.query_pairs_mut().append_pair("limit", "1000");
@@ -169,6 +172,7 @@ impl HttpUpstream {
             models_uri,
             probe_uri,
             responses_url,
+            model_url,
             native: config.responses == ResponsesMode::Native,
             max_output_tokens: config.max_output_tokens,
             basic_auth,
@@ -365,6 +369,13 @@ impl Upstream for HttpUpstream {
 
     fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>> {
         self.cached_models().boxed()
+    }
+
+    fn retrieve_model<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ModelObject>, UpstreamError>> {
+        self.model_by_id(id).boxed()
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {

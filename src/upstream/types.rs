@@ -113,6 +113,14 @@ pub trait Upstream: Send + Sync {
     ) -> BoxFuture<'_, Result<UpstreamResponse, UpstreamError>>;
     /// The upstream's own model list, for pattern upstreams.
     fn list_models(&self) -> BoxFuture<'_, Result<Arc<Vec<ModelObject>>, UpstreamError>>;
+    /// One model its list lacks, asked for by id (`GET …/models/{id}`): `Ok(None)` when
+    /// the upstream does not know it (or cannot be asked for one model).
+    fn retrieve_model<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ModelObject>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// A cheap health check of an open upstream (`probe_interval_secs`): `Ok` when it
     /// answers at all with neither 429 nor 5xx.
     fn probe(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {

@@ -40,6 +40,18 @@ pub enum ApiError {
     RequestTimeout,
     #[error("Rate limit exceeded; retry after {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
+    /// The failed-auth throttle: this client address sent too many wrong keys, so every
+    /// request from it is refused for a while, whatever key it carries.
+    #[error(
+        "Too many failed authentications from this address ({client}): every request from it is refused, whatever key it sends, until {until} (retry after {retry_after_secs} s)."
+    )]
+    AuthThrottled {
+        retry_after_secs: u64,
+        /// The client address the failures were counted against (the caller's own).
+        client: std::net::IpAddr,
+        /// When the refusal ends, RFC 3339 UTC.
+        until: String,
+    },
     #[error("The upstream model provider failed to answer. Try again later.")]
     BadGateway,
     #[error("The upstream model provider did not answer in time.")]
@@ -100,7 +112,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::AuthThrottled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::BadGateway | ApiError::UpstreamTruncated => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable
@@ -119,6 +133,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized { .. } | ApiError::Forbidden(_) => "invalid_request_error",
             ApiError::RateLimited { .. }
+            | ApiError::AuthThrottled { .. }
             | ApiError::SessionLimitReached(_)
             | ApiError::StorageQuotaExceeded(_) => "rate_limit_error",
             ApiError::BadGateway
@@ -139,6 +154,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
             ApiError::Forbidden(_) => Some("forbidden"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::AuthThrottled { .. } => Some("failed_auth_throttled"),
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
             ApiError::UnsupportedMediaType => Some("unsupported_media_type"),
             ApiError::HeadersTooLarge => Some("request_headers_too_large"),
@@ -194,6 +210,9 @@ impl IntoResponse for ApiError {
                 );
             }
             ApiError::RateLimited { retry_after_secs }
+            | ApiError::AuthThrottled {
+                retry_after_secs, ..
+            }
             | ApiError::UpstreamUnavailable { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }

@@ -1,10 +1,11 @@
 //! An HTTP upstream's own model list: `GET {base}/models` with the upstream's auth, parsed,
-//! cached for a minute and served stale when the upstream fails.
+//! cached for a minute and served stale when the upstream fails; and one model by id,
+//! `GET {base}/models/{id}`, for an id the list lacks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::http::{HeaderMap, Method};
+use ::http::{HeaderMap, Method, StatusCode, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -86,5 +87,64 @@ impl HttpUpstream {
             .into_iter()
             .filter(|m| m.get("id").is_some_and(serde_json::Value::is_string))
             .collect())
+    }
+
+    /// [`Self::fetch_model`] within `models_timeout_secs`.
+    pub(super) async fn model_by_id(&self, id: &str) -> Result<Option<ModelObject>, UpstreamError> {
+        tokio::time::timeout(self.models_timeout, self.fetch_model(id))
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone())))
+    }
+
+    /// `GET {base}/models/{id}`: the model object, `None` when the upstream answers that it
+    /// has no such model (404), or cannot be asked for one model (405, 501). The id goes
+    /// in as escaped path segments (its `/` kept, as in `meta-llama/Llama-3.1-8B`); an id
+    /// with empty, `.` or `..` segments is not asked for.
+    async fn fetch_model(&self, id: &str) -> Result<Option<ModelObject>, UpstreamError> {
+        let parts: Vec<&str> = id.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            return Ok(None);
+        }
+        let mut url = self.model_url.clone();
+        let broken =
+            || UpstreamError::Config(self.name.clone(), "base_url cannot take a path".into());
+        url.path_segments_mut()
+            .map_err(|()| broken())?
+            .extend(parts);
+        let uri = Uri::try_from(url.as_str()).map_err(|_| broken())?;
+        let response = self
+            .call(Method::GET, &uri, Bytes::new(), &HeaderMap::new())
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => return Ok(None),
+            status if !status.is_success() => {
+                return Err(UpstreamError::Broken(
+                    self.name.clone(),
+                    format!("model lookup answered {status}"),
+                ))
+            }
+            _ => {}
+        }
+        let body = Limited::new(response.into_body(), MAX_MODEL_LIST)
+            .collect()
+            .await
+            .map_err(|e| match e.is::<LengthLimitError>() {
+                true => UpstreamError::Broken(self.name.clone(), "model too large".into()),
+                false => self.classify(&*e, BODY_FAILED),
+            })?
+            .to_bytes();
+        let model: ModelObject = serde_json::from_slice(&body)
+            .map_err(|_| UpstreamError::Broken(self.name.clone(), BODY_FAILED.into()))?;
+        // Only an object for this very id counts (not, say, a catch-all answer).
+        Ok(model
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|found| found == id)
+            .then_some(model))
     }
 }
