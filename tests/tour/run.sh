@@ -19,7 +19,8 @@
 #   - the port: 127.0.0.1:8642 becomes a free port from the OS (API_SERVER_PORT for the
 #     server), so a gatewayd already running here does not matter;
 #   - the SDK installs are skipped: .venv is the Python SDK virtualenv of tests/sdk/run.sh
-#     (same requirements), node_modules that of tests/sdk-node (npm ci, pinned);
+#     (same requirements), node_modules that of tests/sdk-node (npm ci, pinned), and the
+#     directory is a default npm project (package.json with "type": "commonjs");
 #   - curl fails on an HTTP error (--fail-with-body), so a refused call fails the tour.
 #
 #   bash tests/tour/run.sh
@@ -70,6 +71,9 @@ mkdir "$TOUR/bin" "$TOUR/home" "$TOUR/dir"
 ln -s "$GATEWAYD_BIN" "$TOUR/bin/gatewayd"
 ln -s "$VENV" "$TOUR/dir/.venv"
 ln -s "$REPO/tests/sdk-node/node_modules" "$TOUR/dir/node_modules"
+# A default npm project: recent npm's `npm init -y` writes "type": "commonjs", where a
+# .js file with `import` fails (Node's module detection does not apply then).
+echo '{ "name": "tour", "version": "1.0.0", "type": "commonjs" }' > "$TOUR/dir/package.json"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 sed -i "s/127\.0\.0\.1:8642/127.0.0.1:$PORT/g" "$TOUR/client.sh"
 FRESH=(env -i "HOME=$TOUR/home" "PATH=$TOUR/bin:$PATH" "LANG=C.UTF-8")
@@ -90,7 +94,9 @@ grep -q "gatewayd listening" "$TOUR/server.log" || fail "gatewayd did not listen
     echo 'curl() { command curl --fail-with-body "$@"; }'
     cat "$TOUR/client.sh"
 } > "$TOUR/terminal2.sh"
-"${FRESH[@]}" bash -euo pipefail "$TOUR/terminal2.sh" || fail "terminal 2 failed (above)"
+# A block that never ends (a second server, say) fails the tour instead of hanging it.
+timeout 300 "${FRESH[@]}" bash -euo pipefail "$TOUR/terminal2.sh" \
+    || fail "terminal 2 failed or ran over 300 s (above)"
 
 # Ctrl-C in terminal 1.
 kill -INT -- "-$SERVER_PID"
