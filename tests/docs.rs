@@ -128,7 +128,10 @@ fn the_example_config_holds_only_defaults() {
     };
     let defaults = comparable(load(&empty).unwrap());
     let example = comparable(load(&repo().join("config/gatewayd.example.toml")).unwrap());
-    assert_eq!(example, defaults, "a value in the example is not the default");
+    assert_eq!(
+        example, defaults,
+        "a value in the example is not the default"
+    );
 }
 
 /// The files a config/examples/ file names under /etc/gatewayd/, made in `dir`: a test CA,
@@ -157,7 +160,10 @@ fn every_file_in_config_examples_passes_check_config() {
     for entry in std::fs::read_dir(repo().join("config/examples")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        assert!(name.ends_with(".toml"), "config/examples/{name}: not a .toml");
+        assert!(
+            name.ends_with(".toml"),
+            "config/examples/{name}: not a .toml"
+        );
         assert!(
             index.contains(&name),
             "config/gatewayd.example.toml does not point at config/examples/{name}"
