@@ -15,6 +15,7 @@ if [ "$GATEWAYD_TEST_POSTGRES_URL" = "none" ]; then
 fi
 
 cargo test --all-targets
+bash tests/unit_sandbox/run.sh
 bash tests/sdk/run.sh
 bash tests/sdk-node/run.sh
 bash tests/claude-code/run.sh
