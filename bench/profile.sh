@@ -2,13 +2,15 @@
 # Exact, load-independent profiles of gatewayd (see bench/README.md, "Profiles"):
 #   bench/profile.sh cpu  BIN [N]   instructions per proxied request (callgrind), plain and streamed
 #   bench/profile.sh heap BIN [N]   heap held per open stream, by allocation site (DHAT)
+#   bench/profile.sh routing BIN [N] instructions per request: one upstream, then a pool of three
+#                                   under the "ordered" and the "latency" strategy
 # BIN should carry line tables for readable sites:
 #   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release
 set -euo pipefail
 
 MODE="${1:-}" BIN="${2:-}"
-[[ "$MODE" == cpu || "$MODE" == heap ]] && [[ -x "$BIN" ]] || {
-  sed -n '2,6p' "$0" >&2; exit 2; }
+[[ "$MODE" == cpu || "$MODE" == heap || "$MODE" == routing ]] && [[ -x "$BIN" ]] || {
+  sed -n '2,8p' "$0" >&2; exit 2; }
 BIN="$(realpath "$BIN")"
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PORT_BASE="${PORT_BASE:-27400}"
@@ -36,10 +38,13 @@ wait_health() {
 
 # Instructions per request: warm up, zero the counters, send N sequential requests on
 # one keep-alive connection, dump, and divide.
+# UPSTREAM is a port, or "config:FILE" for upstreams named in a config file.
 cpu_run() {
   local label=$1 upstream=$2 body=$3 n=$4
+  local upstream_args=(--upstream "http://127.0.0.1:$upstream/v1")
+  [[ "$upstream" == config:* ]] && upstream_args=(--config "${upstream#config:}")
   valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$BIN" \
-    --host 127.0.0.1 --port "$GW" --upstream "http://127.0.0.1:$upstream/v1" \
+    --host 127.0.0.1 --port "$GW" "${upstream_args[@]}" \
     --data-dir "$WORK/data-$label" >"$WORK/$label.log" 2>&1 &
   local vpid=$!
   PIDS+=("$vpid")
@@ -107,17 +112,37 @@ for per_stream, blocks, names in sorted(sites, key=lambda s: -s[0])[:20]:
 PY
 }
 
-case "$MODE" in
-  cpu)
-    N="${3:-3000}"
+start_upstream() {
     sed -e "s|@DIR@|$WORK|g" "$BENCH_DIR/nginx/common.conf.in" >"$WORK/common.conf"
     mkdir -p "$WORK/tmp"
     sed -e "s|@DIR@|$WORK|g" -e "s|@WORKERS@|1|g" -e "s|@NOFILE@|4096|g" \
       -e "s|@UP_JSON@|$UP_JSON|g" -e "s|@UP_SSE@|$UP_SSE|g" \
       "$BENCH_DIR/nginx/upstream.conf.in" >"$WORK/upstream.conf"
     nginx -c "$WORK/upstream.conf" -p "$WORK" -g 'daemon on;'
+}
+
+pool_config() {  # pool_config STRATEGY FILE: three entries for the same upstream, one model
+  for u in a b c; do
+    printf '[[upstreams]]\nname = "pool-%s"\nbase_url = "http://127.0.0.1:%s/v1"\nmodels = ["*"]\n\n' "$u" "$UP_JSON"
+  done > "$2"
+  printf '[routing]\nstrategy = "%s"\n' "$1" >> "$2"
+}
+
+case "$MODE" in
+  cpu)
+    N="${3:-3000}"
+    start_upstream
     cpu_run plain "$UP_JSON" "$WORK/body.json" "$N"
     cpu_run stream "$UP_SSE" "$WORK/body-stream.json" "$N"
+    ;;
+  routing)
+    N="${3:-3000}"
+    start_upstream
+    pool_config ordered "$WORK/pool-ordered.toml"
+    pool_config latency "$WORK/pool-latency.toml"
+    cpu_run plain "$UP_JSON" "$WORK/body.json" "$N"
+    cpu_run pool-ordered "config:$WORK/pool-ordered.toml" "$WORK/body.json" "$N"
+    cpu_run pool-latency "config:$WORK/pool-latency.toml" "$WORK/body.json" "$N"
     ;;
   heap) heap_run "${3:-400}" ;;
 esac

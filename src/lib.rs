@@ -39,6 +39,7 @@ pub mod wire;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::http::listener::Listener;
+pub use crate::http::server::LiveRouter;
 pub use api::router::app;
 pub use api::state::AppState;
 
@@ -53,15 +54,26 @@ pub use wire::{error, openai};
 /// Serves an already-built state on listeners that are already bound (and judged).
 /// Returns once `shutdown` has fired and connections have drained.
 pub async fn run(state: AppState, listeners: Vec<Listener>, shutdown: CancellationToken) {
-    gateway::routing::start(state.gateway(), shutdown.clone());
-    let app = app(state.clone());
-    serve_router(state, app, listeners, shutdown).await;
+    let router = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(app(state.clone())));
+    run_live(state, router, listeners, shutdown).await;
 }
 
-/// Serves `router` (the main app, or the metrics-only app) with the state's limits.
+/// Like [`run`], with the router in force swapped by reloads (the daemon's).
+pub async fn run_live(
+    state: AppState,
+    router: LiveRouter,
+    listeners: Vec<Listener>,
+    shutdown: CancellationToken,
+) {
+    gateway::routing::start(state.gateway(), shutdown.clone());
+    serve_router(state, router, listeners, shutdown).await;
+}
+
+/// Serves `router` (the main app, or the metrics-only app) with the connection limits
+/// of `state`, which are set once here.
 pub async fn serve_router(
     state: AppState,
-    router: axum::Router,
+    router: LiveRouter,
     listeners: Vec<Listener>,
     shutdown: CancellationToken,
 ) {

@@ -17,8 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// glibc's malloc, tuned so that memory freed after a large request goes back to the OS
 /// (measured: eight concurrent 7 MB Responses requests left 300–450 MiB resident with
-/// the defaults, 10–30 MiB with this). The only unsafe code in gatewayd: two FFI calls
-/// without preconditions.
+/// the defaults, 10–30 MiB with this). Two FFI calls without preconditions; the only
+/// other unsafe code is the kill(2) of `gatewayd reload` (daemon/control.rs).
 #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
 mod glibc_malloc {
     /// Allocations of at least this size get a mapping of their own, unmapped when freed.
@@ -55,6 +55,9 @@ fn main() -> ExitCode {
     if let Some(Command::Keygen { sha256 }) = cli.command {
         return keygen(sha256);
     }
+    if let Some(Command::Reload) = cli.command {
+        return reload(&cli.serve);
+    }
     // One judgment for both commands: check-config prints it, serve acts on it.
     let verdict = match verdict::judge(&cli.serve, &ProcessEnv, &SystemResolver) {
         Ok(verdict) => verdict,
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::CheckConfig) => check_config(&verdict),
-        _ => serve(verdict),
+        _ => serve(verdict, cli.serve),
     }
 }
 
@@ -83,6 +86,19 @@ fn keygen(sha256: bool) -> ExitCode {
         }
         Err(err) => fatal(format!("the OS random source failed: {err}"), 1),
     }
+}
+
+/// Signals the running daemon and prints its verdict on the reload.
+fn reload(args: &gatewayd::config::cli::ServeArgs) -> ExitCode {
+    let cors = std::env::var("API_SERVER_CORS_ORIGINS").ok();
+    let located = daemon::control::locate(args, cors);
+    let answer = daemon::control::reload(&located);
+    if answer.code == daemon::control::exit::APPLIED {
+        println!("{}", answer.text);
+    } else {
+        eprintln!("gatewayd: {}", answer.text);
+    }
+    ExitCode::from(answer.code)
 }
 
 /// Prints serve's verdict (already reached by `verdict::judge`) and opens nothing.
@@ -144,21 +160,11 @@ fn limits_mode(limits: &gatewayd::config::Limits) -> String {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-fn serve(verdict: Verdict) -> ExitCode {
-    init_tracing(verdict.config.log_format);
+fn serve(verdict: Verdict, args: gatewayd::config::cli::ServeArgs) -> ExitCode {
+    gatewayd::telemetry::logs::init(
+        verdict.config.log_format == LogFormat::Json,
+        &verdict.config.log_filter,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,7 +172,7 @@ fn serve(verdict: Verdict) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fatal(format!("cannot start the async runtime: {err}"), 1),
     };
-    match runtime.block_on(daemon::run(verdict)) {
+    match runtime.block_on(daemon::run(verdict, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fatal(&err, err.exit_code()),
     }

@@ -109,6 +109,15 @@ impl AppState {
         self.0.gateway.session_store()
     }
 
+    /// This state with another config, and the same keys, upstreams, store, limiter and
+    /// TLS. A reload builds it for the requests that start afterwards; a request already
+    /// running keeps the state (and so the config) it started with.
+    pub fn with_config(&self, config: Config) -> Self {
+        let mut shared = self.0.shared.clone();
+        shared.config = Arc::new(config);
+        AppState::from_shared(shared)
+    }
+
     /// Serves TLS on every TCP listener with `tls`.
     pub fn with_tls(self, tls: Arc<ListenerTls>) -> Self {
         let mut shared = self.0.shared.clone();

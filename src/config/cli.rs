@@ -32,6 +32,10 @@ pub enum Command {
     /// Load the configuration, apply the guard and key policy exactly as `serve` would,
     /// print what serve would do, and exit 0 (would serve) or 78 (would refuse).
     CheckConfig,
+    /// Ask the gatewayd running with this config (found through its pid file) to re-read
+    /// its config, and print what changed, what needs a restart, or why nothing changed.
+    /// Exits 0 (applied), 1 (kept the old config), 3 (not running) or 4 (not permitted).
+    Reload,
 }
 
 /// Settings that override the config file. Precedence: flags > env > file > defaults.
@@ -83,6 +87,11 @@ pub struct ServeArgs {
     /// 127.0.0.1:9464. The startup guard judges it like the main address.
     #[arg(long, env = "GATEWAYD_METRICS_ADDR", global = true)]
     pub metrics_addr: Option<String>,
+
+    /// The pid file gatewayd writes at start and removes at exit, and `gatewayd reload`
+    /// reads. [default: gatewayd.pid in the data dir]
+    #[arg(long, env = "GATEWAYD_PID_FILE", global = true)]
+    pub pid_file: Option<PathBuf>,
 
     /// Log format. [default: text]
     #[arg(long, env = "GATEWAYD_LOG_FORMAT", global = true, value_enum)]

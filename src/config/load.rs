@@ -47,6 +47,8 @@ pub struct Config {
     pub port: u16,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// `[server] log_filter`: which log lines are written (RUST_LOG, when set, wins).
+    pub log_filter: String,
     pub cors_origins: Vec<String>,
     pub shutdown_grace: Duration,
     pub stream_keepalive: Duration,
@@ -169,6 +171,7 @@ impl Config {
                 .log_format
                 .or(file.server.log_format)
                 .unwrap_or(LogFormat::Text),
+            log_filter: file.server.log_filter.unwrap_or_else(|| "info".into()),
             cors_origins,
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs.unwrap_or(30)),
             stream_keepalive: Duration::from_secs(
@@ -242,6 +245,12 @@ impl Config {
                 )));
             }
         }
+        if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log_filter) {
+            return Err(ConfigError::Invalid(format!(
+                "[server] log_filter {:?} is not a log filter ({err}); write a level such as \"info\", or e.g. \"warn,gatewayd=debug\"",
+                self.log_filter
+            )));
+        }
         limits::validate(&self.limits).map_err(ConfigError::Invalid)?;
         let redis = self.limits.backend == limits::Backend::Redis;
         routing::validate(&self.routing, &self.upstreams, redis).map_err(ConfigError::Invalid)?;
@@ -257,42 +266,18 @@ impl Config {
 /// The `--config` value that reads the config from standard input.
 pub const STDIN_CONFIG: &str = "-";
 
-/// The `[[keys]]` of the config file as it is now on disk (for a SIGHUP reload). The
-/// whole file must still parse: a broken file never half-applies. A config read from
-/// standard input cannot be read again, so its `[[keys]]` stay those read at start.
-pub fn current_key_entries(config: &Config) -> Result<Vec<KeyEntry>, ConfigError> {
-    match config.config_path.as_deref() {
-        Some(path) if path == Path::new(STDIN_CONFIG) => Ok(config.key_entries.clone()),
-        Some(path) => Ok(read_file(path)?.keys),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// The `[[upstreams]]` and `[routing]` of the config file as it is now on disk (for a
-/// SIGHUP reload), checked like at startup; the upstream given by flag stays first.
-/// The whole file must still parse: a broken file never half-applies.
-pub fn reread_upstreams(
+/// The configuration as it is now, for a SIGHUP reload: the file re-read and merged
+/// with the same flags and environment as at start, and checked the same way. A config
+/// read from standard input cannot be read again: it stays as read at start.
+pub fn reread(
     current: &Config,
-) -> Result<(Vec<UpstreamConfig>, RoutingSection), ConfigError> {
-    let Some(path) = current
-        .config_path
-        .as_ref()
-        .filter(|path| path.as_path() != Path::new(STDIN_CONFIG))
-    else {
-        // Flags only, or standard input (read once, at start): nothing to re-read.
-        return Ok((current.upstreams.clone(), current.routing.clone()));
-    };
-    let file = read_file(path)?;
-    let mut next = current.clone();
-    next.upstreams = file.upstreams;
-    if current.upstream_from_flag {
-        if let Some(flag) = current.upstreams.first() {
-            next.upstreams.insert(0, flag.clone());
-        }
+    args: &ServeArgs,
+    env_cors: Option<String>,
+) -> Result<Config, ConfigError> {
+    match current.config_path.as_deref() {
+        Some(path) if path == Path::new(STDIN_CONFIG) => Ok(current.clone()),
+        _ => Config::load(args, env_cors),
     }
-    next.routing = file.routing;
-    next.validate()?;
-    Ok((next.upstreams, next.routing))
 }
 
 /// The config file (or standard input for `-`), through the shared reader: a regular

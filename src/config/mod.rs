@@ -2,6 +2,7 @@
 //! runtime module; the runtime takes its settings (and small types such as
 //! `SessionLimits` or `RedisUrl`) from here. Declarations and re-exports only.
 
+pub mod changes;
 pub mod cli;
 pub mod file_read;
 pub mod keys;
@@ -16,9 +17,7 @@ pub mod tls;
 mod upstream;
 
 pub use limits::{Backend, Limits, RedisFailure, RedisUrl};
-pub use load::{
-    current_key_entries, reread_upstreams, Config, ConfigError, FileConfig, STDIN_CONFIG,
-};
+pub use load::{reread, Config, ConfigError, FileConfig, STDIN_CONFIG};
 pub use proxies::{parse_trusted, ForwardedHeader};
 pub use routing::{BreakerPolicy, ModelRouting, RoutingSection, Strategy};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};

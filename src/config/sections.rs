@@ -58,6 +58,9 @@ pub struct ServerSection {
     pub port: Option<u16>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    /// Which log lines are written, as a tracing filter (`info`, `warn,gatewayd=debug`);
+    /// RUST_LOG, when set, takes its place.
+    pub log_filter: Option<String>,
     /// Exact browser origins allowed by CORS; empty disables CORS entirely.
     pub cors_origins: Option<Vec<String>>,
     pub shutdown_grace_secs: Option<u64>,

@@ -1,16 +1,23 @@
 //! The daemon's life: guard, bind or inherit sockets, open storage, serve, signals, systemd.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::GuardError;
 use super::reload::Reloads;
+use super::report::ReportFiles;
 use super::startup::{self, StartupError};
+use super::swap::Running;
 use super::systemd;
 use super::verdict::{auth_mode, Verdict};
-use crate::api::router::metrics_app;
+use crate::api::router::{app, metrics_app};
 use crate::api::state::AppState;
+use crate::config::cli::ServeArgs;
 use crate::config::Config;
 use crate::http::listener::Listener;
+use crate::http::server::LiveRouter;
 use crate::store::{SessionError, SessionStore};
 
 /// What can still fail once the verdict is "serve": binding, and opening storage.
@@ -49,8 +56,9 @@ async fn open_sessions(config: &Config) -> Result<SessionStore, SessionError> {
 }
 
 /// Serves what `verdict` accepted until SIGTERM/SIGINT and the drain that follows.
+/// `args` are the flags it was judged from, which each reload merges over the file again.
 /// Must be called inside a runtime.
-pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
+pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     let Verdict {
         config,
         keys,
@@ -92,6 +100,15 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
     // Handlers go in before anything says "listening": a SIGHUP or SIGTERM that arrives
     // right after that line must be handled, never take the default action (exit).
     let signals = Signals::install()?;
+    // Before the "listening" line, so `gatewayd reload` finds a daemon that says it serves.
+    let report_files = ReportFiles::new(args.pid_file.as_deref(), &config.data_dir);
+    if let Err(error) = report_files.write_pid() {
+        tracing::warn!(
+            path = %report_files.pid.display(),
+            %error,
+            "cannot write the pid file; `gatewayd reload` will not find this process (SIGHUP still reloads)"
+        );
+    }
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let metrics_addresses: Vec<String> = metrics_listeners.iter().map(Listener::describe).collect();
     tracing::info!(
@@ -113,21 +130,32 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
             store.spawn_response_retention(age, shutdown.clone());
         }
     }
-    tokio::spawn(handle_signals(signals, state.clone(), shutdown.clone()));
-    if !metrics_listeners.is_empty() {
-        let metrics_app = metrics_app(state.clone());
+    let router = live(app(state.clone()));
+    let metrics_router = (!metrics_listeners.is_empty()).then(|| live(metrics_app(state.clone())));
+    let running = Running::new(args, state.clone(), router.clone(), metrics_router.clone());
+    tokio::spawn(handle_signals(
+        signals,
+        Reloads::start(Arc::new(running), Some(report_files.clone())),
+        shutdown.clone(),
+    ));
+    if let Some(metrics_router) = metrics_router {
         tokio::spawn(crate::serve_router(
             state.clone(),
-            metrics_app,
+            metrics_router,
             metrics_listeners,
             shutdown.clone(),
         ));
     }
     systemd::notify_ready();
     systemd::spawn_watchdog(shutdown.clone());
-    crate::run(state, listeners, shutdown).await;
+    crate::run_live(state, router, listeners, shutdown).await;
+    report_files.remove_pid();
     tracing::info!("gatewayd stopped");
     Ok(())
+}
+
+fn live(router: axum::Router) -> LiveRouter {
+    Arc::new(ArcSwap::from_pointee(router))
 }
 
 /// The signals gatewayd handles, registered with the OS when installed.
@@ -150,10 +178,9 @@ impl Signals {
     }
 }
 
-/// SIGTERM / SIGINT start the drain; SIGHUP reloads keys and TLS files (never waiting:
-/// the reload runs on its own task, so SIGTERM is heard while a reload is stuck).
-async fn handle_signals(mut signals: Signals, state: AppState, shutdown: CancellationToken) {
-    let reloads = Reloads::start(state);
+/// SIGTERM / SIGINT start the drain; SIGHUP reloads the config and TLS files (never
+/// waiting: the reload runs on its own task, so SIGTERM is heard while a reload is stuck).
+async fn handle_signals(mut signals: Signals, reloads: Reloads, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break,

@@ -1,9 +1,10 @@
-//! SIGHUP: re-read every key source, the upstreams with their routing and every TLS file on a detached thread under a deadline, and install what is good; a stuck read never holds up a later reload.
+//! SIGHUP: re-read the whole config (keys and upstreams included) and then every TLS file on a detached thread under a deadline, and install what is good; a stuck read never holds up a later reload.
 //!
 //! Reads happen off the async workers, on a thread of their own: an `open()` that blocks
-//! cannot be cancelled. The thread hands over the keys first and the TLS files second,
-//! and each part is installed as it arrives, so a certificate that fails (or hangs) never
-//! holds back a key revocation. At [`RELOAD_DEADLINE`] the attempt ends whatever the
+//! cannot be cancelled. The thread hands over the config first (prepared and checked by
+//! `swap.rs`, installed all at once or not at all) and the TLS files second, and each
+//! part is installed as it arrives, so a certificate that fails (or hangs) never holds
+//! back a key revocation. At [`RELOAD_DEADLINE`] the attempt ends whatever the
 //! thread does: a thread still running is left behind (logged, and counted in
 //! `gatewayd_reload_stuck_threads`), anything it reads later is thrown away, and the
 //! next SIGHUP starts a fresh reload at once.
@@ -15,14 +16,13 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use tokio::sync::Notify;
 
-use super::verdict::auth_mode;
+use super::report::{Outcome, Report, ReportFiles};
+use super::swap::{self, Prepared, Rejection, Running};
 use crate::api::state::AppState;
-use crate::config;
-use crate::config::keys::{self, Env, KeySet, ProcessEnv};
+use crate::config::keys::ProcessEnv;
 use crate::config::left_behind::{self, Watch};
 use crate::config::tls::TlsError;
 use crate::upstream::tls::{FreshTls, UpstreamTls};
-use crate::upstream::NextUpstreams;
 
 /// How long one reload may take before it is abandoned (what it has not installed by
 /// then stays as it was).
@@ -30,27 +30,10 @@ pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Keys(#[from] keys::KeyError),
-    #[error("the new key set is empty; a reload never turns authentication off")]
-    WouldDisableAuth,
     #[error("the reload did not finish within {} s (a file on a hung filesystem?); its thread is left behind and the next SIGHUP starts a fresh reload", RELOAD_DEADLINE.as_secs())]
     TimedOut,
     #[error("the reload thread could not start: {0}")]
     Thread(String),
-}
-
-/// Re-reads API_SERVER_KEY_FILE, $CREDENTIALS_DIRECTORY/api_server_key and the config
-/// file's [[keys]], applying the same policy as startup. Blocking, and it swaps nothing.
-pub fn fresh_keys(state: &AppState, env: &dyn Env) -> Result<KeySet, ReloadError> {
-    let entries = config::current_key_entries(&state.config)?;
-    let fresh: KeySet = keys::load(env, &entries)?;
-    if fresh.is_empty() && !state.keys.load().is_empty() {
-        return Err(ReloadError::WouldDisableAuth);
-    }
-    Ok(fresh)
 }
 
 /// The listener's certificate and every upstream's TLS files, read but not in force.
@@ -75,67 +58,71 @@ pub fn read_tls(state: &AppState) -> TlsReadout {
 
 /// One part of a reload, handed from the reading thread to the installer.
 enum Part {
-    Keys(Result<KeySet, ReloadError>),
-    Upstreams(Option<Result<NextUpstreams, String>>),
+    /// The config file with every key source and the upstreams: all of it or none.
+    Config(Result<Box<Prepared>, Rejection>),
+    /// The TLS files, after the config: a certificate that hangs never holds back a
+    /// key revocation.
     Tls(TlsReadout),
 }
 
-fn install(state: &AppState, part: Part) {
+fn install(running: &Running, part: Part, report: &mut Report) {
     match part {
-        Part::Keys(Ok(fresh)) => {
-            let fresh = Arc::new(fresh);
-            state.keys.store(fresh.clone());
-            for warning in &fresh.warnings {
-                tracing::warn!("{warning}");
+        Part::Config(Ok(prepared)) => {
+            report.outcome = Outcome::Applied;
+            report.changed = prepared
+                .changes
+                .live
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            report.restart = prepared
+                .changes
+                .restart
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            swap::install(running, *prepared);
+            let (changed, restart) = (report.changed.join(", "), report.restart.join(", "));
+            if !restart.is_empty() {
+                tracing::warn!(
+                    settings = %restart,
+                    "these settings changed but need a restart to take effect; the rest of the reload is applied"
+                );
             }
-            tracing::info!(keys = fresh.keys.len(), auth = %auth_mode(&fresh), "keys reloaded");
+            tracing::info!(changed = %changed, restart_needed = %restart, "config reloaded");
         }
-        Part::Keys(Err(err)) => key_reload_rejected(&err),
-        Part::Upstreams(None) => {}
-        Part::Upstreams(Some(Ok(next))) => {
-            state.upstreams.install(next);
-            tracing::info!("upstreams and routing reloaded");
+        Part::Config(Err(rejection)) => {
+            let what = match rejection {
+                Rejection::Config(_) => "config reload rejected",
+                Rejection::Keys(_) => "key reload rejected",
+            };
+            tracing::error!(
+                error = %rejection,
+                "{what}; the previous configuration and keys all stay in force"
+            );
+            report.outcome = Outcome::Rejected;
+            report.reason = Some(rejection.to_string());
         }
-        Part::Upstreams(Some(Err(error))) => tracing::error!(
-            %error,
-            "upstream reload rejected; the previous upstreams and routing stay in force"
-        ),
-        Part::Tls(readout) => install_tls(state, readout),
+        Part::Tls(readout) => install_tls(&running.state(), readout, report),
     }
 }
 
-/// Re-reads `[[upstreams]]` and `[routing]` and builds the new upstreams, pools and
-/// strategies (blocking; installs nothing). Upstreams whose name is unchanged keep their
-/// health: an open one stays open. `None` when the upstreams came from flags only.
-fn read_upstreams(state: &AppState) -> Option<Result<NextUpstreams, String>> {
-    state.config.config_path.as_ref()?;
-    Some(
-        config::reread_upstreams(&state.config)
-            .map_err(|e| e.to_string())
-            .and_then(|(upstreams, routing)| {
-                state
-                    .upstreams
-                    .prepare(&upstreams, &routing)
-                    .map_err(|e| e.to_string())
-            }),
-    )
-}
-
-fn key_reload_rejected(err: &ReloadError) {
-    tracing::error!(error = %err, "key reload rejected; the previous keys stay in force");
-}
-
 /// Installs each good TLS part; each outcome is logged, a bad part leaves its old one.
-fn install_tls(state: &AppState, readout: TlsReadout) {
+fn install_tls(state: &AppState, readout: TlsReadout, report: &mut Report) {
     match (&state.tls, readout.listener) {
         (Some(tls), Some(Ok(pair))) => {
             tls.install(pair);
             tracing::info!("TLS certificate reloaded");
         }
-        (_, Some(Err(err))) => tracing::error!(
-            error = %err,
-            "TLS certificate reload rejected; the previous certificate and key stay in force"
-        ),
+        (_, Some(Err(err))) => {
+            tracing::error!(
+                error = %err,
+                "TLS certificate reload rejected; the previous certificate and key stay in force"
+            );
+            report
+                .problems
+                .push(format!("the TLS certificate was not reloaded: {err}"));
+        }
         _ => {}
     }
     for (upstream, outcome) in readout.upstreams {
@@ -145,11 +132,16 @@ fn install_tls(state: &AppState, readout: TlsReadout) {
                 upstream.install(fresh);
                 tracing::info!(upstream = %name, "upstream TLS files reloaded");
             }
-            Err(err) => tracing::error!(
-                upstream = %name,
-                error = %err,
-                "upstream TLS reload rejected; its previous TLS settings stay in force"
-            ),
+            Err(err) => {
+                tracing::error!(
+                    upstream = %name,
+                    error = %err,
+                    "upstream TLS reload rejected; its previous TLS settings stay in force"
+                );
+                report.problems.push(format!(
+                    "upstream {name:?}: its TLS files were not reloaded: {err}"
+                ));
+            }
         }
     }
 }
@@ -192,32 +184,42 @@ async fn run_detached<P: Send + 'static>(
     }
 }
 
-/// One reload: keys, then TLS files, each installed if good and in time.
-async fn reload_once(state: AppState, deadline: Duration) {
-    let reader = state.clone();
-    let mut keys_seen = false;
+/// One reload: the whole config (with keys and upstreams), then the TLS files, each
+/// installed if good and in time; what happened goes to the log and to `report_to`.
+async fn reload_once(
+    running: Arc<Running>,
+    deadline: Duration,
+    generation: u64,
+    report_to: Option<&ReportFiles>,
+) {
+    let mut report = Report::begin(generation);
+    let reader = running.clone();
     let outcome = run_detached(
         deadline,
         move |send: &dyn Fn(Part)| {
-            send(Part::Keys(fresh_keys(&reader, &ProcessEnv)));
-            send(Part::Upstreams(read_upstreams(&reader)));
-            send(Part::Tls(read_tls(&reader)));
+            send(Part::Config(
+                swap::prepare(&reader, &ProcessEnv).map(Box::new),
+            ));
+            send(Part::Tls(read_tls(&reader.state())));
         },
-        |part| {
-            keys_seen |= matches!(part, Part::Keys(_));
-            install(&state, part);
-        },
+        |part| install(&running, part, &mut report),
     )
     .await;
     if let Err(err) = outcome {
-        if !keys_seen {
-            key_reload_rejected(&err);
-        }
         tracing::error!(
             error = %err,
             threads_left_behind = left_behind::count(),
             "reload abandoned; what it had not installed stays as it was"
         );
+        if report.outcome == Outcome::Pending {
+            report.outcome = Outcome::Rejected;
+            report.reason = Some(err.to_string());
+        } else {
+            report.problems.push(err.to_string());
+        }
+    }
+    if let Some(files) = report_to {
+        files.write_report(&report);
     }
 }
 
@@ -246,12 +248,17 @@ pub struct Reloads {
 }
 
 impl Reloads {
-    /// Starts the reload task for `state`. Must be called inside a runtime.
-    pub fn start(state: AppState) -> Reloads {
+    /// Starts the reload task for `running`; each reload's outcome is also written to
+    /// `report_to`, for `gatewayd reload`. Must be called inside a runtime.
+    pub fn start(running: Arc<Running>, report_to: Option<ReportFiles>) -> Reloads {
         left_behind::report_to(report_left_behind);
         crate::telemetry::set_reload_stuck_threads(left_behind::count());
+        let report_to = Arc::new(report_to);
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         Reloads::start_with(RELOAD_DEADLINE, move |deadline| {
-            reload_once(state.clone(), deadline)
+            let number = generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let (running, report_to) = (running.clone(), report_to.clone());
+            async move { reload_once(running, deadline, number, report_to.as_ref().as_ref()).await }
         })
     }
 

@@ -141,7 +141,7 @@ fn plaintext_warning(
 
 /// `require_key`, and trusted proxies (a proxy means other machines reach gatewayd),
 /// each refuse keyless mode even on loopback.
-fn check_key_required(config: &Config, strong_key: bool) -> Result<(), Refusal> {
+pub(super) fn check_key_required(config: &Config, strong_key: bool) -> Result<(), Refusal> {
     if strong_key {
         return Ok(());
     }

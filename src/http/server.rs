@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::http::Request;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +25,10 @@ pub use super::peer::Peer;
 use super::watchdog::{Activity, Timeouts, Tracked};
 use crate::config::Limits;
 
+/// The router in force: swapped whole by a reload. Each request takes the one in force
+/// when it arrives and keeps it (and the state inside it) until its response has ended.
+pub type LiveRouter = Arc<ArcSwap<Router>>;
+
 pub struct ServeOptions {
     pub limits: Limits,
     /// How long in-flight requests may run after shutdown starts.
@@ -36,7 +41,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// Serves `app` on every listener until `shutdown` fires, then drains.
+/// Serves `app` (the router in force at each request) on every listener until
+/// `shutdown` fires, then drains.
 ///
 /// Shutdown phases:
 /// 1. `shutdown` fires: every accept loop stops; no new connection is taken.
@@ -45,7 +51,7 @@ pub struct ServeOptions {
 /// 4. One more second for those events to flush, then remaining connections are dropped.
 pub async fn serve(
     listeners: Vec<Listener>,
-    app: Router,
+    app: LiveRouter,
     options: ServeOptions,
     shutdown: CancellationToken,
 ) {
@@ -114,7 +120,7 @@ pub async fn serve(
 
 /// What every accept loop shares.
 struct Shared {
-    app: Router,
+    app: LiveRouter,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: TaskTracker,
     admission: Arc<Admission>,
@@ -195,7 +201,7 @@ fn spawn_connection<IO>(
         request.extensions_mut().insert(peer);
         let busy = requests.begin();
         let activity = requests.clone();
-        let app = app.clone();
+        let app = Router::clone(&app.load());
         async move {
             let response = app.oneshot(request).await?;
             if response.extensions().get::<Authenticated>().is_some() {

@@ -10,6 +10,7 @@ mod scripts;
 mod shared;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -23,10 +24,10 @@ use shared::{Lease, SharedLimiter};
 
 /// All limiters of one running gateway; built once with the state.
 pub struct Limiter {
-    /// `[limits] per_key_requests_per_minute` (0 = unlimited).
-    default_rpm: u32,
-    /// `[limits] per_key_concurrent_requests` (0 = unlimited).
-    default_concurrent: u32,
+    /// `[limits] per_key_requests_per_minute` (0 = unlimited); a reload may change it.
+    default_rpm: AtomicU32,
+    /// `[limits] per_key_concurrent_requests` (0 = unlimited); a reload may change it.
+    default_concurrent: AtomicU32,
     failure: RedisFailure,
     /// This process's counts: the limiter with `backend = "local"`, the fallback with Redis.
     local: LocalLimiter,
@@ -63,12 +64,22 @@ impl Limiter {
             _ => None,
         };
         Limiter {
-            default_rpm: limits.per_key_requests_per_minute,
-            default_concurrent: limits.per_key_concurrent_requests,
+            default_rpm: AtomicU32::new(limits.per_key_requests_per_minute),
+            default_concurrent: AtomicU32::new(limits.per_key_concurrent_requests),
             failure: limits.redis_failure,
             local: LocalLimiter::new(limits),
             shared,
         }
+    }
+
+    /// Puts new per-key defaults in force for the requests admitted from now on (a
+    /// reload). A caller whose limits changed gets a fresh budget on its next request;
+    /// the slots its open requests hold are released into the old one.
+    pub fn set_defaults(&self, limits: &Limits) {
+        self.default_rpm
+            .store(limits.per_key_requests_per_minute, Ordering::Relaxed);
+        self.default_concurrent
+            .store(limits.per_key_concurrent_requests, Ordering::Relaxed);
     }
 
     /// Admits one request of `caller`, or says when to retry. The returned slot (if any)
@@ -77,10 +88,10 @@ impl Limiter {
         let key = caller.key.as_deref();
         let rpm = key
             .and_then(|k| k.requests_per_minute)
-            .unwrap_or(self.default_rpm);
+            .unwrap_or_else(|| self.default_rpm.load(Ordering::Relaxed));
         let concurrent = key
             .and_then(|k| k.concurrent_requests)
-            .unwrap_or(self.default_concurrent);
+            .unwrap_or_else(|| self.default_concurrent.load(Ordering::Relaxed));
         if rpm == 0 && concurrent == 0 {
             return Ok(None);
         }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::response_commit::{self, Claim};
 use super::writer::Writer;
-use super::{now, ResponseRecord, SessionError, SessionLimits, Version};
+use super::{now, LiveLimits, ResponseRecord, SessionError, SessionLimits, Version};
 
 /// Turns per transaction at most (5 bind parameters each in the UPDATE).
 const MAX_BATCH: usize = 256;
@@ -40,7 +40,7 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(writer: Arc<Writer>, limits: SessionLimits) -> Self {
+    pub fn spawn(writer: Arc<Writer>, limits: LiveLimits) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
         tokio::spawn(run(writer, limits, jobs));
         Committer { queue }
@@ -71,7 +71,7 @@ impl Committer {
     }
 }
 
-async fn run(writer: Arc<Writer>, limits: SessionLimits, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn run(writer: Arc<Writer>, limits: LiveLimits, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut carried: Vec<Job> = Vec::new();
     loop {
         if carried.is_empty() {
@@ -96,7 +96,7 @@ async fn run(writer: Arc<Writer>, limits: SessionLimits, mut jobs: mpsc::Unbound
                 .is_none_or(|(id, _)| seen.insert(id.clone()))
         });
         carried = later;
-        commit_batch(&writer, limits, batch).await;
+        commit_batch(&writer, **limits.load(), batch).await;
     }
 }
 

@@ -109,7 +109,10 @@ async fn two_turns_of_one_session_never_share_a_batch() {
         .id;
     let lease = store.lease("k", &id).await.unwrap();
     let other_lease = store.lease("k", &other).await.unwrap();
-    let committer = Committer::spawn(store.writer.clone(), store.limits());
+    let committer = Committer::spawn(
+        store.writer.clone(),
+        Arc::new(arc_swap::ArcSwap::from_pointee(store.limits())),
+    );
     let turn = |id: &str, token: &str, text: &str| {
         committer.commit(
             "k",
@@ -141,7 +144,10 @@ async fn a_commit_with_a_foreign_token_is_a_lost_lease() {
         .await
         .unwrap()
         .id;
-    let committer = Committer::spawn(store.writer.clone(), store.limits());
+    let committer = Committer::spawn(
+        store.writer.clone(),
+        Arc::new(arc_swap::ArcSwap::from_pointee(store.limits())),
+    );
     let stale = committer
         .commit(
             "k",

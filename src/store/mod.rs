@@ -219,6 +219,10 @@ impl From<SessionError> for ApiError {
 /// a session share a version, and it tells whether a cached history is the stored one.
 type Version = (i64, i64);
 
+/// The `[sessions]` limits in force, shared by the store and its committer and swapped
+/// whole by a reload.
+type LiveLimits = std::sync::Arc<arc_swap::ArcSwap<SessionLimits>>;
+
 /// The refusal of a turn that would pass the session's limits (413).
 fn limit_error(limits: SessionLimits) -> SessionError {
     SessionError::LimitExceeded(format!(

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Row};
 
@@ -13,7 +14,7 @@ use super::group::Committer;
 use super::headroom::{self, Headroom};
 use super::sqlite_files;
 use super::writer::Writer;
-use super::{new_session_id, now, Session, SessionError, SessionLimits};
+use super::{new_session_id, now, LiveLimits, Session, SessionError, SessionLimits};
 
 /// One migration set for both backends: the schema uses only SQL that SQLite and
 /// PostgreSQL read the same way (TEXT, BIGINT, a foreign key, plain indexes).
@@ -32,7 +33,8 @@ pub struct SessionStore {
     pub(super) cache: HistoryCache,
     /// SQLite only: leases held in this process (see `lease.rs`); `None` on PostgreSQL.
     pub(super) local_leases: Option<super::local_leases::LocalLeases>,
-    limits: SessionLimits,
+    /// Swapped whole by a reload; each check reads the limits in force at that moment.
+    limits: LiveLimits,
     backend: &'static str,
     /// SQLite: an exclusive lock on the data dir, held while the store is open.
     _owner_lock: Option<std::fs::File>,
@@ -105,9 +107,10 @@ impl SessionStore {
         headroom: Option<Headroom>,
     ) -> Self {
         let writer = Arc::new(Writer::new(writer, headroom));
+        let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(limits));
         SessionStore {
             pool,
-            committer: Committer::spawn(writer.clone(), limits),
+            committer: Committer::spawn(writer.clone(), limits.clone()),
             writer,
             cache: HistoryCache::default(),
             local_leases: None,
@@ -122,7 +125,13 @@ impl SessionStore {
     }
 
     pub fn limits(&self) -> SessionLimits {
-        self.limits
+        **self.limits.load()
+    }
+
+    /// Puts new `[sessions]` limits in force for the turns that start (or commit) from
+    /// now on (a SIGHUP reload). `retention` and `max_database_bytes` are taken at open.
+    pub fn set_limits(&self, limits: SessionLimits) {
+        self.limits.store(Arc::new(limits));
     }
 
     /// Creates a session, unless `owner` already has `max_sessions_per_key`.
@@ -137,7 +146,7 @@ impl SessionStore {
         let metadata_json =
             serde_json::to_string(&metadata).map_err(|e| SessionError::Setup(e.to_string()))?;
         let bytes = system.as_ref().map_or(0, |s| s.len()) as i64;
-        let quota = match self.limits.max_sessions_per_key {
+        let quota = match self.limits().max_sessions_per_key {
             0 => i64::MAX,
             n => n as i64,
         };
@@ -169,7 +178,9 @@ impl SessionStore {
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
-                return Err(SessionError::QuotaReached(self.limits.max_sessions_per_key));
+                return Err(SessionError::QuotaReached(
+                    self.limits().max_sessions_per_key,
+                ));
             }
             tx.commit().await?;
             Ok(())
