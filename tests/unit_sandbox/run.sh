@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/ops.rs (sd_notify, socket activation, SIGTERM drain, SIGHUP reload, metrics, JSON
-# logs) and the session-process tests again, with gatewayd under the system-call filter
-# and the /proc restrictions of config/gatewayd.service (tests/unit_sandbox/sandbox.py),
+# logs), tests/reload.rs and the session-process tests again, with gatewayd under the
+# system-call filter and the /proc restrictions of config/gatewayd.service (sandbox.py),
 # so a tighter unit cannot break what the daemon needs. The score itself is checked by
 # tests/unit_security.rs.
 #
@@ -33,4 +33,4 @@ if sandboxed /bin/cat /proc/meminfo >/dev/null 2>&1; then fail "/proc/meminfo is
 sandboxed /bin/cat /proc/self/status >/dev/null || fail "/proc/self is hidden"
 if sandboxed /bin/chown 0 "$WRAPPER" 2>/dev/null; then fail "chown was allowed"; fi
 
-GATEWAYD_TEST_WRAPPER="$WRAPPER" timeout "${UNIT_SANDBOX_TIMEOUT:-900}" cargo test --test ops --test sessions_process
+GATEWAYD_TEST_WRAPPER="$WRAPPER" timeout "${UNIT_SANDBOX_TIMEOUT:-900}" cargo test --test ops --test sessions_process --test reload
