@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit + integration tests (SQLite and PostgreSQL session
-# backends) and the official OpenAI Python and Node SDK compatibility tests. This is the
+# backends), the official OpenAI Python and Node SDK compatibility tests, Claude Code, and
+# the README's tour (tests/tour/run.sh). This is the
 # command CI runs (.ci/run) and the README's test command. Needs cargo, python3 and node/npm.
 #
 #   GATEWAYD_TEST_POSTGRES_URL  PostgreSQL for the session tests
@@ -14,6 +15,8 @@ if [ "$GATEWAYD_TEST_POSTGRES_URL" = "none" ]; then
 fi
 
 cargo test --all-targets
+bash tests/unit_sandbox/run.sh
 bash tests/sdk/run.sh
 bash tests/sdk-node/run.sh
 bash tests/claude-code/run.sh
+bash tests/tour/run.sh

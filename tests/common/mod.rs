@@ -156,9 +156,19 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The gatewayd binary with a clean environment (no inherited keys or config).
+/// The gatewayd binary with a clean environment (no inherited keys or config). With
+/// `GATEWAYD_TEST_WRAPPER` set (tests/unit_sandbox/run.sh), that program runs instead and
+/// execs the binary named in `GATEWAYD_WRAPPED_BIN`, keeping the process id.
 pub fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gatewayd"));
+    let real = env!("CARGO_BIN_EXE_gatewayd");
+    let mut command = match std::env::var_os("GATEWAYD_TEST_WRAPPER") {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.env("GATEWAYD_WRAPPED_BIN", real);
+            command
+        }
+        None => Command::new(real),
+    };
     for var in [
         "API_SERVER_KEY",
         "API_SERVER_KEY_FILE",
