@@ -38,6 +38,8 @@ pub const UPSTREAM_OPENED: &str = "gatewayd_upstream_opened_total";
 pub const UPSTREAM_RETRIES: &str = "gatewayd_upstream_retries_total";
 /// Retries not made because the pool's retry budget was spent.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "gatewayd_retry_budget_exhausted_total";
+/// Idle connections closed to free slots when slots ran low, by reason.
+pub const SLOT_RELIEF_CLOSED: &str = "gatewayd_connections_closed_for_slots_total";
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
@@ -154,6 +156,11 @@ pub fn count_refusal(error: &crate::wire::error::ApiError) {
         }
         _ => {}
     }
+}
+
+/// Counts an idle connection closed to free its slot (`reason`: why it was chosen).
+pub fn count_slot_relief(reason: &'static str) {
+    metrics::counter!(SLOT_RELIEF_CLOSED, "reason" => reason).increment(1);
 }
 
 /// Publishes how many threads hung file reads have left behind.
