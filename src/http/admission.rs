@@ -49,7 +49,7 @@ impl Admission {
             per_ip_max,
             counts: DashMap::new(),
             trusted,
-            relief: Relief::new(),
+            relief: Relief::default(),
         })
     }
 

@@ -46,8 +46,8 @@ pub struct Relief {
     last_sweep: AtomicU64,
 }
 
-impl Relief {
-    pub fn new() -> Self {
+impl Default for Relief {
+    fn default() -> Self {
         Relief {
             open: DashMap::new(),
             next_id: AtomicU64::new(0),
@@ -57,7 +57,9 @@ impl Relief {
             last_sweep: AtomicU64::new(0),
         }
     }
+}
 
+impl Relief {
     /// Lists an admitted connection; returns the id to [`Relief::forget`] it by.
     pub fn register(&self, activity: Arc<Activity>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
