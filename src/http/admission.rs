@@ -49,7 +49,7 @@ impl Admission {
             per_ip_max,
             counts: DashMap::new(),
             trusted,
-            relief: Relief::default(),
+            relief: Relief::new(max_connections),
         })
     }
 

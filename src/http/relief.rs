@@ -30,10 +30,19 @@ pub const MIN_SILENCE: Duration = Duration::from_millis(25);
 pub const PRESSURE_UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(1);
 
 /// How often the shortened timeout is applied while slots stay short and no other need
-/// calls for a sweep.
+/// calls for a sweep; also how close together two needs must come for the second to
+/// count as the same spell of pressure.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Relief {
+    /// `max_connections`: no batch is larger.
+    capacity: usize,
+    /// How many slots the current spell of pressure aims to have free (or freeing): it
+    /// doubles while the need comes back within [`SWEEP_EVERY`] (a backlog that refills
+    /// every freed slot), and starts again from `2 × low_water` after a calm.
+    target: AtomicUsize,
+    /// Milliseconds since `started` of the last sweep called for by a shortage.
+    last_need: AtomicU64,
     /// Every open connection, by accept order (ids only grow).
     open: DashMap<u64, Arc<Activity>>,
     next_id: AtomicU64,
@@ -46,9 +55,12 @@ pub struct Relief {
     last_sweep: AtomicU64,
 }
 
-impl Default for Relief {
-    fn default() -> Self {
+impl Relief {
+    pub fn new(capacity: usize) -> Self {
         Relief {
+            capacity,
+            target: AtomicUsize::new(0),
+            last_need: AtomicU64::new(0),
             open: DashMap::new(),
             next_id: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
@@ -57,9 +69,7 @@ impl Default for Relief {
             last_sweep: AtomicU64::new(0),
         }
     }
-}
 
-impl Relief {
     /// Lists an admitted connection; returns the id to [`Relief::forget`] it by.
     pub fn register(&self, activity: Arc<Activity>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -85,19 +95,21 @@ impl Relief {
         }
     }
 
-    /// Called while fewer than `low_water` slots are free (`free` of them). Asks enough
-    /// connections to give way that about `2 × low_water` slots will be free, once the
-    /// free and pending ones fall below `low_water`; and applies the shortened
-    /// unauthenticated timeout every [`SWEEP_EVERY`]. Returns when a connection too young
-    /// to ask now becomes old enough, if the sweep ran and fell short because of it.
+    /// Called while fewer than `low_water` slots are free (`free` of them). Once the free
+    /// and pending ones fall below `low_water`, asks enough connections to give way that
+    /// the spell's target will be free: `2 × low_water` at first, doubling while the
+    /// shortage keeps coming back (a flood that refills every freed slot from the
+    /// backlog). Also applies the shortened unauthenticated timeout every
+    /// [`SWEEP_EVERY`]. Returns when a connection too young to ask now becomes old
+    /// enough, if the sweep ran and fell short because of it.
     pub fn relieve(&self, free: usize, low_water: usize) -> Option<Instant> {
         let now = Instant::now();
+        let now_ms = now.duration_since(self.started).as_millis() as u64;
         let covered = free + self.pending.load(Ordering::Acquire);
         let want = match covered < low_water {
-            true => (2 * low_water).saturating_sub(covered),
+            true => self.next_target(now_ms, low_water).saturating_sub(covered),
             false => 0,
         };
-        let now_ms = now.duration_since(self.started).as_millis() as u64;
         let due = now_ms.saturating_sub(self.last_sweep.load(Ordering::Relaxed))
             >= SWEEP_EVERY.as_millis() as u64;
         if want == 0 && !due {
@@ -110,6 +122,18 @@ impl Relief {
         let next = self.sweep(want, now);
         self.sweeping.store(false, Ordering::Release);
         next
+    }
+
+    /// The target for a new shortage at `now_ms`: doubled if the last one was recent.
+    fn next_target(&self, now_ms: u64, low_water: usize) -> usize {
+        let base = (2 * low_water).min(self.capacity);
+        let last = self.last_need.swap(now_ms, Ordering::Relaxed);
+        let target = match now_ms.saturating_sub(last) <= SWEEP_EVERY.as_millis() as u64 {
+            true => (self.target.load(Ordering::Relaxed) * 2).clamp(base, self.capacity),
+            false => base,
+        };
+        self.target.store(target, Ordering::Relaxed);
+        target
     }
 
     /// Asks up to `want` connections (and every one past the shortened timeout); returns

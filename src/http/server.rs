@@ -267,7 +267,16 @@ fn spawn_connection<IO>(
                     }
                 };
                 match handshake {
-                    Ok(stream) => Box::new(stream),
+                    Ok(mut stream) => {
+                        // Plaintext that arrived with the handshake's last flight is the
+                        // start of a request; otherwise the connection is silent now.
+                        let (_, tls) = stream.get_mut();
+                        let begun = tls
+                            .process_new_packets()
+                            .map_or(true, |state| state.plaintext_bytes_to_read() > 0);
+                        activity.handshake_done(begun);
+                        Box::new(stream)
+                    }
                     // Not TLS, or a client that refused the certificate.
                     Err(_) => return,
                 }

@@ -146,6 +146,15 @@ impl Activity {
         }
     }
 
+    /// The TLS handshake is done. Its bytes were not a request's: unless a request's first
+    /// bytes came with it (`request_begun`), the connection is silent from now on.
+    pub fn handshake_done(&self, request_begun: bool) {
+        if !request_begun {
+            self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+            self.first_byte.store(NEVER, Ordering::Relaxed);
+        }
+    }
+
     /// A request on this connection passed auth: it gets the normal keep-alive timeout.
     pub fn mark_authenticated(&self) {
         self.authenticated.store(true, Ordering::Relaxed);
