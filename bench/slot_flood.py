@@ -6,11 +6,13 @@ Starts a gatewayd binary with `[limits] max_connections = SLOTS` and one API key
   (every one under the per-address cap of 256); each connection the gateway closes is
   reopened at once;
 - once every flood connection has connected, a keyed client on 127.0.0.2 sends
-  GET /v1/models, one new connection per request, for at most DURATION seconds or
+  GET /v1/models, one new connection per request, one request every INTERVAL seconds
+  (or as soon as the previous one ends, if later), for at most DURATION seconds or
   REQUESTS requests; each request gets TIMEOUT seconds.
 
-Prints one JSON line: requests sent, answered 200, p50/p99/max in ms, and the
-gateway's slot-relief counters. Linux only (127.0.1.x works on loopback by binding the
+Prints one JSON line: requests sent, answered 200, p50/p99/max in ms, how many flood
+connections the gateway closed (seen by the flood), and the gateway's slot-relief
+counters. Linux only (127.0.1.x works on loopback by binding the
 client socket before connect). Python 3.11 standard library only.
 
     bench/slot_flood.py --binary target/release/gatewayd
@@ -64,7 +66,7 @@ def start_gateway(binary: str, slots: int) -> tuple[subprocess.Popen, int]:
     sys.exit(f"gatewayd did not start (exit {process.wait()})")
 
 
-async def hold(port: int, source: str, connected: multiprocessing.Value) -> None:
+async def hold(port: int, source: str, connected, closed) -> None:
     first = True
     while True:
         try:
@@ -83,12 +85,14 @@ async def hold(port: int, source: str, connected: multiprocessing.Value) -> None
         except OSError:
             pass
         writer.close()
+        with closed.get_lock():
+            closed.value += 1
 
 
-def flood(port: int, addresses: int, per_address: int, connected) -> None:
+def flood(port: int, addresses: int, per_address: int, connected, closed) -> None:
     async def main() -> None:
         tasks = [
-            asyncio.create_task(hold(port, f"127.0.1.{a}", connected))
+            asyncio.create_task(hold(port, f"127.0.1.{a}", connected, closed))
             for a in range(1, addresses + 1)
             for _ in range(per_address)
         ]
@@ -128,13 +132,17 @@ def main() -> None:
     parser.add_argument("--per-address", type=int, default=200, help="silent connections per address")
     parser.add_argument("--requests", type=int, default=200, help="legitimate requests at most")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of legitimate traffic at most")
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between legitimate requests")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per legitimate request")
     args = parser.parse_args()
 
     gateway, port = start_gateway(args.binary, args.slots)
     connected = multiprocessing.Value("i", 0)
+    closed = multiprocessing.Value("l", 0)
     flooder = multiprocessing.Process(
-        target=flood, args=(port, args.addresses, args.per_address, connected), daemon=True
+        target=flood,
+        args=(port, args.addresses, args.per_address, connected, closed),
+        daemon=True,
     )
     flooder.start()
     total = args.addresses * args.per_address
@@ -144,8 +152,11 @@ def main() -> None:
 
     took_ms: list[float] = []
     ok = failed = 0
-    end = time.monotonic() + args.duration
+    closed_before = closed.value
+    began = time.monotonic()
+    end = began + args.duration
     while ok + failed < args.requests and time.monotonic() < end:
+        time.sleep(max(0.0, began + (ok + failed) * args.interval - time.monotonic()))
         started = time.monotonic()
         try:
             answered = one_request(port, args.timeout)
@@ -153,6 +164,8 @@ def main() -> None:
             answered = False
         took_ms.append((time.monotonic() - started) * 1000)
         ok, failed = (ok + 1, failed) if answered else (ok, failed + 1)
+    legit_seconds = time.monotonic() - began
+    flood_closed = closed.value - closed_before
 
     relief = {}
     try:
@@ -185,6 +198,8 @@ def main() -> None:
                 "p50_ms": round(percentile(took_ms, 50), 2),
                 "p99_ms": round(percentile(took_ms, 99), 2),
                 "max_ms": round(took_ms[-1], 2) if took_ms else None,
+                "seconds": round(legit_seconds, 1),
+                "flood_closed_by_gateway": flood_closed,
                 "closed_for_slots": relief,
             }
         )
