@@ -216,3 +216,53 @@ impl Relief {
         asked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail by panicking
+
+    use super::*;
+
+    fn asked(activity: &Activity) -> bool {
+        activity.was_asked_to_give_way()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn oldest_unauthenticated_first_then_keepalives_never_busy_or_young_ones() {
+        let relief = Relief::new(100);
+        let oldest = Activity::new();
+        relief.register(oldest.clone());
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let busy = Activity::new();
+        relief.register(busy.clone());
+        let _in_flight = busy.begin();
+        let keepalive = Activity::new();
+        relief.register(keepalive.clone());
+        keepalive.mark_authenticated();
+        let second = Activity::new();
+        relief.register(second.clone());
+        let third = Activity::new();
+        relief.register(third.clone());
+        tokio::time::advance(MIN_SILENCE).await;
+        let young = Activity::new();
+        relief.register(young.clone());
+
+        // Two wanted: the two oldest unauthenticated ones, nothing else.
+        assert!(relief.relieve(0, 1).is_none());
+        assert!(asked(&oldest) && asked(&second));
+        assert!(!asked(&third) && !asked(&busy) && !asked(&keepalive) && !asked(&young));
+
+        // While unauthenticated idle ones are left (the young one), keep-alives stay.
+        relief.forget(0);
+        relief.forget(3);
+        relief.forget(4);
+        let next = relief.relieve(0, 1);
+        assert!(!asked(&keepalive) && !asked(&young) && !asked(&busy));
+        assert_eq!(next, Some(Instant::now() + MIN_SILENCE));
+
+        // With no unauthenticated one left idle, the idle keep-alive gives way.
+        relief.forget(5);
+        relief.relieve(0, 1);
+        assert!(asked(&keepalive) && !asked(&busy));
+    }
+}
