@@ -1,28 +1,24 @@
-//! Admitting connections: the global slot count, per-client-address counts, and closing idle keep-alive connections when slots run low.
+//! Admitting connections: the global slot count, per-client-address counts, and asking idle connections to give way when slots run low.
 //!
 //! One client must not be able to take every slot. Each address (IPv4, or IPv6 /64) may
 //! hold `max_connections_per_ip`; beyond that its new connections are closed at once.
 //! Trusted proxies are exempt: they carry many clients. When fewer than 1/32 of the
-//! global slots are left, connections that sit idle between requests are asked to close,
-//! so the slots go to clients with something to send.
+//! global slots are left, idle connections are asked to close (`relief` picks which:
+//! those that never passed auth first), so the slots go to clients with something to send.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use ipnet::IpNet;
-use tokio::sync::futures::Notified;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::client_addr::is_trusted;
+use super::relief::{Relief, MIN_SILENCE};
+use super::watchdog::Activity;
 use crate::limits::bucket;
-
-/// How often idle connections are asked to close while slots stay low: each request
-/// wakes every connection, so it is rate-limited.
-const PRESSURE_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Admission {
     slots: Arc<Semaphore>,
@@ -31,17 +27,16 @@ pub struct Admission {
     per_ip_max: usize,
     counts: DashMap<IpAddr, usize>,
     trusted: Vec<IpNet>,
-    pressure: Notify,
-    started: Instant,
-    /// Milliseconds since `started` of the last pressure signal.
-    last_pressure: AtomicU64,
+    relief: Relief,
 }
 
-/// One admitted connection: its global slot and its count against its address, both
-/// released when it is dropped (the connection has ended).
+/// One admitted connection: its global slot, its count against its address and its
+/// place in the relief list, all released when it is dropped (the connection has ended).
 pub struct Admitted {
     admission: Arc<Admission>,
     bucket: Option<IpAddr>,
+    relief_id: u64,
+    activity: Arc<Activity>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -54,9 +49,7 @@ impl Admission {
             per_ip_max,
             counts: DashMap::new(),
             trusted,
-            pressure: Notify::new(),
-            started: Instant::now(),
-            last_pressure: AtomicU64::new(0),
+            relief: Relief::new(max_connections),
         })
     }
 
@@ -65,41 +58,34 @@ impl Admission {
     pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
         loop {
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                if self.slots.available_permits() < self.low_water {
-                    self.signal_pressure();
+                let free = self.slots.available_permits();
+                if free < self.low_water {
+                    let _ = self.relief.relieve(free, self.low_water);
                 }
                 return Some(slot);
             }
-            // Full: ask idle connections to go, again while the wait lasts (connections
-            // busy at the first signal may be idle by the next).
-            self.signal_pressure();
+            // Full: ask idle connections to go, again while the wait lasts (a connection
+            // too young to ask, or busy, at one sweep may be idle long enough by the next).
+            let now = Instant::now();
+            let again = match self.relief.relieve(0, self.low_water) {
+                Some(old_enough) => old_enough.max(now + Duration::from_millis(1)),
+                None => now + MIN_SILENCE,
+            };
             tokio::select! {
                 slot = self.slots.clone().acquire_owned() => return slot.ok(),
-                _ = tokio::time::sleep(PRESSURE_EVERY) => {}
+                _ = tokio::time::sleep_until(again) => {}
             }
         }
     }
 
-    fn signal_pressure(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_pressure.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= PRESSURE_EVERY.as_millis() as u64 || last == 0 {
-            self.last_pressure.store(now.max(1), Ordering::Relaxed);
-            self.pressure.notify_waiters();
-        }
-    }
-
-    /// Resolves when slots run low; an idle connection should then close.
-    pub fn pressure(&self) -> Notified<'_> {
-        self.pressure.notified()
-    }
-
     /// Counts a new connection from `peer` (`None` for a Unix socket) against its
-    /// address; `None` when that address already holds its share.
+    /// address and lists it for slot relief; `None` when that address already holds
+    /// its share.
     pub fn admit(
         self: &Arc<Self>,
         peer: Option<IpAddr>,
         slot: OwnedSemaphorePermit,
+        activity: &Arc<Activity>,
     ) -> Option<Admitted> {
         let counted = peer.filter(|ip| self.per_ip_max > 0 && !is_trusted(*ip, &self.trusted));
         let bucket = match counted {
@@ -117,13 +103,28 @@ impl Admission {
         Some(Admitted {
             admission: self.clone(),
             bucket,
+            relief_id: self.relief.register(activity.clone()),
+            activity: activity.clone(),
             _slot: slot,
         })
     }
 }
 
+impl Admitted {
+    /// The connection was asked to give way: true if it is still idle and should close
+    /// now; false if a request has begun meanwhile, and it stays.
+    pub fn gives_way(&self) -> bool {
+        if self.activity.is_idle() {
+            return true;
+        }
+        self.admission.relief.declined(&self.activity);
+        false
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.admission.relief.forget(self.relief_id);
         if let Some(bucket) = self.bucket {
             let counts = &self.admission.counts;
             if let Some(mut count) = counts.get_mut(&bucket) {

@@ -22,7 +22,7 @@ use super::body_deadline::DeadlineBody;
 use super::hold::HoldBody;
 use super::listener::Listener;
 pub use super::peer::Peer;
-use super::watchdog::{Activity, Timeouts, Tracked};
+use super::watchdog::{Activity, Ending, Timeouts, Tracked};
 use crate::config::Limits;
 
 /// The router in force: swapped whole by a reload. Each request takes the one in force
@@ -146,18 +146,31 @@ async fn accept_loop(listener: Listener, shared: Shared) {
         };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
+                let activity = Activity::new();
                 // Over its per-address share: closed before hyper sees a byte.
-                let Some(admitted) = shared.admission.admit(Some(peer.ip()), slot) else {
+                let Some(admitted) = shared.admission.admit(Some(peer.ip()), slot, &activity)
+                else {
                     tracing::debug!(%peer, "connection refused: max_connections_per_ip");
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let tls = shared.tls.clone();
-                spawn_connection(stream, Peer::Tcp(peer), admitted, &shared, tls);
+                let connection = Connection {
+                    peer: Peer::Tcp(peer),
+                    activity,
+                    admitted,
+                };
+                spawn_connection(stream, connection, &shared, tls);
             }
             Ok(Accepted::Unix(stream)) => {
-                if let Some(admitted) = shared.admission.admit(None, slot) {
-                    spawn_connection(stream, Peer::Unix, admitted, &shared, None);
+                let activity = Activity::new();
+                if let Some(admitted) = shared.admission.admit(None, slot, &activity) {
+                    let connection = Connection {
+                        peer: Peer::Unix,
+                        activity,
+                        admitted,
+                    };
+                    spawn_connection(stream, connection, &shared, None);
                 }
             }
             Err(err) => {
@@ -180,19 +193,44 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
+/// An admitted connection before it is served.
+struct Connection {
+    peer: Peer,
+    activity: Arc<Activity>,
+    admitted: Admitted,
+}
+
+/// Whether the connection's watchdog ending closes it: a deadline always does; a request
+/// to give way its slot does only while the connection is still idle (counted by reason).
+fn closes(ending: Ending, admitted: &Admitted) -> bool {
+    match ending {
+        Ending::Overstayed => true,
+        Ending::GiveWay(why) => {
+            let closing = admitted.gives_way();
+            if closing {
+                crate::telemetry::count_slot_relief(why.label());
+            }
+            closing
+        }
+    }
+}
+
 /// Serves one connection (TCP or Unix, with TLS when `tls` is set) until it ends,
-/// drains, or its watchdog fires. The watchdog sees the raw bytes, so a handshake that
-/// stalls is closed like a slow request head.
+/// drains, its watchdog fires, or it gives its slot up while idle. The watchdog sees the
+/// raw bytes, so a handshake that stalls is closed like a slow request head.
 fn spawn_connection<IO>(
     stream: IO,
-    peer: Peer,
-    admitted: Admitted,
+    connection: Connection,
     shared: &Shared,
     tls: Option<TlsAcceptor>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
+    let Connection {
+        peer,
+        activity,
+        admitted,
+    } = connection;
     let app = shared.app.clone();
     let requests = activity.clone();
     let body_read_timeout = shared.body_read_timeout;
@@ -213,22 +251,38 @@ fn spawn_connection<IO>(
     let builder = shared.builder.clone();
     let timeouts = shared.timeouts;
     let shutdown = shared.shutdown.clone();
-    let admission = shared.admission.clone();
     shared.connections.spawn(async move {
-        let _admitted = admitted;
         let tracked = Tracked::new(stream, activity.clone());
         let io: Box<dyn Io> = match tls {
             None => Box::new(tracked),
             Some(acceptor) => {
-                let handshake = tokio::select! {
-                    handshake = acceptor.accept(tracked) => handshake,
-                    _ = activity.expired(timeouts) => return,
-                    // Before any request passed auth: the unauthenticated bound, bytes or not.
-                    _ = tokio::time::sleep(timeouts.unauthenticated_idle) => return,
-                    _ = shutdown.cancelled() => return,
+                let handshake = acceptor.accept(tracked);
+                let mut handshake = std::pin::pin!(handshake);
+                // Before any request passed auth: the unauthenticated bound, bytes or not.
+                let bound = tokio::time::sleep(timeouts.unauthenticated_idle);
+                let mut bound = std::pin::pin!(bound);
+                let handshake = loop {
+                    tokio::select! {
+                        biased;
+                        handshake = handshake.as_mut() => break handshake,
+                        ending = activity.expired(timeouts) => if closes(ending, &admitted) {
+                            return;
+                        },
+                        _ = bound.as_mut() => return,
+                        _ = shutdown.cancelled() => return,
+                    }
                 };
                 match handshake {
-                    Ok(stream) => Box::new(stream),
+                    Ok(mut stream) => {
+                        // Plaintext that arrived with the handshake's last flight is the
+                        // start of a request; otherwise the connection is silent now.
+                        let (_, tls) = stream.get_mut();
+                        let begun = tls
+                            .process_new_packets()
+                            .map_or(true, |state| state.plaintext_bytes_to_read() > 0);
+                        activity.handshake_done(begun);
+                        Box::new(stream)
+                    }
                     // Not TLS, or a client that refused the certificate.
                     Err(_) => return,
                 }
@@ -241,19 +295,22 @@ fn spawn_connection<IO>(
         let mut draining = false;
         loop {
             tokio::select! {
+                // The connection first: bytes that have arrived are read (and mark it
+                // busy) before a request to give way is weighed.
+                biased;
                 _ = connection.as_mut() => break,
                 _ = shutdown.cancelled(), if !draining => {
                     draining = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                // Silent, too slow with its headers, idle too long, or not reading: drop it.
-                _ = activity.expired(timeouts) => break,
-                // Slots are running low: an idle keep-alive connection gives its slot up.
-                _ = admission.pressure() => if activity.is_idle_keepalive() {
+                // Silent, too slow with its headers, idle too long, or not reading: drop
+                // it. Asked to give its slot up while idle: close.
+                ending = activity.expired(timeouts) => if closes(ending, &admitted) {
                     break;
                 },
             }
         }
+        drop(admitted);
     });
 }
 

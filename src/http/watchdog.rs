@@ -13,10 +13,13 @@
 //!   request in flight or not. Dropping the connection drops the response body, which
 //!   cancels the upstream request and any session recording (nothing is stored);
 //! - otherwise a request in flight (including a streamed response body) is never closed here.
+//!
+//! When slots run low, `relief` may also ask an idle connection to give way; the
+//! connection's own task then checks it is still idle before closing (see `Ending`).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,7 +46,58 @@ pub struct Activity {
     write_blocked: AtomicU64,
     /// A request on this connection has passed the auth boundary.
     authenticated: AtomicBool,
+    /// Why slot relief asked this connection to close (a `GiveWay` as u8); 0 if it did not.
+    give_way: AtomicU8,
     changed: Notify,
+}
+
+/// Why slot relief asks an idle connection to close; also the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveWay {
+    /// Never passed auth: among the oldest such connections while slots are short.
+    Unauthenticated = 1,
+    /// Never passed auth and silent past the timeout shortened under pressure.
+    UnauthenticatedTimeout = 2,
+    /// Passed auth, idle between requests, and no unauthenticated connection was left.
+    IdleKeepalive = 3,
+}
+
+impl GiveWay {
+    pub fn label(self) -> &'static str {
+        match self {
+            GiveWay::Unauthenticated => "unauthenticated",
+            GiveWay::UnauthenticatedTimeout => "unauthenticated_timeout",
+            GiveWay::IdleKeepalive => "idle_keepalive",
+        }
+    }
+
+    fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(GiveWay::Unauthenticated),
+            2 => Some(GiveWay::UnauthenticatedTimeout),
+            3 => Some(GiveWay::IdleKeepalive),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`Activity::expired`] resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A deadline passed: the connection is dropped.
+    Overstayed,
+    /// Slot relief asked it to close. It was idle when asked; the connection's task
+    /// checks [`Activity::is_idle`] again before closing, since a request may have begun.
+    GiveWay(GiveWay),
+}
+
+/// What slot relief sees of a connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Standing {
+    /// A request in flight, or bytes of a request head (or TLS handshake) arriving.
+    Busy,
+    /// Nothing in flight and no byte since `since` (the accept, or the last response).
+    Idle { authenticated: bool, since: Instant },
 }
 
 /// The connection timeouts, from `[limits]`.
@@ -65,6 +119,7 @@ impl Activity {
             first_byte: AtomicU64::new(NEVER),
             write_blocked: AtomicU64::new(NEVER),
             authenticated: AtomicBool::new(false),
+            give_way: AtomicU8::new(0),
             changed: Notify::new(),
         })
     }
@@ -91,17 +146,57 @@ impl Activity {
         }
     }
 
+    /// The TLS handshake is done. Its bytes were not a request's: unless a request's first
+    /// bytes came with it (`request_begun`), the connection is silent from now on.
+    pub fn handshake_done(&self, request_begun: bool) {
+        if !request_begun {
+            self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+            self.first_byte.store(NEVER, Ordering::Relaxed);
+        }
+    }
+
     /// A request on this connection passed auth: it gets the normal keep-alive timeout.
     pub fn mark_authenticated(&self) {
         self.authenticated.store(true, Ordering::Relaxed);
     }
 
-    /// An idle keep-alive connection: it has served a request, none is in flight and no
-    /// byte of a next one has arrived. Closing it loses nothing.
-    pub fn is_idle_keepalive(&self) -> bool {
+    /// Nothing in flight and no byte of a next request (or handshake) has arrived:
+    /// closing the connection loses nothing.
+    pub fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
-            && self.served.load(Ordering::Relaxed) > 0
             && self.first_byte.load(Ordering::Relaxed) == NEVER
+    }
+
+    /// Whether slot relief may ask this connection to close, and since when it is silent.
+    pub fn standing(&self) -> Standing {
+        if !self.is_idle() {
+            return Standing::Busy;
+        }
+        Standing::Idle {
+            authenticated: self.authenticated.load(Ordering::Relaxed),
+            since: self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Asks the connection to close; false if it was already asked.
+    pub fn ask_to_give_way(&self, why: GiveWay) -> bool {
+        let asked = self
+            .give_way
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if asked {
+            self.changed.notify_one();
+        }
+        asked
+    }
+
+    pub fn was_asked_to_give_way(&self) -> bool {
+        self.give_way.load(Ordering::Acquire) != 0
+    }
+
+    /// Withdraws a request to give way; true if there was one.
+    pub fn clear_give_way(&self) -> bool {
+        self.give_way.swap(0, Ordering::AcqRel) != 0
     }
 
     fn write_blocked(&self) {
@@ -154,12 +249,16 @@ impl Activity {
         })
     }
 
-    /// Resolves when the connection has overstayed; the caller then drops it.
-    pub async fn expired(&self, timeouts: Timeouts) {
+    /// Resolves when the connection has overstayed (the caller then drops it) or has been
+    /// asked to give way (the caller checks it is still idle first).
+    pub async fn expired(&self, timeouts: Timeouts) -> Ending {
         loop {
+            if let Some(why) = GiveWay::from_u8(self.give_way.load(Ordering::Acquire)) {
+                return Ending::GiveWay(why);
+            }
             match self.deadline(timeouts) {
                 None => self.changed.notified().await,
-                Some(at) if at <= Instant::now() => return,
+                Some(at) if at <= Instant::now() => return Ending::Overstayed,
                 Some(at) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(at) => {}

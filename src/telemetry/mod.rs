@@ -45,6 +45,8 @@ pub const UPSTREAM_RETRIES: &str = "gatewayd_upstream_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "gatewayd_retry_budget_exhausted_total";
 /// Access log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED: &str = "gatewayd_access_log_dropped_total";
+/// Idle connections closed to free slots when slots ran low, by reason.
+pub const SLOT_RELIEF_CLOSED: &str = "gatewayd_connections_closed_for_slots_total";
 
 /// Why an upstream attempt failed and the next was tried (the `reason` of [`UPSTREAM_RETRIES`]).
 const RETRY_REASONS: [&str; 6] = [
@@ -73,6 +75,9 @@ fn register_error_counters() {
     }
     for direction in ["input", "output"] {
         metrics::counter!(TOKENS, "direction" => direction).absolute(0);
+    }
+    for reason in ["unauthenticated", "unauthenticated_timeout", "idle_keepalive"] {
+        metrics::counter!(SLOT_RELIEF_CLOSED, "reason" => reason).absolute(0);
     }
     metrics::gauge!(ACTIVE_STREAMS).increment(0.0);
 }
@@ -239,6 +244,11 @@ pub fn count_refusal(error: &crate::wire::error::ApiError) {
         }
         _ => {}
     }
+}
+
+/// Counts an idle connection closed to free its slot (`reason`: why it was chosen).
+pub fn count_slot_relief(reason: &'static str) {
+    metrics::counter!(SLOT_RELIEF_CLOSED, "reason" => reason).increment(1);
 }
 
 /// Publishes how many threads hung file reads have left behind.
