@@ -24,7 +24,7 @@ use super::watchdog::{Activity, GiveWay, Standing};
 
 /// A connection silent for less than this is never asked to give way: it may have just
 /// connected, or just had its answer, and be about to send.
-pub const MIN_SILENCE: Duration = Duration::from_millis(25);
+pub const MIN_SILENCE: Duration = Duration::from_millis(10);
 
 /// While slots are short, an unauthenticated connection silent this long is closed.
 pub const PRESSURE_UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(1);
