@@ -367,7 +367,10 @@ fn gatewayd_reload_never_signals_a_process_that_is_not_gatewayd() {
         "{}",
         stderr(&output)
     );
-    assert!(bystander.try_wait().unwrap().is_none(), "sleep was signalled");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "sleep was signalled"
+    );
 
     std::fs::remove_file(data_dir.join("gatewayd.pid")).unwrap();
     std::fs::write(data_dir.join("gatewayd.pid"), &record).unwrap();
@@ -378,7 +381,10 @@ fn gatewayd_reload_never_signals_a_process_that_is_not_gatewayd() {
         "{}",
         stderr(&output)
     );
-    assert!(bystander.try_wait().unwrap().is_none(), "sleep was signalled");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "sleep was signalled"
+    );
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }

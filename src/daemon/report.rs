@@ -211,7 +211,10 @@ mod tests {
 
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         let written = std::fs::symlink_metadata(&pid_file).unwrap();
-        assert!(written.file_type().is_file(), "the pid file is a plain file");
+        assert!(
+            written.file_type().is_file(),
+            "the pid file is a plain file"
+        );
         assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), "42\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
