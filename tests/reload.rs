@@ -335,6 +335,60 @@ async fn a_new_host_needs_a_restart_and_the_rest_of_the_reload_applies() {
     assert_eq!(models_status(process).await, 429);
 }
 
+/// The start time `/proc` gives process `pid` (field 22 of its stat line).
+fn start_time_of(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name.split_whitespace().nth(19).unwrap().to_string()
+}
+
+/// A pid file that names a live process that is not gatewayd, with that process's true
+/// start time (as someone who can write the data dir could write it), or that is a
+/// symlink to such a record, never gets that process signalled.
+#[test]
+fn gatewayd_reload_never_signals_a_process_that_is_not_gatewayd() {
+    let dir = temp_dir("reload-forged");
+    let config = dir.join("gatewayd.toml");
+    std::fs::write(&config, "").unwrap();
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    // `sleep` ends on SIGHUP: a signal sent to it would show.
+    let mut bystander = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = bystander.id();
+    let record = format!("{pid}\nstart_time={}\n", start_time_of(pid));
+
+    let elsewhere = dir.join("elsewhere.pid");
+    std::fs::write(&elsewhere, &record).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, data_dir.join("gatewayd.pid")).unwrap();
+    let output = reload_command(&config, &data_dir);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("symbolic link"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "sleep was signalled"
+    );
+
+    std::fs::remove_file(data_dir.join("gatewayd.pid")).unwrap();
+    std::fs::write(data_dir.join("gatewayd.pid"), &record).unwrap();
+    let output = reload_command(&config, &data_dir);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not gatewayd"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "sleep was signalled"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gatewayd_reload_fails_clearly_when_no_daemon_runs() {
     let dir = temp_dir("reload-none");

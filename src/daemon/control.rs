@@ -88,6 +88,11 @@ fn lenient_data_dir(path: &Path) -> Option<PathBuf> {
 pub fn reload(located: &Located) -> Answer {
     let files = &located.files;
     let pid_path = files.pid.display();
+    if std::fs::symlink_metadata(&files.pid).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return answer(exit::NOT_APPLIED, format!(
+            "{pid_path} is a symbolic link, not a pid file gatewayd wrote; remove it if no gatewayd runs with this config"
+        ));
+    }
     let text = match std::fs::read_to_string(&files.pid) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -179,8 +184,9 @@ fn stale(record: &PidRecord, path: &Path) -> Option<String> {
             "gatewayd is not running: the pid file {path} is stale (process {} is another program now); remove the file",
             record.pid
         )),
-        // No start time recorded: the process's name is the only check left.
-        (Some(_), None) if !is_gatewayd(record.pid) => Some(format!(
+        // A matching start time rules out a reused pid, not a pid file written by hand
+        // (or by whoever can write the data dir): the program must be gatewayd too.
+        _ if !is_gatewayd(record.pid) => Some(format!(
             "gatewayd is not running: the pid file {path} names process {}, which is not gatewayd; remove the file",
             record.pid
         )),
@@ -188,10 +194,15 @@ fn stale(record: &PidRecord, path: &Path) -> Option<String> {
     }
 }
 
-/// Whether process `pid` runs a program named gatewayd (`/proc/PID/comm`).
+/// Whether process `pid` runs a program named gatewayd, or named as this one is
+/// (`/proc/PID/comm`).
 fn is_gatewayd(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|name| name.trim_end() == "gatewayd")
+    let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm"));
+    let Ok(theirs) = name(&pid.to_string()) else {
+        return false;
+    };
+    let theirs = theirs.trim_end();
+    theirs == "gatewayd" || name("self").is_ok_and(|ours| ours.trim_end() == theirs)
 }
 
 /// Sends SIGHUP to `pid`.

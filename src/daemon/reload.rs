@@ -290,6 +290,9 @@ mod tests {
     use std::sync::Mutex;
 
     const SHORT: Duration = Duration::from_millis(200);
+    /// The deadline of a reload that must finish: a loaded box may take far more than
+    /// SHORT to start its thread.
+    const AMPLE: Duration = Duration::from_secs(60);
 
     /// The count of threads left behind is per process: these tests take turns.
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -315,7 +318,7 @@ mod tests {
 
         let seen = installed.clone();
         let second = run_detached(
-            SHORT,
+            AMPLE,
             |send: &dyn Fn(u32)| send(2),
             move |part| seen.lock().unwrap().push(part),
         )
@@ -346,8 +349,9 @@ mod tests {
             };
             let done = done.clone();
             let stuck = stuck.clone();
+            // The first reload hangs for ever; later ones finish at once.
+            let deadline = if number == 1 { deadline } else { AMPLE };
             async move {
-                // The first reload hangs for ever; later ones finish at once.
                 let outcome = run_detached(
                     deadline,
                     move |send: &dyn Fn(usize)| {

@@ -155,11 +155,24 @@ impl ReportFiles {
     }
 }
 
-/// Writes `path` whole or not at all: a reader never sees half a file.
+/// Writes `path` whole or not at all: a reader never sees half a file. The temporary
+/// file is created afresh (never through a symlink or over a file someone left there),
+/// readable by all and writable by its owner only.
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&temporary)?;
+    // One left by an earlier process with this pid (or planted): removing a symlink
+    // removes the link, not what it points to.
+    match std::fs::remove_file(&temporary) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temporary)?;
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)
@@ -181,6 +194,29 @@ mod tests {
         assert_eq!(PidRecord::parse("42").map(|r| r.start_time), Some(None));
         assert_eq!(PidRecord::parse("0\n"), None);
         assert_eq!(PidRecord::parse("gatewayd\n"), None);
+    }
+
+    #[test]
+    fn a_planted_symlink_at_the_temporary_name_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("gatewayd-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let pid_file = dir.join(PID_FILE_NAME);
+        let temporary = dir.join(format!(".{PID_FILE_NAME}.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &temporary).unwrap();
+
+        write_atomically(&pid_file, b"42\n").unwrap();
+
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let written = std::fs::symlink_metadata(&pid_file).unwrap();
+        assert!(
+            written.file_type().is_file(),
+            "the pid file is a plain file"
+        );
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), "42\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
