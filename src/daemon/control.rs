@@ -123,6 +123,16 @@ pub fn reload(located: &Located) -> Answer {
             "{pid_path} is not a gatewayd pid file (its first line must be a process id); remove it if no gatewayd runs with this config"
         ));
     };
+    if !Path::new("/proc/self/stat").exists() {
+        // Fail closed: without /proc nothing proves the pid is still gatewayd's.
+        return answer(
+            exit::NOT_APPLIED,
+            format!(
+                "cannot check that process {} is gatewayd (no /proc here), so no signal was sent; if it is, run: kill -HUP {}",
+                record.pid, record.pid
+            ),
+        );
+    }
     if let Some(stale) = stale(&record, &files.pid) {
         return answer(exit::NOT_RUNNING, stale);
     }
@@ -147,8 +157,7 @@ pub fn reload(located: &Located) -> Answer {
                 return verdict(record.pid, &report);
             }
         }
-        // Without /proc (`watched` is None) the report is the only sign of the daemon.
-        if watched.is_some() && report::start_time(record.pid) != watched {
+        if report::start_time(record.pid) != watched {
             return answer(
                 exit::NOT_RUNNING,
                 format!(
@@ -171,9 +180,6 @@ pub fn reload(located: &Located) -> Answer {
 
 /// Why the pid file names no running gatewayd, if it does not.
 fn stale(record: &PidRecord, path: &Path) -> Option<String> {
-    if !Path::new("/proc/self/stat").exists() {
-        return None;
-    }
     let path = path.display();
     match (report::start_time(record.pid), record.start_time) {
         (None, _) => Some(format!(

@@ -76,7 +76,11 @@ fn register_error_counters() {
     for direction in ["input", "output"] {
         metrics::counter!(TOKENS, "direction" => direction).absolute(0);
     }
-    for reason in ["unauthenticated", "unauthenticated_timeout", "idle_keepalive"] {
+    for reason in [
+        "unauthenticated",
+        "unauthenticated_timeout",
+        "idle_keepalive",
+    ] {
         metrics::counter!(SLOT_RELIEF_CLOSED, "reason" => reason).absolute(0);
     }
     metrics::gauge!(ACTIVE_STREAMS).increment(0.0);
