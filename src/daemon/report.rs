@@ -157,7 +157,7 @@ impl ReportFiles {
 
 /// Writes `path` whole or not at all: a reader never sees half a file. The temporary
 /// file is created afresh (never through a symlink or over a file someone left there),
-/// readable by all and writable by its owner only.
+/// readable and writable by its owner only (like everything gatewayd keeps in the data dir).
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -171,7 +171,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(&temporary)?;
     file.write_all(contents)?;
     file.sync_all()?;
