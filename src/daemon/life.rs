@@ -9,7 +9,7 @@ use super::systemd;
 use super::verdict::{auth_mode, Verdict};
 use crate::api::router::metrics_app;
 use crate::api::state::AppState;
-use crate::config::Config;
+use crate::config::{Config, TraceExport};
 use crate::http::listener::Listener;
 use crate::store::{SessionError, SessionStore};
 
@@ -22,6 +22,8 @@ pub enum DaemonError {
     Sessions(#[from] SessionError),
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 impl DaemonError {
@@ -29,7 +31,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Startup(err) => err.exit_code(),
-            DaemonError::Sessions(_) | DaemonError::Signals(_) => 1,
+            DaemonError::Sessions(_) | DaemonError::Signals(_) | DaemonError::Telemetry(_) => 1,
         }
     }
 }
@@ -86,6 +88,9 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
         tracing::warn!("{warning}");
     }
     let store = open_sessions(&config).await?;
+    if let Some(export) = &config.traces {
+        start_traces(export)?;
+    }
     if config.upstreams.is_empty() {
         tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
     }
@@ -126,7 +131,27 @@ pub async fn run(verdict: Verdict) -> Result<(), DaemonError> {
     systemd::notify_ready();
     systemd::spawn_watchdog(shutdown.clone());
     crate::run(state, listeners, shutdown).await;
+    crate::telemetry::traces::shutdown(TRACES_FLUSH).await;
     tracing::info!("gatewayd stopped");
+    Ok(())
+}
+
+/// How long the spans still queued at shutdown may take to reach the collector.
+const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts exporting traces (`[telemetry] otlp_endpoint`), with the upstreams' TLS roots.
+fn start_traces(export: &TraceExport) -> Result<(), DaemonError> {
+    let url = export.url.parse().map_err(|_| {
+        DaemonError::Telemetry("[telemetry] otlp_endpoint is not a valid URL".into())
+    })?;
+    let tls = crate::upstream::tls::default_config()
+        .map_err(|e| DaemonError::Telemetry(format!("cannot set up TLS for traces: {e}")))?;
+    crate::telemetry::traces::start(crate::telemetry::traces::Settings {
+        url,
+        service_name: export.service_name.clone(),
+        delay: export.delay,
+        tls,
+    });
     Ok(())
 }
 

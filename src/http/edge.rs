@@ -23,6 +23,7 @@ use super::client_addr::{self, ClientAddr};
 use super::hardening;
 use super::peer::Peer;
 use super::state::EdgeState;
+use crate::telemetry::traces;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -119,6 +120,12 @@ where
             config.forwarded_header,
         );
         request.extensions_mut().insert(ClientAddr(client));
+        // A client's `traceparent` is believed only from a trusted proxy.
+        let trace = traces::start_request(
+            request.method(),
+            request.headers(),
+            || matches!(peer, Some(Peer::Tcp(addr)) if client_addr::is_trusted(addr.ip(), &config.trusted_proxies)),
+        );
         let span = request_span(&request, &id, client);
         let refused = hardening::refuse(&self.state, &request);
         let anthropic = super::dialect::is_anthropic(request.uri().path());
@@ -144,7 +151,10 @@ where
         let scoped = crate::telemetry::scope(timing.clone(), handled);
         Box::pin(
             async move {
-                let mut response = scoped.await;
+                let mut response = match &trace {
+                    Some(trace) => traces::scope(trace.clone(), scoped).await,
+                    None => scoped.await,
+                };
                 crate::telemetry::record(&timing, started, response.status());
                 let status = response.status().as_u16();
                 let latency_ms = started.elapsed().as_millis() as u64;
@@ -154,6 +164,10 @@ where
                     tracing::debug!(status, latency_ms, "finished processing request");
                 }
                 finish_headers(response.headers_mut(), id);
+                if let Some(trace) = trace {
+                    trace.answered(timing.route(), response.status().as_u16());
+                    response = trace.hold_through(response);
+                }
                 Ok(response)
             }
             .instrument(span),

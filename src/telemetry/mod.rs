@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 mod handles;
+pub mod traces;
 
 pub const REQUESTS: &str = "gatewayd_requests_total";
 pub const UPSTREAM_SECONDS: &str = "gatewayd_upstream_latency_seconds";
@@ -89,6 +90,11 @@ pub struct RequestTiming {
 impl RequestTiming {
     pub fn start() -> Arc<RequestTiming> {
         Arc::new(RequestTiming::default())
+    }
+
+    /// The route pattern the router matched, once it has.
+    pub fn route(&self) -> Option<&str> {
+        self.route.get().map(|p| p.as_str())
     }
 }
 

@@ -68,9 +68,9 @@ pub const HOP_BY_HOP: [&str; 8] = [
 /// Client headers never forwarded, whatever `forward_headers` says, besides the proxy
 /// and hop-by-hop lists: credentials meant for gatewayd, cookies, account selectors of
 /// the caller's own OpenAI account, gatewayd's own session header, and what gatewayd
-/// sets itself. Also checked per request, so no `forward_headers` prefix can let one
-/// through.
-const NEVER_FORWARD: [&str; 11] = [
+/// sets itself (the W3C trace context names gatewayd's own span, when traces are on).
+/// Also checked per request, so no `forward_headers` prefix can let one through.
+const NEVER_FORWARD: [&str; 13] = [
     "authorization",
     "x-api-key",
     "api-key",
@@ -82,6 +82,8 @@ const NEVER_FORWARD: [&str; 11] = [
     "host",
     "content-length",
     "content-type",
+    "traceparent",
+    "tracestate",
 ];
 const NEVER_FORWARD_PREFIXES: [&str; 2] = [PROXY_HEADER_PREFIX, "proxy-"];
 

@@ -65,6 +65,8 @@ pub struct Reply {
     pub message: Value,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
+    /// The model the upstream says answered (`model`), if it said.
+    pub model: Option<String>,
 }
 
 impl Reply {
@@ -81,6 +83,10 @@ impl Reply {
             message,
             finish_reason,
             usage: completion.get("usage").and_then(Usage::from_chat),
+            model: completion
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 }
@@ -113,6 +119,7 @@ struct State {
     tool_calls: BTreeMap<u64, CallParts>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    model: Option<String>,
     /// The upstream reported an error inside the stream.
     upstream_error: bool,
 }
@@ -208,6 +215,7 @@ impl ChatDecoder {
             message: Value::Object(message),
             finish_reason: state.finish_reason.clone(),
             usage: state.usage.clone(),
+            model: state.model.clone(),
         }
     }
 }
@@ -219,6 +227,9 @@ impl State {
         };
         if chunk.error.is_some() {
             self.upstream_error = true;
+        }
+        if self.model.is_none() {
+            self.model = chunk.model;
         }
         if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_chat) {
             self.usage = Some(usage);
@@ -282,6 +293,8 @@ impl State {
 
 #[derive(Deserialize)]
 struct Chunk {
+    #[serde(default, deserialize_with = "string")]
+    model: Option<String>,
     choices: Option<Vec<Choice>>,
     usage: Option<Value>,
     /// An error the upstream reported inside its stream (vLLM sends one, then `[DONE]`).

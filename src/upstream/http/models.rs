@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{HttpUpstream, BODY_FAILED};
-use crate::upstream::{ModelObject, UpstreamError};
+use crate::upstream::{ModelObject, TraceHeaders, UpstreamError};
 
 /// How long a fetched `/models` list is reused.
 const MODEL_LIST_TTL: Duration = Duration::from_secs(60);
@@ -63,6 +63,7 @@ impl HttpUpstream {
                 &self.models_uri,
                 Bytes::new(),
                 &HeaderMap::new(),
+                &TraceHeaders::default(),
             )
             .await?;
         if !response.status().is_success() {

@@ -1,0 +1,86 @@
+//! What routing tells a request's trace: the GenAI operation and models, one client
+//! span per upstream attempt (its name, number, status and outcome; never its URL), the
+//! upstreams skipped, and the W3C trace context each attempt sends.
+
+use crate::telemetry::traces::{self, Kind, RequestTrace, Span};
+use crate::upstream::{Candidate, Endpoint, TraceHeaders, UpstreamApi};
+
+/// The attribute saying how an attempt ended: `ok`, `fallback` (it failed and the next
+/// upstream was tried) or `failed` (it failed and was the last).
+pub const OUTCOME: &str = "gatewayd.upstream.outcome";
+
+/// The GenAI operation an endpoint performs.
+pub fn operation(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => "chat",
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "embeddings",
+        Endpoint::CountTokens => "count_tokens",
+    }
+}
+
+/// The provider, as the GenAI conventions name it, by the API the upstream speaks.
+fn provider(api: UpstreamApi) -> &'static str {
+    match api {
+        UpstreamApi::Openai => "openai",
+        UpstreamApi::Anthropic => "anthropic",
+    }
+}
+
+/// Labels the request's span with what the client asked for.
+pub fn requested(trace: &RequestTrace, endpoint: Endpoint, model: &str) {
+    trace.set("gen_ai.operation.name", operation(endpoint));
+    trace.request_model(model);
+}
+
+/// Notes an upstream skipped without an attempt (`state`: its breaker is open, or it is full).
+pub fn skipped(trace: &RequestTrace, candidate: &Candidate, state: &'static str) {
+    trace.event(
+        "gatewayd.upstream.skipped",
+        vec![
+            (
+                "gatewayd.upstream.name",
+                candidate.upstream.name().to_string().into(),
+            ),
+            ("gatewayd.upstream.state", state.into()),
+        ],
+    );
+}
+
+/// The client span of attempt `number` at `candidate`, and the headers that carry it.
+pub fn attempt(
+    trace: &RequestTrace,
+    endpoint: Endpoint,
+    candidate: &Candidate,
+    number: usize,
+) -> (Span, TraceHeaders) {
+    let operation = operation(endpoint);
+    let name = format!("{operation} {}", candidate.upstream_model);
+    let mut span = trace.child(name, Kind::Client);
+    span.set("gen_ai.operation.name", operation);
+    let provider = provider(candidate.upstream.api());
+    span.set("gen_ai.provider.name", provider);
+    span.set("gen_ai.system", provider);
+    span.set("gen_ai.request.model", candidate.upstream_model.clone());
+    span.set(
+        "gatewayd.upstream.name",
+        candidate.upstream.name().to_string(),
+    );
+    span.set("gatewayd.upstream.attempt", number as i64);
+    let headers = TraceHeaders {
+        traceparent: span.ids().map(|ids| traces::traceparent(&ids)),
+        tracestate: trace.trace_state().cloned(),
+    };
+    (span, headers)
+}
+
+/// Labels the request's span with the upstream whose answer the client gets.
+pub fn answered_by(trace: &RequestTrace, candidate: &Candidate) {
+    let provider = provider(candidate.upstream.api());
+    trace.set("gen_ai.provider.name", provider);
+    trace.set("gen_ai.system", provider);
+    trace.set(
+        "gatewayd.upstream.name",
+        candidate.upstream.name().to_string(),
+    );
+}
