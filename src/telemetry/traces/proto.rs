@@ -108,13 +108,13 @@ pub mod any_value {
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Value {
         #[prost(string, tag = "1")]
-        StringValue(String),
+        Text(String),
         #[prost(bool, tag = "2")]
-        BoolValue(bool),
+        Bool(bool),
         #[prost(int64, tag = "3")]
-        IntValue(i64),
+        Int(i64),
         #[prost(message, tag = "5")]
-        ArrayValue(super::ArrayValue),
+        Array(super::ArrayValue),
     }
 }
 
@@ -201,16 +201,16 @@ fn key_value(key: &str, value: AnyValue) -> KeyValue {
 
 fn string(text: String) -> AnyValue {
     AnyValue {
-        value: Some(any_value::Value::StringValue(text)),
+        value: Some(any_value::Value::Text(text)),
     }
 }
 
 fn any(value: Value) -> AnyValue {
     let value = match value {
-        Value::Str(text) => any_value::Value::StringValue(text.into_owned()),
-        Value::Int(n) => any_value::Value::IntValue(n),
-        Value::Bool(b) => any_value::Value::BoolValue(b),
-        Value::StrList(list) => any_value::Value::ArrayValue(ArrayValue {
+        Value::Str(text) => any_value::Value::Text(text.into_owned()),
+        Value::Int(n) => any_value::Value::Int(n),
+        Value::Bool(b) => any_value::Value::Bool(b),
+        Value::StrList(list) => any_value::Value::Array(ArrayValue {
             values: list.into_iter().map(string).collect(),
         }),
     };
