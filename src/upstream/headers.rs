@@ -161,7 +161,7 @@ impl RequestHeaders {
                     })?;
                     if is_never_forwarded(name.as_str()) {
                         return Err(format!(
-                            "forward_headers entry {entry:?} is never forwarded (credentials, cookies, proxy and hop-by-hop headers stay at the gateway)"
+                            "forward_headers entry {entry:?} is never forwarded (credentials, cookies, proxy, hop-by-hop and trace-context headers stay at the gateway)"
                         ));
                     }
                     extra_exact.push(name);
@@ -375,10 +375,12 @@ mod tests {
                 .unwrap();
         let policy = RequestHeaders::new(&config, Some("sk-up")).unwrap();
         let mut client = HeaderMap::new();
-        for name in PROXY_HEADERS
-            .into_iter()
-            .chain(["cookie2", "x-forwarded-anything"])
-        {
+        for name in PROXY_HEADERS.into_iter().chain([
+            "cookie2",
+            "x-forwarded-anything",
+            "traceparent",
+            "tracestate",
+        ]) {
             client.insert(name, HeaderValue::from_static("1.2.3.4"));
         }
         client.insert("x-my-custom", HeaderValue::from_static("yes"));

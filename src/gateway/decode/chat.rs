@@ -229,7 +229,9 @@ impl State {
             self.upstream_error = true;
         }
         if self.model.is_none() {
-            self.model = chunk.model;
+            self.model = chunk
+                .model
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
         }
         if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_chat) {
             self.usage = Some(usage);
@@ -292,9 +294,10 @@ impl State {
 // tree. Scalars of an unexpected type read as absent instead of losing the whole chunk.
 
 #[derive(Deserialize)]
-struct Chunk {
-    #[serde(default, deserialize_with = "string")]
-    model: Option<String>,
+struct Chunk<'a> {
+    /// Borrowed and read only until one is found: no allocation per chunk.
+    #[serde(default, borrow)]
+    model: Option<&'a serde_json::value::RawValue>,
     choices: Option<Vec<Choice>>,
     usage: Option<Value>,
     /// An error the upstream reported inside its stream (vLLM sends one, then `[DONE]`).
