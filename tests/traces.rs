@@ -275,7 +275,7 @@ forward_headers = ["*"]
     std::fs::write(&path, config).unwrap();
     let mut command = binary();
     command
-        .arg("--config")
+        .args(["--port", "0", "--config"])
         .arg(&path)
         .env("TRACES_UPSTREAM_KEY", UPSTREAM_KEY);
     let gateway = start(command);
@@ -510,4 +510,81 @@ async fn a_clients_traceparent_is_never_forwarded_when_traces_are_off() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].2, None, "the client's traceparent went upstream");
     gateway.shutdown.cancel();
+}
+
+/// Waits (at most a minute) until `condition` holds, checking every 20 ms.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_collector_costs_spans_not_requests_and_is_logged_once() {
+    // A collector that refuses every export, counting them.
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = posts.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { (StatusCode::SERVICE_UNAVAILABLE, "overloaded") }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (good_url, _) = upstream(false).await;
+    let path = temp_dir("traces-down").join("gatewayd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[telemetry]\notlp_endpoint = \"http://{collector}\"\nexport_delay_ms = 20\n\n[[keys]]\nname = \"alice\"\nsha256 = \"{}\"\n\n[[upstreams]]\nname = \"good\"\nbase_url = \"{good_url}\"\nmodels = [\"*\"]\n",
+            sha256_hex(KEY_A)
+        ),
+    )
+    .unwrap();
+    let mut command = binary();
+    command.args(["--port", "0", "--config"]).arg(&path);
+    let gateway = start(command);
+    let refusals = |gateway: &common::Process| {
+        gateway
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("traces could not be exported"))
+            .count()
+    };
+    for round in 1..=4 {
+        let answer = common::client()
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "a failing collector failed a request");
+        answer.bytes().await.unwrap();
+        // Each request's spans go out in an export of their own, which the collector refuses.
+        wait_until("an export", || {
+            posts.load(std::sync::atomic::Ordering::SeqCst) >= round
+        })
+        .await;
+        if round == 1 {
+            wait_until("the warning", || refusals(&gateway) == 1).await;
+        }
+    }
+    // Four refused exports (the fourth sent only after the third was handled): one line.
+    let log = gateway.stderr();
+    assert_eq!(refusals(&gateway), 1, "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("traces could not be exported"))
+        .unwrap();
+    assert!(line.contains("503"), "{line}");
+    assert!(line.contains(&collector.to_string()), "{line}");
 }

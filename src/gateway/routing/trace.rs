@@ -9,6 +9,9 @@ use crate::upstream::{Candidate, Endpoint, TraceHeaders, UpstreamApi};
 /// upstream was tried) or `failed` (it failed and was the last).
 pub const OUTCOME: &str = "gatewayd.upstream.outcome";
 
+/// The longest model name a span carries.
+const MAX_MODEL: usize = 256;
+
 /// The GenAI operation an endpoint performs.
 pub fn operation(endpoint: Endpoint) -> &'static str {
     match endpoint {
@@ -55,13 +58,14 @@ pub fn attempt(
     number: usize,
 ) -> (Span, TraceHeaders) {
     let operation = operation(endpoint);
-    let name = format!("{operation} {}", candidate.upstream_model);
-    let mut span = trace.child(name, Kind::Client);
+    // Under a `*` pattern the upstream model is the client's own text: bounded.
+    let model: String = candidate.upstream_model.chars().take(MAX_MODEL).collect();
+    let mut span = trace.child(format!("{operation} {model}"), Kind::Client);
     span.set("gen_ai.operation.name", operation);
     let provider = provider(candidate.upstream.api());
     span.set("gen_ai.provider.name", provider);
     span.set("gen_ai.system", provider);
-    span.set("gen_ai.request.model", candidate.upstream_model.clone());
+    span.set("gen_ai.request.model", model);
     span.set(
         "gatewayd.upstream.name",
         candidate.upstream.name().to_string(),
