@@ -15,7 +15,7 @@ use crate::gateway::relay::{relay, RelayOptions, StreamTap};
 use crate::telemetry;
 use crate::telemetry::traces::{self, Span};
 use crate::upstream::health::clock;
-use crate::upstream::{Candidate, StoredResponseCall, TraceHeaders, Upstream, UpstreamError};
+use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
 use crate::upstream::{UpstreamRequest, UpstreamResponse};
 use crate::wire::error::ApiError;
 use crate::wire::openai::{ChatRequest, Endpoint};
@@ -131,14 +131,8 @@ pub async fn forward_to(
         if let Some(mut span) = failed_span.take() {
             span.set(OUTCOME, "fallback");
         }
-        let trace_headers = match &trace {
-            Some(trace) => {
-                let (span, headers) = routing::trace::attempt(trace, endpoint, &candidate, made);
-                attempt.trace(span);
-                headers
-            }
-            None => TraceHeaders::default(),
-        };
+        let trace_headers =
+            routing::trace::attempt(trace.as_ref(), &mut attempt, endpoint, &candidate, made);
         let body = request.forward_body(Some(&candidate.upstream_model), history);
         let upstream = candidate.upstream.name().to_string();
         telemetry::record_model(&candidate.label);

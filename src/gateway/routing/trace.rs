@@ -2,6 +2,7 @@
 //! span per upstream attempt (its name, number, status and outcome; never its URL), the
 //! upstreams skipped, and the W3C trace context each attempt sends.
 
+use super::attempt::Attempt;
 use crate::telemetry::traces::{self, Kind, RequestTrace, Span};
 use crate::upstream::{Candidate, Endpoint, TraceHeaders, UpstreamApi};
 
@@ -50,8 +51,25 @@ pub fn skipped(trace: &RequestTrace, candidate: &Candidate, state: &'static str)
     );
 }
 
-/// The client span of attempt `number` at `candidate`, and the headers that carry it.
+/// Traces `attempt` (number `number`, at `candidate`) with a client span when the
+/// request is traced, and returns the headers that carry that span upstream.
 pub fn attempt(
+    trace: Option<&RequestTrace>,
+    attempt: &mut Attempt,
+    endpoint: Endpoint,
+    candidate: &Candidate,
+    number: usize,
+) -> TraceHeaders {
+    let Some(trace) = trace else {
+        return TraceHeaders::default();
+    };
+    let (span, headers) = attempt_span(trace, endpoint, candidate, number);
+    attempt.trace(span);
+    headers
+}
+
+/// The client span of attempt `number` at `candidate`, and the headers that carry it.
+fn attempt_span(
     trace: &RequestTrace,
     endpoint: Endpoint,
     candidate: &Candidate,

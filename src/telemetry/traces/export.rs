@@ -18,7 +18,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::proto;
-use super::span::Record;
+use super::record::Record;
 
 /// Spans waiting to be sent; past this, new spans are dropped (and counted).
 const QUEUE: usize = 8192;

@@ -5,10 +5,12 @@
 mod export;
 mod ids;
 mod proto;
+mod record;
 mod request;
 mod span;
 
 pub use export::{enabled, shutdown, start, Settings};
 pub use ids::{parse_traceparent, traceparent, SpanIds};
+pub use record::{Kind, Value};
 pub use request::{current, scope, start as start_request, RequestTrace};
-pub use span::{Kind, Span, Value};
+pub use span::Span;

@@ -4,7 +4,7 @@
 
 use prost::Message;
 
-use super::span::{Record, Value};
+use super::record::{Kind, Record, Value};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ExportTraceServiceRequest {
@@ -154,7 +154,7 @@ pub fn encode(records: Vec<Record>, service_name: &str) -> Vec<u8> {
 }
 
 fn span(record: Record) -> Span {
-    let remote_parent = record.kind == super::span::Kind::Server && record.parent.is_some();
+    let remote_parent = record.kind == Kind::Server && record.parent.is_some();
     Span {
         trace_id: record.ids.trace_id.to_vec(),
         span_id: record.ids.span_id.to_vec(),

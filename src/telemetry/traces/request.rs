@@ -12,7 +12,8 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::export;
 use super::ids::{new_span_id, new_trace_id, parse_traceparent, SpanIds};
-use super::span::{now_ns, set, Attributes, Event, Kind, Record, Span, Value};
+use super::record::{now_ns, set, Attributes, Event, Kind, Record, Value};
+use super::span::Span;
 
 /// The longest model name an attribute carries (client input, so bounded).
 const MAX_MODEL: usize = 256;
