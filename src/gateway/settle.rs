@@ -65,7 +65,7 @@ pub struct Settler {
     /// The `[DONE]` line began in an earlier chunk, so part of it was sent already.
     split_end: bool,
     /// With traces on, a stream nobody decodes is read once more for its model, usage
-    /// and finish reason (the client's bytes are unaffected).
+    /// and finish reason only (the client's bytes are unaffected; no content is kept).
     observer: Option<ChatDecoder>,
 }
 
@@ -76,7 +76,7 @@ impl Settler {
         decode: bool,
     ) -> Box<Self> {
         let decode = decode || settlement.is_some();
-        let observer = (!decode && traces::enabled()).then(ChatDecoder::default);
+        let observer = (!decode && traces::enabled()).then(ChatDecoder::summary);
         Box::new(Settler {
             decoder: match decode {
                 true => ChatDecoder::default(),
@@ -97,6 +97,7 @@ impl StreamTap for Settler {
         self.deltas.clear();
         let done_at = self.decoder.push(&bytes, &mut self.deltas);
         if let Some(observer) = &mut self.observer {
+            // Its deltas (only `Done`) are not the encoder's business.
             observer.push(&bytes, &mut self.deltas);
             self.deltas.clear();
         }

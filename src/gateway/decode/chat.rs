@@ -122,6 +122,8 @@ struct State {
     model: Option<String>,
     /// The upstream reported an error inside the stream.
     upstream_error: bool,
+    /// Only the model, finish reason and usage are kept (no content, no deltas).
+    summary_only: bool,
 }
 
 #[derive(Default)]
@@ -138,6 +140,19 @@ impl ChatDecoder {
         ChatDecoder {
             end: DoneScanner::new(),
             content: None,
+        }
+    }
+
+    /// A decoder that keeps only what a reply says about itself (model, finish reason,
+    /// usage): no content is held and no delta is made.
+    pub fn summary() -> Self {
+        let state = State {
+            summary_only: true,
+            ..State::default()
+        };
+        ChatDecoder {
+            end: DoneScanner::new(),
+            content: Some((SseLines::default(), state)),
         }
     }
 
@@ -240,12 +255,14 @@ impl State {
         let Some(choice) = choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
             return;
         };
-        if let Some(delta) = choice.delta {
+        if let Some(delta) = choice.delta.filter(|_| !self.summary_only) {
             self.delta(delta, out);
         }
         if let Some(reason) = choice.finish_reason {
-            self.finish_reason = Some(reason.clone());
-            out.push(Delta::Finish(reason));
+            if !self.summary_only {
+                out.push(Delta::Finish(reason.clone()));
+            }
+            self.finish_reason = Some(reason);
         }
     }
 
