@@ -121,11 +121,11 @@ where
         );
         request.extensions_mut().insert(ClientAddr(client));
         // A client's `traceparent` is believed only from a trusted proxy.
-        let trace = traces::start_request(
-            request.method(),
-            request.headers(),
-            || matches!(peer, Some(Peer::Tcp(addr)) if client_addr::is_trusted(addr.ip(), &config.trusted_proxies)),
-        );
+        let trusted_peer = || match peer {
+            Some(Peer::Tcp(addr)) => client_addr::is_trusted(addr.ip(), &config.trusted_proxies),
+            _ => false,
+        };
+        let trace = traces::start_request(request.method(), request.headers(), trusted_peer);
         let span = request_span(&request, &id, client);
         let refused = hardening::refuse(&self.state, &request);
         let anthropic = super::dialect::is_anthropic(request.uri().path());
