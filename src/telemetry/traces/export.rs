@@ -107,25 +107,27 @@ pub async fn shutdown(deadline: Duration) {
 }
 
 async fn run(mut queue: mpsc::Receiver<Record>, mut sender: Sender, stop: CancellationToken) {
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
-        let first = tokio::select! {
-            record = queue.recv() => record,
-            () = stop.cancelled() => None,
-        };
-        let Some(first) = first else {
-            break;
-        };
+        // Wait for the first span, then take what arrives until the delay is over or
+        // the batch is full; every wake takes all the spans queued by then.
         let mut batch = Vec::with_capacity(64);
-        batch.push(first);
-        let deadline = Instant::now() + sender.delay;
+        let received = tokio::select! {
+            n = queue.recv_many(&mut batch, MAX_BATCH) => n,
+            () = &mut stopped => 0,
+        };
+        if received == 0 {
+            break;
+        }
+        let delay = sleep_until(Instant::now() + sender.delay);
+        tokio::pin!(delay);
         while batch.len() < MAX_BATCH {
+            let room = MAX_BATCH - batch.len();
             tokio::select! {
-                record = queue.recv() => match record {
-                    Some(record) => batch.push(record),
-                    None => break,
-                },
-                () = sleep_until(deadline) => break,
-                () = stop.cancelled() => break,
+                n = queue.recv_many(&mut batch, room) => if n == 0 { break },
+                () = &mut delay => break,
+                () = &mut stopped => break,
             }
         }
         sender.send(batch).await;
