@@ -155,6 +155,7 @@ async fn send(
             endpoint,
             body: Bytes::from(body.to_string()),
             client_headers: client_headers(),
+            trace: Default::default(),
         })
         .await
 }

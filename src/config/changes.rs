@@ -71,6 +71,7 @@ pub fn apply(old: &Config, mut new: Config) -> (Config, Changes) {
         responses: _,
         routing: _,
         telemetry: _,
+        traces: _,
         metrics_addr: _,
         trusted_proxies: _,
         forwarded_header: _,
@@ -131,6 +132,9 @@ pub fn apply(old: &Config, mut new: Config) -> (Config, Changes) {
         "responses.retention_days",
         responses.retention_days
     );
+    // The trace export is derived from [telemetry] (reported just below) and the
+    // environment, which a reload cannot change: it stays as started.
+    n.traces = old.traces.clone();
     restart!(c, old, n, "telemetry", telemetry);
     (new, c)
 }

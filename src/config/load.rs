@@ -13,7 +13,7 @@ use super::limits::{self, Limits, RedisUrl};
 use super::proxies::{parse_trusted, ForwardedHeader};
 use super::routing::{self, RoutingSection};
 use super::sections::{ResponsesSection, ServerSection, SessionsSection};
-use super::telemetry::TelemetrySection;
+use super::telemetry::{TelemetrySection, TraceExport};
 use super::tls::TlsFiles;
 use super::upstream::{defaults, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
@@ -62,6 +62,9 @@ pub struct Config {
     pub routing: RoutingSection,
     /// `[telemetry]`: access log and traces.
     pub telemetry: TelemetrySection,
+    /// Where spans are exported (`[telemetry] otlp_endpoint` or the `OTEL_*` variables);
+    /// `None`: no traces.
+    pub traces: Option<TraceExport>,
     /// The first upstream came from `--upstream` / GATEWAYD_UPSTREAM_URL, not the file
     /// (a reload keeps it).
     pub upstream_from_flag: bool,
@@ -147,6 +150,10 @@ impl Config {
         let trusted_proxies =
             parse_trusted(file.server.trusted_proxies.as_deref().unwrap_or_default())
                 .map_err(ConfigError::Invalid)?;
+        let traces = file
+            .telemetry
+            .trace_export(|name| std::env::var(name).ok())
+            .map_err(ConfigError::Invalid)?;
         let mut limits = file.limits;
         if let Some(url) = &args.redis_url {
             limits.redis_url = Some(RedisUrl(url.clone()));
@@ -185,6 +192,7 @@ impl Config {
             responses: file.responses,
             routing: file.routing,
             telemetry: file.telemetry,
+            traces,
             upstream_from_flag: args.upstream.is_some(),
             config_path: args.config.clone(),
             metrics_addr: args.metrics_addr.clone().or(file.server.metrics_addr),

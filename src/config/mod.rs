@@ -21,6 +21,6 @@ pub use load::{reread, Config, ConfigError, FileConfig, STDIN_CONFIG};
 pub use proxies::{parse_trusted, ForwardedHeader};
 pub use routing::{BreakerPolicy, ModelRouting, RoutingSection, Strategy};
 pub use sections::{ResponsesSection, ServerSection, SessionLimits, SessionsSection, ToolPolicy};
-pub use telemetry::TelemetrySection;
+pub use telemetry::{TelemetrySection, TraceExport};
 pub use tls::TlsFiles;
 pub use upstream::{HeaderSource, ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};

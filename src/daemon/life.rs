@@ -15,7 +15,7 @@ use super::verdict::{auth_mode, Verdict};
 use crate::api::router::{app, metrics_app};
 use crate::api::state::AppState;
 use crate::config::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, TraceExport};
 use crate::http::listener::Listener;
 use crate::http::server::LiveRouter;
 use crate::store::{SessionError, SessionStore};
@@ -32,6 +32,8 @@ pub enum DaemonError {
     /// `[telemetry] access_log_file` cannot be opened.
     #[error("{0}")]
     AccessLog(String),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 impl DaemonError {
@@ -39,7 +41,10 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Startup(err) => err.exit_code(),
-            DaemonError::Sessions(_) | DaemonError::Signals(_) | DaemonError::AccessLog(_) => 1,
+            DaemonError::Sessions(_)
+            | DaemonError::Signals(_)
+            | DaemonError::AccessLog(_)
+            | DaemonError::Telemetry(_) => 1,
         }
     }
 }
@@ -98,6 +103,9 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     }
     let store = open_sessions(&config).await?;
     crate::telemetry::access_log::install(&config.telemetry).map_err(DaemonError::AccessLog)?;
+    if let Some(export) = &config.traces {
+        start_traces(export)?;
+    }
     if config.upstreams.is_empty() {
         tracing::info!("no upstream configured: serving the built-in offline model 'echo'");
     }
@@ -153,6 +161,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     systemd::notify_ready();
     systemd::spawn_watchdog(shutdown.clone());
     crate::run_live(state, router, listeners, shutdown).await;
+    crate::telemetry::traces::shutdown(TRACES_FLUSH).await;
     report_files.remove_pid();
     tracing::info!("gatewayd stopped");
     Ok(())
@@ -160,6 +169,25 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
 
 fn live(router: axum::Router) -> LiveRouter {
     Arc::new(ArcSwap::from_pointee(router))
+}
+
+/// How long the spans still queued at shutdown may take to reach the collector.
+const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts exporting traces (`[telemetry] otlp_endpoint`), with the upstreams' TLS roots.
+fn start_traces(export: &TraceExport) -> Result<(), DaemonError> {
+    let url = export.url.parse().map_err(|_| {
+        DaemonError::Telemetry("[telemetry] otlp_endpoint is not a valid URL".into())
+    })?;
+    let tls = crate::upstream::tls::default_config()
+        .map_err(|e| DaemonError::Telemetry(format!("cannot set up TLS for traces: {e}")))?;
+    crate::telemetry::traces::start(crate::telemetry::traces::Settings {
+        url,
+        service_name: export.service_name.clone(),
+        delay: export.delay,
+        tls,
+    });
+    Ok(())
 }
 
 /// The signals gatewayd handles, registered with the OS when installed.

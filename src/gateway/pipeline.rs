@@ -20,11 +20,12 @@ use axum::response::Response;
 use super::decode::Reply;
 use super::native_record::{self, NativeRecorder};
 use super::resolve::{resolve, Resolved};
-use super::settle::{hand_on_usage, Settlement, Settler};
+use super::settle::{hand_on_usage, trace_reply, Settlement, Settler};
 use super::state::Gateway;
 use super::turn::{Complete, NativeApi, Protocol, Stored, Turn, UpstreamCall};
 use crate::gateway::route::{forward_to, respond, respond_stream, Answer};
 use crate::store::SessionStore;
+use crate::telemetry::traces;
 use crate::upstream::{Candidate, UpstreamApi};
 use crate::wire::error::ApiError;
 
@@ -98,6 +99,12 @@ pub async fn run(
                 })?),
                 false => None,
             };
+            if reply.is_none() && traces::enabled() {
+                // Read only for the trace: the client still gets the upstream's bytes.
+                if let Some(reply) = Reply::from_completion(&body) {
+                    trace_reply(&reply);
+                }
+            }
             if let Some(recorder) = &native {
                 native_record::from_body(recorder, &body).await?;
             }

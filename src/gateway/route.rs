@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use super::routing::trace::OUTCOME;
 use super::routing::{self, Attempt, Skipped};
 use super::state::Gateway;
 use crate::gateway::relay::{relay, RelayOptions, StreamTap};
 use crate::telemetry;
+use crate::telemetry::traces::{self, Span};
 use crate::upstream::health::clock;
 use crate::upstream::{Candidate, StoredResponseCall, Upstream, UpstreamError};
 use crate::upstream::{UpstreamRequest, UpstreamResponse};
@@ -98,11 +100,20 @@ pub async fn forward_to(
     let mut skipped = Skipped::default();
     let mut failed: Option<Failed> = None;
     let total = order.len();
+    let trace = traces::current();
+    if let Some(trace) = &trace {
+        routing::trace::requested(trace, endpoint, &request.model);
+    }
+    // The span of the attempt that failed last: its outcome is known once the next starts.
+    let mut failed_span: Option<Span> = None;
     for (index, candidate) in order.into_iter().enumerate() {
         if made == max_attempts {
             break;
         }
         let Some(mut attempt) = routing::claim(&candidate, &mut skipped) else {
+            if let Some(trace) = &trace {
+                routing::trace::skipped(trace, &candidate, skipped.last_reason());
+            }
             continue;
         };
         let now = clock::now_ms();
@@ -118,6 +129,11 @@ pub async fn forward_to(
             }
         }
         made += 1;
+        if let Some(mut span) = failed_span.take() {
+            span.set(OUTCOME, "fallback");
+        }
+        let trace_headers =
+            routing::trace::attempt(trace.as_ref(), &mut attempt, endpoint, &candidate, made);
         let body = request.forward_body(Some(&candidate.upstream_model), history);
         let upstream = candidate.upstream.name().to_string();
         telemetry::record_model(&candidate.label);
@@ -128,6 +144,7 @@ pub async fn forward_to(
                 endpoint,
                 body,
                 client_headers: request.client_headers.clone(),
+                trace: trace_headers,
             })
             .await;
         telemetry::record_upstream(started, &upstream);
@@ -136,6 +153,7 @@ pub async fn forward_to(
             Ok(response) => response,
             Err(err @ UpstreamError::Timeout(_)) => {
                 tracing::warn!(%upstream, error = %err, "upstream timed out");
+                attempt.note(OUTCOME, "failed");
                 return Err(ApiError::GatewayTimeout);
             }
             Err(err) => {
@@ -145,6 +163,7 @@ pub async fn forward_to(
                     tracing::warn!(%upstream, error = %err, "upstream failed; trying the next one");
                 }
                 failed = Some(Failed::Error(failure.unwrap_or("broken_response")));
+                failed_span = attempt.take_span();
                 continue;
             }
         };
@@ -155,9 +174,17 @@ pub async fn forward_to(
                 upstream,
                 reason,
             });
+            failed_span = attempt.take_span();
             continue;
         }
+        if let Some(trace) = &trace {
+            routing::trace::answered_by(trace, &candidate);
+        }
+        attempt.note(OUTCOME, "ok");
         return finish(endpoint, request, response, attempt, upstream).await;
+    }
+    if let Some(mut span) = failed_span {
+        span.set(OUTCOME, "failed");
     }
     match failed {
         None => Err(ApiError::UpstreamUnavailable {

@@ -9,6 +9,7 @@ use super::decode::{ChatDecoder, Delta, Reply};
 use super::relay::{Ending, Flow, StreamTap};
 use super::turn::{Encoder, Record};
 use crate::store::{SessionLease, SessionStore};
+use crate::telemetry::traces::{self, Kind};
 use crate::telemetry::RequestTiming;
 use crate::wire::error::ApiError;
 
@@ -32,10 +33,22 @@ impl Settlement {
             Some(_) => [self.input, record.output].concat(),
             None => Vec::new(),
         };
-        self.store
+        let mut span = traces::current().map(|trace| {
+            let mut span = trace.child("gatewayd.store.commit".into(), Kind::Internal);
+            span.set("db.system.name", self.store.backend());
+            span.set("gatewayd.store.session", self.lease.is_some());
+            span.set("gatewayd.store.response", record.response.is_some());
+            span.set("gatewayd.store.messages", messages.len() as i64);
+            span
+        });
+        let committed = self
+            .store
             .commit(&self.owner, self.lease, &messages, record.response.as_ref())
-            .await
-            .map_err(ApiError::from)
+            .await;
+        if let (Some(span), Err(_)) = (&mut span, &committed) {
+            span.fail("store_error");
+        }
+        committed.map_err(ApiError::from)
     }
 }
 
@@ -54,6 +67,9 @@ pub struct Settler {
     split_end: bool,
     /// The request's record: the stream ends after its handler has returned.
     request: Option<Arc<RequestTiming>>,
+    /// With traces on, a stream nobody decodes is read once more for its model, usage
+    /// and finish reason only (the client's bytes are unaffected; no content is kept).
+    observer: Option<ChatDecoder>,
 }
 
 impl Settler {
@@ -63,6 +79,7 @@ impl Settler {
         decode: bool,
     ) -> Box<Self> {
         let decode = decode || settlement.is_some();
+        let observer = (!decode && traces::enabled()).then(ChatDecoder::summary);
         Box::new(Settler {
             decoder: match decode {
                 true => ChatDecoder::default(),
@@ -74,6 +91,7 @@ impl Settler {
             held: Bytes::new(),
             split_end: false,
             request: crate::telemetry::current(),
+            observer,
         })
     }
 }
@@ -82,6 +100,11 @@ impl StreamTap for Settler {
     fn chunk(&mut self, bytes: Bytes) -> Flow {
         self.deltas.clear();
         let done_at = self.decoder.push(&bytes, &mut self.deltas);
+        if let Some(observer) = &mut self.observer {
+            // Its deltas (only `Done`) are not the encoder's business.
+            observer.push(&bytes, &mut self.deltas);
+            self.deltas.clear();
+        }
         let encoded = self.encoder.chunk(&bytes, &self.deltas);
         match (done_at, encoded) {
             (None, None) => Flow::Send(bytes),
@@ -108,8 +131,12 @@ impl StreamTap for Settler {
                 mut encoder,
                 held,
                 request,
+                observer,
                 ..
             } = *self;
+            if let Some(observer) = observer {
+                trace_reply(&observer.reply());
+            }
             let made = match (decoder.decodes(), decoder.incomplete()) {
                 (true, true) => Err(incomplete_reply()),
                 (true, false) => {
@@ -200,13 +227,37 @@ fn end_of_done(bytes: &[u8], at: usize) -> usize {
 }
 
 /// Step 6's hand-off of the upstream's reported token usage (counted for operators, and
-/// noted on the request for its access log line).
+/// noted on the request for its access log line), and of what the reply says about
+/// itself to the request's trace.
 pub fn hand_on_usage(reply: &Reply, request: Option<&RequestTiming>) {
     if let Some(usage) = &reply.usage {
         crate::telemetry::record_tokens(usage.input_tokens, usage.output_tokens);
         if let Some(request) = request {
             request.set_tokens(usage.input_tokens, usage.output_tokens);
         }
+    }
+    trace_reply(reply);
+}
+
+/// Labels the request's span with the reply's model, finish reason and token counts
+/// (never its content).
+pub fn trace_reply(reply: &Reply) {
+    let Some(trace) = traces::current() else {
+        return;
+    };
+    if let Some(usage) = &reply.usage {
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        trace.set("gen_ai.usage.input_tokens", tokens(usage.input_tokens));
+        trace.set("gen_ai.usage.output_tokens", tokens(usage.output_tokens));
+    }
+    if let Some(reason) = &reply.finish_reason {
+        trace.finish_reason(reason);
+    }
+    if let Some(model) = &reply.model {
+        trace.set(
+            "gen_ai.response.model",
+            model.chars().take(256).collect::<String>(),
+        );
     }
 }
 

@@ -24,6 +24,7 @@ use super::hardening;
 use super::peer::Peer;
 use super::state::EdgeState;
 use crate::telemetry::access_log;
+use crate::telemetry::traces;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -120,6 +121,12 @@ where
             config.forwarded_header,
         );
         request.extensions_mut().insert(ClientAddr(client));
+        // A client's `traceparent` is believed only from a trusted proxy.
+        let trusted_peer = || match peer {
+            Some(Peer::Tcp(addr)) => client_addr::is_trusted(addr.ip(), &config.trusted_proxies),
+            _ => false,
+        };
+        let trace = traces::start_request(request.method(), request.headers(), trusted_peer);
         let span = request_span(&request, &id, client);
         // The access log's start of a line; one branch when the log is off.
         let logged = access_log::enabled().then(|| access_log::Started {
@@ -152,7 +159,10 @@ where
         let scoped = crate::telemetry::scope(timing.clone(), handled);
         Box::pin(
             async move {
-                let mut response = scoped.await;
+                let mut response = match &trace {
+                    Some(trace) => traces::scope(trace.clone(), scoped).await,
+                    None => scoped.await,
+                };
                 crate::telemetry::record(&timing, started, response.status());
                 if let Some(logged) = logged {
                     let status = response.status();
@@ -167,6 +177,10 @@ where
                     tracing::debug!(status, latency_ms, "finished processing request");
                 }
                 finish_headers(response.headers_mut(), id);
+                if let Some(trace) = trace {
+                    trace.answered(timing.route(), response.status().as_u16());
+                    response = trace.hold_through(response);
+                }
                 Ok(response)
             }
             .instrument(span),

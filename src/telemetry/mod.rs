@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod auth_log;
 mod handles;
 pub mod logs;
+pub mod traces;
 
 pub const REQUESTS: &str = "gatewayd_requests_total";
 pub const UPSTREAM_SECONDS: &str = "gatewayd_upstream_latency_seconds";
@@ -146,6 +147,11 @@ pub struct RequestTiming {
 impl RequestTiming {
     pub fn start() -> Arc<RequestTiming> {
         Arc::new(RequestTiming::default())
+    }
+
+    /// The route pattern the router matched, once it has.
+    pub fn route(&self) -> Option<&str> {
+        self.route.get().map(|p| p.as_str())
     }
 
     /// Notes the tokens of this request's reply (the first report counts).

@@ -68,9 +68,9 @@ pub const HOP_BY_HOP: [&str; 8] = [
 /// Client headers never forwarded, whatever `forward_headers` says, besides the proxy
 /// and hop-by-hop lists: credentials meant for gatewayd, cookies, account selectors of
 /// the caller's own OpenAI account, gatewayd's own session header, and what gatewayd
-/// sets itself. Also checked per request, so no `forward_headers` prefix can let one
-/// through.
-const NEVER_FORWARD: [&str; 11] = [
+/// sets itself (the W3C trace context names gatewayd's own span, when traces are on).
+/// Also checked per request, so no `forward_headers` prefix can let one through.
+const NEVER_FORWARD: [&str; 13] = [
     "authorization",
     "x-api-key",
     "api-key",
@@ -82,6 +82,8 @@ const NEVER_FORWARD: [&str; 11] = [
     "host",
     "content-length",
     "content-type",
+    "traceparent",
+    "tracestate",
 ];
 const NEVER_FORWARD_PREFIXES: [&str; 2] = [PROXY_HEADER_PREFIX, "proxy-"];
 
@@ -159,7 +161,7 @@ impl RequestHeaders {
                     })?;
                     if is_never_forwarded(name.as_str()) {
                         return Err(format!(
-                            "forward_headers entry {entry:?} is never forwarded (credentials, cookies, proxy and hop-by-hop headers stay at the gateway)"
+                            "forward_headers entry {entry:?} is never forwarded (credentials, cookies, proxy, hop-by-hop and trace-context headers stay at the gateway)"
                         ));
                     }
                     extra_exact.push(name);
@@ -373,10 +375,12 @@ mod tests {
                 .unwrap();
         let policy = RequestHeaders::new(&config, Some("sk-up")).unwrap();
         let mut client = HeaderMap::new();
-        for name in PROXY_HEADERS
-            .into_iter()
-            .chain(["cookie2", "x-forwarded-anything"])
-        {
+        for name in PROXY_HEADERS.into_iter().chain([
+            "cookie2",
+            "x-forwarded-anything",
+            "traceparent",
+            "tracestate",
+        ]) {
             client.insert(name, HeaderValue::from_static("1.2.3.4"));
         }
         client.insert("x-my-custom", HeaderValue::from_static("yes"));

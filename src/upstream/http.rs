@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use ::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::headers::response::ResponseHeaders;
 use super::headers::{sensitive, RequestHeaders};
 use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
-use super::{UpstreamRequest, UpstreamResponse};
+use super::{TraceHeaders, UpstreamRequest, UpstreamResponse};
 use crate::config::file_read::{read_text, FileKind};
 use crate::config::{ResponsesMode, StreamEnd, UpstreamApi, UpstreamConfig};
 
@@ -34,6 +34,8 @@ pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnecto
 
 /// Safe retries after an HTTP/2 upstream refused a stream it never processed.
 const MAX_NACK_RETRIES: u32 = 2;
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const SEND_FAILED: &str = "the request could not be sent";
 const BODY_FAILED: &str = "the response body was cut short or malformed";
 
@@ -198,6 +200,7 @@ impl HttpUpstream {
         uri: &Uri,
         body: Bytes,
         client_headers: &HeaderMap,
+        trace: &TraceHeaders,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let exchange = async {
             let mut retries = 0;
@@ -213,6 +216,12 @@ impl HttpUpstream {
                     headers.insert(AUTHORIZATION, basic.clone());
                 }
                 self.request_headers.apply(client_headers, headers);
+                if let Some(traceparent) = &trace.traceparent {
+                    headers.insert(TRACEPARENT, traceparent.clone());
+                    if let Some(tracestate) = &trace.tracestate {
+                        headers.insert(TRACESTATE, tracestate.clone());
+                    }
+                }
                 match self.client.request(request).await {
                     Ok(response) => return Ok(response),
                     Err(err) if retries < MAX_NACK_RETRIES && is_protocol_nack(&err) => {
@@ -360,7 +369,13 @@ impl Upstream for HttpUpstream {
                 ));
             };
             let response = self
-                .call(Method::POST, uri, request.body, &request.client_headers)
+                .call(
+                    Method::POST,
+                    uri,
+                    request.body,
+                    &request.client_headers,
+                    &request.trace,
+                )
                 .await?;
             Ok(self.streaming(response))
         }

@@ -17,6 +17,6 @@ pub use catalog::CatalogError;
 pub use echo::EchoUpstream;
 pub use registry::{Candidate, NextUpstreams, Placement, Registry};
 pub use types::{
-    ByteStream, ModelObject, StoredResponseCall, Upstream, UpstreamError, UpstreamRequest,
-    UpstreamResponse,
+    ByteStream, ModelObject, StoredResponseCall, TraceHeaders, Upstream, UpstreamError,
+    UpstreamRequest, UpstreamResponse,
 };

@@ -43,6 +43,17 @@ pub struct UpstreamRequest {
     pub endpoint: Endpoint,
     pub body: Bytes,
     pub client_headers: Arc<::http::HeaderMap>,
+    /// The W3C trace context of this attempt (only when traces are on).
+    pub trace: TraceHeaders,
+}
+
+/// `traceparent` (naming gatewayd's span for this attempt) and the `tracestate` of a
+/// trace continued from a trusted proxy. Never the client's own headers: those are
+/// not forwarded (see [`super::headers`]).
+#[derive(Debug, Clone, Default)]
+pub struct TraceHeaders {
+    pub traceparent: Option<::http::HeaderValue>,
+    pub tracestate: Option<::http::HeaderValue>,
 }
 
 /// One model object as an upstream lists it (`id` is always a string); its other fields

@@ -49,6 +49,7 @@ fn tool_ids_round_trip() {
 fn reply(message: serde_json::Value, finish: &str) -> Reply {
     Reply {
         message,
+        model: None,
         finish_reason: Some(finish.into()),
         usage: Some(Usage {
             input_tokens: 12,
@@ -161,6 +162,7 @@ fn a_call_without_an_id_gets_the_same_id_everywhere() {
         message: chat,
         finish_reason: Some("tool_calls".into()),
         usage: None,
+        model: None,
     };
     let shown = message(&reply, "msg_ab12", "m");
     // The client's id maps back to the stored call's id.

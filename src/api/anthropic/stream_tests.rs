@@ -42,6 +42,7 @@ fn tool(index: u64, id: Option<&str>, name: &str, arguments: &str) -> Delta {
 fn reply(finish: &str, usage: Option<(u64, u64)>) -> Reply {
     Reply {
         message: json!({"role": "assistant", "content": "hi"}),
+        model: None,
         finish_reason: Some(finish.into()),
         usage: usage.map(|(input, output)| Usage {
             input_tokens: input,

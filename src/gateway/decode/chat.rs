@@ -65,6 +65,8 @@ pub struct Reply {
     pub message: Value,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
+    /// The model the upstream says answered (`model`), if it said.
+    pub model: Option<String>,
 }
 
 impl Reply {
@@ -81,6 +83,10 @@ impl Reply {
             message,
             finish_reason,
             usage: completion.get("usage").and_then(Usage::from_chat),
+            model: completion
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 }
@@ -113,8 +119,11 @@ struct State {
     tool_calls: BTreeMap<u64, CallParts>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    model: Option<String>,
     /// The upstream reported an error inside the stream.
     upstream_error: bool,
+    /// Only the model, finish reason and usage are kept (no content, no deltas).
+    summary_only: bool,
 }
 
 #[derive(Default)]
@@ -131,6 +140,19 @@ impl ChatDecoder {
         ChatDecoder {
             end: DoneScanner::new(),
             content: None,
+        }
+    }
+
+    /// A decoder that keeps only what a reply says about itself (model, finish reason,
+    /// usage): no content is held and no delta is made.
+    pub fn summary() -> Self {
+        let state = State {
+            summary_only: true,
+            ..State::default()
+        };
+        ChatDecoder {
+            end: DoneScanner::new(),
+            content: Some((SseLines::default(), state)),
         }
     }
 
@@ -208,6 +230,7 @@ impl ChatDecoder {
             message: Value::Object(message),
             finish_reason: state.finish_reason.clone(),
             usage: state.usage.clone(),
+            model: state.model.clone(),
         }
     }
 }
@@ -220,6 +243,11 @@ impl State {
         if chunk.error.is_some() {
             self.upstream_error = true;
         }
+        if self.model.is_none() {
+            self.model = chunk
+                .model
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        }
         if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_chat) {
             self.usage = Some(usage);
         }
@@ -227,12 +255,14 @@ impl State {
         let Some(choice) = choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
             return;
         };
-        if let Some(delta) = choice.delta {
+        if let Some(delta) = choice.delta.filter(|_| !self.summary_only) {
             self.delta(delta, out);
         }
         if let Some(reason) = choice.finish_reason {
-            self.finish_reason = Some(reason.clone());
-            out.push(Delta::Finish(reason));
+            if !self.summary_only {
+                out.push(Delta::Finish(reason.clone()));
+            }
+            self.finish_reason = Some(reason);
         }
     }
 
@@ -281,7 +311,10 @@ impl State {
 // tree. Scalars of an unexpected type read as absent instead of losing the whole chunk.
 
 #[derive(Deserialize)]
-struct Chunk {
+struct Chunk<'a> {
+    /// Borrowed and read only until one is found: no allocation per chunk.
+    #[serde(default, borrow)]
+    model: Option<&'a serde_json::value::RawValue>,
     choices: Option<Vec<Choice>>,
     usage: Option<Value>,
     /// An error the upstream reported inside its stream (vLLM sends one, then `[DONE]`).

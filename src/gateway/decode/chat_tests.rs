@@ -161,3 +161,23 @@ fn a_finished_body_reads_like_the_same_stream() {
         assert!(Reply::from_completion(body).is_none());
     }
 }
+
+#[test]
+fn a_summary_keeps_what_the_reply_says_about_itself_and_no_content() {
+    let stream = concat!(
+        "data: {\"model\":\"m-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"secret text\"}}]}\n\n",
+        "data: {\"model\":\"m-1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let mut decoder = ChatDecoder::summary();
+    let mut deltas = Vec::new();
+    assert!(decoder.push(stream.as_bytes(), &mut deltas).is_some());
+    assert_eq!(deltas, [Delta::Done]);
+    let reply = decoder.reply();
+    assert_eq!(reply.model.as_deref(), Some("m-1"));
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"));
+    let usage = reply.usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (3, 5));
+    assert!(!reply.message.to_string().contains("secret"));
+}

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 
 use super::retry_after::retry_after_ms;
 use crate::telemetry;
+use crate::telemetry::traces::Span;
 use crate::upstream::health::{clock, Claim, Health, Transition};
 use crate::upstream::{Candidate, UpstreamError, UpstreamResponse};
 
@@ -20,17 +21,28 @@ pub struct Attempt {
     trial: bool,
     judged: bool,
     started: Instant,
+    /// Its client span when traces are on: it ends with the attempt (a stream's with
+    /// its body).
+    span: Option<Span>,
 }
 
 /// The upstreams a request skipped, and how soon the first of them may be tried.
 #[derive(Default)]
 pub struct Skipped {
     soonest_ms: Option<u64>,
+    /// Why the last one was skipped: "open" or "full".
+    last: &'static str,
 }
 
 impl Skipped {
-    fn note(&mut self, left_ms: u64) {
+    fn note(&mut self, left_ms: u64, why: &'static str) {
         self.soonest_ms = Some(self.soonest_ms.map_or(left_ms, |s| s.min(left_ms)));
+        self.last = why;
+    }
+
+    /// Why the last upstream was skipped: its breaker is "open", or it is "full".
+    pub fn last_reason(&self) -> &'static str {
+        self.last
     }
 
     /// Whole seconds until an upstream may be tried again (at least 1).
@@ -49,13 +61,14 @@ pub fn claim(candidate: &Candidate, skipped: &mut Skipped) -> Option<Attempt> {
             trial,
             judged: false,
             started: Instant::now(),
+            span: None,
         }),
         Claim::Open { left_ms } => {
-            skipped.note(left_ms);
+            skipped.note(left_ms, "open");
             None
         }
         Claim::Full => {
-            skipped.note(0);
+            skipped.note(0, "full");
             None
         }
     }
@@ -91,6 +104,9 @@ impl Attempt {
             Err(UpstreamError::Config(..) | UpstreamError::Truncated(_)) => {
                 // Says nothing about the upstream's health; the next one is tried.
                 self.health.released(self.trial, now);
+                if let Some(span) = &mut self.span {
+                    span.fail("not_served");
+                }
                 return Some("not_served");
             }
         };
@@ -98,10 +114,41 @@ impl Attempt {
             None => self.health.succeeded(self.trial),
             Some(_) => self.health.failed(self.trial, retry_after, now),
         };
+        if let Some(span) = &mut self.span {
+            if let Ok(response) = sent {
+                span.set(
+                    "http.response.status_code",
+                    i64::from(response.status.as_u16()),
+                );
+            }
+            if let Some(failure) = failure {
+                span.fail(failure);
+            }
+            if let Some(Transition::Opened { .. }) = transition {
+                span.set("gatewayd.upstream.breaker", "opened");
+            }
+        }
         if let Some(transition) = transition {
             announce(self.health.name(), transition);
         }
         failure
+    }
+
+    /// Traces this attempt with `span`.
+    pub fn trace(&mut self, span: Span) {
+        self.span = Some(span);
+    }
+
+    /// The attempt's span, taken to be ended by the caller, which knows what followed.
+    pub fn take_span(&mut self) -> Option<Span> {
+        self.span.take()
+    }
+
+    /// Sets an attribute of the attempt's span, if it has one.
+    pub fn note(&mut self, key: &'static str, value: &'static str) {
+        if let Some(span) = &mut self.span {
+            span.set(key, value);
+        }
     }
 
     /// The answer with this place held until its body ends (streams count as in flight

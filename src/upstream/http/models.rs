@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::{HttpUpstream, BODY_FAILED};
-use crate::upstream::{ModelObject, UpstreamError};
+use crate::upstream::{ModelObject, TraceHeaders, UpstreamError};
 
 /// How long a fetched `/models` list is reused.
 const MODEL_LIST_TTL: Duration = Duration::from_secs(60);
@@ -64,6 +64,7 @@ impl HttpUpstream {
                 &self.models_uri,
                 Bytes::new(),
                 &HeaderMap::new(),
+                &TraceHeaders::default(),
             )
             .await?;
         if !response.status().is_success() {
@@ -116,7 +117,13 @@ impl HttpUpstream {
             .extend(parts);
         let uri = Uri::try_from(url.as_str()).map_err(|_| broken())?;
         let response = self
-            .call(Method::GET, &uri, Bytes::new(), &HeaderMap::new())
+            .call(
+                Method::GET,
+                &uri,
+                Bytes::new(),
+                &HeaderMap::new(),
+                &TraceHeaders::default(),
+            )
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND

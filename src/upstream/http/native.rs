@@ -4,7 +4,7 @@ use ::http::{Method, Uri};
 use bytes::Bytes;
 
 use super::HttpUpstream;
-use crate::upstream::{StoredResponseCall, UpstreamError, UpstreamResponse};
+use crate::upstream::{StoredResponseCall, TraceHeaders, UpstreamError, UpstreamResponse};
 
 impl HttpUpstream {
     /// `GET`/`DELETE …/responses/{id}` or `GET …/responses/{id}/input_items?…`. The id is
@@ -35,7 +35,13 @@ impl HttpUpstream {
         }
         let uri = Uri::try_from(url.as_str()).map_err(|_| broken())?;
         let response = self
-            .call(call.method, &uri, Bytes::new(), &call.client_headers)
+            .call(
+                call.method,
+                &uri,
+                Bytes::new(),
+                &call.client_headers,
+                &TraceHeaders::default(),
+            )
             .await?;
         Ok(self.streaming(response))
     }

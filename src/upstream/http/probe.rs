@@ -5,16 +5,18 @@ use ::http::{HeaderMap, Method};
 use bytes::Bytes;
 
 use super::HttpUpstream;
-use crate::upstream::UpstreamError;
+use crate::upstream::{TraceHeaders, UpstreamError};
 
 impl HttpUpstream {
     pub(super) async fn probe_once(&self) -> Result<(), UpstreamError> {
         let no_client_headers = HeaderMap::new();
+        let no_trace = TraceHeaders::default();
         let asked = self.call(
             Method::GET,
             &self.probe_uri,
             Bytes::new(),
             &no_client_headers,
+            &no_trace,
         );
         let response = tokio::time::timeout(self.models_timeout, asked)
             .await
