@@ -54,7 +54,8 @@ struct Entry {
 #[derive(Default)]
 struct Summaries {
     by_address: HashMap<IpAddr, Entry>,
-    /// Failures from addresses beyond `MAX_ADDRESSES`, since `overflow_since`.
+    /// Failures, and requests refused while throttled, from addresses beyond
+    /// `MAX_ADDRESSES`, since `overflow_since`.
     overflow: u64,
     overflow_since: Option<Instant>,
 }
@@ -119,9 +120,16 @@ impl Summaries {
     }
 
     fn refused(&mut self, client: IpAddr, now: Instant) {
-        if let Some(entry) = entry(self, client) {
-            entry.refused += 1;
-            entry.counting_since.get_or_insert(now);
+        match entry(self, client) {
+            Some(entry) => {
+                entry.refused += 1;
+                entry.counting_since.get_or_insert(now);
+            }
+            // Beyond the addresses summarised one by one: still counted, in the overflow line.
+            None => {
+                self.overflow += 1;
+                self.overflow_since.get_or_insert(now);
+            }
         }
     }
 }
@@ -187,7 +195,7 @@ fn sweep_summaries(summaries: &mut Summaries, now: Instant) {
     {
         tracing::info!(
             failures = summaries.overflow,
-            "failed authentications in the last minute from addresses beyond the {MAX_ADDRESSES} summarised one by one: {}",
+            "failed authentications and requests refused while throttled in the last minute from addresses beyond the {MAX_ADDRESSES} summarised one by one: {}",
             summaries.overflow
         );
         summaries.overflow = 0;
@@ -226,7 +234,8 @@ mod tests {
             summaries.refused(address(n), start);
         }
         assert_eq!(summaries.by_address.len(), MAX_ADDRESSES);
-        assert_eq!(summaries.overflow, 500);
+        // Both the failures and the refusals of the 500 untracked addresses are counted.
+        assert_eq!(summaries.overflow, 1000);
         // A minute on, every summary is written (and the overflow's one line).
         sweep_summaries(&mut summaries, start + WINDOW);
         assert!(summaries
