@@ -524,3 +524,38 @@ async fn a_new_body_limit_applies_to_new_requests() {
     assert_eq!(post(4096).await.unwrap().status(), 413);
     assert_eq!(post(16).await.unwrap().status(), 200);
 }
+
+/// A report left in the data dir by an earlier daemon (another pid, a higher count, a
+/// start time in the future as after a clock step) is never taken for this daemon's,
+/// and does not hide this daemon's answer either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_left_by_an_earlier_daemon_is_neither_taken_nor_in_the_way() {
+    let toml = "[server]\ncors_origins = [\"https://old.example\"]\n";
+    let daemon = Daemon::start("reload-old-report", toml, true);
+    let left = serde_json::json!({
+        "pid": daemon.process.child.id() + 100_000,
+        "process_start": 1,
+        "generation": 99,
+        "started_ms": 4_102_444_800_000u64, // 2100-01-01
+        "outcome": "rejected",
+        "reason": "written by an earlier daemon",
+    });
+    std::fs::write(
+        daemon.data_dir.join("gatewayd.reload"),
+        serde_json::to_vec(&left).unwrap(),
+    )
+    .unwrap();
+
+    let output = daemon.reload_with("[server]\ncors_origins = [\"https://new.example\"]\n");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("server.cors_origins"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        !stdout(&output).contains("earlier daemon"),
+        "{}",
+        stdout(&output)
+    );
+}

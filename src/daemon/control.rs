@@ -136,9 +136,15 @@ pub fn reload(located: &Located) -> Answer {
     if let Some(stale) = stale(&record, &files.pid) {
         return answer(exit::NOT_RUNNING, stale);
     }
+    // Reports are told apart by the daemon that wrote them and its own count, never by
+    // the wall clock (which may step).
     let watched = report::start_time(record.pid);
-    let before = files.read_report().map_or(0, |report| report.generation);
-    let sent_at = report::now_ms();
+    let ours =
+        |report: &report::Report| report.pid == record.pid && report.process_start == watched;
+    let before = files
+        .read_report()
+        .filter(|report| ours(report))
+        .map_or(0, |report| report.generation);
     if let Err(err) = hangup(record.pid) {
         return match err.raw_os_error() {
             Some(libc::EPERM) => answer(exit::NOT_PERMITTED, format!(
@@ -153,7 +159,7 @@ pub fn reload(located: &Located) -> Answer {
     let until = Instant::now() + WAIT;
     loop {
         if let Some(report) = files.read_report() {
-            if report.generation > before && report.started_ms >= sent_at {
+            if ours(&report) && report.generation > before {
                 return verdict(record.pid, &report);
             }
         }

@@ -35,6 +35,12 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The process that wrote it, and that process's start time (`/proc/PID/stat`), so a
+    /// report left by an earlier daemon is never taken for this one's.
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub process_start: Option<u64>,
     /// Counts the reloads of this process, from 1.
     pub generation: u64,
     /// When the reload started, in milliseconds since the Unix epoch.
@@ -61,7 +67,10 @@ pub fn now_ms() -> u64 {
 
 impl Report {
     pub fn begin(generation: u64) -> Report {
+        let pid = std::process::id();
         Report {
+            pid,
+            process_start: start_time(pid),
             generation,
             started_ms: now_ms(),
             outcome: Outcome::Pending,
