@@ -2,8 +2,9 @@
 //!
 //! The pid file holds the pid and the process's start time (from `/proc`), so a pid that
 //! the kernel has since given to another process is recognised as stale. The report is
-//! the outcome of the last reload, numbered, with the time it started: `gatewayd reload`
-//! waits for one that started after its signal.
+//! the outcome of the last reload, with the pid and start time of the daemon that wrote
+//! it and that daemon's count of reloads: `gatewayd reload` waits for a higher count from
+//! the daemon it signalled.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
