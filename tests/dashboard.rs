@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use common::sessions::{create, say};
 use common::upstream::chat_upstream;
-use common::{binary, client, start, temp_dir, KEY_A};
+use common::{binary, client, scrape_metrics, start, temp_dir, KEY_A};
 use serde_json::{json, Value};
 
 const DASHBOARD: &str = include_str!("../config/grafana/gatewayd.json");
@@ -194,15 +194,7 @@ async fn every_metric_the_dashboard_queries_exists_after_ordinary_traffic() {
     let turn = say(&gw, KEY_A, &session, "m", "hello", false).await;
     assert_eq!(turn.status(), 200);
 
-    let metrics = http
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(gw.url("/metrics"), KEY_A).await;
     let exposed: BTreeSet<&str> = metrics
         .lines()
         .filter(|line| !line.starts_with('#'))

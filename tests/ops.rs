@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use common::{binary, client, mock_upstream, start, KEY_A, KEY_B};
+use common::{binary, client, mock_upstream, scrape_metrics, start, KEY_A, KEY_B};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -302,15 +302,7 @@ async fn metrics_count_requests_and_report_overhead() {
     assert_eq!(response.status(), 200);
     let denied = client().get(gw.url("/metrics")).send().await.unwrap();
     assert_eq!(denied.status(), 401, "metrics need a key");
-    let text = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape_metrics(gw.url("/metrics"), KEY_A).await;
     let line = text
         .lines()
         .find(|l| {

@@ -13,7 +13,7 @@ mod routing_mock;
 use std::time::{Duration, Instant};
 
 use common::{assert_openai_error, client, config_from_toml, spawn_gateway, two_keys_toml};
-use common::{Gateway, KEY_A};
+use common::{scrape_metrics, Gateway, KEY_A};
 use routing_mock::{chat, quantile, upstream_state, Behaviour, Graveyard, Mock};
 use serde_json::json;
 
@@ -248,15 +248,7 @@ async fn a_pool_of_one_answers_fast_503s_with_retry_after_once_open() {
     // An open upstream is not gatewayd's fault: still ready; the metrics name it.
     let ready = client.get(gw.url("/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let metrics = client
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(gw.url("/metrics"), KEY_A).await;
     let open = format!("gatewayd_upstream_state{{upstream=\"{name}\"}} 2");
     assert!(metrics.contains(&open), "no {open} in:\n{metrics}");
     assert!(metrics.contains(&format!(

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{binary, sha256_hex, start, KEY_A};
+use common::{binary, sha256_hex, start, Process, KEY_A};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +36,28 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 /// The two floods would starve each other's timings on two cores: one test at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// gatewayd with `slots` connection slots, one key (`KEY_A`) and `extra` config; the header
+/// timeout is long, so only slot relief could cut a slow head. Returns it and its address.
+fn start_with_slots(config: &std::path::Path, slots: usize, extra: &str) -> (Process, SocketAddr) {
+    std::fs::write(
+        config,
+        format!(
+            "[limits]\nmax_connections = {slots}\nheader_read_timeout_secs = 60\n\n{extra}\
+             [[keys]]\nname = \"alice\"\nsha256 = \"{}\"\n",
+            sha256_hex(KEY_A)
+        ),
+    )
+    .unwrap();
+    let mut command = binary();
+    command
+        .args(["--port", "0", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn,gatewayd=info");
+    let process = start(command);
+    let addr = SocketAddr::from(([127, 0, 0, 1], process.addr.port()));
+    (process, addr)
+}
 
 async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -181,23 +203,8 @@ async fn silent_connections_from_many_addresses_give_way_to_a_keyed_client() {
     let dir = common::temp_dir("slots");
     let config = dir.join("gatewayd.toml");
     // Only the global limit is low: 10 per address is far under the per-address cap
-    // (256). The header timeout is long so only slot relief could cut the slow head.
-    std::fs::write(
-        &config,
-        format!(
-            "[limits]\nmax_connections = {SLOTS}\nheader_read_timeout_secs = 60\n\n\
-             [[keys]]\nname = \"alice\"\nsha256 = \"{}\"\n",
-            sha256_hex(KEY_A)
-        ),
-    )
-    .unwrap();
-    let mut command = binary();
-    command
-        .args(["--port", "0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn,gatewayd=info");
-    let process = start(command);
-    let addr = SocketAddr::from(([127, 0, 0, 1], process.addr.port()));
+    // (256).
+    let (_gateway, addr) = start_with_slots(&config, SLOTS, "");
 
     // A keep-alive connection that passed auth, then sits idle through the flood.
     let mut keepalive = connect_from("127.0.0.3", addr).await.unwrap();
@@ -288,23 +295,8 @@ async fn connections_silent_after_their_tls_handshake_give_way_too() {
     let dir = common::temp_dir("slots-tls");
     let (cert, key) = ca.server(&[HOST]).write(&dir);
     let config = dir.join("gatewayd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[limits]\nmax_connections = {TLS_SLOTS}\nheader_read_timeout_secs = 60\n\n\
-             [server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n\n\
-             [[keys]]\nname = \"alice\"\nsha256 = \"{}\"\n",
-            sha256_hex(KEY_A)
-        ),
-    )
-    .unwrap();
-    let mut command = binary();
-    command
-        .args(["--port", "0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn,gatewayd=info");
-    let process = start(command);
-    let addr = SocketAddr::from(([127, 0, 0, 1], process.addr.port()));
+    let tls = format!("[server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n\n");
+    let (_gateway, addr) = start_with_slots(&config, TLS_SLOTS, &tls);
 
     let mut roots = rustls::RootCertStore::empty();
     roots

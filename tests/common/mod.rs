@@ -156,6 +156,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The Prometheus text at `metrics_url`, scraped with `key` (it must answer 200).
+pub async fn scrape_metrics(metrics_url: String, key: &str) -> String {
+    let response = client()
+        .get(metrics_url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET /metrics");
+    response.text().await.unwrap()
+}
+
 /// The gatewayd binary with a clean environment (no inherited keys or config). With
 /// `GATEWAYD_TEST_WRAPPER` set (tests/unit_sandbox/run.sh), that program runs instead and
 /// execs the binary named in `GATEWAYD_WRAPPED_BIN`, keeping the process id.
