@@ -1,5 +1,6 @@
 //! The turn pipeline, protocol-neutral: one path from a parsed request to a stored turn, for every client protocol. Declarations and re-exports only.
 
+pub mod budget;
 pub mod decode;
 pub mod native_record;
 pub mod pipeline;

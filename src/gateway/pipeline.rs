@@ -37,6 +37,7 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     let Turn {
         owner,
+        key,
         stored,
         input,
         client_headers,
@@ -57,6 +58,14 @@ pub async fn run(
     } = resolved;
 
     let mut call = protocol.upstream_call(&context)?;
+    if let Some(key) = &key {
+        // The key's `models`: one check for every protocol, before anything goes upstream.
+        if !key.policy.allows_model(&call.request.model) {
+            return Err(ApiError::ModelNotAllowed {
+                model: call.request.model.chars().take(128).collect(),
+            });
+        }
+    }
     call.request.client_headers = client_headers;
     let candidates = candidates(gateway, &call, pinned)?;
     let prefix = call.prefix.as_deref().map(str::as_bytes);

@@ -7,6 +7,7 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::decode::{Delta, Reply};
+use crate::config::keys::ClientKey;
 use crate::store::{History, ResponseRecord};
 use crate::wire::error::ApiError;
 use crate::wire::openai::{ChatRequest, Endpoint};
@@ -31,6 +32,9 @@ pub enum Stored {
 pub struct Turn {
     /// The caller's key name: every stored thing is looked up and written under it.
     pub owner: Arc<str>,
+    /// The caller's key (its policy: models, budgets); `None` in keyless mode and for
+    /// turns that call no upstream.
+    pub key: Option<Arc<ClientKey>>,
     pub stored: Stored,
     /// This turn's new messages as JSON text: checked against the limits, then stored
     /// before the reply.

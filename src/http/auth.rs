@@ -319,6 +319,27 @@ pub fn client_headers(headers: &HeaderMap) -> std::sync::Arc<HeaderMap> {
     std::sync::Arc::new(crate::upstream::headers::forwardable(headers, token))
 }
 
+/// The caller's key as the auth layer matched it (`None` in keyless mode): its policy
+/// travels with the turn.
+pub struct Tenant(pub Option<Arc<ClientKey>>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .map(|caller| Tenant(caller.key.clone()))
+            .ok_or(ApiError::Unauthorized {
+                token_presented: false,
+            })
+    }
+}
+
 /// The caller's name, as the auth layer recorded it. Missing means the request never
 /// passed the auth layer: fail closed.
 pub struct Owner(pub std::sync::Arc<str>);

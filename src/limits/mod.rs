@@ -4,6 +4,7 @@
 //! `[limits]` settings themselves are plain data in `config/limits.rs`. Routing shares
 //! upstream health through the same Redis (`shared_redis`).
 
+mod budget;
 mod caller;
 mod local;
 mod scripts;
@@ -17,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::Limits;
 pub use crate::config::{Backend, RedisFailure, RedisUrl};
 use crate::wire::error::ApiError;
+pub use budget::Reservation;
 pub use caller::{bucket, Caller};
 pub use local::whole_seconds;
 use local::LocalLimiter;

@@ -15,6 +15,7 @@ mod retention;
 mod sessions;
 mod sqlite_files;
 mod turns;
+mod usage;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
 pub use sessions::{SessionStore, StoredMessage};
+pub use usage::{is_day, GroupBy, UsageFilter, UsageRow};
 
 /// A session as listed: no messages.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -76,6 +76,23 @@ pub enum ApiError {
         "This key's stored responses would exceed their quota of {0} bytes. Delete stored responses it no longer needs, or send \"store\": false."
     )]
     StorageQuotaExceeded(u64),
+    /// The caller's key may not use this model (`models` in its policy).
+    #[error("This key may not use the model '{model}'.")]
+    ModelNotAllowed { model: String },
+    /// A token budget of the caller's key would be passed by this request's reservation.
+    #[error(
+        "This key's {window} token budget of {limit} is spent (the request reserves {reserve} tokens); it resets at {resets_at}."
+    )]
+    BudgetExceeded {
+        /// `daily`, `monthly` or `total`.
+        window: &'static str,
+        limit: u64,
+        reserve: u64,
+        /// RFC 3339 UTC, or "never" for the total budget.
+        resets_at: String,
+        /// Seconds until the window resets; `None` for the total budget.
+        retry_after_secs: Option<u64>,
+    },
     #[error("Internal error.")]
     Internal,
     /// `[limits] redis_failure = "closed"` while Redis cannot be reached.
@@ -105,7 +122,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } | ApiError::InvalidParam { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,9 +139,9 @@ impl ApiError {
             | ApiError::LimitsUnavailable
             | ApiError::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SessionBusy => StatusCode::CONFLICT,
-            ApiError::SessionLimitReached(_) | ApiError::StorageQuotaExceeded(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::SessionLimitReached(_)
+            | ApiError::StorageQuotaExceeded(_)
+            | ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,7 +152,8 @@ impl ApiError {
             ApiError::RateLimited { .. }
             | ApiError::AuthThrottled { .. }
             | ApiError::SessionLimitReached(_)
-            | ApiError::StorageQuotaExceeded(_) => "rate_limit_error",
+            | ApiError::StorageQuotaExceeded(_)
+            | ApiError::BudgetExceeded { .. } => "rate_limit_error",
             ApiError::BadGateway
             | ApiError::GatewayTimeout
             | ApiError::Unavailable
@@ -153,6 +171,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::NotFound { code, .. } => *code,
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
             ApiError::Forbidden(_) => Some("forbidden"),
+            ApiError::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::AuthThrottled { .. } => Some("failed_auth_throttled"),
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
@@ -223,6 +243,15 @@ impl IntoResponse for ApiError {
             // and do not retry the 429.
             ApiError::StorageQuotaExceeded(_) => {
                 headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            // A spent budget does not come back by retrying soon: the SDKs must not retry.
+            ApiError::BudgetExceeded {
+                retry_after_secs, ..
+            } => {
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+                if let Some(secs) = retry_after_secs {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+                }
             }
             _ => {}
         }

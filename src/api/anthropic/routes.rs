@@ -25,7 +25,7 @@ use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{
     Complete, Encoder, Native, NativeApi, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };
-use crate::http::auth::{client_headers, Owner};
+use crate::http::auth::{client_headers, Owner, Tenant};
 use crate::http::body::read_json_body;
 use crate::store::History;
 use crate::upstream::UpstreamApi;
@@ -51,6 +51,7 @@ async fn body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes
 async fn messages(
     State(state): State<AppState>,
     Owner(owner): Owner,
+    Tenant(key): Tenant,
     headers: HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
@@ -65,7 +66,7 @@ async fn messages(
                 Some("session_id"),
             ));
         }
-        return native_turn(&state, owner, &headers, native, Endpoint::Messages).await;
+        return native_turn(&state, owner, key, &headers, native, Endpoint::Messages).await;
     }
     let t = translate(&body, state.config.responses.unsupported_tools)?;
     let (stored, input) = match &session {
@@ -77,6 +78,7 @@ async fn messages(
     };
     let turn = Turn {
         owner,
+        key,
         stored,
         input,
         client_headers: client_headers(&headers),
@@ -103,12 +105,14 @@ async fn messages(
 async fn native_turn(
     state: &AppState,
     owner: std::sync::Arc<str>,
+    key: Option<std::sync::Arc<crate::config::keys::ClientKey>>,
     headers: &HeaderMap,
     request: ChatRequest,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let turn = Turn {
         owner,
+        key,
         stored: Stored::Nothing,
         input: Vec::new(),
         client_headers: client_headers(headers),
@@ -141,14 +145,22 @@ fn native_request(
 async fn count_tokens(
     State(state): State<AppState>,
     Owner(owner): Owner,
+    Tenant(key): Tenant,
     headers: HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
     let body = body(&state, &headers, request).await?;
     if let Some(native) = native_request(&state, &body, Endpoint::CountTokens)? {
-        return native_turn(&state, owner, &headers, native, Endpoint::CountTokens).await;
+        return native_turn(&state, owner, key, &headers, native, Endpoint::CountTokens).await;
     }
     let mut t = translate_for_count(&body, &state)?;
+    if let Some(key) = &key {
+        if !key.policy.allows_model(&t.model) {
+            return Err(ApiError::ModelNotAllowed {
+                model: t.model.chars().take(128).collect(),
+            });
+        }
+    }
     t.stream = false;
     let chat = chat_body(&t, &[], None);
     let counted = tokio::task::spawn_blocking(move || tokens::estimate(&chat))

@@ -17,7 +17,7 @@ use crate::gateway::decode::Reply;
 use crate::gateway::{
     Complete, Encoder, Passthrough, Protocol, Record, Stored, Turn, UpstreamCall,
 };
-use crate::http::auth::{client_headers, Owner};
+use crate::http::auth::{client_headers, Owner, Tenant};
 use crate::http::body::read_json_body;
 use crate::store::History;
 use crate::wire::error::ApiError;
@@ -56,6 +56,7 @@ async fn embeddings(State(state): State<AppState>, request: Request) -> Result<R
 async fn turn(state: AppState, request: Request, endpoint: Endpoint) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let Owner(owner) = Owner::from_request_parts(&mut parts, &state).await?;
+    let Tenant(key) = Tenant::from_request_parts(&mut parts, &state).await?;
     let session = parts.headers.get(SESSION_HEADER);
     if endpoint != Endpoint::ChatCompletions && session.is_some() {
         return Err(ApiError::bad_request(
@@ -71,6 +72,7 @@ async fn turn(state: AppState, request: Request, endpoint: Endpoint) -> Result<R
     };
     let turn = Turn {
         owner,
+        key,
         stored,
         input,
         client_headers: client_headers(&parts.headers),

@@ -103,6 +103,7 @@ async fn append(
 ) -> Result<usize, ApiError> {
     let turn = Turn {
         owner: owner.into(),
+        key: None,
         stored: Stored::Conversation(id.to_string()),
         input: messages,
         client_headers: Default::default(),

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::api::responses::translate::{raw, Refusal};
 use crate::api::state::AppState;
+use crate::config::keys::ClientKey;
 use crate::gateway::resolve::native_holder;
 use crate::gateway::route::{respond, stored_response, Answer};
 use crate::gateway::{Native, NativeApi, Stored, Turn};
@@ -88,6 +89,7 @@ fn references_stored_items(input: Option<&RawValue>) -> bool {
 pub async fn create(
     state: &AppState,
     owner: &Arc<str>,
+    key: &Option<Arc<ClientKey>>,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Option<Response>, ApiError> {
@@ -127,6 +129,7 @@ pub async fn create(
     };
     let turn = Turn {
         owner: owner.clone(),
+        key: key.clone(),
         stored,
         input: Vec::new(),
         client_headers: client_headers(headers),

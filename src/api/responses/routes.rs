@@ -19,7 +19,7 @@ use crate::api::responses::translate::raw;
 use crate::api::responses::turn::create as create_turn;
 use crate::api::state::AppState;
 use crate::gateway::resolve::is_response_id;
-use crate::http::auth::Owner;
+use crate::http::auth::{Owner, Tenant};
 use crate::http::body::{read_body, require_json};
 use crate::store::{SessionError, StoredResponse};
 use crate::wire::error::ApiError;
@@ -34,16 +34,17 @@ pub fn routes() -> Router<AppState> {
 async fn create(
     State(state): State<AppState>,
     Owner(owner): Owner,
+    Tenant(key): Tenant,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = read_body(body, state.config.limits.max_body_bytes).await?;
     let _release = memory::release_after(body.len());
-    if let Some(passed) = native::create(&state, &owner, &headers, &body).await? {
+    if let Some(passed) = native::create(&state, &owner, &key, &headers, &body).await? {
         return Ok(passed);
     }
-    create_turn(&state, owner, &headers, body).await
+    create_turn(&state, owner, key, &headers, body).await
 }
 
 /// Unknown, malformed, `store: false` and another key's ids: all the same 404.

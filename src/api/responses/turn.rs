@@ -18,6 +18,7 @@ use crate::api::responses::translate::responses_reply::{
 };
 use crate::api::responses::translate::responses_stream::StreamTranslator;
 use crate::api::state::AppState;
+use crate::config::keys::ClientKey;
 use crate::gateway::decode::{Delta, Reply};
 use crate::gateway::{Complete, Encoder, Protocol, Record, Stored, Turn, UpstreamCall};
 use crate::http::auth::client_headers;
@@ -32,6 +33,7 @@ pub const DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-gatewayd-droppe
 pub async fn create(
     state: &AppState,
     owner: Arc<str>,
+    key: Option<Arc<ClientKey>>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -60,6 +62,7 @@ pub async fn create(
     }
     let turn = Turn {
         owner,
+        key,
         stored,
         input: input.clone(),
         client_headers: client_headers(headers),

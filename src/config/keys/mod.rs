@@ -5,6 +5,7 @@ pub mod file;
 mod policy;
 mod secret;
 mod set;
+mod tenancy;
 
 pub use policy::{
     check_strength, is_token68, Alphabet, WeakKey, MAX_RUN, MIN_DISTINCT_CHARS, MIN_ENTROPY_BITS,
@@ -15,6 +16,7 @@ pub use set::{
     digest, encode_key, generate, load, ClientKey, Env, KeyDigest, KeyEntry, KeyError, KeySet,
     ProcessEnv,
 };
+pub use tenancy::{KeyOrigin, KeyPolicy};
 
 #[cfg(test)]
 mod tests;

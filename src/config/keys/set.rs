@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use super::file::{self as keyfile, KeyFileError};
 use super::policy::{check_strength, WeakKey};
 use super::secret::Secret;
+use super::tenancy::{KeyOrigin, KeyPolicy};
 
 /// SHA-256 of a key; what gatewayd keeps and compares instead of the key itself.
 pub type KeyDigest = [u8; 32];
@@ -25,6 +26,9 @@ pub struct ClientKey {
     /// Per-key overrides of `[limits]`; `None` uses the global value.
     pub requests_per_minute: Option<u32>,
     pub concurrent_requests: Option<u32>,
+    /// Models, token budgets, expiry and the disabled switch.
+    pub policy: KeyPolicy,
+    pub origin: KeyOrigin,
 }
 
 impl fmt::Debug for ClientKey {
@@ -175,6 +179,8 @@ pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
             digest: digest(secret.expose().as_bytes()),
             requests_per_minute: None,
             concurrent_requests: None,
+            policy: KeyPolicy::default(),
+            origin: KeyOrigin::Config,
         });
     }
     for entry in entries {
@@ -216,6 +222,8 @@ fn parse_entry(entry: &KeyEntry) -> Result<ClientKey, KeyError> {
         digest,
         requests_per_minute: entry.requests_per_minute,
         concurrent_requests: entry.concurrent_requests,
+        policy: KeyPolicy::default(),
+        origin: KeyOrigin::Config,
     })
 }
 
