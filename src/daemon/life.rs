@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::GuardError;
+use super::key_book::KeyBook;
 use super::reload::Reloads;
 use super::report::ReportFiles;
 use super::startup::{self, StartupError};
@@ -142,9 +143,21 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
             store.spawn_response_retention(age, shutdown.clone());
         }
     }
+    let book = KeyBook::new(state.keys.clone());
+    if let Some(store) = &state.sessions {
+        book.clone()
+            .start_polling(store.clone(), shutdown.clone())
+            .await;
+    }
     let router = live(app(state.clone()));
     let metrics_router = (!metrics_listeners.is_empty()).then(|| live(metrics_app(state.clone())));
-    let running = Running::new(args, state.clone(), router.clone(), metrics_router.clone());
+    let running = Running::new(
+        args,
+        state.clone(),
+        router.clone(),
+        metrics_router.clone(),
+        book,
+    );
     tokio::spawn(handle_signals(
         signals,
         Reloads::start(Arc::new(running), Some(report_files.clone())),

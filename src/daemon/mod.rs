@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod guard;
+pub mod key_book;
 pub mod life;
 pub mod reload;
 pub mod report;

@@ -1,5 +1,6 @@
 //! Server-side conversation sessions: types, ids, storage errors and the store over SQLite or PostgreSQL.
 
+mod api_keys;
 mod cache;
 mod chain;
 mod group;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use crate::wire::error::ApiError;
 
 pub use crate::config::SessionLimits;
+pub use api_keys::{Created, StoredKey};
 pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
