@@ -124,6 +124,9 @@ fn check_config(verdict: &Verdict) -> ExitCode {
     if let Some(addrs) = &verdict.plan.metrics {
         println!("metrics on: {}", show(addrs));
     }
+    if let Some(addrs) = &verdict.plan.admin {
+        println!("admin API on: {}", show(addrs));
+    }
     let config = &verdict.config;
     println!("auth: {}", auth_mode(&verdict.keys));
     if let Some(tls) = &config.tls {
