@@ -58,6 +58,12 @@ fn main() -> ExitCode {
     if let Some(Command::Reload) = cli.command {
         return reload(&cli.serve);
     }
+    if let Some(Command::Keys { action }) = cli.command {
+        return match daemon::keys_cli::run(&cli.serve, &ProcessEnv, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fatal(message, 1),
+        };
+    }
     // One judgment for both commands: check-config prints it, serve acts on it.
     let verdict = match verdict::judge(&cli.serve, &ProcessEnv, &SystemResolver) {
         Ok(verdict) => verdict,

@@ -129,6 +129,13 @@ pub enum SessionError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("session storage setup failed: {0}")]
     Setup(String),
+    /// Another process (a running gatewayd) holds the SQLite data dir's owner lock.
+    #[error(
+        "the data dir {0} is in use by another gatewayd process. SQLite sessions serve one \
+             instance; give each instance its own --data-dir, or share sessions through \
+             PostgreSQL ([sessions] database_url)"
+    )]
+    InUse(String),
 }
 
 /// `sess_` + 128 random bits as 32 lowercase hex characters. Never derived from content.
@@ -179,7 +186,10 @@ impl SessionError {
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,
-            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_)
+            SessionError::Storage(_)
+                | SessionError::Migration(_)
+                | SessionError::Setup(_)
+                | SessionError::InUse(_)
         )
     }
 }
@@ -211,9 +221,10 @@ impl From<SessionError> for ApiError {
                 code: Some("previous_response_not_found"),
             },
             // Counted and logged (operation and cause) where it happened, in the store.
-            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
-                ApiError::StorageUnavailable
-            }
+            SessionError::Storage(_)
+            | SessionError::Migration(_)
+            | SessionError::Setup(_)
+            | SessionError::InUse(_) => ApiError::StorageUnavailable,
         }
     }
 }
