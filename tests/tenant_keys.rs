@@ -38,11 +38,7 @@ async fn post(gw: &Gateway, path: &str, key: &str, body: Value) -> (u16, Value) 
     if path == "/v1/messages" {
         request = request.header("anthropic-version", "2023-06-01");
     }
-    let response = request
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = request.json(&body).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -94,7 +90,10 @@ async fn a_disallowed_model_is_refused_on_every_protocol() {
     let (status, body) = post(&gw, "/v1/chat/completions", KEY_A, chat("gpt-4o-mini")).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = post(&gw, "/v1/chat/completions", KEY_B, chat("o3")).await;
-    assert_eq!(status, 200, "a key without `models` may use every model: {body}");
+    assert_eq!(
+        status, 200,
+        "a key without `models` may use every model: {body}"
+    );
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
