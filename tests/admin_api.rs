@@ -448,3 +448,88 @@ fn bad_admin_setups_refuse_to_start() {
     let stdout = String::from_utf8(output_within(command, Duration::from_secs(30)).stdout).unwrap();
     assert!(!stdout.contains("admin"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_keeps_the_runtime_keys_last_read() {
+    use gatewayd::config::keys::{digest, KeySet, KeySettings};
+    use gatewayd::daemon::key_book::KeyBook;
+    let dir = temp_dir("admin-outage");
+    let store = std::sync::Arc::new(
+        gatewayd::sessions::SessionStore::open_sqlite(&dir, Default::default())
+            .await
+            .unwrap(),
+    );
+    let settings = KeySettings::default();
+    store
+        .create_key("kept", &digest(KEY_B.as_bytes()), &settings)
+        .await
+        .unwrap();
+    let published = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(KeySet::default()));
+    let book = KeyBook::new(published.clone());
+    assert!(!book.refresh(&store, false).await, "the first read failed");
+    assert_eq!(published.load().names(), ["kept"]);
+    // The table disappears from under the store: reads fail, and the keys stay.
+    let url = format!("sqlite://{}", dir.join("sessions.db").display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("ALTER TABLE api_keys RENAME TO api_keys_away")
+        .execute(&raw)
+        .await
+        .unwrap();
+    assert!(book.refresh(&store, false).await, "the read did not fail");
+    assert!(book.refresh(&store, true).await);
+    assert_eq!(
+        published.load().names(),
+        ["kept"],
+        "an outage emptied the key set"
+    );
+    // Back again: the next read is in force (here, a revocation made meanwhile).
+    sqlx::query("ALTER TABLE api_keys_away RENAME TO api_keys")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM api_keys")
+        .execute(&raw)
+        .await
+        .unwrap();
+    assert!(!book.refresh(&store, true).await);
+    assert!(published.load().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_runtime_keys_in_force() {
+    let dir = temp_dir("admin-reload");
+    let config = write_config(&dir, "");
+    let gw = daemon(&config);
+    let (status, created) = call(
+        "POST",
+        &admin_url(&gw, "/admin/v1/keys"),
+        ADMIN,
+        Some(json!({"name": "runtime-one"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_string();
+    until_status(&gw.url("/v1/models"), &key, 200).await;
+    // A reload that changes the config keys (adds one).
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let entry = format!(
+        "\n[[keys]]\nname = \"added\"\nsha256 = \"{}\"\n",
+        common::sha256_hex(KEY_B)
+    );
+    std::fs::write(&config, format!("{toml}{entry}")).unwrap();
+    let mut command = binary();
+    command
+        .env_remove("GATEWAYD_DATA_DIR")
+        .env("API_SERVER_KEY", KEY_A)
+        .env("GATEWAYD_ADMIN_KEY", ADMIN)
+        .arg("reload")
+        .arg("--config")
+        .arg(&config);
+    let reloaded = output_within(command, Duration::from_secs(60));
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    // Straight after the reload, before any poll could put them back: both kinds work.
+    let (status, _) = call("GET", &gw.url("/v1/models"), &key, None).await;
+    assert_eq!(status, 200, "the reload dropped the runtime key");
+    let (status, _) = call("GET", &gw.url("/v1/models"), KEY_B, None).await;
+    assert_eq!(status, 200, "the reload did not add the config key");
+}

@@ -80,20 +80,22 @@ impl KeyBook {
         store: Arc<SessionStore>,
         shutdown: CancellationToken,
     ) {
-        let mut failing = self.poll(&store, false).await;
+        let mut failing = self.refresh(&store, false).await;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(POLL_INTERVAL) => {}
                 }
-                failing = self.poll(&store, failing).await;
+                failing = self.refresh(&store, failing).await;
             }
         });
     }
 
-    /// One read; returns whether the store is failing now.
-    async fn poll(&self, store: &SessionStore, failing: bool) -> bool {
+    /// One read of the runtime keys, published with the config keys. Returns whether
+    /// the store is failing now; `failing` says whether it was (an outage is logged at
+    /// its start and end only). On failure the keys read last stay.
+    pub async fn refresh(&self, store: &SessionStore, failing: bool) -> bool {
         match store.list_keys().await {
             Ok(stored) => {
                 if failing {
