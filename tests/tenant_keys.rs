@@ -35,7 +35,7 @@ async fn gateway() -> (Gateway, common::upstream::Seen) {
 
 async fn post(gw: &Gateway, path: &str, key: &str, body: Value) -> (u16, Value) {
     let mut request = client().post(gw.url(path)).bearer_auth(key);
-    if path == "/v1/messages" {
+    if path.starts_with("/v1/messages") {
         request = request.header("anthropic-version", "2023-06-01");
     }
     let response = request.json(&body).send().await.unwrap();
@@ -64,6 +64,12 @@ async fn a_disallowed_model_is_refused_on_every_protocol() {
     let routes = [
         ("/v1/chat/completions", chat("o3")),
         ("/v1/responses", json!({"model": "o3", "input": "hi"})),
+        ("/v1/completions", json!({"model": "o3", "prompt": "hi"})),
+        ("/v1/embeddings", json!({"model": "o3", "input": "hi"})),
+        (
+            "/v1/messages/count_tokens",
+            json!({"model": "o3", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
         (
             "/v1/messages",
             json!({"model": "o3", "max_tokens": 16,
@@ -75,7 +81,7 @@ async fn a_disallowed_model_is_refused_on_every_protocol() {
         assert_eq!(status, 403, "{path}: {body}");
         match path {
             // Anthropic's error shape: `permission_error` is its 403.
-            "/v1/messages" => {
+            "/v1/messages" | "/v1/messages/count_tokens" => {
                 assert_eq!(body["error"]["type"], "permission_error", "{body}");
                 let message = body["error"]["message"].as_str().unwrap();
                 assert!(message.contains("may not use the model 'o3'"), "{body}");
