@@ -195,6 +195,7 @@ pub fn binary() -> Command {
         "LISTEN_PID",
         "NOTIFY_SOCKET",
         "API_SERVER_CORS_ORIGINS",
+        "GATEWAYD_ADMIN_KEY",
     ] {
         command.env_remove(var);
     }
