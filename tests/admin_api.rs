@@ -533,3 +533,92 @@ async fn a_reload_keeps_the_runtime_keys_in_force() {
     let (status, _) = call("GET", &gw.url("/v1/models"), KEY_B, None).await;
     assert_eq!(status, 200, "the reload did not add the config key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_shown_per_window_and_reported_by_group() {
+    let dir = temp_dir("admin-usage");
+    let config = write_config(&dir, "");
+    // The CLI creates (and migrates) the store; rows are then written as the meter would.
+    let created = keys_cli(&config, &["create", "--name", "metered"]);
+    assert!(created.status.success(), "{created:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let today = gatewayd::wire::time::rfc3339(now)[..10].to_string();
+    let last_year = gatewayd::wire::time::rfc3339(now - 366 * 86_400)[..10].to_string();
+    let url = format!("sqlite://{}", dir.join("data/sessions.db").display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    for (model, day, input, output) in [
+        ("echo", today.as_str(), 100, 50),
+        ("gpt-4o", today.as_str(), 10, 5),
+        ("echo", last_year.as_str(), 1000, 500),
+    ] {
+        sqlx::query(
+            "INSERT INTO token_usage (key_name, model, day, input_tokens, output_tokens, requests) \
+             VALUES ('metered', $1, $2, $3, $4, 1)",
+        )
+        .bind(model)
+        .bind(day)
+        .bind(input)
+        .bind(output)
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    raw.close().await;
+    let gw = daemon(&config);
+    let (status, body) = call(
+        "GET",
+        &admin_url(&gw, "/admin/v1/keys/metered"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let usage = &body["usage"];
+    assert_eq!(usage["day"]["tokens"], 165, "{body}");
+    assert_eq!(usage["month"]["tokens"], 165, "{body}");
+    assert_eq!(usage["total"]["tokens"], 1665, "{body}");
+    assert_eq!(usage["total"]["requests"], 3, "{body}");
+    let report = admin_url(&gw, "/admin/v1/usage");
+    let (_, by_model) = call(
+        "GET",
+        &format!("{report}?key=metered&group_by=model"),
+        ADMIN,
+        None,
+    )
+    .await;
+    let rows: Vec<(String, i64, Value)> = by_model["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["model"].as_str().unwrap().to_string(),
+                r["input_tokens"].as_i64().unwrap(),
+                r["day"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("echo".into(), 1100, Value::Null),
+            ("gpt-4o".into(), 10, Value::Null)
+        ]
+    );
+    let (_, today_rows) = call(
+        "GET",
+        &format!("{report}?from={today}&to={today}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        today_rows["data"].as_array().unwrap().len(),
+        2,
+        "{today_rows}"
+    );
+    assert_eq!(today_rows["data"][0]["day"], today.as_str());
+}
