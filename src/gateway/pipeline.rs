@@ -69,6 +69,12 @@ pub async fn run(
         }
     }
     call.request.client_headers = client_headers;
+    // Every streamed chat turn asks for its usage; a client that did not ask is not sent it.
+    let strip_usage = call.native.is_none()
+        && call.endpoint == Endpoint::ChatCompletions
+        && call.request.stream
+        && !call.request.ask_stream_usage()
+        && !protocol.translates();
     let candidates = candidates(gateway, &call, pinned)?;
     // The turn's tokens: reserved against the key's budgets now, settled once after.
     let meter = match (call.endpoint, candidates.first()) {
@@ -159,13 +165,16 @@ pub async fn run(
                 upstream.body = native_record::tap(upstream.body, native, api);
             }
             let native = call.native.map(|_| shape);
-            let settler = Settler::new(
+            let mut settler = Settler::new(
                 protocol.encoder(),
                 settlement,
                 protocol.translates(),
                 meter,
                 native,
             );
+            if strip_usage {
+                settler = settler.strip_usage_chunk();
+            }
             respond_stream(gateway, upstream, settler)
         }
     };
