@@ -388,3 +388,72 @@ on_both_backends!(
     responses_and_messages_usage_is_exact,
     a_client_that_leaves_mid_stream_is_an_estimate,
 );
+
+/// The usage of a turn answered just before SIGTERM is in the store once gatewayd has
+/// exited: read back by this process reopening the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_written_before_the_daemon_exits() {
+    let url = common::mock_upstream(
+        Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(Seen::default()),
+    )
+    .await;
+    let dir = common::temp_dir("usage-stop");
+    let data = dir.join("data");
+    let path = dir.join("gatewayd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[[upstreams]]\nname = \"chat\"\nbase_url = \"{url}\"\nmodels = [\"gpt-u\"]\n",
+            common::named_keys_toml("stopper", "other")
+        ),
+    )
+    .unwrap();
+    let mut command = common::binary();
+    command.args(["--port", "0", "--config"]).arg(&path);
+    command.env("GATEWAYD_DATA_DIR", &data);
+    let mut process = common::start(command);
+    let (status, body) = {
+        let response = client()
+            .post(process.url("/v1/chat/completions"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"model": "gpt-u", "messages": user("hi")}))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    assert_eq!(status, 200, "{body}");
+    let pid = process.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = process.child.wait().unwrap();
+        (status, process)
+    });
+    let (status, process) = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .expect("SIGTERM was not obeyed within 30 s")
+        .unwrap();
+    assert!(status.success(), "{}", process.stderr());
+
+    let limits = config_from_toml("").sessions.limits();
+    let store = gatewayd::store::SessionStore::open_sqlite(&data, limits)
+        .await
+        .unwrap();
+    let rows = store
+        .usage_rows(&UsageFilter {
+            key: Some("stopper".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].model.as_deref(), Some("gpt-u"));
+    assert_eq!(rows[0].requests, 1);
+    assert_exact(&rows[0], CHAT, 1);
+}

@@ -69,9 +69,13 @@ pub async fn run(
         }
     }
     call.request.client_headers = client_headers;
-    // Every streamed chat turn asks for its usage; a client that did not ask is not sent it.
+    // Every streamed chat (and completions) turn asks for its usage; a client that did
+    // not ask is not sent it.
     let strip_usage = call.native.is_none()
-        && call.endpoint == Endpoint::ChatCompletions
+        && matches!(
+            call.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
         && call.request.stream
         && !call.request.ask_stream_usage()
         && !protocol.translates();

@@ -303,15 +303,17 @@ fn meter_deltas(meter: &mut Meter, deltas: &[Delta]) {
     }
 }
 
-/// Step 6 for tokens, at a stream's end: the usage it reported, or (without a report)
-/// an estimate of what it produced, or a refund if it produced nothing.
+/// Step 6 for tokens, at a complete stream's end: the usage it reported, or (without a
+/// report) an estimate of what it produced, or a refund if it ended in an error before
+/// any output.
 fn settle_meter(meter: Option<Meter>, native: Option<&NativeUsage>, decoder: &ChatDecoder) {
     if let Some(meter) = meter {
         let usage = match native {
             Some(native) => native.usage(),
             None => decoder.usage(),
         };
-        meter.settle(usage, false);
+        // A stream that completed produced an answer (unless it reported an error).
+        meter.settle(usage, !decoder.incomplete());
     }
 }
 

@@ -6,6 +6,6 @@ pub mod sse;
 mod strip;
 mod usage;
 
-pub use chat::{ChatDecoder, Delta, Reply, Usage};
+pub use chat::{ChatDecoder, Delta, Reply};
 pub use strip::UsageChunkStrip;
-pub use usage::{NativeUsage, Shape};
+pub use usage::{NativeUsage, Shape, Usage};
