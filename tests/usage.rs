@@ -390,7 +390,8 @@ on_both_backends!(
 );
 
 /// The usage of a turn answered just before SIGTERM is in the store once gatewayd has
-/// exited: read back by this process reopening the database.
+/// exited: read back by this process reopening the database. With
+/// `token_metrics_by_key = false` the metric has no `key` label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_written_before_the_daemon_exits() {
     let url = common::mock_upstream(
@@ -405,7 +406,7 @@ async fn usage_is_written_before_the_daemon_exits() {
     std::fs::write(
         &path,
         format!(
-            "{}\n[[upstreams]]\nname = \"chat\"\nbase_url = \"{url}\"\nmodels = [\"gpt-u\"]\n",
+            "[telemetry]\ntoken_metrics_by_key = false\n\n{}\n[[upstreams]]\nname = \"chat\"\nbase_url = \"{url}\"\nmodels = [\"gpt-u\"]\n",
             common::named_keys_toml("stopper", "other")
         ),
     )
@@ -425,6 +426,18 @@ async fn usage_is_written_before_the_daemon_exits() {
         (response.status(), response.text().await.unwrap())
     };
     assert_eq!(status, 200, "{body}");
+    let metrics = common::scrape_metrics(process.url("/metrics"), KEY_A).await;
+    let tokens: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gatewayd_tokens_total{"))
+        .collect();
+    assert!(
+        tokens
+            .iter()
+            .any(|l| l.contains("kind=\"input\"") && l.ends_with(" 11")),
+        "{metrics}"
+    );
+    assert!(tokens.iter().all(|l| !l.contains("key=")), "{tokens:?}");
     let pid = process.child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

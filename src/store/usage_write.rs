@@ -179,3 +179,57 @@ async fn upsert(writer: &Writer, rows: &HashMap<RowKey, Sums>) -> Result<(), Ses
     .await;
     writer.finish("usage", conn, result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{flush, TokenCounts, UsageBuffer};
+    use crate::store::{SessionLimits, SessionStore, UsageFilter};
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_counts_for_the_next() {
+        let dir = std::env::temp_dir().join(format!(
+            "gatewayd-usage-{}",
+            super::super::random_hex().unwrap()
+        ));
+        let store = SessionStore::open_sqlite(&dir, SessionLimits::default())
+            .await
+            .unwrap();
+        let fault = "CREATE TRIGGER fault BEFORE INSERT ON token_usage \
+                     BEGIN SELECT RAISE(ABORT, 'injected fault'); END";
+        store
+            .writer
+            .execute("test", sqlx::query(fault))
+            .await
+            .unwrap();
+        // Its own buffer, so the store's flusher never takes these rows.
+        let buffer = UsageBuffer::default();
+        let turn = TokenCounts {
+            input: 10,
+            output: 4,
+            cached_input: 2,
+            reasoning: 1,
+        };
+        buffer.add_turn("k", "m", &turn, false);
+        let failed = flush(&store.writer, &buffer).await;
+        assert!(failed.is_err_and(|e| e.is_storage_failure()));
+        buffer.add_turn("k", "m", &turn, true);
+
+        let heal = sqlx::query("DROP TRIGGER fault");
+        store.writer.execute("test", heal).await.unwrap();
+        flush(&store.writer, &buffer).await.unwrap();
+        flush(&store.writer, &buffer).await.unwrap();
+        let rows = store.usage_rows(&UsageFilter::default()).await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let row = &rows[0];
+        assert_eq!(
+            (
+                row.input_tokens,
+                row.output_tokens,
+                row.cached_input_tokens,
+                row.reasoning_tokens
+            ),
+            (20, 8, 4, 2)
+        );
+        assert_eq!((row.requests, row.estimated_requests), (2, 1));
+    }
+}
