@@ -4,12 +4,13 @@
 //! 2. check the session limits, one rule for every protocol ([`SessionStore::admits`]);
 //! 3. build the upstream request (the adapter's [`Protocol::upstream_call`]), with the
 //!    client headers the turn carries;
-//! 4. route with fallback (`proxy::forward_to`), pinned to the upstream that holds a
-//!    native response;
+//! 4. open the turn's token meter (`meter.rs`: the key's budget is reserved), then route
+//!    with fallback (`proxy::forward_to`), pinned to the upstream that holds a native
+//!    response;
 //! 5. relay: a whole answer is read once into a [`Reply`]; a stream passes through the
 //!    [`Settler`], which decodes it once and lets the adapter's encoder shape it;
 //! 6. settle: commit the turn, or record the native response id, before the client sees
-//!    the end of the answer, and hand the usage on;
+//!    the end of the answer, and settle the meter (exact usage, an estimate, or a refund);
 //! 7. release: the lease lives in the settlement, so every exit — a failed commit, an
 //!    upstream error, a truncated stream, a client that left — drops and releases it.
 
