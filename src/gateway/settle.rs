@@ -5,12 +5,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use super::decode::{ChatDecoder, Delta, Reply};
+use super::decode::{ChatDecoder, Delta, NativeUsage, Reply, Shape, UsageChunkStrip};
+use super::meter::Meter;
 use super::relay::{Ending, Flow, StreamTap};
 use super::turn::{Encoder, Record};
 use crate::store::{SessionLease, SessionStore};
 use crate::telemetry::traces::{self, Kind};
-use crate::telemetry::RequestTiming;
 use crate::wire::error::ApiError;
 
 /// What a turn stores once its reply is complete. Holding it holds the session's lease:
@@ -65,20 +65,34 @@ pub struct Settler {
     held: Bytes,
     /// The `[DONE]` line began in an earlier chunk, so part of it was sent already.
     split_end: bool,
-    /// The request's record: the stream ends after its handler has returned.
-    request: Option<Arc<RequestTiming>>,
     /// With traces on, a stream nobody decodes is read once more for its model, usage
     /// and finish reason only (the client's bytes are unaffected; no content is kept).
     observer: Option<ChatDecoder>,
+    /// The reply must be whole to be used (a translating protocol, or a turn that
+    /// stores): an error inside the stream then ends it with an error.
+    checks: bool,
+    /// The turn's tokens: settled with the stream's usage at its end, or (dropped with
+    /// this tap when the stream fails or the client leaves) estimated from what was seen.
+    meter: Option<Meter>,
+    /// A native stream's usage and output text (its events are not chat chunks).
+    native: Option<NativeUsage>,
+    /// Removes the usage chunk gatewayd asked for from a chat client's stream when the
+    /// client did not ask for it.
+    strip: Option<UsageChunkStrip>,
 }
 
 impl Settler {
+    /// `native`: the shape of a native stream's events (`None` for chat chunks).
     pub fn new(
         encoder: Box<dyn Encoder>,
         settlement: Option<Settlement>,
-        decode: bool,
+        translates: bool,
+        meter: Option<Meter>,
+        native: Option<Shape>,
     ) -> Box<Self> {
-        let decode = decode || settlement.is_some();
+        let checks = translates || settlement.is_some();
+        // Metering a chat stream reads its usage chunk and its deltas (for an estimate).
+        let decode = checks || (meter.is_some() && native.is_none());
         let observer = (!decode && traces::enabled()).then(ChatDecoder::summary);
         Box::new(Settler {
             decoder: match decode {
@@ -90,20 +104,55 @@ impl Settler {
             settlement,
             held: Bytes::new(),
             split_end: false,
-            request: crate::telemetry::current(),
             observer,
+            checks,
+            native: native.filter(|_| meter.is_some()).map(NativeUsage::new),
+            meter,
+            strip: None,
         })
+    }
+
+    /// The client did not ask for the usage chunk gatewayd asked the upstream for: it is
+    /// removed from what the client gets (and still read for the turn's usage).
+    pub fn strip_usage_chunk(mut self: Box<Self>) -> Box<Self> {
+        self.strip = Some(UsageChunkStrip::default());
+        self
+    }
+
+    /// An unfinished last event the strip still holds, before the stream's last bytes.
+    fn with_rest(strip: Option<UsageChunkStrip>, ending: Bytes) -> Bytes {
+        match strip.map(|mut strip| strip.rest()) {
+            Some(rest) if !rest.is_empty() => [rest, ending].concat().into(),
+            _ => ending,
+        }
     }
 }
 
 impl StreamTap for Settler {
     fn chunk(&mut self, bytes: Bytes) -> Flow {
         self.deltas.clear();
+        let bytes = match &mut self.strip {
+            Some(strip) => {
+                let stripped = strip.push(bytes);
+                if let Some(removed) = stripped.removed {
+                    // Read for its usage only; it carries no delta.
+                    self.decoder.push(&removed, &mut self.deltas);
+                }
+                stripped.send
+            }
+            None => bytes,
+        };
         let done_at = self.decoder.push(&bytes, &mut self.deltas);
         if let Some(observer) = &mut self.observer {
             // Its deltas (only `Done`) are not the encoder's business.
             observer.push(&bytes, &mut self.deltas);
             self.deltas.clear();
+        }
+        if let Some(meter) = &mut self.meter {
+            match &mut self.native {
+                Some(native) => native.push(&bytes, |text| meter.saw_output(text)),
+                None => meter_deltas(meter, &self.deltas),
+            }
         }
         let encoded = self.encoder.chunk(&bytes, &self.deltas);
         match (done_at, encoded) {
@@ -130,23 +179,31 @@ impl StreamTap for Settler {
                 decoder,
                 mut encoder,
                 held,
-                request,
                 observer,
+                checks,
+                meter,
+                native,
+                strip,
                 ..
             } = *self;
             if let Some(observer) = observer {
                 trace_reply(&observer.reply());
+            } else if !checks && decoder.decodes() && traces::enabled() {
+                // Decoded for the meter only: the trace reads the same reply.
+                trace_reply(&decoder.reply());
             }
-            let made = match (decoder.decodes(), decoder.incomplete()) {
+            settle_meter(meter, native.as_ref(), &decoder);
+            let made = match (checks, decoder.incomplete()) {
                 (true, true) => Err(incomplete_reply()),
                 (true, false) => {
                     let reply = decoder.reply();
-                    hand_on_usage(&reply, request.as_deref());
+                    trace_reply(&reply);
                     encoder.record(&reply).map(drop)
                 }
                 (false, _) => Ok(()),
             };
-            return Ending::Now(encoder.done(made.as_ref().map(|_| ())).unwrap_or(held));
+            let ending = encoder.done(made.as_ref().map(|_| ())).unwrap_or(held);
+            return Ending::Now(Settler::with_rest(strip, ending));
         }
         Ending::Settled(
             async move {
@@ -156,28 +213,32 @@ impl StreamTap for Settler {
                     settlement,
                     held,
                     split_end,
-                    request,
+                    meter,
+                    native,
+                    strip,
                     ..
                 } = *self;
+                settle_meter(meter, native.as_ref(), &decoder);
                 let settled = match settlement {
                     None => Ok(()),
                     // The upstream reported an error, or a line was lost: not stored.
                     Some(_) if decoder.incomplete() => Err(incomplete_reply()),
                     Some(settlement) => {
                         let reply = decoder.reply();
-                        hand_on_usage(&reply, request.as_deref());
+                        trace_reply(&reply);
                         match encoder.record(&reply) {
                             Ok(record) => settlement.commit(record).await,
                             Err(error) => Err(error),
                         }
                     }
                 };
-                match encoder.done(settled.as_ref().map(drop)) {
+                let ending = match encoder.done(settled.as_ref().map(drop)) {
                     // In place of `data: [DONE]`; a half-sent `[DONE]` line is closed first.
                     Some(ending) if split_end => [&b"\n\n"[..], &ending].concat().into(),
                     Some(ending) => ending,
                     None => held,
-                }
+                };
+                Settler::with_rest(strip, ending)
             }
             .boxed(),
         )
@@ -226,17 +287,34 @@ fn end_of_done(bytes: &[u8], at: usize) -> usize {
     }
 }
 
-/// Step 6's hand-off of the upstream's reported token usage (counted for operators, and
-/// noted on the request for its access log line), and of what the reply says about
-/// itself to the request's trace.
-pub fn hand_on_usage(reply: &Reply, request: Option<&RequestTiming>) {
-    if let Some(usage) = &reply.usage {
-        crate::telemetry::record_tokens(usage.input_tokens, usage.output_tokens);
-        if let Some(request) = request {
-            request.set_tokens(usage.input_tokens, usage.output_tokens);
+/// The output text a chat stream's deltas carry, for the meter's estimate.
+fn meter_deltas(meter: &mut Meter, deltas: &[Delta]) {
+    for delta in deltas {
+        match delta {
+            Delta::Text(text) | Delta::Refusal(text) => meter.saw_output(text),
+            Delta::ToolCall {
+                name, arguments, ..
+            } => {
+                meter.saw_output(name);
+                meter.saw_output(arguments);
+            }
+            Delta::Finish(_) | Delta::Done => {}
         }
     }
-    trace_reply(reply);
+}
+
+/// Step 6 for tokens, at a complete stream's end: the usage it reported, or (without a
+/// report) an estimate of what it produced, or a refund if it ended in an error before
+/// any output.
+fn settle_meter(meter: Option<Meter>, native: Option<&NativeUsage>, decoder: &ChatDecoder) {
+    if let Some(meter) = meter {
+        let usage = match native {
+            Some(native) => native.usage(),
+            None => decoder.usage(),
+        };
+        // A stream that completed produced an answer (unless it reported an error).
+        meter.settle(usage, !decoder.incomplete());
+    }
 }
 
 /// Labels the request's span with the reply's model, finish reason and token counts
