@@ -96,6 +96,15 @@ impl Reservation {
     }
 }
 
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("reserved", &self.reserved)
+            .field("settled", &self.held.is_none())
+            .finish()
+    }
+}
+
 impl Drop for Reservation {
     /// Unsettled: the turn spent nothing, and the reservation is refunded.
     fn drop(&mut self) {
