@@ -7,6 +7,8 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::state::AppState;
+use crate::config::keys::ClientKey;
+use crate::http::auth::Tenant;
 use crate::upstream::CatalogError;
 use crate::wire::error::ApiError;
 
@@ -19,9 +21,15 @@ pub fn routes() -> Router<AppState> {
 
 async fn list_models(
     State(state): State<AppState>,
+    Tenant(key): Tenant,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let data = state.upstreams.list_models().await.map_err(unavailable)?;
+    let mut data = state.upstreams.list_models().await.map_err(unavailable)?;
+    // Only what the caller's key may use (its `models` policy).
+    data.retain(|model| {
+        let id = model.get("id").and_then(Value::as_str).unwrap_or_default();
+        may_use(key.as_deref(), id)
+    });
     if headers.contains_key("anthropic-version") {
         return Ok(axum::Json(anthropic_list(&data)));
     }
@@ -48,11 +56,23 @@ fn anthropic_list(models: &[Value]) -> Value {
     })
 }
 
+/// Whether the caller's key (none in keyless mode) may use model `id`.
+fn may_use(key: Option<&ClientKey>, id: &str) -> bool {
+    key.is_none_or(|key| key.policy.allows_model(id))
+}
+
 async fn retrieve_model(
     State(state): State<AppState>,
+    Tenant(key): Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    match state.upstreams.find_model(&id).await.map_err(unavailable)? {
+    // A model the key may not use is answered as one that does not exist: the key
+    // learns nothing about the models it cannot call.
+    let found = match may_use(key.as_deref(), &id) {
+        true => state.upstreams.find_model(&id).await.map_err(unavailable)?,
+        false => None,
+    };
+    match found {
         Some(model) => Ok(axum::Json(model)),
         None => Err(ApiError::NotFound {
             message: format!(

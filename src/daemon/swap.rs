@@ -109,14 +109,14 @@ pub fn prepare(running: &Running, env: &dyn Env) -> Result<Prepared, Rejection> 
     })
 }
 
-/// Whether two key sets accept different keys, or give them other names or limits.
+/// Whether two key sets accept different keys, or give them other names, limits or policies.
 fn keys_differ(old: &KeySet, new: &KeySet) -> bool {
     let list = |set: &KeySet| -> Vec<_> {
         set.keys
             .iter()
             .map(|k| {
                 let limits = (k.requests_per_minute, k.concurrent_requests);
-                (k.name.clone(), k.digest, limits)
+                (k.name.clone(), k.digest, limits, k.policy.clone())
             })
             .collect()
     };

@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 
 use super::client_addr::ClientAddr;
 use super::hold::HoldBody;
-use crate::config::keys::{digest, is_token68, ClientKey, KeyDigest, KeySet};
+use crate::config::keys::{digest, is_token68, ClientKey, KeyDigest, KeyRefusal, KeySet};
 pub use crate::limits::Caller;
 use crate::limits::Limiter;
 use crate::telemetry::auth_log;
@@ -221,10 +221,15 @@ async fn compare(
     }
     let verified = verify_digest(&keys.load(), presented);
     match verified {
-        Some(key) => Ok(Caller {
-            name: Arc::from(key.name.as_str()),
-            key: Some(key),
-        }),
+        // A key that matched but may not be used now: refused, and not a failed
+        // authentication (the caller holds a real key; the throttle is for guessing).
+        Some(key) => match key.policy.refusal(unix_now()) {
+            Some(refusal) => Err(refused(refusal)),
+            None => Ok(Caller {
+                name: Arc::from(key.name.as_str()),
+                key: Some(key),
+            }),
+        },
         None => {
             let throttled_for = limiter.auth_failed(peer).await?;
             auth_log::failed(counted_as, throttled_for);
@@ -236,6 +241,24 @@ async fn compare(
             })
         }
     }
+}
+
+/// The 401 of a known key its policy stops: it says why, and nothing of the key.
+fn refused(refusal: KeyRefusal) -> ApiError {
+    ApiError::KeyRefused(match refusal {
+        KeyRefusal::Disabled => {
+            "This API key is disabled. Ask the gateway's operator to enable it."
+        }
+        KeyRefusal::Expired => {
+            "This API key has expired. Ask the gateway's operator for a new one."
+        }
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The 429 of the failed-auth throttle: it names the cause and when it ends.

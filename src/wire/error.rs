@@ -21,6 +21,9 @@ pub enum ApiError {
     InvalidParam { message: String, param: String },
     #[error("Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.")]
     Unauthorized { token_presented: bool },
+    /// A known key that may not be used now: disabled, or past its `expires_at`.
+    #[error("{0}")]
+    KeyRefused(&'static str),
     #[error("{0}")]
     Forbidden(String),
     #[error("{message}")]
@@ -121,7 +124,7 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } | ApiError::InvalidParam { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } | ApiError::KeyRefused(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -170,6 +173,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::NotFound { code, .. } => *code,
             ApiError::Unauthorized { .. } => Some("invalid_api_key"),
+            ApiError::KeyRefused(_) => Some("key_not_usable"),
             ApiError::Forbidden(_) => Some("forbidden"),
             ApiError::ModelNotAllowed { .. } => Some("model_not_allowed"),
             ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
@@ -218,6 +222,12 @@ impl IntoResponse for ApiError {
         let mut response = (self.status_code(), axum::Json(self.body())).into_response();
         let headers = response.headers_mut();
         match &self {
+            ApiError::KeyRefused(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="gatewayd", error="invalid_token""#),
+                );
+            }
             ApiError::Unauthorized { token_presented } => {
                 let challenge = if *token_presented {
                     r#"Bearer realm="gatewayd", error="invalid_token""#

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::file::{self as keyfile, KeyFileError};
 use super::policy::{check_strength, WeakKey};
 use super::secret::Secret;
-use super::tenancy::{KeyOrigin, KeyPolicy};
+use super::tenancy::{KeyOrigin, KeyPolicy, PolicyText};
 
 /// SHA-256 of a key; what gatewayd keeps and compares instead of the key itself.
 pub type KeyDigest = [u8; 32];
@@ -59,7 +59,7 @@ impl KeySet {
 }
 
 /// A `[[keys]]` entry as written in the config file: a name and a digest, never a key.
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
     /// Who this key belongs to; sessions are owned by this name, so rotating keeps them.
@@ -68,6 +68,30 @@ pub struct KeyEntry {
     pub sha256: String,
     pub requests_per_minute: Option<u32>,
     pub concurrent_requests: Option<u32>,
+    /// The models this key may use: exact names or trailing-`*` patterns.
+    pub models: Option<Vec<String>>,
+    /// Input plus output tokens per UTC day, per UTC month, and ever.
+    pub tokens_per_day: Option<u64>,
+    pub tokens_per_month: Option<u64>,
+    pub tokens_total: Option<u64>,
+    /// RFC 3339; from then on the key gets 401.
+    pub expires_at: Option<String>,
+    /// Refuses the key (401) without removing it, so its sessions and usage stay.
+    pub disabled: Option<bool>,
+}
+
+impl KeyEntry {
+    /// The entry's policy as written, for the one check every source of keys shares.
+    pub fn policy_text(&self) -> PolicyText {
+        PolicyText {
+            models: self.models.clone(),
+            tokens_per_day: self.tokens_per_day,
+            tokens_per_month: self.tokens_per_month,
+            tokens_total: self.tokens_total,
+            expires_at: self.expires_at.clone(),
+            disabled: self.disabled,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,29 +224,37 @@ pub fn load(env: &dyn Env, entries: &[KeyEntry]) -> Result<KeySet, KeyError> {
     })
 }
 
+/// A key name as every source must write it: it names sessions, usage rows and log lines.
+pub fn is_key_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 fn parse_entry(entry: &KeyEntry) -> Result<ClientKey, KeyError> {
     let bad = |problem: &str| KeyError::BadEntry {
         name: entry.name.clone(),
         problem: problem.into(),
     };
-    if entry.name.is_empty()
-        || !entry
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(bad("name must be non-empty and use only A-Z a-z 0-9 - _ ."));
+    if !is_key_name(&entry.name) {
+        return Err(bad("name must be 1 to 128 characters of A-Z a-z 0-9 - _ ."));
     }
     let mut digest = [0u8; 32];
     hex::decode_to_slice(&entry.sha256, &mut digest).map_err(|_| {
         bad("sha256 must be 64 hex characters (from `gatewayd keygen --sha256`), not a key")
     })?;
+    let policy = entry
+        .policy_text()
+        .check()
+        .map_err(|problem| bad(&problem))?;
     Ok(ClientKey {
         name: entry.name.clone(),
         digest,
         requests_per_minute: entry.requests_per_minute,
         concurrent_requests: entry.concurrent_requests,
-        policy: KeyPolicy::default(),
+        policy,
         origin: KeyOrigin::Config,
     })
 }

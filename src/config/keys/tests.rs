@@ -213,8 +213,7 @@ fn config_entries_are_digests() {
     let entry = KeyEntry {
         name: "ci".into(),
         sha256: hex::encode(digest(GOOD.as_bytes())),
-        requests_per_minute: None,
-        concurrent_requests: None,
+        ..Default::default()
     };
     let set = load(&FakeEnv(HashMap::new()), std::slice::from_ref(&entry)).unwrap();
     assert_eq!(set.names(), vec!["ci"]);
@@ -224,4 +223,49 @@ fn config_entries_are_digests() {
     };
     assert!(load(&FakeEnv(HashMap::new()), &[plaintext]).is_err());
     assert!(load(&FakeEnv(HashMap::new()), &[entry.clone(), entry]).is_err());
+}
+
+#[test]
+fn entry_policy_is_checked_and_names_the_entry() {
+    let entry = |extra: &str| -> Result<KeySet, KeyError> {
+        let toml = format!(
+            "name = \"team-a\"\nsha256 = \"{}\"\n{extra}",
+            hex::encode(digest(GOOD.as_bytes()))
+        );
+        let entry: KeyEntry = toml::from_str(&toml).unwrap();
+        load(&FakeEnv(HashMap::new()), &[entry])
+    };
+    let set = entry(
+        "models = [\"gpt-4o*\", \"echo\"]\ntokens_per_day = 1000\nexpires_at = \"2027-01-31T23:59:59Z\"\ndisabled = true",
+    )
+    .unwrap();
+    let policy = &set.keys[0].policy;
+    assert!(policy.allows_model("gpt-4o-mini") && policy.allows_model("echo"));
+    assert!(!policy.allows_model("gpt-4") && !policy.allows_model("echo-2"));
+    assert_eq!(policy.tokens_per_day, Some(1000));
+    assert_eq!(policy.expires_at, Some(1_801_439_999));
+    assert_eq!(policy.refusal(0), Some(KeyRefusal::Disabled));
+    assert_eq!(set.keys[0].origin, KeyOrigin::Config);
+    let all = entry("models = [\"*\"]").unwrap();
+    assert_eq!(all.keys[0].policy.models, None);
+    for (extra, says) in [
+        ("models = []", "models is empty"),
+        ("models = [\"gpt-*-mini\"]", "not valid"),
+        ("tokens_total = 0", "tokens_total must be above 0"),
+        ("expires_at = \"tomorrow\"", "RFC 3339"),
+    ] {
+        let err = entry(extra).unwrap_err().to_string();
+        assert!(err.contains("\"team-a\"") && err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn expiry_and_disabled_are_decided_in_one_place() {
+    let policy = KeyPolicy {
+        expires_at: Some(100),
+        ..Default::default()
+    };
+    assert_eq!(policy.refusal(99), None);
+    assert_eq!(policy.refusal(100), Some(KeyRefusal::Expired));
+    assert_eq!(KeyPolicy::default().refusal(i64::MAX), None);
 }
