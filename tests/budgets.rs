@@ -345,3 +345,359 @@ async fn a_dead_redis_follows_the_failure_policy() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------
+// End to end: the real binary, a mock upstream that reports its usage, the store.
+// ---------------------------------------------------------------------------------
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::routing::post;
+use axum::{Json, Router};
+use common::{binary, client, config_from_toml, mock_upstream, sha256_hex, spawn_gateway, start};
+use common::{Process, KEY_A};
+use serde_json::{json, Value};
+use sqlx::Row;
+
+/// Input tokens the mock reports: at most the gateway's BPE estimate of the request.
+const INPUT: u64 = 1;
+/// `max_tokens` of every request; the mock answers with exactly that many.
+const MAX_TOKENS: u64 = 40;
+
+/// What the mock upstream answered, counted at the mock.
+#[derive(Default)]
+struct Answered {
+    requests: AtomicU64,
+    tokens: AtomicU64,
+}
+
+/// A chat upstream that reports usage input = INPUT, output = the request's max_tokens.
+async fn usage_upstream() -> (String, Arc<Answered>) {
+    let answered = Arc::new(Answered::default());
+    let seen = answered.clone();
+    let router = Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let output = body["max_tokens"].as_u64().unwrap_or(0);
+                seen.requests.fetch_add(1, Ordering::SeqCst);
+                seen.tokens.fetch_add(INPUT + output, Ordering::SeqCst);
+                Json(json!({
+                    "id": "chatcmpl-budget", "object": "chat.completion", "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": INPUT, "completion_tokens": output,
+                              "total_tokens": INPUT + output}
+                }))
+            }
+        }),
+    );
+    (mock_upstream(router).await, answered)
+}
+
+fn chat_body() -> Value {
+    json!({"model": "m", "max_tokens": MAX_TOKENS,
+           "messages": [{"role": "user", "content": "hello"}]})
+}
+
+async fn chat(base: &str) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The reservation of one `chat_body()` request, as the gateway computes it: read from
+/// the 429 an in-process gateway answers for a budget of one token.
+async fn reservation_of_one_request() -> u64 {
+    let (upstream, _) = usage_upstream().await;
+    let toml = format!(
+        "{}\n[[keys]]\nname = \"probe\"\nsha256 = \"{}\"\ntokens_per_day = 1\n",
+        upstream_toml(&upstream),
+        sha256_hex(KEY_A)
+    );
+    let gw = spawn_gateway(config_from_toml(&toml)).await;
+    let response = chat(&gw.url("")).await;
+    assert_eq!(response.status(), 429);
+    let body: Value = response.json().await.unwrap();
+    common::assert_openai_error(&body, "rate_limit_error", "budget_exceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    let reserve = message
+        .split("reserves ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no reservation in {message}"));
+    let reserve: u64 = reserve.parse().unwrap();
+    assert!(reserve >= INPUT + MAX_TOKENS, "{message}");
+    gw.shutdown.cancel();
+    reserve
+}
+
+fn upstream_toml(url: &str) -> String {
+    format!("[[upstreams]]\nname = \"mock\"\nbase_url = \"{url}\"\nmodels = [\"m\"]\n")
+}
+
+/// A config file for the binary: the mock upstream, `limits`, and KEY_A as `name` with
+/// `tokens_per_day`.
+fn config_file(
+    upstream: &str,
+    limits: &str,
+    name: &str,
+    tokens_per_day: u64,
+) -> std::path::PathBuf {
+    let path = common::temp_dir("budget-cfg").join("gatewayd.toml");
+    let toml = format!(
+        "[limits]\n{limits}\n{}\n[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\ntokens_per_day = {tokens_per_day}\n",
+        upstream_toml(upstream),
+        sha256_hex(KEY_A)
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn redis_limits(url: &str, prefix: &str, failure: &str) -> String {
+    format!(
+        "backend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n\
+         redis_timeout_ms = 500\nredis_failure = \"{failure}\""
+    )
+}
+
+/// The binary with `config`, its own data dir, and `database` (PostgreSQL) if given.
+fn instance(
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+) -> Process {
+    let mut command = binary();
+    command
+        .args(["--port", "0", "--config"])
+        .arg(config)
+        .env("GATEWAYD_DATA_DIR", data_dir);
+    if let Some(url) = database {
+        command.env("GATEWAYD_DATABASE_URL", url);
+    }
+    start(command)
+}
+
+/// Input plus output tokens the store holds for key `name`.
+async fn stored_tokens(database: &str, name: &str) -> u64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database).await.unwrap();
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) AS n \
+         FROM token_usage WHERE key_name = $1",
+    )
+    .bind(name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    row.try_get::<i64, _>("n").unwrap() as u64
+}
+
+/// Waits until the store holds exactly what the mock answered (the batched usage
+/// writes have landed), and returns it.
+async fn store_catches_up(database: &str, name: &str, answered: &Answered) -> u64 {
+    let mut last = 0;
+    let started = Instant::now();
+    loop {
+        let expected = answered.tokens.load(Ordering::SeqCst);
+        last = stored_tokens(database, name).await.max(last);
+        if last == expected {
+            return last;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the store holds {last} tokens, the mock answered {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `n` concurrent chat requests, split over `bases`: their statuses, each 429 checked.
+async fn burst(bases: &[String], n: usize) -> (u64, u64) {
+    let mut requests = Vec::new();
+    for i in 0..n {
+        let base = bases[i % bases.len()].clone();
+        requests.push(tokio::spawn(async move { chat(&base).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for request in requests {
+        let response = request.await.unwrap();
+        match response.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let retry: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let body: Value = response.json().await.unwrap();
+                common::assert_openai_error(&body, "rate_limit_error", "budget_exceeded");
+                assert!(
+                    body["error"]["message"].as_str().unwrap().contains("daily"),
+                    "{body}"
+                );
+                refused += 1;
+            }
+            status => panic!(
+                "unexpected status {status}: {}",
+                response.text().await.unwrap()
+            ),
+        }
+    }
+    (ok, refused)
+}
+
+fn postgres() -> Option<String> {
+    let url = std::env::var("GATEWAYD_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: the two-instance test was not run");
+    }
+    url
+}
+
+/// Two instances share PostgreSQL and a private Redis: 200 concurrent requests against
+/// a daily budget of 50 requests' worth never spend more than the budget; the refused
+/// ones get 429 budget_exceeded with Retry-After. Then both instances restart and Redis
+/// is flushed: the day's budget stays spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_pass_the_budget_and_it_survives_restart_and_flush() {
+    let Some(database) = postgres() else { return };
+    let reserve = reservation_of_one_request().await;
+    let budget = 50 * reserve;
+    let redis = PrivateRedis::start(free_port().await).await;
+    let (upstream, answered) = usage_upstream().await;
+    let name = unique("budget-two");
+    let limits = redis_limits(redis.url(), &unique("gwbudget"), "closed");
+    let config = config_file(&upstream, &limits, &name, budget);
+    let dirs = [common::temp_dir("budget-a"), common::temp_dir("budget-b")];
+    let a = instance(&config, &dirs[0], Some(&database));
+    let b = instance(&config, &dirs[1], Some(&database));
+    let bases = [a.url(""), b.url("")];
+    let (ok, refused) = burst(&bases, 200).await;
+    let stored = store_catches_up(&database, &name, &answered).await;
+    let at_mock = answered.tokens.load(Ordering::SeqCst);
+    println!(
+        "two instances: {ok} answered, {refused} refused; spent {at_mock} of {budget} \
+         (reservation {reserve}); overspend {}",
+        at_mock.saturating_sub(budget)
+    );
+    assert_eq!(ok + refused, 200);
+    assert_eq!(answered.requests.load(Ordering::SeqCst), ok);
+    assert!(
+        ok >= 50,
+        "a budget of 50 requests' worth admitted only {ok}"
+    );
+    assert!(at_mock <= budget, "overspend: {} tokens", at_mock - budget);
+    assert_eq!(stored, at_mock, "the store holds what the mock answered");
+    // Spend the rest of the day's budget, so the next request is refused whatever the
+    // estimate: then restart both instances and flush Redis.
+    while chat(&bases[0]).await.status() == 200 {}
+    let spent = store_catches_up(&database, &name, &answered).await;
+    assert!(spent <= budget);
+    drop((a, b));
+    redis.flushdb().await;
+    let a = instance(&config, &dirs[0], Some(&database));
+    let b = instance(&config, &dirs[1], Some(&database));
+    for base in [a.url(""), b.url("")] {
+        let (ok, refused) = burst(&[base], 3).await;
+        assert_eq!((ok, refused), (0, 3), "the day's budget stays spent");
+    }
+    assert_eq!(answered.tokens.load(Ordering::SeqCst), spent);
+}
+
+/// Redis killed mid-run and restarted: with `closed` requests get 503 while it is
+/// down, with `local` they go on; either way the store ends with exactly what the mock
+/// answered (nothing counted twice, nothing lost).
+async fn redis_outage(failure: &str) {
+    let Some(database) = postgres() else { return };
+    let port = free_port().await;
+    let mut redis = PrivateRedis::start(port).await;
+    let (upstream, answered) = usage_upstream().await;
+    let name = unique("budget-outage");
+    let limits = redis_limits(redis.url(), &unique("gwbudget"), failure);
+    let config = config_file(&upstream, &limits, &name, 10_000_000);
+    let a = instance(&config, &common::temp_dir("outage-a"), Some(&database));
+    let b = instance(&config, &common::temp_dir("outage-b"), Some(&database));
+    let bases = [a.url(""), b.url("")];
+    assert_eq!(burst(&bases, 20).await, (20, 0));
+    // Requests in flight while Redis dies.
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let base = bases[i % 2].clone();
+            tokio::spawn(async move { chat(&base).await.status().as_u16() })
+        })
+        .collect();
+    redis.stop();
+    for request in in_flight {
+        let status = request.await.unwrap();
+        assert!(status == 200 || status == 503, "{status}");
+    }
+    for base in &bases {
+        let response = chat(base).await;
+        if failure == "closed" {
+            assert_eq!(response.status(), 503);
+            let body: Value = response.json().await.unwrap();
+            common::assert_openai_error(&body, "server_error", "limits_unavailable");
+        } else {
+            assert_eq!(response.status(), 200, "local: requests go on");
+        }
+    }
+    let _redis = PrivateRedis::start(port).await;
+    for base in &bases {
+        eventually("requests pass again", Duration::from_secs(15), || async {
+            chat(base).await.status() == 200
+        })
+        .await;
+    }
+    assert_eq!(burst(&bases, 20).await, (20, 0));
+    let stored = store_catches_up(&database, &name, &answered).await;
+    assert_eq!(stored, answered.tokens.load(Ordering::SeqCst));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_closed_refuses_and_counts_once() {
+    redis_outage("closed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_local_goes_on_and_counts_once() {
+    redis_outage("local").await;
+}
+
+/// One instance on SQLite with the local backend: concurrent requests never pass the
+/// budget, the store holds what the mock answered, and a restart keeps the day spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_local_backend_holds_the_budget_across_a_restart() {
+    let reserve = reservation_of_one_request().await;
+    let budget = 10 * reserve;
+    let (upstream, answered) = usage_upstream().await;
+    let name = unique("budget-local");
+    let config = config_file(&upstream, "backend = \"local\"", &name, budget);
+    let dir = common::temp_dir("budget-sqlite");
+    let database = format!("sqlite://{}", dir.join("sessions.db").display());
+    let gw = instance(&config, &dir, None);
+    let (ok, refused) = burst(&[gw.url("")], 40).await;
+    let stored = store_catches_up(&database, &name, &answered).await;
+    let at_mock = answered.tokens.load(Ordering::SeqCst);
+    println!("sqlite local: {ok} answered, {refused} refused; spent {at_mock} of {budget}");
+    assert!(
+        ok >= 10 && at_mock <= budget,
+        "{ok} answered, {at_mock} of {budget}"
+    );
+    assert_eq!(stored, at_mock);
+    while chat(&gw.url("")).await.status() == 200 {}
+    let spent = store_catches_up(&database, &name, &answered).await;
+    drop(gw);
+    let gw = instance(&config, &dir, None);
+    assert_eq!(burst(&[gw.url("")], 3).await, (0, 3), "the day stays spent");
+    assert_eq!(answered.tokens.load(Ordering::SeqCst), spent);
+}
