@@ -30,6 +30,10 @@ pub struct TelemetrySection {
     /// How long finished spans wait to be sent together (milliseconds); defaults to
     /// `OTEL_BSP_SCHEDULE_DELAY`, then 5000.
     pub export_delay_ms: Option<u64>,
+    /// Label `gatewayd_tokens_total` with the key's name (default true). With many keys
+    /// every key adds series; false keeps only `model` and `kind` (usage per key stays
+    /// in the store).
+    pub token_metrics_by_key: Option<bool>,
 }
 
 /// Where and how traces are exported, once the file and the environment are merged.
@@ -45,6 +49,11 @@ const DEFAULT_DELAY_MS: u64 = 5000;
 const TRACES_PATH: &str = "/v1/traces";
 
 impl TelemetrySection {
+    /// Whether the token metric carries the `key` label.
+    pub fn tokens_by_key(&self) -> bool {
+        self.token_metrics_by_key.unwrap_or(true)
+    }
+
     /// The trace export, if any: `otlp_endpoint`, else the standard
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as it is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// (a base URL). `env` reads one variable (empty counts as unset).

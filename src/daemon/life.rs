@@ -103,6 +103,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     }
     let store = open_sessions(&config).await?;
     crate::telemetry::access_log::install(&config.telemetry).map_err(DaemonError::AccessLog)?;
+    crate::telemetry::set_tokens_by_key(config.telemetry.tokens_by_key());
     if let Some(export) = &config.traces {
         start_traces(export)?;
     }
@@ -160,7 +161,13 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     }
     systemd::notify_ready();
     systemd::spawn_watchdog(shutdown.clone());
-    crate::run_live(state, router, listeners, shutdown).await;
+    crate::run_live(state.clone(), router, listeners, shutdown).await;
+    if let Some(store) = &state.sessions {
+        // The last second's token usage, written before the process ends.
+        if store.flush_usage().await.is_err() {
+            tracing::error!("token usage of the last second could not be written at shutdown");
+        }
+    }
     crate::telemetry::traces::shutdown(TRACES_FLUSH).await;
     report_files.remove_pid();
     tracing::info!("gatewayd stopped");

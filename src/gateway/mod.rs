@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod decode;
+pub mod meter;
 pub mod native_record;
 pub mod pipeline;
 pub mod relay;
@@ -10,6 +11,7 @@ pub mod route;
 pub mod routing;
 pub mod settle;
 pub mod state;
+pub mod tokens;
 pub mod turn;
 
 pub use pipeline::{append, run};

@@ -17,10 +17,11 @@ use std::sync::Arc;
 
 use axum::response::Response;
 
-use super::decode::Reply;
+use super::decode::{Reply, Shape, Usage};
+use super::meter::Meter;
 use super::native_record::{self, NativeRecorder};
 use super::resolve::{resolve, Resolved};
-use super::settle::{hand_on_usage, trace_reply, Settlement, Settler};
+use super::settle::{trace_reply, Settlement, Settler};
 use super::state::Gateway;
 use super::turn::{Complete, NativeApi, Protocol, Stored, Turn, UpstreamCall};
 use crate::gateway::route::{forward_to, respond, respond_stream, Answer};
@@ -28,6 +29,7 @@ use crate::store::SessionStore;
 use crate::telemetry::traces;
 use crate::upstream::{Candidate, UpstreamApi};
 use crate::wire::error::ApiError;
+use crate::wire::openai::Endpoint;
 
 /// Runs one turn that calls an upstream.
 pub async fn run(
@@ -68,6 +70,18 @@ pub async fn run(
     }
     call.request.client_headers = client_headers;
     let candidates = candidates(gateway, &call, pinned)?;
+    // The turn's tokens: reserved against the key's budgets now, settled once after.
+    let meter = match (call.endpoint, candidates.first()) {
+        (Endpoint::CountTokens, _) | (_, None) => None,
+        (_, Some(first)) => {
+            Some(Meter::open(gateway, key.as_ref(), &call, first.label.clone()).await?)
+        }
+    };
+    let shape = match call.native {
+        Some(NativeApi::Responses) => Shape::Responses,
+        Some(NativeApi::Messages) => Shape::Anthropic,
+        None => Shape::Chat,
+    };
     let prefix = call.prefix.as_deref().map(str::as_bytes);
     let (answer, upstream) =
         forward_to(gateway, call.endpoint, &call.request, prefix, candidates).await?;
@@ -114,12 +128,11 @@ pub async fn run(
                     trace_reply(&reply);
                 }
             }
+            if let Some(meter) = meter {
+                settle_answer(meter, reply.as_ref(), shape, &body);
+            }
             if let Some(recorder) = &native {
                 native_record::from_body(recorder, &body).await?;
-            }
-            if reply.is_none() && crate::telemetry::access_log::enabled() {
-                // A passed-through chat is read for its usage only for the access log.
-                note_usage(&body);
             }
             let answer = Complete {
                 status,
@@ -128,7 +141,7 @@ pub async fn run(
             };
             let (response, record) = protocol.reply(reply.as_ref(), answer)?;
             if let Some(reply) = &reply {
-                hand_on_usage(reply, crate::telemetry::current().as_deref());
+                trace_reply(reply);
             }
             if let Some(settlement) = settlement {
                 // Stored before the client sees the answer: an acknowledged turn is never lost.
@@ -136,7 +149,8 @@ pub async fn run(
             }
             response
         }
-        // The upstream's own refusal passes on; nothing is stored, the lease is released.
+        // The upstream's own refusal passes on; nothing is stored, the lease is released,
+        // the meter (dropped with no output) refunds.
         Answer::Complete { .. } => respond(answer),
         Answer::Stream(mut upstream) => {
             if let Some(api) = call.native {
@@ -144,7 +158,14 @@ pub async fn run(
                 upstream.require_done = false;
                 upstream.body = native_record::tap(upstream.body, native, api);
             }
-            let settler = Settler::new(protocol.encoder(), settlement, protocol.translates());
+            let native = call.native.map(|_| shape);
+            let settler = Settler::new(
+                protocol.encoder(),
+                settlement,
+                protocol.translates(),
+                meter,
+                native,
+            );
             respond_stream(gateway, upstream, settler)
         }
     };
@@ -170,12 +191,22 @@ pub async fn append(gateway: &Gateway, turn: Turn) -> Result<usize, ApiError> {
     Ok(added)
 }
 
-/// Notes a whole chat reply's token usage on the current request, if it reports any.
-fn note_usage(body: &[u8]) {
-    let usage = Reply::from_completion(body).and_then(|reply| reply.usage);
-    if let (Some(usage), Some(request)) = (usage, crate::telemetry::current()) {
-        request.set_tokens(usage.input_tokens, usage.output_tokens);
+/// Step 6 for tokens, on a whole answer: the usage its body reports (read from the
+/// reply when it was decoded, else from the body once), or an estimate of its message.
+fn settle_answer(mut meter: Meter, reply: Option<&Reply>, shape: Shape, body: &[u8]) {
+    let usage = match reply {
+        Some(reply) => reply.usage.clone(),
+        None => Usage::from_body(shape, body),
+    };
+    if usage.is_none() {
+        if let Some(text) = reply
+            .and_then(|r| r.message.get("content"))
+            .and_then(|c| c.as_str())
+        {
+            meter.saw_output(text);
+        }
     }
+    meter.settle(usage.as_ref(), true);
 }
 
 /// The upstreams that may answer: those serving the model (natively, if the call needs

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use super::decode::{ChatDecoder, Delta, Reply};
+use super::decode::{ChatDecoder, Delta, NativeUsage, Reply, Shape};
+use super::meter::Meter;
 use super::relay::{Ending, Flow, StreamTap};
 use super::turn::{Encoder, Record};
 use crate::store::{SessionLease, SessionStore};
 use crate::telemetry::traces::{self, Kind};
-use crate::telemetry::RequestTiming;
 use crate::wire::error::ApiError;
 
 /// What a turn stores once its reply is complete. Holding it holds the session's lease:
@@ -65,20 +65,31 @@ pub struct Settler {
     held: Bytes,
     /// The `[DONE]` line began in an earlier chunk, so part of it was sent already.
     split_end: bool,
-    /// The request's record: the stream ends after its handler has returned.
-    request: Option<Arc<RequestTiming>>,
     /// With traces on, a stream nobody decodes is read once more for its model, usage
     /// and finish reason only (the client's bytes are unaffected; no content is kept).
     observer: Option<ChatDecoder>,
+    /// The reply must be whole to be used (a translating protocol, or a turn that
+    /// stores): an error inside the stream then ends it with an error.
+    checks: bool,
+    /// The turn's tokens: settled with the stream's usage at its end, or (dropped with
+    /// this tap when the stream fails or the client leaves) estimated from what was seen.
+    meter: Option<Meter>,
+    /// A native stream's usage and output text (its events are not chat chunks).
+    native: Option<NativeUsage>,
 }
 
 impl Settler {
+    /// `native`: the shape of a native stream's events (`None` for chat chunks).
     pub fn new(
         encoder: Box<dyn Encoder>,
         settlement: Option<Settlement>,
-        decode: bool,
+        translates: bool,
+        meter: Option<Meter>,
+        native: Option<Shape>,
     ) -> Box<Self> {
-        let decode = decode || settlement.is_some();
+        let checks = translates || settlement.is_some();
+        // Metering a chat stream reads its usage chunk and its deltas (for an estimate).
+        let decode = checks || (meter.is_some() && native.is_none());
         let observer = (!decode && traces::enabled()).then(ChatDecoder::summary);
         Box::new(Settler {
             decoder: match decode {
@@ -90,8 +101,10 @@ impl Settler {
             settlement,
             held: Bytes::new(),
             split_end: false,
-            request: crate::telemetry::current(),
             observer,
+            checks,
+            native: native.filter(|_| meter.is_some()).map(NativeUsage::new),
+            meter,
         })
     }
 }
@@ -104,6 +117,12 @@ impl StreamTap for Settler {
             // Its deltas (only `Done`) are not the encoder's business.
             observer.push(&bytes, &mut self.deltas);
             self.deltas.clear();
+        }
+        if let Some(meter) = &mut self.meter {
+            match &mut self.native {
+                Some(native) => native.push(&bytes, |text| meter.saw_output(text)),
+                None => meter_deltas(meter, &self.deltas),
+            }
         }
         let encoded = self.encoder.chunk(&bytes, &self.deltas);
         match (done_at, encoded) {
@@ -130,18 +149,21 @@ impl StreamTap for Settler {
                 decoder,
                 mut encoder,
                 held,
-                request,
                 observer,
+                checks,
+                meter,
+                native,
                 ..
             } = *self;
             if let Some(observer) = observer {
                 trace_reply(&observer.reply());
             }
-            let made = match (decoder.decodes(), decoder.incomplete()) {
+            settle_meter(meter, native.as_ref(), &decoder);
+            let made = match (checks, decoder.incomplete()) {
                 (true, true) => Err(incomplete_reply()),
                 (true, false) => {
                     let reply = decoder.reply();
-                    hand_on_usage(&reply, request.as_deref());
+                    trace_reply(&reply);
                     encoder.record(&reply).map(drop)
                 }
                 (false, _) => Ok(()),
@@ -156,16 +178,18 @@ impl StreamTap for Settler {
                     settlement,
                     held,
                     split_end,
-                    request,
+                    meter,
+                    native,
                     ..
                 } = *self;
+                settle_meter(meter, native.as_ref(), &decoder);
                 let settled = match settlement {
                     None => Ok(()),
                     // The upstream reported an error, or a line was lost: not stored.
                     Some(_) if decoder.incomplete() => Err(incomplete_reply()),
                     Some(settlement) => {
                         let reply = decoder.reply();
-                        hand_on_usage(&reply, request.as_deref());
+                        trace_reply(&reply);
                         match encoder.record(&reply) {
                             Ok(record) => settlement.commit(record).await,
                             Err(error) => Err(error),
@@ -226,17 +250,32 @@ fn end_of_done(bytes: &[u8], at: usize) -> usize {
     }
 }
 
-/// Step 6's hand-off of the upstream's reported token usage (counted for operators, and
-/// noted on the request for its access log line), and of what the reply says about
-/// itself to the request's trace.
-pub fn hand_on_usage(reply: &Reply, request: Option<&RequestTiming>) {
-    if let Some(usage) = &reply.usage {
-        crate::telemetry::record_tokens(usage.input_tokens, usage.output_tokens);
-        if let Some(request) = request {
-            request.set_tokens(usage.input_tokens, usage.output_tokens);
+/// The output text a chat stream's deltas carry, for the meter's estimate.
+fn meter_deltas(meter: &mut Meter, deltas: &[Delta]) {
+    for delta in deltas {
+        match delta {
+            Delta::Text(text) | Delta::Refusal(text) => meter.saw_output(text),
+            Delta::ToolCall {
+                name, arguments, ..
+            } => {
+                meter.saw_output(name);
+                meter.saw_output(arguments);
+            }
+            Delta::Finish(_) | Delta::Done => {}
         }
     }
-    trace_reply(reply);
+}
+
+/// Step 6 for tokens, at a stream's end: the usage it reported, or (without a report)
+/// an estimate of what it produced, or a refund if it produced nothing.
+fn settle_meter(meter: Option<Meter>, native: Option<&NativeUsage>, decoder: &ChatDecoder) {
+    if let Some(meter) = meter {
+        let usage = match native {
+            Some(native) => native.usage(),
+            None => decoder.usage(),
+        };
+        meter.settle(usage, false);
+    }
 }
 
 /// Labels the request's span with the reply's model, finish reason and token counts

@@ -17,6 +17,7 @@ mod spend;
 mod sqlite_files;
 mod turns;
 mod usage;
+mod usage_write;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ pub use responses::StoredResponse;
 pub use sessions::{SessionStore, StoredMessage};
 pub use spend::Spent;
 pub use usage::{is_day, GroupBy, UsageFilter, UsageRow};
+pub use usage_write::{TokenCounts, FLUSH_EVERY};
 
 /// A session as listed: no messages.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -36,6 +36,8 @@ pub struct SessionStore {
     /// Swapped whole by a reload; each check reads the limits in force at that moment.
     limits: LiveLimits,
     backend: &'static str,
+    /// Token usage not yet written (see `usage_write.rs`).
+    pub(super) usage: Arc<super::usage_write::UsageBuffer>,
     /// SQLite: an exclusive lock on the data dir, held while the store is open.
     _owner_lock: Option<std::fs::File>,
 }
@@ -108,7 +110,10 @@ impl SessionStore {
     ) -> Self {
         let writer = Arc::new(Writer::new(writer, headroom));
         let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(limits));
+        let usage = Arc::new(super::usage_write::UsageBuffer::default());
+        super::usage_write::spawn_flusher(writer.clone(), Arc::downgrade(&usage));
         SessionStore {
+            usage,
             pool,
             committer: Committer::spawn(writer.clone(), limits.clone()),
             writer,

@@ -43,7 +43,7 @@ impl Writer {
         // first failure.
         crate::telemetry::handle();
         for op in [
-            "read", "create", "append", "delete", "lease", "purge", "probe",
+            "read", "create", "append", "delete", "lease", "purge", "probe", "usage",
         ] {
             metrics::counter!(STORAGE_ERRORS, "op" => op).absolute(0);
         }

@@ -5,7 +5,7 @@
 //! Gateway overhead is the time a request spends inside gatewayd until its response head
 //! is ready, minus the time spent waiting on upstreams.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -23,7 +23,8 @@ pub const REQUESTS: &str = "gatewayd_requests_total";
 pub const UPSTREAM_SECONDS: &str = "gatewayd_upstream_latency_seconds";
 pub const OVERHEAD_SECONDS: &str = "gatewayd_gateway_overhead_seconds";
 pub const ACTIVE_STREAMS: &str = "gatewayd_active_streams";
-/// Tokens the upstreams reported for turns gatewayd read whole (sessions, Responses).
+/// Tokens every turn spent, by key, model and kind (input, output, cached_input,
+/// reasoning): the upstream's report, or gatewayd's estimate when a stream ended early.
 pub const TOKENS: &str = "gatewayd_tokens_total";
 pub const SESSIONS_STORED: &str = "gatewayd_sessions_stored";
 pub const AUTH_FAILURES: &str = "gatewayd_auth_failures_total";
@@ -183,10 +184,41 @@ pub fn record_upstream(started: Instant, upstream: &str) {
     });
 }
 
-/// Counts the tokens an upstream reported for one turn, by direction.
-pub fn record_tokens(input: u64, output: u64) {
-    metrics::counter!(TOKENS, "direction" => "input").increment(input);
-    metrics::counter!(TOKENS, "direction" => "output").increment(output);
+/// `[telemetry] token_metrics_by_key`: whether [`TOKENS`] carries the `key` label.
+static TOKENS_BY_KEY: AtomicBool = AtomicBool::new(true);
+
+/// Sets whether [`TOKENS`] is labelled by key (from the config, at start and on reload).
+pub fn set_tokens_by_key(by_key: bool) {
+    TOKENS_BY_KEY.store(by_key, Ordering::Relaxed);
+}
+
+/// One turn's tokens, by what they bill.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenKinds {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub reasoning: u64,
+}
+
+/// Counts one turn's tokens under its key (if it has one, and the label is on) and the
+/// configured model name or pattern that routed it (a bounded label).
+pub fn record_tokens(key: Option<&str>, model: &str, tokens: TokenKinds) {
+    let key = key.filter(|_| TOKENS_BY_KEY.load(Ordering::Relaxed));
+    for (kind, n) in [
+        ("input", tokens.input),
+        ("output", tokens.output),
+        ("cached_input", tokens.cached_input),
+        ("reasoning", tokens.reasoning),
+    ] {
+        let counter = match key {
+            Some(key) => {
+                metrics::counter!(TOKENS, "key" => key.to_string(), "model" => model.to_string(), "kind" => kind)
+            }
+            None => metrics::counter!(TOKENS, "model" => model.to_string(), "kind" => kind),
+        };
+        counter.increment(n);
+    }
 }
 
 /// Labels the current request with the routed model. Callers pass a configured name

@@ -26,6 +26,12 @@ pub fn rfc3339_millis(at: SystemTime) -> String {
     )
 }
 
+/// The UTC calendar day (`YYYY-MM-DD`) of a moment.
+pub fn utc_day(at: SystemTime) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    civil(since.as_secs() as i64).0
+}
+
 /// The `YYYY-MM-DD` of a Unix time, and the seconds into that day.
 fn civil(seconds: i64) -> (String, i64) {
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));

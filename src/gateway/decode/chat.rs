@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::end::DoneScanner;
 use super::sse::{Line, SseLines};
+use super::Shape;
 
 /// One step of a streamed reply, in the order the upstream sent it (choice 0 only), for
 /// callers that re-emit the reply as it grows (e.g. as Responses API events).
@@ -44,20 +45,6 @@ pub struct Usage {
     pub raw: Value,
 }
 
-impl Usage {
-    /// A chat completion's `usage` object; `None` when it is not an object.
-    fn from_chat(raw: &Value) -> Option<Usage> {
-        let n = |pointer: &str| raw.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
-        raw.is_object().then(|| Usage {
-            input_tokens: n("/prompt_tokens"),
-            output_tokens: n("/completion_tokens"),
-            cached_input_tokens: n("/prompt_tokens_details/cached_tokens"),
-            reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
-            raw: raw.clone(),
-        })
-    }
-}
-
 /// The finished (or so far received) reply, the same whether it was streamed or not.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -82,7 +69,9 @@ impl Reply {
         Some(Reply {
             message,
             finish_reason,
-            usage: completion.get("usage").and_then(Usage::from_chat),
+            usage: completion
+                .get("usage")
+                .and_then(|u| Usage::from_shape(Shape::Chat, u)),
             model: completion
                 .get("model")
                 .and_then(Value::as_str)
@@ -205,6 +194,13 @@ impl ChatDecoder {
             .is_some_and(|(lines, _)| lines.missed())
     }
 
+    /// The usage the stream reported so far (read without assembling the reply).
+    pub fn usage(&self) -> Option<&Usage> {
+        self.content
+            .as_ref()
+            .and_then(|(_, state)| state.usage.as_ref())
+    }
+
     /// The reply assembled so far.
     pub fn reply(&self) -> Reply {
         let empty = State::default();
@@ -248,7 +244,11 @@ impl State {
                 .model
                 .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
         }
-        if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_chat) {
+        if let Some(usage) = chunk
+            .usage
+            .as_ref()
+            .and_then(|u| Usage::from_shape(Shape::Chat, u))
+        {
             self.usage = Some(usage);
         }
         let choices = chunk.choices.into_iter().flatten();
