@@ -1,7 +1,10 @@
 //! Token budgets. The limiter against a private Redis (two limiters = two instances):
 //! reservations never pass the budget under concurrency, a flushed counter is seeded
 //! again from the store's floor, settles are counted once, and a dead Redis follows
-//! `redis_failure`. End to end with the real binary: see `budgets_e2e` below.
+//! `redis_failure`. End to end with the real binary (second half of the file): two
+//! instances on PostgreSQL and a private Redis never overspend, and the day stays spent
+//! after a restart and a FLUSHDB; Redis killed mid-run under both failure policies; one
+//! SQLite instance with the local backend. Last, the store's per-window sums.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -700,4 +703,56 @@ async fn sqlite_local_backend_holds_the_budget_across_a_restart() {
     let gw = instance(&config, &dir, None);
     assert_eq!(burst(&[gw.url("")], 3).await, (0, 3), "the day stays spent");
     assert_eq!(answered.tokens.load(Ordering::SeqCst), spent);
+}
+
+/// The floors: what the store says a key spent today, this month and ever, on SQLite and
+/// (when GATEWAYD_TEST_POSTGRES_URL is set) PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_sums_a_keys_spend_per_window() {
+    let config = config_from_toml("");
+    let mut stores = vec![(
+        common::open_store(&config, false).await,
+        format!("sqlite://{}", config.data_dir.join("sessions.db").display()),
+    )];
+    if let Ok(url) = std::env::var("GATEWAYD_TEST_POSTGRES_URL") {
+        stores.push((common::open_store(&config, true).await, url));
+    }
+    for (store, database) in stores {
+        let name = unique("spend");
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&database).await.unwrap();
+        let rows = [
+            ("2026-12-06", "m1", 100, 10),
+            ("2026-12-06", "m2", 5, 0),
+            ("2026-12-01", "m1", 1_000, 0),
+            ("2026-11-30", "m1", 20_000, 0),
+            ("2025-12-06", "m1", 300_000, 0),
+        ];
+        for (day, model, input, output) in rows {
+            sqlx::query(
+                "INSERT INTO token_usage (key_name, model, day, input_tokens, output_tokens) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&name)
+            .bind(model)
+            .bind(day)
+            .bind(input as i64)
+            .bind(output as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let spent = store.spent(&name, "2026-12-06", "2026-12").await.unwrap();
+        assert_eq!(
+            (spent.day, spent.month, spent.total),
+            (115, 1_115, 321_115),
+            "{database}"
+        );
+        let none = store
+            .spent(&unique("nobody"), "2026-12-06", "2026-12")
+            .await
+            .unwrap();
+        assert_eq!((none.day, none.month, none.total), (0, 0, 0));
+    }
 }
