@@ -200,6 +200,15 @@ async fn every_metric_the_dashboard_queries_exists_after_ordinary_traffic() {
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.split(['{', ' ']).next())
         .collect();
+    // Every turn's tokens are counted, passed-through chat included, by key and kind.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gatewayd_tokens_total{")
+                && l.contains("key=\"alice\"")
+                && l.contains("kind=\"input\"")),
+        "no token series by key and kind:\n{metrics}"
+    );
     let mut missing = Vec::new();
     for (title, expr) in &exprs {
         let names = metric_names(expr);

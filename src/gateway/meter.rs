@@ -22,12 +22,12 @@ use super::budget;
 use super::decode::Usage;
 use super::state::Gateway;
 use super::tokens;
-use super::turn::UpstreamCall;
 use crate::config::keys::ClientKey;
 use crate::limits::Reservation;
 use crate::store::{SessionStore, TokenCounts};
 use crate::telemetry::RequestTiming;
 use crate::wire::error::ApiError;
+use crate::wire::openai::ChatRequest;
 
 /// Output text kept for an estimate; beyond it, output is counted by length.
 const KEEP_OUTPUT: usize = 4 * 1024 * 1024;
@@ -79,22 +79,21 @@ impl Input {
 impl Meter {
     /// Opens the meter of a turn about to call upstream: when its key has a budget, the
     /// input estimate plus the request's `max_tokens` is reserved (or 429 `budget_exceeded`).
+    /// `prefix`: the stored history placed before the request's messages (shared, not
+    /// copied), counted as input too.
     pub async fn open(
         gateway: &Gateway,
         key: Option<&Arc<ClientKey>>,
-        call: &UpstreamCall,
+        request: &ChatRequest,
+        prefix: Option<Bytes>,
         label: Arc<str>,
     ) -> Result<Meter, ApiError> {
-        let prefix = call
-            .prefix
-            .as_ref()
-            .map(|p| Bytes::copy_from_slice(p.as_bytes()));
         let mut meter = Meter {
             key: key.cloned(),
-            model: call.request.model.clone(),
+            model: request.model.clone(),
             label,
             input: Input::Later {
-                body: call.request.body.clone(),
+                body: request.body.clone(),
                 prefix,
             },
             reservation: None,
@@ -107,7 +106,7 @@ impl Meter {
         };
         if let Some(key) = key.filter(|k| k.policy.has_budget()) {
             let estimate = meter.estimate_input().await?;
-            let max_tokens = max_tokens(&call.request.body);
+            let max_tokens = max_tokens(&request.body);
             meter.reservation = budget::reserve(gateway, key, estimate, max_tokens).await?;
         }
         Ok(meter)

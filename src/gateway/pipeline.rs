@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use axum::response::Response;
+use bytes::Bytes;
 
 use super::decode::{Reply, Shape, Usage};
 use super::meter::Meter;
@@ -69,12 +70,26 @@ pub async fn run(
         }
     }
     call.request.client_headers = client_headers;
+    // Every streamed chat (and completions) turn asks for its usage; a client that did
+    // not ask is not sent it.
+    let strip_usage = call.native.is_none()
+        && matches!(
+            call.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
+        && call.request.stream
+        && !call.request.ask_stream_usage()
+        && !protocol.translates();
     let candidates = candidates(gateway, &call, pinned)?;
+    // Shared by every attempt and the meter, never copied.
+    let prefix: Option<Bytes> = call.prefix.take().map(Bytes::from);
     // The turn's tokens: reserved against the key's budgets now, settled once after.
     let meter = match (call.endpoint, candidates.first()) {
         (Endpoint::CountTokens, _) | (_, None) => None,
         (_, Some(first)) => {
-            Some(Meter::open(gateway, key.as_ref(), &call, first.label.clone()).await?)
+            let label = first.label.clone();
+            let open = Meter::open(gateway, key.as_ref(), &call.request, prefix.clone(), label);
+            Some(open.await?)
         }
     };
     let shape = match call.native {
@@ -82,9 +97,14 @@ pub async fn run(
         Some(NativeApi::Messages) => Shape::Anthropic,
         None => Shape::Chat,
     };
-    let prefix = call.prefix.as_deref().map(str::as_bytes);
-    let (answer, upstream) =
-        forward_to(gateway, call.endpoint, &call.request, prefix, candidates).await?;
+    let (answer, upstream) = forward_to(
+        gateway,
+        call.endpoint,
+        &call.request,
+        prefix.as_deref(),
+        candidates,
+    )
+    .await?;
 
     let native = match (call.native, &store) {
         (Some(NativeApi::Responses), Some(store)) if records => Some(NativeRecorder {
@@ -159,13 +179,16 @@ pub async fn run(
                 upstream.body = native_record::tap(upstream.body, native, api);
             }
             let native = call.native.map(|_| shape);
-            let settler = Settler::new(
+            let mut settler = Settler::new(
                 protocol.encoder(),
                 settlement,
                 protocol.translates(),
                 meter,
                 native,
             );
+            if strip_usage {
+                settler = settler.strip_usage_chunk();
+            }
             respond_stream(gateway, upstream, settler)
         }
     };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use super::decode::{ChatDecoder, Delta, NativeUsage, Reply, Shape};
+use super::decode::{ChatDecoder, Delta, NativeUsage, Reply, Shape, UsageChunkStrip};
 use super::meter::Meter;
 use super::relay::{Ending, Flow, StreamTap};
 use super::turn::{Encoder, Record};
@@ -76,6 +76,9 @@ pub struct Settler {
     meter: Option<Meter>,
     /// A native stream's usage and output text (its events are not chat chunks).
     native: Option<NativeUsage>,
+    /// Removes the usage chunk gatewayd asked for from a chat client's stream when the
+    /// client did not ask for it.
+    strip: Option<UsageChunkStrip>,
 }
 
 impl Settler {
@@ -105,13 +108,40 @@ impl Settler {
             checks,
             native: native.filter(|_| meter.is_some()).map(NativeUsage::new),
             meter,
+            strip: None,
         })
+    }
+
+    /// The client did not ask for the usage chunk gatewayd asked the upstream for: it is
+    /// removed from what the client gets (and still read for the turn's usage).
+    pub fn strip_usage_chunk(mut self: Box<Self>) -> Box<Self> {
+        self.strip = Some(UsageChunkStrip::default());
+        self
+    }
+
+    /// An unfinished last event the strip still holds, before the stream's last bytes.
+    fn with_rest(strip: Option<UsageChunkStrip>, ending: Bytes) -> Bytes {
+        match strip.map(|mut strip| strip.rest()) {
+            Some(rest) if !rest.is_empty() => [rest, ending].concat().into(),
+            _ => ending,
+        }
     }
 }
 
 impl StreamTap for Settler {
     fn chunk(&mut self, bytes: Bytes) -> Flow {
         self.deltas.clear();
+        let bytes = match &mut self.strip {
+            Some(strip) => {
+                let stripped = strip.push(bytes);
+                if let Some(removed) = stripped.removed {
+                    // Read for its usage only; it carries no delta.
+                    self.decoder.push(&removed, &mut self.deltas);
+                }
+                stripped.send
+            }
+            None => bytes,
+        };
         let done_at = self.decoder.push(&bytes, &mut self.deltas);
         if let Some(observer) = &mut self.observer {
             // Its deltas (only `Done`) are not the encoder's business.
@@ -153,10 +183,14 @@ impl StreamTap for Settler {
                 checks,
                 meter,
                 native,
+                strip,
                 ..
             } = *self;
             if let Some(observer) = observer {
                 trace_reply(&observer.reply());
+            } else if !checks && decoder.decodes() && traces::enabled() {
+                // Decoded for the meter only: the trace reads the same reply.
+                trace_reply(&decoder.reply());
             }
             settle_meter(meter, native.as_ref(), &decoder);
             let made = match (checks, decoder.incomplete()) {
@@ -168,7 +202,8 @@ impl StreamTap for Settler {
                 }
                 (false, _) => Ok(()),
             };
-            return Ending::Now(encoder.done(made.as_ref().map(|_| ())).unwrap_or(held));
+            let ending = encoder.done(made.as_ref().map(|_| ())).unwrap_or(held);
+            return Ending::Now(Settler::with_rest(strip, ending));
         }
         Ending::Settled(
             async move {
@@ -180,6 +215,7 @@ impl StreamTap for Settler {
                     split_end,
                     meter,
                     native,
+                    strip,
                     ..
                 } = *self;
                 settle_meter(meter, native.as_ref(), &decoder);
@@ -196,12 +232,13 @@ impl StreamTap for Settler {
                         }
                     }
                 };
-                match encoder.done(settled.as_ref().map(drop)) {
+                let ending = match encoder.done(settled.as_ref().map(drop)) {
                     // In place of `data: [DONE]`; a half-sent `[DONE]` line is closed first.
                     Some(ending) if split_end => [&b"\n\n"[..], &ending].concat().into(),
                     Some(ending) => ending,
                     None => held,
-                }
+                };
+                Settler::with_rest(strip, ending)
             }
             .boxed(),
         )
@@ -266,15 +303,17 @@ fn meter_deltas(meter: &mut Meter, deltas: &[Delta]) {
     }
 }
 
-/// Step 6 for tokens, at a stream's end: the usage it reported, or (without a report)
-/// an estimate of what it produced, or a refund if it produced nothing.
+/// Step 6 for tokens, at a complete stream's end: the usage it reported, or (without a
+/// report) an estimate of what it produced, or a refund if it ended in an error before
+/// any output.
 fn settle_meter(meter: Option<Meter>, native: Option<&NativeUsage>, decoder: &ChatDecoder) {
     if let Some(meter) = meter {
         let usage = match native {
             Some(native) => native.usage(),
             None => decoder.usage(),
         };
-        meter.settle(usage, false);
+        // A stream that completed produced an answer (unless it reported an error).
+        meter.settle(usage, !decoder.incomplete());
     }
 }
 

@@ -1,7 +1,8 @@
-//! Token usage as stored: per key, model and UTC day, read back for the admin API and `gatewayd keys usage`.
+//! Token usage as stored: per key, model and UTC day, added per turn (written in batches by `usage_write.rs`) and read back for the admin API and `gatewayd keys usage`.
 
 use sqlx::Row;
 
+use super::usage_write::TokenCounts;
 use super::{SessionError, SessionStore};
 
 /// How usage rows are summed.
@@ -54,6 +55,17 @@ pub fn is_day(text: &str) -> bool {
 }
 
 impl SessionStore {
+    /// Adds one turn's tokens to its key's row for the model and today (UTC). Never
+    /// waits: the row is written by the next flush, within a second.
+    pub fn add_usage(&self, key: &str, model: &str, counts: &TokenCounts, estimated: bool) {
+        self.usage.add_turn(key, model, counts, estimated);
+    }
+
+    /// Writes the usage added so far (the daemon calls it once more at shutdown).
+    pub async fn flush_usage(&self) -> Result<(), SessionError> {
+        self.usage.flush(&self.writer).await
+    }
+
     /// The usage rows `filter` selects, ordered by key, then model, then day.
     pub async fn usage_rows(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, SessionError> {
         let (columns, group) = match filter.group_by {

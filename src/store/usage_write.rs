@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::Connection;
 
 use super::writer::Writer;
-use super::{SessionError, SessionStore};
+use super::SessionError;
 
 /// How often the counts are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -78,31 +78,27 @@ impl UsageBuffer {
         }
     }
 
-    fn take(&self) -> HashMap<RowKey, Sums> {
-        self.pending
-            .lock()
-            .map(|mut pending| std::mem::take(&mut *pending))
-            .unwrap_or_default()
-    }
-}
-
-impl SessionStore {
-    /// Adds one turn's tokens to its key's row for the model and today (UTC). Never
-    /// waits: the row is written by the next flush.
-    pub fn add_usage(&self, key: &str, model: &str, counts: &TokenCounts, estimated: bool) {
+    /// Adds one turn's tokens to its key's row for the model and today (UTC).
+    pub fn add_turn(&self, key: &str, model: &str, counts: &TokenCounts, estimated: bool) {
         let day = crate::wire::time::utc_day(SystemTime::now());
         let sums = Sums {
             counts: *counts,
             requests: 1,
             estimated_requests: u64::from(estimated),
         };
-        self.usage
-            .add((key.to_string(), model.to_string(), day), &sums);
+        self.add((key.to_string(), model.to_string(), day), &sums);
     }
 
-    /// Writes the counts added so far (the daemon calls it once more at shutdown).
-    pub async fn flush_usage(&self) -> Result<(), SessionError> {
-        flush(&self.writer, &self.usage).await
+    /// Writes the counts added so far.
+    pub async fn flush(&self, writer: &Writer) -> Result<(), SessionError> {
+        flush(writer, self).await
+    }
+
+    fn take(&self) -> HashMap<RowKey, Sums> {
+        self.pending
+            .lock()
+            .map(|mut pending| std::mem::take(&mut *pending))
+            .unwrap_or_default()
     }
 }
 

@@ -15,6 +15,8 @@ pub struct RequestPreamble<'a> {
     pub messages: Option<&'a RawValue>,
     #[serde(borrow)]
     pub stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub stream_options: Option<&'a RawValue>,
 }
 
 /// A validated request: the model name, whether it streams, and where the model and
@@ -29,6 +31,7 @@ pub struct ChatRequest {
     pub client_headers: std::sync::Arc<http::HeaderMap>,
     model_span: (usize, usize),
     messages_span: Option<(usize, usize)>,
+    stream_options_span: Option<(usize, usize)>,
 }
 
 /// Which field was wrong, for the OpenAI error's `param`.
@@ -149,6 +152,7 @@ pub fn parse_request(body: Bytes, endpoint: Endpoint) -> Result<ChatRequest, Inv
         Some(_) => return Err(invalid("'stream' must be a boolean.", Some("stream"))),
     };
     let model_span = span_of(text, model_raw);
+    let stream_options_span = preamble.stream_options.map(|raw| span_of(text, raw));
     Ok(ChatRequest {
         body,
         model,
@@ -156,7 +160,16 @@ pub fn parse_request(body: Bytes, endpoint: Endpoint) -> Result<ChatRequest, Inv
         client_headers: Default::default(),
         model_span,
         messages_span,
+        stream_options_span,
     })
+}
+
+/// A span after an edit that replaced `cut` bytes ending at `end` with `grown` bytes.
+fn moved((s, e): (usize, usize), end: usize, grown: usize, cut: usize) -> (usize, usize) {
+    match s >= end {
+        true => (s + grown - cut, e + grown - cut),
+        false => (s, e),
+    }
 }
 
 /// Byte offsets of a borrowed sub-slice within the text it was parsed from.
@@ -166,6 +179,49 @@ fn span_of(text: &str, raw: &RawValue) -> (usize, usize) {
 }
 
 impl ChatRequest {
+    /// Asks a chat upstream for the usage chunk of its stream
+    /// (`stream_options.include_usage = true`), editing only that field's bytes. Returns
+    /// whether the client had asked for it itself.
+    pub fn ask_stream_usage(&mut self) -> bool {
+        const ASK: &[u8] = br#"{"include_usage":true}"#;
+        let Some((start, end)) = self.stream_options_span else {
+            // Added as the body's last field: no other field moves.
+            let Some(close) = self.body.iter().rposition(|b| *b == b'}') else {
+                return false;
+            };
+            let field = br#","stream_options":"#;
+            let at = close + field.len();
+            self.splice(close, close, &[&field[..], ASK].concat());
+            self.stream_options_span = Some((at, at + ASK.len()));
+            return false;
+        };
+        let options = serde_json::from_slice::<serde_json::Value>(&self.body[start..end]);
+        let mut options = match options {
+            Ok(serde_json::Value::Object(options)) => options,
+            _ => serde_json::Map::new(),
+        };
+        if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+            return true;
+        }
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        let replacement = serde_json::to_vec(&options).unwrap_or_else(|_| ASK.to_vec());
+        self.splice(start, end, &replacement);
+        self.stream_options_span = Some((start, start + replacement.len()));
+        false
+    }
+
+    /// Replaces `body[start..end]`, moving the spans after it.
+    fn splice(&mut self, start: usize, end: usize, replacement: &[u8]) {
+        let mut out = BytesMut::with_capacity(self.body.len() + replacement.len());
+        out.extend_from_slice(&self.body[..start]);
+        out.extend_from_slice(replacement);
+        out.extend_from_slice(&self.body[end..]);
+        self.body = out.freeze();
+        let (grown, cut) = (replacement.len(), end - start);
+        self.model_span = moved(self.model_span, end, grown, cut);
+        self.messages_span = self.messages_span.map(|span| moved(span, end, grown, cut));
+    }
+
     /// The raw JSON text of `messages`, as sent.
     pub fn messages_json(&self) -> Option<&[u8]> {
         self.messages_span.map(|(s, e)| &self.body[s..e])
@@ -275,6 +331,35 @@ mod tests {
                 Some("model")
             );
         }
+    }
+
+    #[test]
+    fn stream_usage_is_asked_by_editing_one_field() {
+        let mut req =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+                .unwrap();
+        assert!(!req.ask_stream_usage());
+        assert_eq!(
+            &req.body[..],
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert!(req.ask_stream_usage());
+        let mut req = chat(r#"{"stream_options":{"include_usage":false,"x":1},"model":"m","messages":[{"role":"user","content":"b"}]}"#).unwrap();
+        assert!(!req.ask_stream_usage());
+        let out = req.forward_body(Some("n"), Some(br#"{"role":"user","content":"a"}"#));
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            value["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert_eq!(value["model"], "n");
+        assert_eq!(value["messages"][1]["content"], "b");
+        let mut asked =
+            chat(r#"{"model":"m","messages":[{}],"stream_options":{"include_usage":true}}"#)
+                .unwrap();
+        let before = asked.body.clone();
+        assert!(asked.ask_stream_usage());
+        assert_eq!(asked.body, before);
     }
 
     #[test]

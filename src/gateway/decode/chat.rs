@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::end::DoneScanner;
 use super::sse::{Line, SseLines};
-use super::Shape;
+use super::usage::{Shape, Usage};
 
 /// One step of a streamed reply, in the order the upstream sent it (choice 0 only), for
 /// callers that re-emit the reply as it grows (e.g. as Responses API events).
@@ -30,19 +30,6 @@ pub enum Delta {
     Finish(String),
     /// `data: [DONE]`: the stream is complete; nothing after it is read.
     Done,
-}
-
-/// Token counts of a reply, named by what they bill rather than by the upstream's field names.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// Part of `input_tokens` served from the upstream's prompt cache.
-    pub cached_input_tokens: u64,
-    /// Part of `output_tokens` spent on hidden reasoning.
-    pub reasoning_tokens: u64,
-    /// The upstream's `usage` object as sent, for whoever needs more than the counts.
-    pub raw: Value,
 }
 
 /// The finished (or so far received) reply, the same whether it was streamed or not.

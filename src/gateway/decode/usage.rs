@@ -13,7 +13,19 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::sse::{Line, SseLines};
-use super::Usage;
+
+/// Token counts of a reply, named by what they bill rather than by the upstream's field names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Part of `input_tokens` served from the upstream's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Part of `output_tokens` spent on hidden reasoning.
+    pub reasoning_tokens: u64,
+    /// The upstream's `usage` object as sent, for whoever needs more than the counts.
+    pub raw: Value,
+}
 
 /// Which API's usage shape a reply has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
