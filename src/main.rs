@@ -58,6 +58,12 @@ fn main() -> ExitCode {
     if let Some(Command::Reload) = cli.command {
         return reload(&cli.serve);
     }
+    if let Some(Command::Keys { action }) = cli.command {
+        return match daemon::keys_cli::run(&cli.serve, &ProcessEnv, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fatal(message, 1),
+        };
+    }
     // One judgment for both commands: check-config prints it, serve acts on it.
     let verdict = match verdict::judge(&cli.serve, &ProcessEnv, &SystemResolver) {
         Ok(verdict) => verdict,
@@ -123,6 +129,9 @@ fn check_config(verdict: &Verdict) -> ExitCode {
     }
     if let Some(addrs) = &verdict.plan.metrics {
         println!("metrics on: {}", show(addrs));
+    }
+    if let Some(addrs) = &verdict.plan.admin {
+        println!("admin API on: {}", show(addrs));
     }
     let config = &verdict.config;
     println!("auth: {}", auth_mode(&verdict.keys));

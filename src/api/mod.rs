@@ -2,6 +2,7 @@
 //! plus `AppState` and `app(state)`, which puts the routes behind the edge's layers.
 //! Handlers parse and shape; a turn is the gateway's. Declarations only.
 
+pub mod admin;
 pub mod anthropic;
 pub mod health;
 pub mod metrics;

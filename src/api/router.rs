@@ -4,10 +4,16 @@ use axum::Router;
 use tower::ServiceBuilder;
 
 use super::state::AppState;
-use super::{anthropic, health, metrics, models, openai, responses, sessions, unsupported};
+use super::{admin, anthropic, health, metrics, models, openai, responses, sessions, unsupported};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::keys::KeySet;
 use crate::http::auth::RequireApiKeyLayer;
 use crate::http::edge::EdgeLayer;
 use crate::http::hardening::cors_layer;
+use crate::http::state::EdgeState;
 use crate::wire::error::ApiError;
 
 pub use crate::http::edge::REQUEST_ID;
@@ -33,7 +39,20 @@ pub fn app(state: AppState) -> Router {
     with_layers(routes, state)
 }
 
+/// The admin API's app, for `[admin] listen`: its routes behind the same layers, with
+/// an auth boundary that accepts `admin_keys` (the admin key) and nothing else.
+pub fn admin_app(state: AppState, admin_keys: Arc<ArcSwap<KeySet>>) -> Router {
+    let mut edge = state.edge().clone();
+    edge.keys = admin_keys;
+    layered(admin::routes(), state, edge)
+}
+
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    let edge = state.edge().clone();
+    layered(routes, state, edge)
+}
+
+fn layered(routes: Router<AppState>, state: AppState, edge_state: EdgeState) -> Router {
     let routes = routes
         .fallback(unsupported::fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -44,7 +63,6 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     // loopback mode), after the caller's rate and concurrency limits (429). The sole
     // exemptions are `auth::PUBLIC_ROUTES`, matched on route patterns, which is why this
     // one layer sits inside the router.
-    let edge_state = state.edge();
     let protected = routes.layer(RequireApiKeyLayer::new(
         edge_state.keys.clone(),
         edge_state.limiter.clone(),

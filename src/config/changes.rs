@@ -78,6 +78,7 @@ pub fn apply(old: &Config, mut new: Config) -> (Config, Changes) {
         require_key: _,
         tls: _,
         allow_plaintext: _,
+        admin: _,
         // Given by flags, which a reload cannot change.
         upstream_from_flag: _,
         config_path: _,
@@ -101,6 +102,8 @@ pub fn apply(old: &Config, mut new: Config) -> (Config, Changes) {
     restart!(c, old, n, "server.allow_plaintext", allow_plaintext);
     // TLS on or off, or other files. New contents of the same files load on every reload.
     restart!(c, old, n, "server.tls", tls);
+    // The admin listener and its key are taken at start.
+    restart!(c, old, n, "admin", admin);
     live!(c, old, n, "keys", key_entries);
     live!(c, old, n, "upstreams", upstreams);
     live!(c, old, n, "routing", routing);

@@ -36,6 +36,75 @@ pub enum Command {
     /// its config, and print what changed, what needs a restart, or why nothing changed.
     /// Exits 0 (applied), 1 (kept the old config), 3 (not running) or 4 (not permitted).
     Reload,
+    /// Manage runtime keys and read token usage in the store this config names (SQLite
+    /// in the data dir, or [sessions] database_url), with the daemon stopped. While a
+    /// daemon owns a SQLite store, use the admin API instead.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a runtime key and print it, once (only its SHA-256 is stored).
+    Create {
+        /// The key's name: it owns sessions and usage, and appears in logs.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        policy: PolicyFlags,
+    },
+    /// List the keys: [[keys]] from the config file and runtime keys from the store.
+    List,
+    /// Revoke a runtime key (config-file keys are removed from the file).
+    Revoke {
+        /// The name of the runtime key.
+        name: String,
+    },
+    /// Print token usage rows.
+    Usage {
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// First UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last UTC day, YYYY-MM-DD (included).
+        #[arg(long)]
+        to: Option<String>,
+        /// day, model or key.
+        #[arg(long, default_value = "day")]
+        group_by: String,
+    },
+}
+
+/// A runtime key's policy on the command line; the same fields as `[[keys]]`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PolicyFlags {
+    /// Models the key may use: exact names or trailing-`*` patterns, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// Input plus output tokens per UTC day.
+    #[arg(long)]
+    pub tokens_per_day: Option<u64>,
+    /// Input plus output tokens per UTC month.
+    #[arg(long)]
+    pub tokens_per_month: Option<u64>,
+    /// Input plus output tokens, ever.
+    #[arg(long)]
+    pub tokens_total: Option<u64>,
+    /// RFC 3339 time after which the key is refused, e.g. 2027-01-31T23:59:59Z.
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    /// Create the key disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    #[arg(long)]
+    pub requests_per_minute: Option<u32>,
+    #[arg(long)]
+    pub concurrent_requests: Option<u32>,
 }
 
 /// Settings that override the config file. Precedence: flags > env > file > defaults.

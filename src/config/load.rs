@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::admin::AdminSection;
 use super::cli::{LogFormat, ServeArgs};
 use super::file_read::{self, FileError, FileKind};
 use super::keys::KeyEntry;
@@ -38,6 +39,8 @@ pub struct FileConfig {
     pub routing: RoutingSection,
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 /// Everything gatewayd runs with, after merging. Built once; never mutated.
@@ -81,6 +84,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// `[server] allow_plaintext`: no warning about keys in clear text.
     pub allow_plaintext: bool,
+    /// `[admin]`: the admin API's listener and key source.
+    pub admin: AdminSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +206,7 @@ impl Config {
             require_key: file.server.require_key.unwrap_or(false),
             tls: file.server.tls,
             allow_plaintext: file.server.allow_plaintext.unwrap_or(false),
+            admin: file.admin,
         };
         config.validate()?;
         Ok(config)

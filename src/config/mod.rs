@@ -2,6 +2,7 @@
 //! runtime module; the runtime takes its settings (and small types such as
 //! `SessionLimits` or `RedisUrl`) from here. Declarations and re-exports only.
 
+pub mod admin;
 pub mod changes;
 pub mod cli;
 pub mod file_read;
@@ -16,6 +17,7 @@ pub mod telemetry;
 pub mod tls;
 mod upstream;
 
+pub use admin::AdminSection;
 pub use limits::{Backend, Limits, RedisFailure, RedisUrl};
 pub use load::{reread, Config, ConfigError, FileConfig, STDIN_CONFIG};
 pub use proxies::{parse_trusted, ForwardedHeader};

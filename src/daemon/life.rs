@@ -6,13 +6,14 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::GuardError;
+use super::key_book::KeyBook;
 use super::reload::Reloads;
 use super::report::ReportFiles;
 use super::startup::{self, StartupError};
 use super::swap::Running;
 use super::systemd;
 use super::verdict::{auth_mode, Verdict};
-use crate::api::router::{app, metrics_app};
+use crate::api::router::{admin_app, app, metrics_app};
 use crate::api::state::AppState;
 use crate::config::cli::ServeArgs;
 use crate::config::{Config, TraceExport};
@@ -70,6 +71,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     let Verdict {
         config,
         keys,
+        admin_keys,
         plan,
         inherited,
         registry,
@@ -98,7 +100,17 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
             .collect(),
         None => Vec::new(),
     };
-    for warning in keys.warnings.iter().chain(&warnings) {
+    // The admin key is strong (the verdict checked it), so the guard passes it; the
+    // verdict has already refused a plain-HTTP admin address other machines can reach.
+    let admin_listeners: Vec<Listener> = match &plan.admin {
+        Some(addrs) => startup::bind(addrs, true)?
+            .into_iter()
+            .map(Listener::Tcp)
+            .collect(),
+        None => Vec::new(),
+    };
+    let admin_warnings = admin_keys.iter().flat_map(|set| &set.warnings);
+    for warning in keys.warnings.iter().chain(&warnings).chain(admin_warnings) {
         tracing::warn!("{warning}");
     }
     let store = open_sessions(&config).await?;
@@ -123,10 +135,12 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
         );
     }
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    let admin_addresses: Vec<String> = admin_listeners.iter().map(Listener::describe).collect();
     let metrics_addresses: Vec<String> = metrics_listeners.iter().map(Listener::describe).collect();
     tracing::info!(
         addresses = %addresses.join(", "),
         metrics = %metrics_addresses.join(", "),
+        admin = %admin_addresses.join(", "),
         auth = %auth_mode(&keys),
         tls = tls.is_some(),
         sessions = store.backend(),
@@ -143,14 +157,38 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
             store.spawn_response_retention(age, shutdown.clone());
         }
     }
+    let book = KeyBook::new(state.keys.clone());
+    if let Some(store) = &state.sessions {
+        book.clone()
+            .start_polling(store.clone(), shutdown.clone())
+            .await;
+    }
     let router = live(app(state.clone()));
     let metrics_router = (!metrics_listeners.is_empty()).then(|| live(metrics_app(state.clone())));
-    let running = Running::new(args, state.clone(), router.clone(), metrics_router.clone());
+    let running = Running::new(
+        args,
+        state.clone(),
+        router.clone(),
+        metrics_router.clone(),
+        book,
+    );
     tokio::spawn(handle_signals(
         signals,
         Reloads::start(Arc::new(running), Some(report_files.clone())),
         shutdown.clone(),
     ));
+    if let Some(admin_keys) = admin_keys {
+        let admin_router = live(admin_app(
+            state.clone(),
+            Arc::new(ArcSwap::from_pointee(admin_keys)),
+        ));
+        tokio::spawn(crate::serve_router(
+            state.clone(),
+            admin_router,
+            admin_listeners,
+            shutdown.clone(),
+        ));
+    }
     if let Some(metrics_router) = metrics_router {
         tokio::spawn(crate::serve_router(
             state.clone(),

@@ -4,6 +4,8 @@
 
 pub mod control;
 pub mod guard;
+pub mod key_book;
+pub mod keys_cli;
 pub mod life;
 pub mod reload;
 pub mod report;

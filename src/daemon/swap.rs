@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::key_book::KeyBook;
 use super::verdict::{auth_mode, check_key_required};
 use crate::api::router::{app, metrics_app};
 use crate::api::state::AppState;
@@ -29,6 +30,8 @@ pub struct Running {
     state: ArcSwap<AppState>,
     main: LiveRouter,
     metrics: Option<LiveRouter>,
+    /// Config keys and runtime keys; a reload replaces only the config half.
+    book: Arc<KeyBook>,
 }
 
 impl Running {
@@ -37,12 +40,14 @@ impl Running {
         state: AppState,
         main: LiveRouter,
         metrics: Option<LiveRouter>,
+        book: Arc<KeyBook>,
     ) -> Running {
         Running {
             args,
             state: ArcSwap::from_pointee(state),
             main,
             metrics,
+            book,
         }
     }
 
@@ -85,7 +90,8 @@ pub fn prepare(running: &Running, env: &dyn Env) -> Result<Prepared, Rejection> 
     let read = config_file::reread(&state.config, &running.args, cors)
         .map_err(|e| Rejection::Config(e.to_string()))?;
     let keys = keys::load(env, &read.key_entries).map_err(|e| Rejection::Keys(e.to_string()))?;
-    if keys.is_empty() && !state.keys.load().is_empty() {
+    let old_keys = running.book.config_keys();
+    if keys.is_empty() && !old_keys.is_empty() {
         return Err(Rejection::Keys(
             "the new key set is empty; a reload never turns authentication off".into(),
         ));
@@ -98,7 +104,7 @@ pub fn prepare(running: &Running, env: &dyn Env) -> Result<Prepared, Rejection> 
         .upstreams
         .prepare(&config.upstreams, &config.routing)
         .map_err(|e| Rejection::Config(e.to_string()))?;
-    if keys_differ(&state.keys.load(), &keys) && !changes.live.contains(&"keys") {
+    if keys_differ(&old_keys, &keys) && !changes.live.contains(&"keys") {
         changes.live.insert(0, "keys");
     }
     Ok(Prepared {
@@ -132,12 +138,12 @@ pub fn install(running: &Running, prepared: Prepared) {
         changes: _,
     } = prepared;
     let old = running.state();
-    let keys = Arc::new(keys);
-    old.keys.store(keys.clone());
     for warning in &keys.warnings {
         tracing::warn!("{warning}");
     }
     tracing::info!(keys = keys.keys.len(), auth = %auth_mode(&keys), "keys reloaded");
+    // The runtime keys stay in force: the book publishes them with the new config keys.
+    running.book.set_config(keys);
     old.upstreams.install(upstreams);
     tracing::info!("upstreams and routing reloaded");
     old.limiter.set_defaults(&config.limits);

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use super::guard::{self, GuardError, Resolver};
 use super::startup::{self, StartupError};
 use super::systemd::{self, Inherited};
+use crate::config::admin::load_admin_key;
 use crate::config::cli::ServeArgs;
 use crate::config::keys::{self, Env, KeyError, KeySet};
 use crate::config::tls::TlsError;
@@ -20,6 +21,8 @@ use crate::upstream::{Registry, UpstreamError};
 pub struct Verdict {
     pub config: Config,
     pub keys: KeySet,
+    /// The admin key (`[admin]`), `None` when the admin API is off.
+    pub admin_keys: Option<KeySet>,
     pub plan: Plan,
     /// Sockets systemd passed, each already judged; `None` when none were passed.
     pub inherited: Option<Vec<Inherited>>,
@@ -35,6 +38,8 @@ pub struct Plan {
     /// `None` when systemd passes the sockets.
     pub main: Option<Vec<SocketAddr>>,
     pub metrics: Option<Vec<SocketAddr>>,
+    /// `[admin] listen`, when the admin API is on.
+    pub admin: Option<Vec<SocketAddr>>,
 }
 
 /// Why gatewayd would not serve. Each message names the problem and the fix.
@@ -52,6 +57,8 @@ pub enum Refusal {
     Tls(#[from] TlsError),
     #[error("--metrics-addr {0:?} must be HOST:PORT, e.g. 127.0.0.1:9464")]
     MetricsAddr(String),
+    #[error("[admin] listen {0:?} must be HOST:PORT, e.g. 127.0.0.1:8643")]
+    AdminListen(String),
     #[error("{0}")]
     Policy(String),
 }
@@ -78,6 +85,17 @@ impl Refusal {
 pub fn judge(args: &ServeArgs, env: &dyn Env, resolver: &dyn Resolver) -> Result<Verdict, Refusal> {
     let config = Config::load(args, env.var("API_SERVER_CORS_ORIGINS"))?;
     let keys = keys::load(env, &config.key_entries)?;
+    let admin_keys = load_admin_key(env, &config.admin)?;
+    if let Some(admin) = &admin_keys {
+        // Client listeners must refuse the admin key: it may be in no client key set.
+        if admin
+            .keys
+            .iter()
+            .any(|a| keys.keys.iter().any(|k| k.digest == a.digest))
+        {
+            return Err(KeyError::AdminIsClientKey.into());
+        }
+    }
     let strong_key = !keys.is_empty();
     check_cors_origins(&config.cors_origins, !strong_key).map_err(Refusal::Policy)?;
     check_key_required(&config, strong_key)?;
@@ -94,6 +112,7 @@ pub fn judge(args: &ServeArgs, env: &dyn Env, resolver: &dyn Resolver) -> Result
     Ok(Verdict {
         config,
         keys,
+        admin_keys,
         plan,
         inherited,
         registry,
@@ -190,7 +209,35 @@ pub fn plan(
         }
         None => None,
     };
-    Ok(Plan { main, metrics })
+    let admin = match config.admin.enabled {
+        true => Some(admin_plan(config, resolver)?),
+        false => None,
+    };
+    Ok(Plan {
+        main,
+        metrics,
+        admin,
+    })
+}
+
+/// The admin listener, judged by the same guard as the client listeners (it always has
+/// its strong admin key). Beyond them: the admin key can create keys, so it never
+/// crosses a network in clear text. A non-loopback admin address needs [server.tls], or
+/// `allow_plaintext` saying TLS ends in front of gatewayd.
+fn admin_plan(config: &Config, resolver: &dyn Resolver) -> Result<Vec<SocketAddr>, Refusal> {
+    let listen = &config.admin.listen;
+    let (host, port) =
+        split_host_port(listen).ok_or_else(|| Refusal::AdminListen(listen.clone()))?;
+    let addrs = startup::plan(host, port, true, resolver)?;
+    let exposed = addrs
+        .iter()
+        .find(|addr| guard::exposure(addr) == guard::Exposure::Network);
+    if let (Some(addr), None, false) = (exposed, &config.tls, config.allow_plaintext) {
+        return Err(Refusal::Policy(format!(
+            "refusing to serve the admin API on {addr} in plain HTTP: other machines can              reach it, and the admin key would cross the network in clear text. Set [admin]              listen to a loopback address (127.0.0.1:8643), or configure [server.tls], or,              when TLS ends in a proxy in front of gatewayd, set [server] allow_plaintext = true"
+        )));
+    }
+    Ok(addrs)
 }
 
 fn split_host_port(addr: &str) -> Option<(&str, u16)> {

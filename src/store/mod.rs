@@ -1,5 +1,6 @@
 //! Server-side conversation sessions: types, ids, storage errors and the store over SQLite or PostgreSQL.
 
+mod api_keys;
 mod cache;
 mod chain;
 mod group;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use crate::wire::error::ApiError;
 
 pub use crate::config::SessionLimits;
+pub use api_keys::{Created, StoredKey};
 pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
@@ -131,6 +133,13 @@ pub enum SessionError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("session storage setup failed: {0}")]
     Setup(String),
+    /// Another process (a running gatewayd) holds the SQLite data dir's owner lock.
+    #[error(
+        "the data dir {0} is in use by another gatewayd process. SQLite sessions serve one \
+             instance; give each instance its own --data-dir, or share sessions through \
+             PostgreSQL ([sessions] database_url)"
+    )]
+    InUse(String),
 }
 
 /// `sess_` + 128 random bits as 32 lowercase hex characters. Never derived from content.
@@ -181,7 +190,10 @@ impl SessionError {
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,
-            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_)
+            SessionError::Storage(_)
+                | SessionError::Migration(_)
+                | SessionError::Setup(_)
+                | SessionError::InUse(_)
         )
     }
 }
@@ -213,9 +225,10 @@ impl From<SessionError> for ApiError {
                 code: Some("previous_response_not_found"),
             },
             // Counted and logged (operation and cause) where it happened, in the store.
-            SessionError::Storage(_) | SessionError::Migration(_) | SessionError::Setup(_) => {
-                ApiError::StorageUnavailable
-            }
+            SessionError::Storage(_)
+            | SessionError::Migration(_)
+            | SessionError::Setup(_)
+            | SessionError::InUse(_) => ApiError::StorageUnavailable,
         }
     }
 }

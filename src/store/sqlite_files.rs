@@ -45,14 +45,8 @@ pub fn private_file(path: &Path) -> Result<File, SessionError> {
 /// being renewed. Several instances share sessions through PostgreSQL instead.
 pub fn lock(data_dir: &Path) -> Result<File, SessionError> {
     let file = private_file(&data_dir.join("sessions.lock"))?;
-    file.try_lock().map_err(|_| {
-        SessionError::Setup(format!(
-            "the data dir {} is in use by another gatewayd process. SQLite sessions serve one \
-             instance; give each instance its own --data-dir, or share sessions through \
-             PostgreSQL ([sessions] database_url)",
-            data_dir.display()
-        ))
-    })?;
+    file.try_lock()
+        .map_err(|_| SessionError::InUse(data_dir.display().to_string()))?;
     Ok(file)
 }
 

@@ -31,6 +31,9 @@ pub enum ApiError {
         message: String,
         code: Option<&'static str>,
     },
+    /// The thing to create exists already (a key name in the admin API).
+    #[error("{0}")]
+    Conflict(String),
     #[error("Method not allowed for this route.")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -141,7 +144,7 @@ impl ApiError {
             | ApiError::StorageUnavailable
             | ApiError::LimitsUnavailable
             | ApiError::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::SessionBusy => StatusCode::CONFLICT,
+            ApiError::SessionBusy | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::SessionLimitReached(_)
             | ApiError::StorageQuotaExceeded(_)
             | ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -190,6 +193,7 @@ impl ApiError {
             ApiError::StorageUnavailable => Some("storage_unavailable"),
             ApiError::LimitsUnavailable => Some("limits_unavailable"),
             ApiError::SessionBusy => Some("session_busy"),
+            ApiError::Conflict(_) => Some("already_exists"),
             ApiError::SessionLimitReached(_) => Some("session_limit_reached"),
             ApiError::StorageQuotaExceeded(_) => Some("storage_quota_exceeded"),
             _ => None,

@@ -18,7 +18,7 @@ pub use set::{
     digest, encode_key, generate, is_key_name, load, ClientKey, Env, KeyDigest, KeyEntry, KeyError,
     KeySet, ProcessEnv,
 };
-pub use tenancy::{KeyOrigin, KeyPolicy, KeyRefusal, PolicyText};
+pub use tenancy::{KeyOrigin, KeyPolicy, KeyRefusal, KeySettings, PolicyText};
 
 #[cfg(test)]
 mod tests;

@@ -111,6 +111,12 @@ pub enum KeyError {
     },
     #[error("CREDENTIALS_DIRECTORY names {}, which does not exist. systemd creates it for LoadCredential=; unset CREDENTIALS_DIRECTORY or point it at the credentials directory. gatewayd never falls back to running without a key", .0.display())]
     MissingCredentialsDirectory(PathBuf),
+    #[error("both GATEWAYD_ADMIN_KEY and [admin] key_file are set; this is ambiguous. Set exactly one of them")]
+    AmbiguousAdmin,
+    #[error("[admin] enabled = true, but no admin key is configured. Put a key from `gatewayd keygen` in a file named by [admin] key_file (chmod 600), or in GATEWAYD_ADMIN_KEY; or set [admin] enabled = false")]
+    MissingAdmin,
+    #[error("the admin key is also a client key, so client listeners would accept it. Give the admin API a key of its own (`gatewayd keygen`)")]
+    AdminIsClientKey,
     #[error("[[keys]] entry {name:?}: {problem}")]
     BadEntry { name: String, problem: String },
 }

@@ -139,3 +139,12 @@ pub enum KeyOrigin {
     Config,
     Runtime,
 }
+
+/// Everything a runtime key carries besides its name and digest: its policy and its
+/// overrides of the `[limits]` rate and concurrency.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeySettings {
+    pub policy: KeyPolicy,
+    pub requests_per_minute: Option<u32>,
+    pub concurrent_requests: Option<u32>,
+}
