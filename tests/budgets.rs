@@ -416,17 +416,8 @@ async fn chat(base: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// The reservation of one `chat_body()` request, as the gateway computes it: read from
-/// the 429 an in-process gateway answers for a budget of one token.
-async fn reservation_of_one_request() -> u64 {
-    let (upstream, _) = usage_upstream().await;
-    let toml = format!(
-        "{}\n[[keys]]\nname = \"probe\"\nsha256 = \"{}\"\ntokens_per_day = 1\n",
-        upstream_toml(&upstream),
-        sha256_hex(KEY_A)
-    );
-    let gw = spawn_gateway(config_from_toml(&toml)).await;
-    let response = chat(&gw.url("")).await;
+/// The reserve named in a 429 `budget_exceeded` message.
+async fn refused_reserve(response: reqwest::Response) -> u64 {
     assert_eq!(response.status(), 429);
     let body: Value = response.json().await.unwrap();
     common::assert_openai_error(&body, "rate_limit_error", "budget_exceeded");
@@ -436,8 +427,38 @@ async fn reservation_of_one_request() -> u64 {
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("no reservation in {message}"));
-    let reserve: u64 = reserve.parse().unwrap();
-    assert!(reserve >= INPUT + MAX_TOKENS, "{message}");
+    reserve.parse().unwrap()
+}
+
+/// The reservation of one `chat_body()` request, as the gateway computes it: read from
+/// the 429 an in-process gateway answers for a budget of one token (a reservation alone
+/// over the limit is refused). Without `max_tokens`, the request reserves
+/// `budget_default_max_tokens` in its place, exactly.
+async fn reservation_of_one_request() -> u64 {
+    let (upstream, answered) = usage_upstream().await;
+    let toml = format!(
+        "[limits]\nbudget_default_max_tokens = 1000\n{}\n[[keys]]\nname = \"probe\"\nsha256 = \"{}\"\ntokens_per_day = 1\n",
+        upstream_toml(&upstream),
+        sha256_hex(KEY_A)
+    );
+    let gw = spawn_gateway(config_from_toml(&toml)).await;
+    let reserve = refused_reserve(chat(&gw.url("")).await).await;
+    assert!(reserve >= INPUT + MAX_TOKENS, "{reserve}");
+    let mut uncapped = chat_body();
+    uncapped.as_object_mut().unwrap().remove("max_tokens");
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .json(&uncapped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused_reserve(response).await, reserve - MAX_TOKENS + 1000);
+    assert_eq!(
+        answered.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached upstream"
+    );
     gw.shutdown.cancel();
     reserve
 }
