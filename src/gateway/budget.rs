@@ -40,20 +40,20 @@ pub async fn reserve(
 /// What the store says the key has spent in each window, read at most once a second per
 /// key. A store that cannot answer refuses the turn: a budget is never judged blind.
 async fn floors(gateway: &Gateway, name: &Arc<str>, now: i64) -> Result<Floors, ApiError> {
-    if let Some(floors) = gateway.limiter.cached_floors(name) {
-        return Ok(floors);
-    }
     let store = gateway.session_store()?;
-    let (day, month) = limits::day_and_month(now);
-    let spent = store.spent(name, &day, &month).await.map_err(|error| {
-        tracing::warn!(%error, "budget floors could not be read from the store");
-        ApiError::StorageUnavailable
-    })?;
-    let floors = Floors {
-        day: spent.day,
-        month: spent.month,
-        total: spent.total,
-    };
-    gateway.limiter.remember_floors(name, floors);
-    Ok(floors)
+    gateway
+        .limiter
+        .budget_floors(name, || async {
+            let (day, month) = limits::day_and_month(now);
+            let spent = store.spent(name, &day, &month).await.map_err(|error| {
+                tracing::warn!(%error, "budget floors could not be read from the store");
+                ApiError::StorageUnavailable
+            })?;
+            Ok(Floors {
+                day: spent.day,
+                month: spent.month,
+                total: spent.total,
+            })
+        })
+        .await
 }

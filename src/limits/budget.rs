@@ -7,6 +7,7 @@
 //! window. So a restart, which empties these counters, starts again from the store.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -142,17 +143,35 @@ pub struct LocalBudgets {
     /// and adds every window of its key at once, and other keys never wait for it.
     counters: DashMap<Arc<str>, Arc<Mutex<HashMap<String, u64>>>>,
     floors: DashMap<Arc<str>, (Instant, Floors)>,
+    /// One store read of a key's floors at a time.
+    reading: DashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl LocalBudgets {
-    /// The floors of `name` read within the last [`FLOORS_FRESH_FOR`].
-    pub fn cached_floors(&self, name: &str) -> Option<Floors> {
-        let entry = self.floors.get(name)?;
-        (entry.0.elapsed() < FLOORS_FRESH_FOR).then_some(entry.1)
+    /// The floors of `name`: the ones read within the last [`FLOORS_FRESH_FOR`], or
+    /// fresh ones from `read` (the store). Concurrent requests of one key wait for one
+    /// read instead of each sending their own, so a burst costs one query.
+    pub async fn floors<F, Fut, E>(&self, name: &Arc<str>, read: F) -> Result<Floors, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Floors, E>>,
+    {
+        if let Some(floors) = self.fresh_floors(name) {
+            return Ok(floors);
+        }
+        let gate = self.reading.entry(name.clone()).or_default().clone();
+        let _reading = gate.lock().await;
+        if let Some(floors) = self.fresh_floors(name) {
+            return Ok(floors); // read by the request this one waited for
+        }
+        let floors = read().await?;
+        self.floors.insert(name.clone(), (Instant::now(), floors));
+        Ok(floors)
     }
 
-    pub fn remember_floors(&self, name: &Arc<str>, floors: Floors) {
-        self.floors.insert(name.clone(), (Instant::now(), floors));
+    fn fresh_floors(&self, name: &str) -> Option<Floors> {
+        let entry = self.floors.get(name)?;
+        (entry.0.elapsed() < FLOORS_FRESH_FOR).then_some(entry.1)
     }
 
     /// Checks every window of `scope` and adds `amount` to all of them, or to none:
@@ -299,12 +318,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn floors_are_cached_for_a_moment() {
-        let local = LocalBudgets::default();
+    #[tokio::test]
+    async fn a_burst_reads_the_floors_once() {
+        let local = Arc::new(LocalBudgets::default());
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let name: Arc<str> = "team-a".into();
-        assert_eq!(local.cached_floors("team-a"), None);
-        local.remember_floors(&name, Floors::default());
-        assert_eq!(local.cached_floors("team-a"), Some(Floors::default()));
+        let burst = (0..50).map(|_| {
+            let (local, reads, name) = (local.clone(), reads.clone(), name.clone());
+            tokio::spawn(async move {
+                local
+                    .floors(&name, || async {
+                        reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        Ok::<_, ()>(Floors {
+                            day: 7,
+                            month: 7,
+                            total: 7,
+                        })
+                    })
+                    .await
+            })
+        });
+        for request in burst.collect::<Vec<_>>() {
+            assert_eq!(request.await.unwrap().unwrap().day, 7);
+        }
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let other: Arc<str> = "team-b".into();
+        let failed = local.floors(&other, || async { Err::<Floors, _>("down") });
+        assert_eq!(failed.await, Err("down"));
+        assert_eq!(
+            local.fresh_floors("team-b"),
+            None,
+            "a failed read is not kept"
+        );
     }
 }

@@ -142,15 +142,15 @@ impl Limiter {
         }
     }
 
-    /// The budget floors of key `name` read from the store within the last
-    /// [`FLOORS_FRESH_FOR`], if any.
-    pub fn cached_floors(&self, name: &str) -> Option<Floors> {
-        self.budgets.cached_floors(name)
-    }
-
-    /// Keeps floors just read from the store for the next [`FLOORS_FRESH_FOR`].
-    pub fn remember_floors(&self, name: &Arc<str>, floors: Floors) {
-        self.budgets.remember_floors(name, floors);
+    /// The budget floors of key `name` (what the store says it spent in each window):
+    /// kept for [`FLOORS_FRESH_FOR`], then fetched again with `read`, once for all the
+    /// requests of the key waiting for them.
+    pub async fn budget_floors<F, Fut, E>(&self, name: &Arc<str>, read: F) -> Result<Floors, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Floors, E>>,
+    {
+        self.budgets.floors(name, read).await
     }
 
     /// Before any key comparison: is `peer` still serving a failed-auth penalty?
