@@ -4,17 +4,20 @@
 #   bench/profile.sh heap BIN [N]   heap held per open stream, by allocation site (DHAT)
 #   bench/profile.sh routing BIN [N] instructions per request: one upstream, then a pool of three
 #                                   under the "ordered" and the "latency" strategy
+#   bench/profile.sh budget BIN [N]  instructions per request with the Redis limits backend: a key
+#                                   without a token budget, then the same key with one (needs redis-server)
 # BIN should carry line tables for readable sites:
 #   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release
 set -euo pipefail
 
 MODE="${1:-}" BIN="${2:-}"
-[[ "$MODE" == cpu || "$MODE" == heap || "$MODE" == routing ]] && [[ -x "$BIN" ]] || {
-  sed -n '2,8p' "$0" >&2; exit 2; }
+[[ "$MODE" == cpu || "$MODE" == heap || "$MODE" == routing || "$MODE" == budget ]] && [[ -x "$BIN" ]] || {
+  sed -n '2,10p' "$0" >&2; exit 2; }
 BIN="$(realpath "$BIN")"
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PORT_BASE="${PORT_BASE:-27400}"
 UP_JSON=$PORT_BASE UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2)) GW=$((PORT_BASE + 10))
+REDIS_PORT=$((PORT_BASE + 20))
 for tool in valgrind callgrind_annotate nginx wrk python3 curl; do
   command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 1; }
 done
@@ -39,8 +42,9 @@ wait_health() {
 # Instructions per request: warm up, zero the counters, send N sequential requests on
 # one keep-alive connection, dump, and divide.
 # UPSTREAM is a port, or "config:FILE" for upstreams named in a config file.
+# KEY (optional) is the client key to send; the default is $API_SERVER_KEY.
 cpu_run() {
-  local label=$1 upstream=$2 body=$3 n=$4
+  local label=$1 upstream=$2 body=$3 n=$4 key=${5:-$API_SERVER_KEY}
   local upstream_args=(--upstream "http://127.0.0.1:$upstream/v1")
   [[ "$upstream" == config:* ]] && upstream_args=(--config "${upstream#config:}")
   valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$BIN" \
@@ -49,10 +53,14 @@ cpu_run() {
   local vpid=$!
   PIDS+=("$vpid")
   wait_health "$GW"
-  WRK_BODY_FILE=$body WRK_HEADERS="$AUTH" wrk -t1 -c4 -d2s -s "$BENCH_DIR/post.lua" \
+  WRK_BODY_FILE=$body WRK_HEADERS="Authorization: Bearer $key" wrk -t1 -c4 -d2s -s "$BENCH_DIR/post.lua" \
     "http://127.0.0.1:$GW/v1/chat/completions" >/dev/null
+  # One more request, waited for: what the first requests started lazily (a tokenizer's
+  # tables, say) is built before the counters are zeroed, however slow valgrind is.
+  curl -sf -m 300 -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+    --data-binary "@$body" "http://127.0.0.1:$GW/v1/chat/completions"
   callgrind_control -z "$vpid" >/dev/null 2>&1
-  python3 - "$body" "$n" "$GW" "$API_SERVER_KEY" <<'PY'
+  python3 - "$body" "$n" "$GW" "$key" <<'PY'
 import sys, http.client
 body = open(sys.argv[1], 'rb').read()
 n, port, key = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -128,6 +136,20 @@ pool_config() {  # pool_config STRATEGY FILE: three entries for the same upstrea
   printf '[routing]\nstrategy = "%s"\n' "$1" >> "$2"
 }
 
+# budget_config FILE [TOKENS_PER_DAY]: the JSON upstream, the Redis limits backend on the
+# private redis-server, and one key (BUDGET_KEY), with a daily token budget if given.
+budget_config() {
+  local digest
+  digest=$(printf '%s' "$BUDGET_KEY" | sha256sum | cut -d' ' -f1)
+  {
+    printf '[limits]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:%s"\n' "$REDIS_PORT"
+    printf 'redis_prefix = "gwprofile"\n\n'
+    printf '[[upstreams]]\nname = "json"\nbase_url = "http://127.0.0.1:%s/v1"\nmodels = ["*"]\n\n' "$UP_JSON"
+    printf '[[keys]]\nname = "profiled"\nsha256 = "%s"\n' "$digest"
+    if [[ -n "${2:-}" ]]; then printf 'tokens_per_day = %s\n' "$2"; fi
+  } > "$1"
+}
+
 case "$MODE" in
   cpu)
     N="${3:-3000}"
@@ -143,6 +165,18 @@ case "$MODE" in
     cpu_run plain "$UP_JSON" "$WORK/body.json" "$N"
     cpu_run pool-ordered "config:$WORK/pool-ordered.toml" "$WORK/body.json" "$N"
     cpu_run pool-latency "config:$WORK/pool-latency.toml" "$WORK/body.json" "$N"
+    ;;
+  budget)
+    N="${3:-3000}"
+    command -v redis-server >/dev/null || { echo "profile.sh: redis-server is missing" >&2; exit 1; }
+    start_upstream
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+    PIDS+=("$!")
+    BUDGET_KEY="pr0f1le-budget-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    budget_config "$WORK/no-budget.toml"
+    budget_config "$WORK/budget.toml" 1000000000000
+    cpu_run no-budget "config:$WORK/no-budget.toml" "$WORK/body.json" "$N" "$BUDGET_KEY"
+    cpu_run budget "config:$WORK/budget.toml" "$WORK/body.json" "$N" "$BUDGET_KEY"
     ;;
   heap) heap_run "${3:-400}" ;;
 esac

@@ -163,6 +163,7 @@ fn limits(c: &mut Changes, old: &Config, n: &mut Config) {
         redis_timeout_ms: _,
         redis_failure: _,
         redis_lease_ttl_secs: _,
+        budget_default_max_tokens: _,
     } = &old.limits;
     live!(c, old, n, "limits.max_body_bytes", limits.max_body_bytes);
     live!(
@@ -178,6 +179,13 @@ fn limits(c: &mut Changes, old: &Config, n: &mut Config) {
         n,
         "limits.per_key_concurrent_requests",
         limits.per_key_concurrent_requests
+    );
+    live!(
+        c,
+        old,
+        n,
+        "limits.budget_default_max_tokens",
+        limits.budget_default_max_tokens
     );
     // The listeners' limits and timeouts, set once when serving starts.
     restart!(

@@ -46,6 +46,11 @@ pub struct Limits {
     /// A concurrency slot held in Redis expires this long after its instance stops
     /// renewing it (a crashed instance does not leak slots).
     pub redis_lease_ttl_secs: u64,
+    /// For token budgets only: the output tokens a request that sets no `max_tokens`
+    /// (nor `max_completion_tokens` / `max_output_tokens`) reserves before its call.
+    /// Nothing is sent upstream: the request itself is not capped. Its real usage is
+    /// settled after the call, so a longer answer can pass the budget by the difference.
+    pub budget_default_max_tokens: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +75,7 @@ impl Default for Limits {
             redis_timeout_ms: 50,
             redis_failure: Default::default(),
             redis_lease_ttl_secs: 30,
+            budget_default_max_tokens: 4096,
         }
     }
 }

@@ -2,27 +2,33 @@
 //! counted in this process (`local.rs`) or shared by every instance through Redis
 //! (`shared.rs`), with the Redis failure policy decided here and nowhere else. The
 //! `[limits]` settings themselves are plain data in `config/limits.rs`. Routing shares
-//! upstream health through the same Redis (`shared_redis`).
+//! upstream health through the same Redis (`shared_redis`). Token budgets (`budget.rs`,
+//! `shared_budget.rs`) are counted the same two ways under the same failure policy.
 
 mod budget;
 mod caller;
 mod local;
 mod scripts;
 mod shared;
+mod shared_budget;
+mod windows;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Limits;
 pub use crate::config::{Backend, RedisFailure, RedisUrl};
 use crate::wire::error::ApiError;
-pub use budget::Reservation;
+pub use budget::{BudgetScope, Floors, Reservation, FLOORS_FRESH_FOR};
+use budget::{HeldOn, LocalBudgets};
 pub use caller::{bucket, Caller};
 pub use local::whole_seconds;
 use local::LocalLimiter;
 use shared::{Lease, SharedLimiter};
+pub use windows::{day_and_month, windows, Window, WindowKind};
 
 /// All limiters of one running gateway; built once with the state.
 pub struct Limiter {
@@ -33,6 +39,8 @@ pub struct Limiter {
     failure: RedisFailure,
     /// This process's counts: the limiter with `backend = "local"`, the fallback with Redis.
     local: LocalLimiter,
+    /// This process's token-budget counters: with `backend = "local"`, and the fallback.
+    budgets: Arc<LocalBudgets>,
     shared: Option<SharedLimiter>,
 }
 
@@ -70,6 +78,7 @@ impl Limiter {
             default_concurrent: AtomicU32::new(limits.per_key_concurrent_requests),
             failure: limits.redis_failure,
             local: LocalLimiter::new(limits),
+            budgets: Arc::default(),
             shared,
         }
     }
@@ -105,6 +114,43 @@ impl Limiter {
         }
         let permit = self.local.admit(&caller.name, rpm, concurrent)?;
         Ok(permit.map(Slot::Local))
+    }
+
+    /// Reserves `amount` tokens in every budget window of `scope` (all or none), or
+    /// refuses with 429 `budget_exceeded` naming the first window it would pass.
+    pub async fn reserve(&self, scope: BudgetScope, amount: u64) -> Result<Reservation, ApiError> {
+        if let Some(shared) = &self.shared {
+            match shared.reserve_budget(&scope, amount).await {
+                Some(Ok(())) => {
+                    return Ok(Reservation::new(
+                        amount,
+                        scope,
+                        HeldOn::Shared(shared.clone()),
+                    ))
+                }
+                Some(Err(i)) => return Err(budget::refusal(&scope, i, amount)),
+                None => self.unavailable()?,
+            }
+        }
+        match self.budgets.reserve(&scope, amount) {
+            Ok(()) => Ok(Reservation::new(
+                amount,
+                scope,
+                HeldOn::Local(self.budgets.clone()),
+            )),
+            Err(i) => Err(budget::refusal(&scope, i, amount)),
+        }
+    }
+
+    /// The budget floors of key `name` (what the store says it spent in each window):
+    /// kept for [`FLOORS_FRESH_FOR`], then fetched again with `read`, once for all the
+    /// requests of the key waiting for them.
+    pub async fn budget_floors<F, Fut, E>(&self, name: &Arc<str>, read: F) -> Result<Floors, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Floors, E>>,
+    {
+        self.budgets.floors(name, read).await
     }
 
     /// Before any key comparison: is `peer` still serving a failed-auth penalty?

@@ -90,3 +90,76 @@ return 0
 "#,
     )
 });
+
+/// Reserves tokens against every budget window of one key, or against none.
+///
+/// A counter holds a key's tokens (spent plus reserved) in one window period. One that
+/// is missing (a new period, a restart of Redis, a FLUSHDB) is seeded from its floor,
+/// the key's spend as the store has it, and one below its floor is raised to it: the
+/// store is the truth, so no flush or restart ever resets a window.
+///
+/// KEYS: one counter per window. ARGV: the reservation, then per window its limit, its
+/// floor and its expiry (Unix seconds; 0 = a sliding ttl for the total, which never
+/// ends). Returns 0 (reserved everywhere) or the 1-based index of the first window the
+/// reservation would pass (nothing written).
+pub static BUDGET_RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local amount = tonumber(ARGV[1])
+local next = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[3 * i - 1])
+  local floor = tonumber(ARGV[3 * i])
+  local count = tonumber(redis.call('GET', key)) or floor
+  if count < floor then count = floor end
+  if count + amount > limit then
+    return i
+  end
+  next[i] = count + amount
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', next[i]))
+  local expire_at = tonumber(ARGV[3 * i + 1])
+  if expire_at > 0 then
+    redis.call('EXPIREAT', key, expire_at)
+  else
+    redis.call('EXPIRE', key, 3024000)
+  end
+end
+return 0
+"#,
+    )
+});
+
+/// Settles a reservation: every window moves by `spent - reserved` (a refund is a settle
+/// with nothing spent). A counter that went missing since the reservation (FLUSHDB, a
+/// Redis restart) lost the reservation with it: it is seeded from its floor plus what
+/// was spent, so the turn is counted once, neither lost nor counted twice.
+///
+/// KEYS: one counter per window. ARGV: reserved, spent, then per window its floor and
+/// its expiry (as for BUDGET_RESERVE). Returns 0.
+pub static BUDGET_SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local reserved = tonumber(ARGV[1])
+local spent = tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key))
+  if count then
+    count = count + spent - reserved
+    if count < 0 then count = 0 end
+  else
+    count = tonumber(ARGV[2 * i + 1]) + spent
+  end
+  redis.call('SET', key, string.format('%.0f', count))
+  local expire_at = tonumber(ARGV[2 * i + 2])
+  if expire_at > 0 then
+    redis.call('EXPIREAT', key, expire_at)
+  else
+    redis.call('EXPIRE', key, 3024000)
+  end
+end
+return 0
+"#,
+    )
+});

@@ -209,7 +209,7 @@ impl SharedLimiter {
 
     /// Runs one Redis operation under the timeout and keeps the outage state: `None`
     /// when Redis did not answer (or is down and not due for another try).
-    async fn call<T, F, Fut>(&self, op: F) -> Option<T>
+    pub(super) async fn call<T, F, Fut>(&self, op: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -298,7 +298,7 @@ impl Drop for Lease {
 }
 
 /// The caller's part of a Redis key: its name when it is plain, else a digest of it.
-fn caller_tag(name: &str) -> String {
+pub(super) fn caller_tag(name: &str) -> String {
     let plain = !name.is_empty()
         && name.len() <= 64
         && name

@@ -14,6 +14,7 @@ mod response_links;
 mod responses;
 mod retention;
 mod sessions;
+mod spend;
 mod sqlite_files;
 mod turns;
 mod usage;
@@ -31,6 +32,7 @@ pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
 pub use sessions::{SessionStore, StoredMessage};
+pub use spend::Spent;
 pub use usage::{is_day, GroupBy, UsageFilter, UsageRow};
 pub use usage_write::{TokenCounts, FLUSH_EVERY};
 
