@@ -126,7 +126,7 @@ fn limiter(url: &str, prefix: &str, failure: RedisFailure) -> Arc<Limiter> {
         backend: Backend::Redis,
         redis_url: Some(RedisUrl(url.into())),
         redis_prefix: prefix.into(),
-        redis_timeout_ms: 500,
+        redis_timeout_ms: 5000,
         redis_failure: failure,
         ..Limits::default()
     };
@@ -485,10 +485,14 @@ fn config_file(
     path
 }
 
+/// Redis settings for the binary. The timeout is long: these tests check what is
+/// counted, and a debug build answering 200 concurrent requests on two busy cores can
+/// take longer than a production timeout, which would turn the policy on mid-test. A
+/// killed server is still noticed at once (its connections are reset).
 fn redis_limits(url: &str, prefix: &str, failure: &str) -> String {
     format!(
         "backend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n\
-         redis_timeout_ms = 500\nredis_failure = \"{failure}\""
+         redis_timeout_ms = 5000\nredis_failure = \"{failure}\""
     )
 }
 

@@ -112,11 +112,14 @@ impl Meter {
         Ok(meter)
     }
 
-    /// Makes the input estimate now (off the async threads when the input is large).
+    /// Makes the input estimate now: off the async threads when the input is large, or
+    /// while the vocabulary is still to be loaded.
     async fn estimate_input(&mut self) -> Result<u64, ApiError> {
         let estimate = match &self.input {
             Input::Known(n) => *n,
-            Input::Later { body, prefix } if self.input.size() > TOKENIZE_INLINE => {
+            Input::Later { body, prefix }
+                if self.input.size() > TOKENIZE_INLINE || !tokens::loaded() =>
+            {
                 let (body, prefix) = (body.clone(), prefix.clone());
                 tokio::task::spawn_blocking(move || {
                     tokens::estimate_request(&body, prefix.as_deref())

@@ -18,6 +18,13 @@ const PER_IMAGE: u64 = 85;
 
 static VOCABULARY: OnceLock<Option<CoreBPE>> = OnceLock::new();
 
+/// Whether the vocabulary is loaded. Loading it takes a noticeable time (most of a
+/// second in a debug build): the first counts go to a blocking thread, so they never
+/// stall the threads that serve requests.
+pub fn loaded() -> bool {
+    VOCABULARY.get().is_some()
+}
+
 fn vocabulary() -> Option<&'static CoreBPE> {
     VOCABULARY
         .get_or_init(|| match tiktoken_rs::o200k_base() {

@@ -40,6 +40,9 @@ struct Inner {
     started: Instant,
     /// Milliseconds since `started` before which a down Redis is not tried again.
     retry_at: AtomicU64,
+    /// Milliseconds since `started` when the last call that answered began: a call that
+    /// began before it and failed is old news, and does not mark Redis down again.
+    answered_from: AtomicU64,
 }
 
 /// One concurrency slot held in Redis. Renewed while held; released when dropped (the
@@ -65,6 +68,7 @@ impl SharedLimiter {
             up: AtomicBool::new(true),
             started: Instant::now(),
             retry_at: AtomicU64::new(0),
+            answered_from: AtomicU64::new(0),
         })))
     }
 
@@ -218,23 +222,25 @@ impl SharedLimiter {
             return None;
         }
         let Some(conn) = self.connection() else {
-            self.failed("the Redis client could not be created");
+            self.failed(u64::MAX, "the Redis client could not be created");
             return None;
         };
+        let began = self.0.started.elapsed().as_millis() as u64;
         match tokio::time::timeout(self.0.timeout, op(conn)).await {
             Ok(Ok(value)) => {
+                self.0.answered_from.fetch_max(began, Ordering::Relaxed);
                 if !self.0.up.swap(true, Ordering::Relaxed) {
                     tracing::info!("Redis answers again: limits are shared again");
                 }
                 Some(value)
             }
             Ok(Err(err)) => {
-                self.failed(&err.to_string());
+                self.failed(began, &err.to_string());
                 None
             }
             Err(_) => {
                 let ms = self.0.timeout.as_millis();
-                self.failed(&format!("no answer within redis_timeout_ms = {ms}"));
+                self.failed(began, &format!("no answer within redis_timeout_ms = {ms}"));
                 None
             }
         }
@@ -260,8 +266,14 @@ impl SharedLimiter {
                 .is_ok()
     }
 
-    fn failed(&self, reason: &str) {
+    /// A call that began at `began` failed. Counted always; Redis is marked down only
+    /// when no call that began later has answered (a call stuck since before an outage
+    /// ended must not end the recovery).
+    fn failed(&self, began: u64, reason: &str) {
         metrics::counter!(crate::telemetry::LIMIT_BACKEND_ERRORS).increment(1);
+        if began < self.0.answered_from.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.0.started.elapsed().as_millis() as u64;
         self.0
             .retry_at
