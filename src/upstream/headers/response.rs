@@ -47,9 +47,6 @@ pub struct ResponseHeaders {
     secrets: Vec<Finder<'static>>,
 }
 
-/// Headers the gateway may add to a passed-through answer before it leaves.
-const ADDED_ON_THE_WAY_OUT: usize = 8;
-
 impl ResponseHeaders {
     /// `host` is the upstream's host name; empty secrets are ignored.
     pub fn new<'a>(host: &str, secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
@@ -65,9 +62,7 @@ impl ResponseHeaders {
 
     /// The upstream response headers a client sees.
     pub fn pass_through(&self, upstream: &HeaderMap) -> HeaderMap {
-        // Room for what the gateway adds on the way out (request id, security headers,
-        // cache control, session and CORS headers): no second growth of the map.
-        let mut out = HeaderMap::with_capacity(upstream.len() + ADDED_ON_THE_WAY_OUT);
+        let mut out = HeaderMap::with_capacity(upstream.len());
         let has_connection = upstream.contains_key(::http::header::CONNECTION);
         for (name, value) in upstream {
             let n = name.as_str();
