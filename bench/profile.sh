@@ -6,13 +6,20 @@
 #                                   under the "ordered" and the "latency" strategy
 #   bench/profile.sh budget BIN [N]  instructions per request with the Redis limits backend: a key
 #                                   without a token budget, then the same key with one (needs redis-server)
+#   bench/profile.sh floor BIN FLOOR [N]  instructions per plain request: gatewayd, then the hyper-floor
+#                                   reference binary FLOOR (one current_thread runtime), and the difference
 # BIN should carry line tables for readable sites:
 #   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release
 set -euo pipefail
 
 MODE="${1:-}" BIN="${2:-}"
-[[ "$MODE" == cpu || "$MODE" == heap || "$MODE" == routing || "$MODE" == budget ]] && [[ -x "$BIN" ]] || {
-  sed -n '2,10p' "$0" >&2; exit 2; }
+[[ "$MODE" == cpu || "$MODE" == heap || "$MODE" == routing || "$MODE" == budget || "$MODE" == floor ]] &&
+  [[ -x "$BIN" ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+if [[ "$MODE" == floor ]]; then
+  FLOOR_BIN="${3:-}"
+  [[ -x "$FLOOR_BIN" ]] || { echo "profile.sh floor: the hyper-floor binary is missing: '$FLOOR_BIN'" >&2; exit 2; }
+  FLOOR_BIN="$(realpath "$FLOOR_BIN")"
+fi
 BIN="$(realpath "$BIN")"
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PORT_BASE="${PORT_BASE:-27400}"
@@ -39,20 +46,32 @@ wait_health() {
   echo "profile.sh: gatewayd did not answer on :$1" >&2; exit 1
 }
 
+wait_answer() {  # any HTTP answer on :PORT (the floor proxies every path, so no /health)
+  for _ in $(seq 1 300); do curl -s -o /dev/null "localhost:$1/" && return 0; sleep 0.2; done
+  echo "profile.sh: nothing answered on :$1" >&2; exit 1
+}
+
 # Instructions per request: warm up, zero the counters, send N sequential requests on
 # one keep-alive connection, dump, and divide.
 # UPSTREAM is a port, or "config:FILE" for upstreams named in a config file.
 # KEY (optional) is the client key to send; the default is $API_SERVER_KEY.
+# With FLOOR_RUN=1 the profiled program is the hyper-floor binary ($FLOOR_BIN, one
+# current_thread runtime) instead of gatewayd.
 cpu_run() {
   local label=$1 upstream=$2 body=$3 n=$4 key=${5:-$API_SERVER_KEY}
   local upstream_args=(--upstream "http://127.0.0.1:$upstream/v1")
   [[ "$upstream" == config:* ]] && upstream_args=(--config "${upstream#config:}")
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$BIN" \
-    --host 127.0.0.1 --port "$GW" "${upstream_args[@]}" \
-    --data-dir "$WORK/data-$label" >"$WORK/$label.log" 2>&1 &
+  if [[ "${FLOOR_RUN:-0}" == 1 ]]; then
+    MODE=tpc N=1 valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$FLOOR_BIN" \
+      "$GW" "http://127.0.0.1:$upstream" >"$WORK/$label.log" 2>&1 &
+  else
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$BIN" \
+      --host 127.0.0.1 --port "$GW" "${upstream_args[@]}" \
+      --data-dir "$WORK/data-$label" >"$WORK/$label.log" 2>&1 &
+  fi
   local vpid=$!
   PIDS+=("$vpid")
-  wait_health "$GW"
+  if [[ "${FLOOR_RUN:-0}" == 1 ]]; then wait_answer "$GW"; else wait_health "$GW"; fi
   WRK_BODY_FILE=$body WRK_HEADERS="Authorization: Bearer $key" wrk -t1 -c4 -d2s -s "$BENCH_DIR/post.lua" \
     "http://127.0.0.1:$GW/v1/chat/completions" >/dev/null
   # One more request, waited for: what the first requests started lazily (a tokenizer's
@@ -77,6 +96,7 @@ PY
   local total
   total=$(callgrind_annotate "$WORK/$label.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
   echo "$label: $((total / n)) instructions per request ($n requests)"
+  LAST_PER_REQUEST=$((total / n))
   echo "top functions by own instructions (per request):"
   callgrind_annotate --threshold=100 "$WORK/$label.cg.1" 2>/dev/null \
     | awk -v n="$n" '/^ *[0-9,]+ +\( *[0-9.]+%\)/ { ir = $1; gsub(",", "", ir); if ($2 ~ /100.0%/ || $2 ~ /^\(/ && $3 ~ /100.0%/) next; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "%9.0f  %s\n", ir / n, $0 }' \
@@ -177,6 +197,14 @@ case "$MODE" in
     budget_config "$WORK/budget.toml" 1000000000000
     cpu_run no-budget "config:$WORK/no-budget.toml" "$WORK/body.json" "$N" "$BUDGET_KEY"
     cpu_run budget "config:$WORK/budget.toml" "$WORK/body.json" "$N" "$BUDGET_KEY"
+    ;;
+  floor)
+    N="${4:-3000}"
+    start_upstream
+    cpu_run plain "$UP_JSON" "$WORK/body.json" "$N"
+    gw=$LAST_PER_REQUEST
+    FLOOR_RUN=1 cpu_run floor "$UP_JSON" "$WORK/body.json" "$N"
+    echo "gatewayd above the floor: $((gw - LAST_PER_REQUEST)) instructions per plain request"
     ;;
   heap) heap_run "${3:-400}" ;;
 esac

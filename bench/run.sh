@@ -52,6 +52,13 @@ Options:
                    gatewayd: plain chat, streamed chat and session chat
                    (SQLite); the report compares the two (default:
                    $BENCH_BASELINE; empty: off)
+  --hyper-floor PATH  the hyper-floor reference binary (../shared/reference/hyper-floor,
+                   built with cargo build --release --manifest-path
+                   …/hyper-floor/Cargo.toml): measured beside nginx in the throughput
+                   rounds, as a multi-thread runtime (MODE=mt) and as a
+                   current_thread runtime per core (MODE=tpc); default:
+                   $BENCH_HYPER_FLOOR; empty or missing: the rows are skipped
+                   with a note
   --no-install     never call apt-get; fail if nginx/wrk/python3/curl missing
   --keep           keep the temporary work dir (configs, logs, raw results)
   -h, --help       show this help and exit
@@ -62,6 +69,7 @@ Environment:
   RUST_LOG          passed to gatewayd (default: info, the same as a production start)
   BENCH_PG_URL      default of --pg-url
   BENCH_BASELINE    default of --baseline
+  BENCH_HYPER_FLOOR default of --hyper-floor
   BENCH_VENV        venv for the h2c stream holder (default ~/.cache/gatewayd-bench/venv-h2;
                     created with pinned h2 from PyPI when missing)
 
@@ -75,6 +83,7 @@ DURATION="" ROUNDS="" STREAMS="" SOAK="" TTFB_COUNT=""
 QUICK=0 RATE=1000 CONNS=32 SESSIONS=1000 PORT_BASE=27100 GW_BIN="" NO_INSTALL=0 KEEP=0
 PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 BASE_BIN="${BENCH_BASELINE:-}"
+FLOOR_BIN="${BENCH_HYPER_FLOOR:-}"
 
 need_arg() { [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -94,6 +103,7 @@ while [[ $# -gt 0 ]]; do
     --port-base) need_arg "$@"; PORT_BASE="$2"; shift 2 ;;
     --gatewayd) need_arg "$@"; GW_BIN="$2"; shift 2 ;;
     --baseline) need_arg "$@"; BASE_BIN="$2"; shift 2 ;;
+    --hyper-floor) need_arg "$@"; FLOOR_BIN="$2"; shift 2 ;;
     --pg-url) need_arg "$@"; PG_URL="$2"; shift 2 ;;
     --no-install) NO_INSTALL=1; shift ;;
     --keep) KEEP=1; shift ;;
@@ -247,6 +257,7 @@ info "open-file limit: $NOFILE"
 ports=()
 offsets=(0 1 2 10 11 20 21 22 23 26 27)
 [[ -n "$BASE_BIN" ]] && offsets+=(24 25)
+[[ -n "$FLOOR_BIN" && -x "$FLOOR_BIN" ]] && offsets+=(3 4 5 6)
 for off in "${offsets[@]}"; do ports+=($((PORT_BASE + off))); done
 for p in "${ports[@]}"; do
   port_in_use "$p" && die "port $p is already in use; pick another range with --port-base"
@@ -260,6 +271,8 @@ PX_JSON=$((PORT_BASE + 10)) PX_SSE=$((PORT_BASE + 11))
 GW_JSON=$((PORT_BASE + 20)) GW_SSE=$((PORT_BASE + 21)) GW_SLOW=$((PORT_BASE + 22)) GW_PG=$((PORT_BASE + 23))
 GWB_JSON=$((PORT_BASE + 24)) GWB_SSE=$((PORT_BASE + 25))  # baseline gatewayd (--baseline)
 GW_POOL_ORD=$((PORT_BASE + 26)) GW_POOL_LAT=$((PORT_BASE + 27))  # a pool of 3 upstreams, per strategy
+# the hyper-floor reference (--hyper-floor): multi-thread and per-core runtimes, JSON and SSE upstream
+HF_MT_JSON=$((PORT_BASE + 3)) HF_TPC_JSON=$((PORT_BASE + 4)) HF_MT_SSE=$((PORT_BASE + 5)) HF_TPC_SSE=$((PORT_BASE + 6))
 
 # ---------------------------------------------------------------- gatewayd build
 if [[ -z "$GW_BIN" ]]; then
@@ -377,6 +390,29 @@ if [[ -n "$BASE_BIN" ]]; then
   start_gatewayd_bin "$BASE_BIN" gw-base-sse "$GWB_SSE" "$UP_SSE"; GWBS_PID="$LAST_PID"
 fi
 
+# The hyper-floor reference: a 70-line hyper proxy with no auth, limits, metrics or logs,
+# on the same static upstream; what the HTTP stack alone costs, beside nginx.
+HFMJ_PID="" HFTJ_PID="" HFMS_PID="" HFTS_PID=""
+start_floor() {  # start_floor NAME MODE PORT UPSTREAM_PORT; sets LAST_PID
+  MODE="$2" N="$WORKERS" "$FLOOR_BIN" "$3" "http://127.0.0.1:$4" >"$WORK/$1.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_port "$3" "$pid" "hyper-floor ($1)" "$WORK/$1.log"
+  LAST_PID="$pid"
+}
+if [[ -z "$FLOOR_BIN" ]]; then
+  note "hyper-floor rows skipped: no --hyper-floor binary given (build ../shared/reference/hyper-floor with cargo build --release --manifest-path …/hyper-floor/Cargo.toml and pass its path)"
+elif [[ ! -x "$FLOOR_BIN" ]]; then
+  note "hyper-floor rows skipped: $FLOOR_BIN is not an executable file"
+  FLOOR_BIN=""
+else
+  log "Starting hyper-floor ($FLOOR_BIN): MODE=mt on :$HF_MT_JSON/:$HF_MT_SSE, MODE=tpc N=$WORKERS on :$HF_TPC_JSON/:$HF_TPC_SSE"
+  start_floor floor-mt-json mt "$HF_MT_JSON" "$UP_JSON"; HFMJ_PID="$LAST_PID"
+  start_floor floor-tpc-json tpc "$HF_TPC_JSON" "$UP_JSON"; HFTJ_PID="$LAST_PID"
+  start_floor floor-mt-sse mt "$HF_MT_SSE" "$UP_SSE"; HFMS_PID="$LAST_PID"
+  start_floor floor-tpc-sse tpc "$HF_TPC_SSE" "$UP_SSE"; HFTS_PID="$LAST_PID"
+fi
+
 # Routing cost: three upstream entries (all the same static upstream) serving one
 # model, picked by the "ordered" and by the "latency" strategy. The difference from
 # plain gatewayd (one upstream) is what choosing within a pool costs per request.
@@ -422,15 +458,22 @@ declare -A URL_JSON=(
   [nginx]="http://127.0.0.1:$PX_JSON/v1/chat/completions"
   [gatewayd]="http://127.0.0.1:$GW_JSON/v1/chat/completions"
   [baseline]="http://127.0.0.1:$GWB_JSON/v1/chat/completions"
+  [floor-mt]="http://127.0.0.1:$HF_MT_JSON/v1/chat/completions"
+  [floor-tpc]="http://127.0.0.1:$HF_TPC_JSON/v1/chat/completions"
 )
 declare -A URL_SSE=(
   [direct]="http://127.0.0.1:$UP_SSE/v1/chat/completions"
   [nginx]="http://127.0.0.1:$PX_SSE/v1/chat/completions"
   [gatewayd]="http://127.0.0.1:$GW_SSE/v1/chat/completions"
   [baseline]="http://127.0.0.1:$GWB_SSE/v1/chat/completions"
+  [floor-mt]="http://127.0.0.1:$HF_MT_SSE/v1/chat/completions"
+  [floor-tpc]="http://127.0.0.1:$HF_TPC_SSE/v1/chat/completions"
 )
-# targets of the throughput phase: the baseline runs right after gatewayd
-TPUT_TARGETS=(direct nginx gatewayd)
+# targets of the throughput phase: the hyper floor right after nginx, the baseline
+# right after gatewayd
+TPUT_TARGETS=(direct nginx)
+[[ -n "$FLOOR_BIN" ]] && TPUT_TARGETS+=(floor-mt floor-tpc)
+TPUT_TARGETS+=(gatewayd)
 [[ -n "$BASE_BIN" ]] && TPUT_TARGETS+=(baseline)
 
 # ---------------------------------------------------------------- sanity checks
@@ -447,7 +490,9 @@ check_target() {  # check_target NAME URL BODYFILE EXPECT_SUBSTRING [extra curl 
   info "ok  $name  ($out)"
 }
 log "Checking every target answers"
-for t in direct nginx gatewayd; do
+CHECK_TARGETS=(direct nginx gatewayd)
+[[ -n "$FLOOR_BIN" ]] && CHECK_TARGETS+=(floor-mt floor-tpc)
+for t in "${CHECK_TARGETS[@]}"; do
   check_target "$t non-stream" "${URL_JSON[$t]}" "$WORK/body.json" '"chat.completion"'
   check_target "$t stream" "${URL_SSE[$t]}" "$WORK/body-stream.json" 'data: \[DONE\]'
 done
@@ -532,8 +577,10 @@ run_wrk() {  # run_wrk KIND TARGET ROUND URL BODYFILE SECONDS SERVER_PID [SESSIO
 
 WARM=$(( DURATION < 3 ? 1 : 2 ))
 log "Warm-up (${WARM}s per target)"
-declare -A PID_JSON=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWJ_PID" [baseline]="$GWBJ_PID")
-declare -A PID_SSE=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWS_PID" [baseline]="$GWBS_PID")
+declare -A PID_JSON=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWJ_PID" [baseline]="$GWBJ_PID"
+  [floor-mt]="$HFMJ_PID" [floor-tpc]="$HFTJ_PID")
+declare -A PID_SSE=([direct]="$UP_PID" [nginx]="$PX_PID" [gatewayd]="$GWS_PID" [baseline]="$GWBS_PID"
+  [floor-mt]="$HFMS_PID" [floor-tpc]="$HFTS_PID")
 for t in "${TPUT_TARGETS[@]}"; do
   run_wrk nonstream "$t" warmup "${URL_JSON[$t]}" "$WORK/body.json" "$WARM" "${PID_JSON[$t]}"
   run_wrk stream "$t" warmup "${URL_SSE[$t]}" "$WORK/body-stream.json" "$WARM" "${PID_SSE[$t]}"
@@ -710,6 +757,7 @@ M_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
 M_OS="$OS_NAME" \
 M_GW="$("$GW_BIN" --version 2>/dev/null | head -n 1 || true) ($GW_BIN; bench checkout at git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none))" \
 M_BASE="$([[ -z "$BASE_BIN" ]] || echo "$("$BASE_BIN" --version 2>/dev/null | head -n 1 || true) ($BASE_BIN)")" \
+M_FLOOR="$([[ -z "$FLOOR_BIN" ]] || echo "$FLOOR_BIN (MODE=mt: one multi-thread runtime; MODE=tpc: $WORKERS current_thread runtimes with SO_REUSEPORT)")" \
 M_NGINX="$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
 M_WRK="$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}')" \
 M_SETTINGS="duration ${DURATION}s, rounds ${ROUNDS}, wrk -t1 -c${CONNS}, fixed rate ${RATE} req/s over 16 connections, TTFB ${TTFB_COUNT} requests x ${ROUNDS}, streams ${STREAMS}, soak ${SOAK}s, sessions ${SESSIONS}, open-file limit ${NOFILE}, PostgreSQL sessions: ${PG_NOTE}" \
@@ -745,6 +793,8 @@ meta = {
 }
 if e.get("M_BASE", "").strip():
     meta["baseline"] = e["M_BASE"].strip()
+if e.get("M_FLOOR", "").strip():
+    meta["hyper-floor"] = e["M_FLOOR"].strip()
 with open(sys.argv[1], "w") as f:
     json.dump(meta, f)
 EOF

@@ -331,6 +331,46 @@ async fn metrics_count_requests_and_report_overhead() {
     );
 }
 
+/// The request span's fields are formatted only when a line is written inside it; the
+/// line reads as if they had been formatted when the request came in.
+#[tokio::test]
+async fn text_lines_inside_a_request_carry_its_span_fields() {
+    let mut command = binary();
+    command.args(["--port", "0"]).env("RUST_LOG", "debug");
+    let process = start(command);
+    let response = client()
+        .post(process.url("/v1/chat/completions?x=1"))
+        .header("x-request-id", "req-span-7")
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let expected =
+        "request{request_id=req-span-7 client=127.0.0.1 method=POST path=/v1/chat/completions}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = process.stderr();
+        if log.contains("finished processing request") && log.contains("req-span-7") {
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line for the request:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains("finished processing request"))
+        .unwrap();
+    assert!(line.contains(expected), "{line}");
+    // Each field once: recorded when the first line was written, not again for the next.
+    for line in log.lines().filter(|l| l.contains("req-span-7")) {
+        assert_eq!(line.matches("request_id=").count(), 1, "{line}");
+    }
+}
+
 #[tokio::test]
 async fn json_logs_parse_and_carry_request_ids() {
     let mut command = binary();

@@ -338,8 +338,8 @@ where
 /// The client headers that may travel upstream, credentials removed: the one list every
 /// protocol's turn forwards.
 pub fn client_headers(headers: &HeaderMap) -> std::sync::Arc<HeaderMap> {
-    let token = extract_token(headers).ok().flatten();
-    std::sync::Arc::new(crate::upstream::headers::forwardable(headers, token))
+    let token = || extract_token(headers).ok().flatten();
+    std::sync::Arc::new(crate::upstream::headers::forwardable_with(headers, token))
 }
 
 /// The caller's key as the auth layer matched it (`None` in keyless mode): its policy

@@ -24,6 +24,7 @@ use super::hardening;
 use super::peer::Peer;
 use super::state::EdgeState;
 use crate::telemetry::access_log;
+use crate::telemetry::deferred;
 use crate::telemetry::traces;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -213,15 +214,31 @@ fn finish_headers(headers: &mut axum::http::HeaderMap, id: HeaderValue) {
 }
 
 /// The span every log line of a request is recorded in; it carries the request id.
-/// Headers are deliberately not recorded.
+/// Headers are deliberately not recorded. Its fields are formatted only when a line is
+/// written inside it ([`deferred`]): most requests write none.
 fn request_span<B>(
     request: &Request<B>,
     id: &HeaderValue,
     client: std::net::IpAddr,
 ) -> tracing::Span {
-    let id = id.to_str().unwrap_or("-");
-    let (method, path) = (request.method().as_str(), request.uri().path());
-    tracing::info_span!("request", request_id = %id, %client, method = %method, path = %path)
+    let empty = tracing::field::Empty;
+    let span = tracing::info_span!(
+        "request",
+        request_id = empty,
+        client = empty,
+        method = empty,
+        path = empty
+    );
+    if !span.is_disabled() {
+        let fields = deferred::RequestFields {
+            request_id: id.clone(),
+            client,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        };
+        deferred::attach(&span, fields);
+    }
+    span
 }
 
 /// Request ids: `req_`, a random per-process prefix of 12 hex digits and a counter of

@@ -6,6 +6,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+use super::deferred::Deferred;
+
 /// Replaces the filter of the installed subscriber; set once by [`init`].
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
@@ -27,13 +29,14 @@ pub fn init(json: bool, filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     let installed = match json {
+        // The request span's fields are formatted only for the lines written inside it.
         true => tracing_subscriber::registry()
             .with(filter)
-            .with(lines.json().flatten_event(true))
+            .with(Deferred::new(lines.json().flatten_event(true)))
             .try_init(),
         false => tracing_subscriber::registry()
             .with(filter)
-            .with(lines)
+            .with(Deferred::new(lines))
             .try_init(),
     };
     if installed.is_ok() {

@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub mod access_log;
 pub mod auth_log;
+pub mod deferred;
 mod handles;
 pub mod logs;
 pub mod traces;
@@ -205,20 +206,14 @@ pub struct TokenKinds {
 /// configured model name or pattern that routed it (a bounded label).
 pub fn record_tokens(key: Option<&str>, model: &str, tokens: TokenKinds) {
     let key = key.filter(|_| TOKENS_BY_KEY.load(Ordering::Relaxed));
-    for (kind, n) in [
-        ("input", tokens.input),
-        ("output", tokens.output),
-        ("cached_input", tokens.cached_input),
-        ("reasoning", tokens.reasoning),
-    ] {
-        let counter = match key {
-            Some(key) => {
-                metrics::counter!(TOKENS, "key" => key.to_string(), "model" => model.to_string(), "kind" => kind)
-            }
-            None => metrics::counter!(TOKENS, "model" => model.to_string(), "kind" => kind),
-        };
-        counter.increment(n);
-    }
+    let counts = [
+        tokens.input,
+        tokens.output,
+        tokens.cached_input,
+        tokens.reasoning,
+    ];
+    // Handles resolved once per label set and thread: no label strings per turn.
+    handles::count_tokens(key, model, counts);
 }
 
 /// Labels the current request with the routed model. Callers pass a configured name

@@ -107,14 +107,29 @@ pub fn named_in_connection(headers: &HeaderMap, name: &str) -> bool {
 /// removed, every header the client's `Connection` names (hop-by-hop, RFC 9110 §7.6.1),
 /// and any header whose value contains the caller's own key (`client_token`).
 pub fn forwardable(client: &HeaderMap, client_token: Option<&[u8]>) -> HeaderMap {
+    forwardable_with(client, || client_token)
+}
+
+/// [`forwardable`], with the caller's key found only when a header passes the lists:
+/// most requests carry no such header and never look for it.
+pub fn forwardable_with<'a>(
+    client: &'a HeaderMap,
+    client_token: impl FnOnce() -> Option<&'a [u8]>,
+) -> HeaderMap {
     let mut out = HeaderMap::new();
     let has_connection = client.contains_key(header::CONNECTION);
+    let mut client_token = Some(client_token);
+    let mut token: Option<&[u8]> = None;
     for (name, value) in client {
         let n = name.as_str();
-        let never = is_never_forwarded(n) || (has_connection && named_in_connection(client, n));
-        let names_key =
-            client_token.is_some_and(|t| !t.is_empty() && contains(value.as_bytes(), t));
-        if !never && !names_key {
+        if is_never_forwarded(n) || (has_connection && named_in_connection(client, n)) {
+            continue;
+        }
+        if let Some(find) = client_token.take() {
+            token = find();
+        }
+        let names_key = token.is_some_and(|t| !t.is_empty() && contains(value.as_bytes(), t));
+        if !names_key {
             out.append(name.clone(), value.clone());
         }
     }

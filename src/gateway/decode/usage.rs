@@ -41,36 +41,48 @@ impl Usage {
         if !raw.is_object() {
             return None;
         }
-        let n = |pointer: &str| raw.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        Some(Usage::counted(shape, raw.clone()))
+    }
+
+    /// The counts of an object `raw` of the given shape, which it keeps.
+    fn counted(shape: Shape, raw: Value) -> Usage {
+        // A walk by keys, not `Value::pointer`, which splits and unescapes its path (and
+        // allocates) on every call.
+        let n = |path: &[&str]| {
+            path.iter()
+                .try_fold(&raw, |value, key| value.get(key))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         let (input, output, cached, reasoning) = match shape {
             Shape::Chat => (
-                n("/prompt_tokens"),
-                n("/completion_tokens"),
-                n("/prompt_tokens_details/cached_tokens"),
-                n("/completion_tokens_details/reasoning_tokens"),
+                n(&["prompt_tokens"]),
+                n(&["completion_tokens"]),
+                n(&["prompt_tokens_details", "cached_tokens"]),
+                n(&["completion_tokens_details", "reasoning_tokens"]),
             ),
             Shape::Responses => (
-                n("/input_tokens"),
-                n("/output_tokens"),
-                n("/input_tokens_details/cached_tokens"),
-                n("/output_tokens_details/reasoning_tokens"),
+                n(&["input_tokens"]),
+                n(&["output_tokens"]),
+                n(&["input_tokens_details", "cached_tokens"]),
+                n(&["output_tokens_details", "reasoning_tokens"]),
             ),
             Shape::Anthropic => (
-                n("/input_tokens")
-                    + n("/cache_read_input_tokens")
-                    + n("/cache_creation_input_tokens"),
-                n("/output_tokens"),
-                n("/cache_read_input_tokens"),
+                n(&["input_tokens"])
+                    + n(&["cache_read_input_tokens"])
+                    + n(&["cache_creation_input_tokens"]),
+                n(&["output_tokens"]),
+                n(&["cache_read_input_tokens"]),
                 0,
             ),
         };
-        Some(Usage {
+        Usage {
             input_tokens: input,
             output_tokens: output,
             cached_input_tokens: cached,
             reasoning_tokens: reasoning,
-            raw: raw.clone(),
-        })
+            raw,
+        }
     }
 
     /// The usage a whole (non-streamed) answer reports in its top-level `usage`.
@@ -80,7 +92,9 @@ impl Usage {
             usage: Option<Value>,
         }
         let body: Body = serde_json::from_slice(body).ok()?;
-        Usage::from_shape(shape, body.usage.as_ref()?)
+        // The parsed object is kept as the raw usage: no copy.
+        let usage = body.usage.filter(Value::is_object)?;
+        Some(Usage::counted(shape, usage))
     }
 }
 
