@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// `[server] workers` above this is taken as this: a thread each is plenty.
+pub const MAX_WORKERS: usize = 256;
+
 use super::admin::AdminSection;
 use super::cli::{LogFormat, ServeArgs};
 use super::file_read::{self, FileError, FileKind};
@@ -54,6 +57,9 @@ pub struct Config {
     pub log_filter: String,
     pub cors_origins: Vec<String>,
     pub shutdown_grace: Duration,
+    /// `[server] workers`: 0 serves on one multi-threaded runtime; N on N single-threaded
+    /// runtimes, each with its own listening sockets and upstream connections.
+    pub workers: usize,
     pub stream_keepalive: Duration,
     pub max_attempts: u32,
     pub key_entries: Vec<KeyEntry>,
@@ -186,6 +192,7 @@ impl Config {
             log_filter: file.server.log_filter.unwrap_or_else(|| "info".into()),
             cors_origins,
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs.unwrap_or(30)),
+            workers: file.server.workers.unwrap_or(0).min(MAX_WORKERS),
             stream_keepalive: Duration::from_secs(
                 file.server.stream_keepalive_secs.unwrap_or(15).max(1),
             ),

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::response::ResponseHeaders;
 use super::headers::{sensitive, RequestHeaders};
+use super::pools::Pools;
 use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
 use super::{TraceHeaders, UpstreamRequest, UpstreamResponse};
 use crate::config::file_read::{read_text, FileKind};
@@ -45,7 +46,7 @@ const BODY_FAILED: &str = "the response body was cut short or malformed";
 /// where the config says). There is one connect timeout per client, so it is the largest
 /// any upstream asks for; first-byte and idle timeouts are per upstream. An upstream with
 /// its own `ca_file` or client certificate gets a client of its own ([`client_with`]).
-pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError> {
+pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Arc<Pools>, UpstreamError> {
     let connect = configs
         .iter()
         .map(|c| c.connect_timeout_secs)
@@ -53,7 +54,7 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError
         .unwrap_or(5);
     let tls = super::tls::default_config()
         .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))?;
-    Ok(client_with(connect, tls))
+    Ok(Pools::new(connect, tls))
 }
 
 /// A pooled client with this TLS configuration (see [`shared_client`]).
@@ -105,7 +106,7 @@ pub struct HttpUpstream {
     /// What of the upstream's answer headers a client sees: nothing naming its host,
     /// its key or its other secrets.
     response_headers: ResponseHeaders,
-    client: Client,
+    client: Arc<Pools>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     models_timeout: Duration,
@@ -116,7 +117,7 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(config: &UpstreamConfig, client: Client) -> Result<Self, UpstreamError> {
+    pub fn new(config: &UpstreamConfig, client: Arc<Pools>) -> Result<Self, UpstreamError> {
         let name: Arc<str> = config.name.as_str().into();
         let config_error = |m: &str| UpstreamError::Config(name.clone(), m.to_string());
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
@@ -222,7 +223,7 @@ impl HttpUpstream {
                         headers.insert(TRACESTATE, tracestate.clone());
                     }
                 }
-                match self.client.request(request).await {
+                match self.client.with(|client| client.request(request)).await {
                     Ok(response) => return Ok(response),
                     Err(err) if retries < MAX_NACK_RETRIES && is_protocol_nack(&err) => {
                         retries += 1;
