@@ -301,3 +301,18 @@ async fn sighup_swaps_keys_on_every_worker() {
         assert_eq!(status_with(KEY_A).await, 401);
     }
 }
+
+#[test]
+fn a_second_process_on_the_same_port_is_refused() {
+    let config = workers_config("workers-in-use", "");
+    let mut command = binary();
+    command.args(["--port", "0", "--config"]).arg(&config);
+    let first = start(command);
+    let port = first.addr.port().to_string();
+    let mut second = binary();
+    second.args(["--port", &port, "--config"]).arg(&config);
+    let output = common::output_within(second, Duration::from_secs(60));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already in use"), "{stderr}");
+}

@@ -9,6 +9,11 @@ use serde::Deserialize;
 /// `[server] workers` above this is taken as this: a thread each is plenty.
 pub const MAX_WORKERS: usize = 256;
 
+/// `[server] workers` by default: the cores this process may run on (1 if unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 use super::admin::AdminSection;
 use super::cli::{LogFormat, ServeArgs};
 use super::file_read::{self, FileError, FileKind};
@@ -192,7 +197,7 @@ impl Config {
             log_filter: file.server.log_filter.unwrap_or_else(|| "info".into()),
             cors_origins,
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs.unwrap_or(30)),
-            workers: file.server.workers.unwrap_or(0).min(MAX_WORKERS),
+            workers: file.server.workers.unwrap_or_else(cores).min(MAX_WORKERS),
             stream_keepalive: Duration::from_secs(
                 file.server.stream_keepalive_secs.unwrap_or(15).max(1),
             ),

@@ -62,6 +62,16 @@ pub fn bind_copies(
     strong_key: bool,
     copies: usize,
 ) -> Result<Vec<Vec<TcpListener>>, StartupError> {
+    // SO_REUSEPORT would let this process share a port another gatewayd with workers
+    // already serves; a plain bind first keeps "address already in use" as it was.
+    for addr in addrs.iter().filter(|addr| addr.port() != 0) {
+        match bind_probe(*addr) {
+            Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(StartupError::AddressInUse { addr: *addr });
+            }
+            _ => {}
+        }
+    }
     let first = bind_with(addrs, strong_key, true)?;
     let bound: Vec<SocketAddr> = first
         .iter()
@@ -80,6 +90,16 @@ pub fn bind_copies(
         sets.push(set);
     }
     Ok(sets)
+}
+
+/// Binds `addr` without SO_REUSEPORT and lets it go (no listen, so nothing connects).
+fn bind_probe(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)
 }
 
 fn bind_with(
