@@ -1,5 +1,5 @@
 //! The HTTP upstream (OpenAI-compatible, or Anthropic's Messages API), on one pooled
-//! hyper client shared by all upstreams.
+//! hyper client shared by all upstreams (one per worker thread, see `pools`).
 
 use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
@@ -13,9 +13,6 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use http_body_util::{BodyDataStream, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::response::ResponseHeaders;
 use super::headers::{sensitive, RequestHeaders};
@@ -29,9 +26,6 @@ mod models;
 mod native;
 mod probe;
 use crate::config::keys::Secret;
-
-/// The pooled client every upstream shares; cloning it shares the pool.
-pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Safe retries after an HTTP/2 upstream refused a stream it never processed.
 const MAX_NACK_RETRIES: u32 = 2;
@@ -55,30 +49,6 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Arc<Pools>, UpstreamE
     let tls = super::tls::default_config()
         .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))?;
     Ok(Pools::new(connect, tls))
-}
-
-/// A pooled client with this TLS configuration (see [`shared_client`]).
-pub fn client_with(connect: u64, tls: rustls::ClientConfig) -> Client {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(connect.max(1))));
-    http.enforce_http(false);
-    http.set_keepalive(Some(Duration::from_secs(15)));
-    http.set_keepalive_interval(Some(Duration::from_secs(15)));
-    http.set_keepalive_retries(Some(3));
-    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
-    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https)
 }
 
 pub struct HttpUpstream {

@@ -5,7 +5,16 @@
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Weak};
 
-use super::http::{client_with, Client};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// The pooled client of one configuration; cloning it shares the pool.
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The pools of one upstream client configuration (connect timeout and TLS).
 pub struct Pools {
@@ -63,6 +72,30 @@ impl Pools {
             use_client(&own[index].1)
         })
     }
+}
+
+/// A pooled client with this TLS configuration (TCP_NODELAY, keep-alive probes, HTTP/2 by ALPN).
+pub fn client_with(connect: u64, tls: rustls::ClientConfig) -> Client {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(connect.max(1))));
+    http.enforce_http(false);
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
 }
 
 #[cfg(test)]
