@@ -79,6 +79,31 @@ pub async fn serve_router(
 ) {
     telemetry::start_upkeep();
     telemetry::auth_log::start_sweeping();
+    let options = serve_options(&state, &shutdown, None, None);
+    crate::http::server::serve(listeners, router, options, shutdown).await;
+}
+
+/// Serves `router` on one worker (`[server] workers`): this worker's own listeners,
+/// the connection slots of `admission`, which every worker shares. The control thread
+/// has started the process-wide tasks (metric upkeep, auth-log sweeping, probes).
+pub async fn serve_worker(
+    state: AppState,
+    router: LiveRouter,
+    listeners: Vec<Listener>,
+    shutdown: CancellationToken,
+    admission: std::sync::Arc<crate::http::admission::Admission>,
+    worker: usize,
+) {
+    let options = serve_options(&state, &shutdown, Some(admission), Some(worker));
+    crate::http::server::serve(listeners, router, options, shutdown).await;
+}
+
+fn serve_options(
+    state: &AppState,
+    shutdown: &CancellationToken,
+    admission: Option<std::sync::Arc<crate::http::admission::Admission>>,
+    worker: Option<usize>,
+) -> crate::http::server::ServeOptions {
     let edge = state.edge();
     let draining = edge.draining.clone();
     let fired = shutdown.clone();
@@ -86,12 +111,13 @@ pub async fn serve_router(
         fired.cancelled().await;
         draining.cancel();
     });
-    let options = crate::http::server::ServeOptions {
+    crate::http::server::ServeOptions {
         tls: edge.tls.as_ref().map(|tls| tls.acceptor()),
         limits: edge.config.limits.clone(),
         grace: edge.config.shutdown_grace,
         hard_stop: edge.hard_stop.clone(),
         trusted_proxies: edge.config.trusted_proxies.clone(),
-    };
-    crate::http::server::serve(listeners, router, options, shutdown).await;
+        admission,
+        worker,
+    }
 }

@@ -174,10 +174,14 @@ fn serve(verdict: Verdict, args: gatewayd::config::cli::ServeArgs) -> ExitCode {
         verdict.config.log_format == LogFormat::Json,
         &verdict.config.log_filter,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // With `[server] workers`, the workers have runtimes of their own and this one is the
+    // control thread: signals, reloads, probes, the store's writers, telemetry upkeep.
+    let mut builder = if verdict.config.workers > 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return fatal(format!("cannot start the async runtime: {err}"), 1),
     };

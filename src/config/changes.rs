@@ -62,6 +62,7 @@ pub fn apply(old: &Config, mut new: Config) -> (Config, Changes) {
         log_filter: _,
         cors_origins: _,
         shutdown_grace: _,
+        workers: _,
         stream_keepalive: _,
         max_attempts: _,
         key_entries: _,
@@ -92,6 +93,7 @@ pub fn apply(old: &Config, mut new: Config) -> (Config, Changes) {
     live!(c, old, n, "server.log_filter", log_filter);
     live!(c, old, n, "server.cors_origins", cors_origins);
     restart!(c, old, n, "server.shutdown_grace_secs", shutdown_grace);
+    restart!(c, old, n, "server.workers", workers);
     live!(c, old, n, "server.stream_keepalive_secs", stream_keepalive);
     live!(c, old, n, "server.max_attempts", max_attempts);
     // Also exempts proxies from the per-address connection limit, set at start.

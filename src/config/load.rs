@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// `[server] workers` above this is taken as this: a thread each is plenty.
+pub const MAX_WORKERS: usize = 256;
+
+/// `[server] workers` by default: the cores this process may run on (1 if unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 use super::admin::AdminSection;
 use super::cli::{LogFormat, ServeArgs};
 use super::file_read::{self, FileError, FileKind};
@@ -54,6 +62,9 @@ pub struct Config {
     pub log_filter: String,
     pub cors_origins: Vec<String>,
     pub shutdown_grace: Duration,
+    /// `[server] workers`: 0 serves on one multi-threaded runtime; N on N single-threaded
+    /// runtimes, each with its own listening sockets and upstream connections.
+    pub workers: usize,
     pub stream_keepalive: Duration,
     pub max_attempts: u32,
     pub key_entries: Vec<KeyEntry>,
@@ -186,6 +197,7 @@ impl Config {
             log_filter: file.server.log_filter.unwrap_or_else(|| "info".into()),
             cors_origins,
             shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs.unwrap_or(30)),
+            workers: file.server.workers.unwrap_or_else(cores).min(MAX_WORKERS),
             stream_keepalive: Duration::from_secs(
                 file.server.stream_keepalive_secs.unwrap_or(15).max(1),
             ),

@@ -64,6 +64,9 @@ pub struct ServerSection {
     /// Exact browser origins allowed by CORS; empty disables CORS entirely.
     pub cors_origins: Option<Vec<String>>,
     pub shutdown_grace_secs: Option<u64>,
+    /// How many single-threaded runtimes serve requests, each on its own thread with its
+    /// own listening sockets; 0 keeps one multi-threaded runtime.
+    pub workers: Option<usize>,
     pub stream_keepalive_secs: Option<u64>,
     pub max_attempts: Option<u32>,
     pub metrics_addr: Option<String>,

@@ -13,10 +13,12 @@ use super::startup::{self, StartupError};
 use super::swap::Running;
 use super::systemd;
 use super::verdict::{auth_mode, Verdict};
+use super::workers::{MainSockets, Workers};
 use crate::api::router::{admin_app, app, metrics_app};
 use crate::api::state::AppState;
 use crate::config::cli::ServeArgs;
 use crate::config::{Config, TraceExport};
+use crate::http::admission::Admission;
 use crate::http::listener::Listener;
 use crate::http::server::LiveRouter;
 use crate::store::{SessionError, SessionStore};
@@ -35,6 +37,8 @@ pub enum DaemonError {
     AccessLog(String),
     #[error("{0}")]
     Telemetry(String),
+    #[error("cannot start the workers: {0}")]
+    Workers(String),
 }
 
 impl DaemonError {
@@ -45,7 +49,8 @@ impl DaemonError {
             DaemonError::Sessions(_)
             | DaemonError::Signals(_)
             | DaemonError::AccessLog(_)
-            | DaemonError::Telemetry(_) => 1,
+            | DaemonError::Telemetry(_)
+            | DaemonError::Workers(_) => 1,
         }
     }
 }
@@ -81,18 +86,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     let strong_key = !keys.is_empty();
     // The guard has judged every passed socket and every address we would bind
     // (`verdict::judge`); binding judges each bound address once more.
-    let listeners = match (inherited, &plan.main) {
-        (Some(sockets), _) => sockets
-            .into_iter()
-            .enumerate()
-            .map(|(index, socket)| socket.into_listener(index))
-            .collect::<Result<Vec<_>, _>>()?,
-        (None, Some(addrs)) => startup::bind(addrs, strong_key)?
-            .into_iter()
-            .map(Listener::Tcp)
-            .collect(),
-        (None, None) => Vec::new(),
-    };
+    let listeners = MainSockets::open(inherited, plan.main.as_ref(), strong_key, config.workers)?;
     let metrics_listeners: Vec<Listener> = match &plan.metrics {
         Some(addrs) => startup::bind(addrs, strong_key)?
             .into_iter()
@@ -134,7 +128,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
             "cannot write the pid file; `gatewayd reload` will not find this process (SIGHUP still reloads)"
         );
     }
-    let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    let addresses = listeners.describe();
     let admin_addresses: Vec<String> = admin_listeners.iter().map(Listener::describe).collect();
     let metrics_addresses: Vec<String> = metrics_listeners.iter().map(Listener::describe).collect();
     tracing::info!(
@@ -143,6 +137,7 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
         admin = %admin_addresses.join(", "),
         auth = %auth_mode(&keys),
         tls = tls.is_some(),
+        workers = config.workers,
         sessions = store.backend(),
         "gatewayd listening"
     );
@@ -199,7 +194,28 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
     }
     systemd::notify_ready();
     systemd::spawn_watchdog(shutdown.clone());
-    crate::run_live(state.clone(), router, listeners, shutdown).await;
+    let workers = match listeners {
+        MainSockets::One(listeners) => {
+            crate::run_live(state.clone(), router, listeners, shutdown).await;
+            None
+        }
+        MainSockets::PerWorker(sets) => {
+            // What every worker shares runs here, on the control runtime.
+            crate::gateway::routing::start(state.gateway(), shutdown.clone());
+            crate::telemetry::start_upkeep();
+            crate::telemetry::auth_log::start_sweeping();
+            let limits = &state.config.limits;
+            let admission = Admission::new(
+                limits.max_connections,
+                limits.max_connections_per_ip,
+                state.config.trusted_proxies.clone(),
+            );
+            let mut workers = Workers::start(sets, &state, &router, &admission, &shutdown)
+                .map_err(|e| DaemonError::Workers(e.to_string()))?;
+            workers.drained().await;
+            Some(workers)
+        }
+    };
     if let Some(store) = &state.sessions {
         // The last second's token usage, written before the process ends.
         if store.flush_usage().await.is_err() {
@@ -207,6 +223,9 @@ pub async fn run(verdict: Verdict, args: ServeArgs) -> Result<(), DaemonError> {
         }
     }
     crate::telemetry::traces::shutdown(TRACES_FLUSH).await;
+    if let Some(workers) = workers {
+        workers.stop().await;
+    }
     report_files.remove_pid();
     tracing::info!("gatewayd stopped");
     Ok(())

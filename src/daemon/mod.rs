@@ -13,5 +13,6 @@ pub mod startup;
 pub mod swap;
 pub mod systemd;
 pub mod verdict;
+pub mod workers;
 
 pub use life::{run, DaemonError};

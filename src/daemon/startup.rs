@@ -1,4 +1,4 @@
-//! Opening the listeners: the guard judges the host before any socket exists, then each bound address before listen().
+//! Opening the listeners (one set, or one per worker): the guard judges the host before any socket exists, then each bound address before listen().
 
 use std::net::SocketAddr;
 
@@ -51,6 +51,62 @@ pub fn plan(
 /// Binds every planned address. With port 0, the first bind picks the port and the rest
 /// reuse it. `localhost`'s ::1 is skipped when the machine has no IPv6 loopback.
 pub fn bind(addrs: &[SocketAddr], strong_key: bool) -> Result<Vec<TcpListener>, StartupError> {
+    bind_with(addrs, strong_key, false)
+}
+
+/// `copies` sets of listeners on the planned addresses, one set per worker, all with
+/// SO_REUSEPORT so the kernel spreads new connections over them. The first set is bound
+/// as [`bind`] binds (port 0 picks the port); the others bind exactly what it got.
+pub fn bind_copies(
+    addrs: &[SocketAddr],
+    strong_key: bool,
+    copies: usize,
+) -> Result<Vec<Vec<TcpListener>>, StartupError> {
+    // SO_REUSEPORT would let this process share a port another gatewayd with workers
+    // already serves; a plain bind first keeps "address already in use" as it was.
+    for addr in addrs.iter().filter(|addr| addr.port() != 0) {
+        match bind_probe(*addr) {
+            Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(StartupError::AddressInUse { addr: *addr });
+            }
+            _ => {}
+        }
+    }
+    let first = bind_with(addrs, strong_key, true)?;
+    let bound: Vec<SocketAddr> = first
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()
+        .map_err(|source| StartupError::Bind {
+            addr: addrs.first().copied().unwrap_or(([0, 0, 0, 0], 0).into()),
+            source,
+        })?;
+    let mut sets = vec![first];
+    for _ in 1..copies {
+        let set = bound
+            .iter()
+            .map(|addr| bind_one(*addr, strong_key, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        sets.push(set);
+    }
+    Ok(sets)
+}
+
+/// Binds `addr` without SO_REUSEPORT and lets it go (no listen, so nothing connects).
+fn bind_probe(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)
+}
+
+fn bind_with(
+    addrs: &[SocketAddr],
+    strong_key: bool,
+    reuse_port: bool,
+) -> Result<Vec<TcpListener>, StartupError> {
     let mut listeners = Vec::with_capacity(addrs.len());
     let mut chosen_port = None;
     for planned in addrs {
@@ -58,7 +114,7 @@ pub fn bind(addrs: &[SocketAddr], strong_key: bool) -> Result<Vec<TcpListener>, 
         if let (0, Some(port)) = (addr.port(), chosen_port) {
             addr.set_port(port);
         }
-        let listener = match bind_one(addr, strong_key) {
+        let listener = match bind_one(addr, strong_key, reuse_port) {
             Ok(listener) => listener,
             Err(StartupError::Bind { source, .. })
                 if addrs.len() > 1
@@ -77,7 +133,11 @@ pub fn bind(addrs: &[SocketAddr], strong_key: bool) -> Result<Vec<TcpListener>, 
     Ok(listeners)
 }
 
-fn bind_one(addr: SocketAddr, strong_key: bool) -> Result<TcpListener, StartupError> {
+fn bind_one(
+    addr: SocketAddr,
+    strong_key: bool,
+    reuse_port: bool,
+) -> Result<TcpListener, StartupError> {
     let bind_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
             StartupError::AddressInUse { addr }
@@ -92,6 +152,9 @@ fn bind_one(addr: SocketAddr, strong_key: bool) -> Result<TcpListener, StartupEr
     .map_err(bind_err)?;
     socket.set_reuseaddr(true).map_err(bind_err)?;
     socket.set_nodelay(true).map_err(bind_err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(bind_err)?;
+    }
     socket.bind(addr).map_err(bind_err)?;
     // Second line of defence: judge the address the kernel actually bound.
     let local = socket.local_addr().map_err(bind_err)?;

@@ -64,6 +64,14 @@ impl Inherited {
         }
     }
 
+    /// A second handle on the same socket (dup), for another worker to accept on.
+    pub fn try_clone(&self) -> std::io::Result<Inherited> {
+        Ok(match self {
+            Inherited::Tcp(tcp) => Inherited::Tcp(tcp.try_clone()?),
+            Inherited::Unix(unix) => Inherited::Unix(unix.try_clone()?),
+        })
+    }
+
     /// The socket as a tokio listener; needs a running runtime.
     pub fn into_listener(self, index: usize) -> Result<Listener, StartupError> {
         let inherited = |source| StartupError::Inherited { index, source };

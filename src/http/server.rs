@@ -39,6 +39,10 @@ pub struct ServeOptions {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `[server.tls]`: every TCP connection starts with a TLS handshake.
     pub tls: Option<TlsAcceptor>,
+    /// Connection slots shared with other workers; `None`: this call's own.
+    pub admission: Option<Arc<Admission>>,
+    /// Which worker serves (`[server] workers`), counted per accepted connection.
+    pub worker: Option<usize>,
 }
 
 /// Serves `app` (the router in force at each request) on every listener until
@@ -57,11 +61,13 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let limits = &options.limits;
-    let admission = Admission::new(
-        limits.max_connections,
-        limits.max_connections_per_ip,
-        options.trusted_proxies.clone(),
-    );
+    let admission = options.admission.clone().unwrap_or_else(|| {
+        Admission::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            options.trusted_proxies.clone(),
+        )
+    });
     let secs = |value: u64| Duration::from_secs(value.max(1));
     let timeouts = Timeouts {
         header_read: secs(limits.header_read_timeout_secs),
@@ -100,6 +106,7 @@ pub async fn serve(
                 body_read_timeout,
                 shutdown: shutdown.clone(),
                 tls: options.tls.clone(),
+                accepted: options.worker.map(crate::telemetry::worker_connections),
             },
         )));
     }
@@ -128,6 +135,8 @@ struct Shared {
     body_read_timeout: Duration,
     shutdown: CancellationToken,
     tls: Option<TlsAcceptor>,
+    /// Connections accepted by this worker (`[server] workers`).
+    accepted: Option<metrics::Counter>,
 }
 
 async fn accept_loop(listener: Listener, shared: Shared) {
@@ -144,6 +153,9 @@ async fn accept_loop(listener: Listener, shared: Shared) {
             _ = shutdown.cancelled() => return,
             accepted = accept(&listener) => accepted,
         };
+        if let (Ok(_), Some(counter)) = (&accepted, &shared.accepted) {
+            counter.increment(1);
+        }
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let activity = Activity::new();

@@ -128,6 +128,12 @@ pub fn start_upkeep() {
     });
 }
 
+/// Connections accepted by worker `worker` (`[server] workers`): a counter handle, taken
+/// once per accept loop.
+pub fn worker_connections(worker: usize) -> metrics::Counter {
+    metrics::counter!("gatewayd_worker_connections_total", "worker" => worker.to_string())
+}
+
 /// What the handler learned about a request, for its metrics and its access log line.
 #[derive(Default)]
 pub struct RequestTiming {

@@ -1,5 +1,5 @@
 //! The HTTP upstream (OpenAI-compatible, or Anthropic's Messages API), on one pooled
-//! hyper client shared by all upstreams.
+//! hyper client shared by all upstreams (one per worker thread, see `pools`).
 
 use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
@@ -13,12 +13,10 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use http_body_util::{BodyDataStream, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::response::ResponseHeaders;
 use super::headers::{sensitive, RequestHeaders};
+use super::pools::Pools;
 use super::{Endpoint, ModelObject, StoredResponseCall, Upstream, UpstreamError};
 use super::{TraceHeaders, UpstreamRequest, UpstreamResponse};
 use crate::config::file_read::{read_text, FileKind};
@@ -28,9 +26,6 @@ mod models;
 mod native;
 mod probe;
 use crate::config::keys::Secret;
-
-/// The pooled client every upstream shares; cloning it shares the pool.
-pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Safe retries after an HTTP/2 upstream refused a stream it never processed.
 const MAX_NACK_RETRIES: u32 = 2;
@@ -45,7 +40,7 @@ const BODY_FAILED: &str = "the response body was cut short or malformed";
 /// where the config says). There is one connect timeout per client, so it is the largest
 /// any upstream asks for; first-byte and idle timeouts are per upstream. An upstream with
 /// its own `ca_file` or client certificate gets a client of its own ([`client_with`]).
-pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError> {
+pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Arc<Pools>, UpstreamError> {
     let connect = configs
         .iter()
         .map(|c| c.connect_timeout_secs)
@@ -53,31 +48,7 @@ pub fn shared_client(configs: &[UpstreamConfig]) -> Result<Client, UpstreamError
         .unwrap_or(5);
     let tls = super::tls::default_config()
         .map_err(|e| UpstreamError::Config("client".into(), e.to_string()))?;
-    Ok(client_with(connect, tls))
-}
-
-/// A pooled client with this TLS configuration (see [`shared_client`]).
-pub fn client_with(connect: u64, tls: rustls::ClientConfig) -> Client {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(connect.max(1))));
-    http.enforce_http(false);
-    http.set_keepalive(Some(Duration::from_secs(15)));
-    http.set_keepalive_interval(Some(Duration::from_secs(15)));
-    http.set_keepalive_retries(Some(3));
-    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
-    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https)
+    Ok(Pools::new(connect, tls))
 }
 
 pub struct HttpUpstream {
@@ -105,7 +76,7 @@ pub struct HttpUpstream {
     /// What of the upstream's answer headers a client sees: nothing naming its host,
     /// its key or its other secrets.
     response_headers: ResponseHeaders,
-    client: Client,
+    client: Arc<Pools>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     models_timeout: Duration,
@@ -116,7 +87,7 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(config: &UpstreamConfig, client: Client) -> Result<Self, UpstreamError> {
+    pub fn new(config: &UpstreamConfig, client: Arc<Pools>) -> Result<Self, UpstreamError> {
         let name: Arc<str> = config.name.as_str().into();
         let config_error = |m: &str| UpstreamError::Config(name.clone(), m.to_string());
         let api_key = read_api_key(config).map_err(|m| UpstreamError::Config(name.clone(), m))?;
@@ -222,7 +193,7 @@ impl HttpUpstream {
                         headers.insert(TRACESTATE, tracestate.clone());
                     }
                 }
-                match self.client.request(request).await {
+                match self.client.with(|client| client.request(request)).await {
                     Ok(response) => return Ok(response),
                     Err(err) if retries < MAX_NACK_RETRIES && is_protocol_nack(&err) => {
                         retries += 1;

@@ -7,6 +7,7 @@ mod echo;
 pub mod headers;
 pub mod health;
 mod http;
+pub mod pools;
 mod registry;
 pub mod tls;
 mod types;

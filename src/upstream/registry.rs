@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use super::echo::EchoUpstream;
 use super::health::{Health, HealthBook, Pool};
 use super::http::{self, HttpUpstream};
+use super::pools::Pools;
 use super::tls;
 use super::types::{Upstream, UpstreamError};
 use crate::config::tls::TlsError;
@@ -236,7 +237,7 @@ impl Table {
                 Some(own) => {
                     let tls = own.client_config().map_err(tls_error)?;
                     reloadable.push(own);
-                    http::client_with(config.connect_timeout_secs, tls)
+                    Pools::new(config.connect_timeout_secs, tls)
                 }
                 None => client.clone(),
             };
