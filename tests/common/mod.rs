@@ -241,10 +241,12 @@ pub fn start(mut command: Command) -> Process {
             .lines()
             .map_while(Result::ok)
         {
+            // Kept before the start is announced, so a test that reads the log right
+            // after `start` returns finds the listening line in it.
+            sink.lock().unwrap().push(line.clone());
             if line.contains("gatewayd listening") {
-                let _ = tx.send(line.clone());
+                let _ = tx.send(line);
             }
-            sink.lock().unwrap().push(line);
         }
     });
     let line = match rx.recv_timeout(Duration::from_secs(60)) {
