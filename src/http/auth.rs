@@ -342,6 +342,17 @@ pub fn client_headers(headers: &HeaderMap) -> std::sync::Arc<HeaderMap> {
     std::sync::Arc::new(crate::upstream::headers::forwardable_with(headers, token))
 }
 
+/// The caller the auth layer recorded. Missing means the request never passed the auth
+/// layer: fail closed.
+fn caller_of(parts: &axum::http::request::Parts) -> Result<&Caller, ApiError> {
+    parts
+        .extensions
+        .get::<Caller>()
+        .ok_or(ApiError::Unauthorized {
+            token_presented: false,
+        })
+}
+
 /// The caller's key as the auth layer matched it (`None` in keyless mode): its policy
 /// travels with the turn.
 pub struct Tenant(pub Option<Arc<ClientKey>>);
@@ -353,13 +364,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .map(|caller| Tenant(caller.key.clone()))
-            .ok_or(ApiError::Unauthorized {
-                token_presented: false,
-            })
+        caller_of(parts).map(|caller| Tenant(caller.key.clone()))
     }
 }
 
@@ -374,12 +379,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Owner {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .map(|caller| Owner(caller.name.clone()))
-            .ok_or(ApiError::Unauthorized {
-                token_presented: false,
-            })
+        caller_of(parts).map(|caller| Owner(caller.name.clone()))
     }
 }

@@ -3,6 +3,7 @@
 //! resets. Pure date arithmetic, no clock and no I/O.
 
 use crate::config::keys::KeyPolicy;
+use crate::wire::time::{civil_from_days, days_from_civil};
 
 /// Which budget a window counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,30 +92,6 @@ pub fn day_and_month(now: i64) -> (String, String) {
         format!("{year:04}-{month:02}-{day:02}"),
         format!("{year:04}-{month:02}"),
     )
-}
-
-/// Days since 1970-01-01 → (year, month 1-12, day 1-31). H. Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// (year, month 1-12, day 1-31) → days since 1970-01-01. H. Hinnant's algorithm.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

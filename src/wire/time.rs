@@ -1,4 +1,4 @@
-//! Times as clients and log readers see them: RFC 3339 in UTC.
+//! Times and dates in UTC: RFC 3339 as clients and log readers see them, and the calendar conversions budget windows use.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,6 +35,12 @@ pub fn utc_day(at: SystemTime) -> String {
 /// The `YYYY-MM-DD` of a Unix time, and the seconds into that day.
 fn civil(seconds: i64) -> (String, i64) {
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    (format!("{year:04}-{month:02}-{day:02}"), rest)
+}
+
+/// Days since 1970-01-01 → (year, month 1-12, day 1-31). H. Hinnant's algorithm.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -43,8 +49,18 @@ fn civil(seconds: i64) -> (String, i64) {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (format!("{year:04}-{month:02}-{day:02}"), rest)
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// (year, month 1-12, day 1-31) → days since 1970-01-01. H. Hinnant's algorithm.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
