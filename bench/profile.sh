@@ -8,13 +8,16 @@
 #                                   without a token budget, then the same key with one (needs redis-server)
 #   bench/profile.sh floor BIN FLOOR [N]  instructions per plain request: gatewayd, then the hyper-floor
 #                                   reference binary FLOOR (one current_thread runtime), and the difference
+#   bench/profile.sh sessions BIN [N]  instructions per request: plain chat, then chat in sessions on
+#                                   SQLite and (when PostgreSQL answers at $PROFILE_PG_URL) on PostgreSQL
+#   bench/profile.sh responses BIN [N] instructions per request: POST /v1/responses, plain and streamed
 # BIN should carry line tables for readable sites:
 #   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release
 set -euo pipefail
 
 MODE="${1:-}" BIN="${2:-}"
-[[ "$MODE" == cpu || "$MODE" == heap || "$MODE" == routing || "$MODE" == budget || "$MODE" == floor ]] &&
-  [[ -x "$BIN" ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[[ "$MODE" =~ ^(cpu|heap|routing|budget|floor|sessions|responses)$ ]] &&
+  [[ -x "$BIN" ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
 if [[ "$MODE" == floor ]]; then
   FLOOR_BIN="${3:-}"
   [[ -x "$FLOOR_BIN" ]] || { echo "profile.sh floor: the hyper-floor binary is missing: '$FLOOR_BIN'" >&2; exit 2; }
@@ -55,6 +58,9 @@ wait_answer() {  # any HTTP answer on :PORT (the floor proxies every path, so no
 # one keep-alive connection, dump, and divide.
 # UPSTREAM is a port, or "config:FILE" for upstreams named in a config file.
 # KEY (optional) is the client key to send; the default is $API_SERVER_KEY.
+# ROUTE (default /v1/chat/completions) is the path requested; with SESSIONS=K, each of
+# the N requests continues one of K fresh sessions in turn (X-Session-Id); EXTRA_ARGS are
+# more gatewayd arguments.
 # With FLOOR_RUN=1 the profiled program is the hyper-floor binary ($FLOOR_BIN, one
 # current_thread runtime) instead of gatewayd.
 cpu_run() {
@@ -67,26 +73,35 @@ cpu_run() {
   else
     valgrind --tool=callgrind --callgrind-out-file="$WORK/$label.cg" "$BIN" \
       --host 127.0.0.1 --port "$GW" "${upstream_args[@]}" \
-      --data-dir "$WORK/data-$label" >"$WORK/$label.log" 2>&1 &
+      --data-dir "$WORK/data-$label" ${EXTRA_ARGS:-} >"$WORK/$label.log" 2>&1 &
   fi
   local vpid=$!
   PIDS+=("$vpid")
   if [[ "${FLOOR_RUN:-0}" == 1 ]]; then wait_answer "$GW"; else wait_health "$GW"; fi
+  local route=${ROUTE:-/v1/chat/completions}
   WRK_BODY_FILE=$body WRK_HEADERS="Authorization: Bearer $key" wrk -t1 -c4 -d2s -s "$BENCH_DIR/post.lua" \
-    "http://127.0.0.1:$GW/v1/chat/completions" >/dev/null
+    "http://127.0.0.1:$GW$route" >/dev/null
   # One more request, waited for: what the first requests started lazily (a tokenizer's
   # tables, say) is built before the counters are zeroed, however slow valgrind is.
   curl -sf -m 300 -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-    --data-binary "@$body" "http://127.0.0.1:$GW/v1/chat/completions"
+    --data-binary "@$body" "http://127.0.0.1:$GW$route"
+  : > "$WORK/sessions.txt"
+  if [[ -n "${SESSIONS:-}" ]]; then
+    python3 "$BENCH_DIR/bench.py" mk-sessions --url "http://127.0.0.1:$GW/v1/sessions" \
+      -H "Authorization: Bearer $key" --n "$SESSIONS" > "$WORK/sessions.txt"
+  fi
   callgrind_control -z "$vpid" >/dev/null 2>&1
-  python3 - "$body" "$n" "$GW" "$key" <<'PY'
+  python3 - "$body" "$n" "$GW" "$key" "$route" "$WORK/sessions.txt" <<'PY'
 import sys, http.client
 body = open(sys.argv[1], 'rb').read()
-n, port, key = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+n, port, key, route = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+sessions = open(sys.argv[6]).read().split()
 conn = http.client.HTTPConnection('127.0.0.1', port)
-for _ in range(n):
-    conn.request('POST', '/v1/chat/completions', body,
-                 {'Content-Type': 'application/json', 'Authorization': 'Bearer ' + key})
+for i in range(n):
+    headers = {'Content-Type': 'application/json', 'Authorization': 'Bearer ' + key}
+    if sessions:
+        headers['X-Session-Id'] = sessions[i % len(sessions)]
+    conn.request('POST', route, body, headers)
     response = conn.getresponse()
     data = response.read()
     assert response.status == 200, (response.status, data[:200])
@@ -205,6 +220,32 @@ case "$MODE" in
     gw=$LAST_PER_REQUEST
     FLOOR_RUN=1 cpu_run floor "$UP_JSON" "$WORK/body.json" "$N"
     echo "gatewayd above the floor: $((gw - LAST_PER_REQUEST)) instructions per plain request"
+    ;;
+  sessions)
+    N="${3:-3000}"
+    start_upstream
+    printf '[sessions]\nmax_sessions_per_key = 0\n' > "$WORK/sessions.toml"
+    cpu_run plain "$UP_JSON" "$WORK/body.json" "$N"
+    # Histories grow to N / 100 turns, as the bench's sessions do over a run.
+    SESSIONS=100 EXTRA_ARGS="--config $WORK/sessions.toml" cpu_run session-sqlite "$UP_JSON" "$WORK/body.json" "$N"
+    PG_URL="${PROFILE_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+    if PGCONNECT_TIMEOUT=3 psql "$PG_URL/postgres" -qAt -c 'select 1' >/dev/null 2>&1; then
+      PG_DB="gatewayd_profile_$$"
+      psql "$PG_URL/postgres" -qAt -c "create database $PG_DB" >/dev/null
+      SESSIONS=100 EXTRA_ARGS="--config $WORK/sessions.toml --database-url $PG_URL/$PG_DB" \
+        cpu_run session-postgres "$UP_JSON" "$WORK/body.json" "$N" || true
+      psql "$PG_URL/postgres" -qAt -c "drop database $PG_DB with (force)" >/dev/null || true
+    else
+      echo "PostgreSQL at $PG_URL did not answer: no PostgreSQL session profile"
+    fi
+    ;;
+  responses)
+    N="${3:-3000}"
+    start_upstream
+    printf '%s' '{"model":"gpt-4o-mini","input":"hi","store":false}' > "$WORK/body-resp.json"
+    printf '%s' '{"model":"gpt-4o-mini","input":"hi","store":false,"stream":true}' > "$WORK/body-resp-stream.json"
+    ROUTE=/v1/responses cpu_run responses "$UP_JSON" "$WORK/body-resp.json" "$N"
+    ROUTE=/v1/responses cpu_run responses-stream "$UP_SSE" "$WORK/body-resp-stream.json" "$N"
     ;;
   heap) heap_run "${3:-400}" ;;
 esac
