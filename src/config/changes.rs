@@ -282,6 +282,7 @@ fn sessions(c: &mut Changes, old: &Config, n: &mut Config) {
         busy_timeout_secs: _,
         retention_days: _,
         max_database_bytes: _,
+        cache_bytes: _,
     } = &old.sessions;
     let url = |config: &Config| {
         let url = config.sessions.database_url.as_ref();
@@ -322,6 +323,8 @@ fn sessions(c: &mut Changes, old: &Config, n: &mut Config) {
         "sessions.max_database_bytes",
         sessions.max_database_bytes
     );
+    // The history cache is sized when the store opens.
+    restart!(c, old, n, "sessions.cache_bytes", sessions.cache_bytes);
 }
 
 #[cfg(test)]

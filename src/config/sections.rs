@@ -98,6 +98,8 @@ pub struct SessionsSection {
     pub retention_days: u64,
     /// SQLite only: the database file never grows past this; 0 = no cap.
     pub max_database_bytes: u64,
+    /// Memory for recent histories (0 = no cache).
+    pub cache_bytes: u64,
 }
 
 impl Default for SessionsSection {
@@ -111,6 +113,7 @@ impl Default for SessionsSection {
             busy_timeout_secs: limits.busy_timeout.as_secs(),
             retention_days: 0,
             max_database_bytes: limits.max_database_bytes,
+            cache_bytes: limits.cache_bytes,
         }
     }
 }
@@ -125,6 +128,7 @@ impl SessionsSection {
             retention: (self.retention_days > 0)
                 .then(|| Duration::from_secs(self.retention_days.saturating_mul(86_400))),
             max_database_bytes: self.max_database_bytes,
+            cache_bytes: self.cache_bytes,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct SessionLimits {
     pub retention: Option<Duration>,
     /// SQLite only: the database file never grows past this many bytes (0 = no cap).
     pub max_database_bytes: u64,
+    /// Memory the history cache may hold (0 = no cache). Taken at open.
+    pub cache_bytes: u64,
 }
 
 impl Default for SessionLimits {
@@ -153,6 +159,7 @@ impl Default for SessionLimits {
             busy_timeout: Duration::from_secs(10),
             retention: None,
             max_database_bytes: 0,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
         }
     }
 }

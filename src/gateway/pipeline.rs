@@ -62,6 +62,9 @@ pub async fn run(
     } = resolved;
 
     let mut call = protocol.upstream_call(&context)?;
+    // Let go of the cached history now: the commit then grows the cache's entry in
+    // place instead of copying it.
+    drop(context);
     if let Some(key) = &key {
         // The key's `models`: one check for every protocol, before anything goes upstream.
         if !key.policy.allows_model(&call.request.model) {
@@ -202,13 +205,14 @@ pub async fn run(
 /// messages were stored.
 pub async fn append(gateway: &Gateway, turn: Turn) -> Result<usize, ApiError> {
     let store: Arc<SessionStore> = gateway.session_store()?.clone();
-    let resolved = resolve(Some(&store), &turn.owner, &turn.stored).await?;
-    store.admits(&resolved.context, &turn.input, false)?;
+    let Resolved { context, lease, .. } = resolve(Some(&store), &turn.owner, &turn.stored).await?;
+    store.admits(&context, &turn.input, false)?;
+    drop(context);
     let added = turn.input.len();
     let settlement = Settlement {
         store,
         owner: turn.owner,
-        lease: resolved.lease,
+        lease,
         input: turn.input,
     };
     settlement.commit(Default::default()).await?;

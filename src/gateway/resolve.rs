@@ -1,6 +1,6 @@
 //! Step 1 of a turn: the stored state it names, read under its lease; and step 2, the limits.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use super::turn::Stored;
 use crate::store::{
@@ -10,8 +10,9 @@ use crate::wire::error::ApiError;
 
 /// What a turn continues.
 pub struct Resolved {
-    /// The messages it continues (the system prompt apart), empty for a new turn.
-    pub context: History,
+    /// The messages it continues (the system prompt apart), empty for a new turn; shared
+    /// with the history cache, not copied.
+    pub context: Arc<History>,
     /// The session's lease, held until the turn is settled or abandoned.
     pub lease: Option<SessionLease>,
     /// The native upstream that holds the response this turn continues.
@@ -20,12 +21,15 @@ pub struct Resolved {
 
 impl Resolved {
     fn fresh() -> Self {
-        Resolved {
-            context: History {
+        static NOTHING: LazyLock<Arc<History>> = LazyLock::new(|| {
+            Arc::new(History {
                 system: None,
                 messages: Vec::new(),
                 bytes: 0,
-            },
+            })
+        });
+        Resolved {
+            context: NOTHING.clone(),
             lease: None,
             pinned: None,
         }

@@ -6,6 +6,7 @@
 //! conversation, the session's messages before its turn, read from the session.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use sqlx::Row;
@@ -41,13 +42,17 @@ impl SessionStore {
     /// context, its own input and output last. Unknown, deleted and another key's
     /// responses are `NotFound`; a chain longer or larger than a session may be is
     /// `LimitExceeded`.
-    pub async fn response_context(&self, owner: &str, id: &str) -> Result<History, SessionError> {
+    pub async fn response_context(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Arc<History>, SessionError> {
         self.walk_chain(owner, id)
             .await
             .map_err(|e| self.writer.failed("read", e))
     }
 
-    async fn walk_chain(&self, owner: &str, id: &str) -> Result<History, SessionError> {
+    async fn walk_chain(&self, owner: &str, id: &str) -> Result<Arc<History>, SessionError> {
         if let Some(history) = self.cache.get(id, owner, CONTEXT_VERSION) {
             // The entry holds the context; the row says whether it may still be used.
             let readable =
@@ -123,6 +128,7 @@ impl SessionStore {
         }
         // A conversation's messages can be deleted later: only a chain of its own is
         // cached.
+        let history = Arc::new(history);
         if session.is_none() {
             self.cache.put(id, owner, CONTEXT_VERSION, history.clone());
         }
@@ -182,7 +188,8 @@ impl SessionStore {
             },
         };
         if push_all(&mut history, &record.context).is_ok() {
-            self.cache.put(&record.id, owner, CONTEXT_VERSION, history);
+            self.cache
+                .put(&record.id, owner, CONTEXT_VERSION, Arc::new(history));
         }
     }
 }

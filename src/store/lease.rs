@@ -100,8 +100,14 @@ impl SessionStore {
         }
     }
 
-    /// SQLite: waits for the session's in-memory lock, then reads the session's version
-    /// (a read, so it works on a full disk too). Unknown and foreign ids are `NotFound`.
+    /// SQLite: waits for the session's in-memory lock, then takes the session's version
+    /// from the history cache, or reads it (a read, so it works on a full disk too).
+    /// Unknown and foreign ids are `NotFound`.
+    ///
+    /// The cache is trusted here because one process owns the file and every change to a
+    /// session goes through this store, which moves or drops the session's entry in step:
+    /// a commit appends to it under the lease, item and session deletes drop it, a purge
+    /// clears the cache. A continued session whose history is cached costs no query.
     async fn lease_locally(
         self: &Arc<Self>,
         leases: &LocalLeases,
@@ -110,7 +116,9 @@ impl SessionStore {
     ) -> Result<SessionLease, SessionError> {
         // Whose session it is, before waiting: another key's busy session must answer
         // 404 at once, like an unknown one, not 409 after the busy timeout.
-        self.local_version(owner, id).await?;
+        if self.cache.version(id, owner).is_none() {
+            self.local_version(owner, id).await?;
+        }
         let lock = leases.lock_of(id);
         let held = tokio::time::timeout(self.limits().busy_timeout, lock.lock_owned()).await;
         let Ok(guard) = held else {
@@ -127,8 +135,11 @@ impl SessionStore {
             renewer: None,
             local: Some(guard),
         };
-        // Read again under the lock: the turn before may have changed it.
-        lease.version = self.local_version(owner, id).await?;
+        // Looked up again under the lock: the turn before may have changed it.
+        lease.version = match self.cache.version(id, owner) {
+            Some(version) => version,
+            None => self.local_version(owner, id).await?,
+        };
         Ok(lease)
     }
 

@@ -28,6 +28,7 @@ use crate::wire::error::ApiError;
 
 pub use crate::config::SessionLimits;
 pub use api_keys::{Created, StoredKey};
+pub use cache::DEFAULT_BUDGET_BYTES as DEFAULT_CACHE_BYTES;
 pub use items::StoredItem;
 pub use lease::SessionLease;
 pub use responses::StoredResponse;
@@ -64,9 +65,23 @@ impl History {
         parts
     }
 
-    /// The history as a comma-separated list of JSON message objects, system first.
+    /// The history as a comma-separated list of JSON message objects, system first,
+    /// written once into a string of the right size.
     pub fn to_json_list(&self) -> String {
-        self.to_messages().join(",")
+        let system = self
+            .system
+            .as_ref()
+            .map(|system| serde_json::json!({"role": "system", "content": system}).to_string());
+        let parts = system.iter().chain(self.messages.iter());
+        let size = parts.clone().map(|m| m.len() + 1).sum::<usize>();
+        let mut list = String::with_capacity(size);
+        for (i, message) in parts.enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            list.push_str(message);
+        }
+        list
     }
 
     /// No system prompt and no messages: nothing to continue.
@@ -290,5 +305,25 @@ mod tests {
         ] {
             assert!(!is_valid_session_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_history_lists_its_system_prompt_then_its_messages() {
+        let mut history = History {
+            system: Some("be \"brief\"".into()),
+            messages: vec![r#"{"role":"user","content":"hi"}"#.into(), "{}".into()],
+            bytes: 0,
+        };
+        let list = history.to_json_list();
+        assert_eq!(
+            list,
+            r#"{"content":"be \"brief\"","role":"system"},{"role":"user","content":"hi"},{}"#
+        );
+        assert_eq!(list, history.to_messages().join(","));
+        history.system = None;
+        assert_eq!(
+            history.to_json_list(),
+            r#"{"role":"user","content":"hi"},{}"#
+        );
     }
 }

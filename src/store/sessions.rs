@@ -16,6 +16,9 @@ use super::sqlite_files;
 use super::writer::Writer;
 use super::{new_session_id, now, LiveLimits, Session, SessionError, SessionLimits};
 
+/// A PostgreSQL connection idle this long is pinged before its next use.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// One migration set for both backends: the schema uses only SQL that SQLite and
 /// PostgreSQL read the same way (TEXT, BIGINT, a foreign key, plain indexes).
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
@@ -89,6 +92,18 @@ impl SessionStore {
             .max_connections(16)
             // A lost server answers 503 in seconds rather than holding requests.
             .acquire_timeout(Duration::from_secs(5))
+            // A connection in steady use is not pinged before each use (a round trip per
+            // turn, measured at about a tenth of a session turn's work); one idle for a
+            // while is, so a server restarted meanwhile costs a reconnect, not a 503.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         MIGRATIONS.run(&pool).await?;
@@ -109,6 +124,7 @@ impl SessionStore {
         headroom: Option<Headroom>,
     ) -> Self {
         let writer = Arc::new(Writer::new(writer, headroom));
+        let cache = HistoryCache::with_budget(limits.cache_bytes);
         let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(limits));
         let usage = Arc::new(super::usage_write::UsageBuffer::default());
         super::usage_write::spawn_flusher(writer.clone(), Arc::downgrade(&usage));
@@ -117,7 +133,7 @@ impl SessionStore {
             pool,
             committer: Committer::spawn(writer.clone(), limits.clone()),
             writer,
-            cache: HistoryCache::default(),
+            cache,
             local_leases: None,
             limits,
             backend,
@@ -134,7 +150,7 @@ impl SessionStore {
     }
 
     /// Puts new `[sessions]` limits in force for the turns that start (or commit) from
-    /// now on (a SIGHUP reload). `retention` and `max_database_bytes` are taken at open.
+    /// now on (a SIGHUP reload). `retention`, `max_database_bytes` and `cache_bytes` are taken at open.
     pub fn set_limits(&self, limits: SessionLimits) {
         self.limits.store(Arc::new(limits));
     }
@@ -350,6 +366,8 @@ impl SessionStore {
 async fn sqlite_pool(url: &str, connections: u32, max_pages: u64) -> Result<AnyPool, SessionError> {
     Ok(AnyPoolOptions::new()
         .max_connections(connections)
+        // A SQLite connection is a file handle in this process: nothing to ping.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if max_pages > 0 {

@@ -10,7 +10,7 @@ impl SessionStore {
     /// What a continuation sends before the request's own messages. Read under the
     /// session's lease, so no other turn can slip in before this one is stored. Served
     /// from the history cache when its entry is at the version the lease saw.
-    pub async fn history(&self, lease: &SessionLease) -> Result<History, SessionError> {
+    pub async fn history(&self, lease: &SessionLease) -> Result<Arc<History>, SessionError> {
         let (owner, id) = (lease.owner.as_str(), lease.id.as_str());
         if let Some(history) = self.cache.get(id, owner, lease.version) {
             return Ok(history);
@@ -36,11 +36,11 @@ impl SessionStore {
                 messages.push(message);
             }
         }
-        let history = History {
+        let history = Arc::new(History {
             system,
             messages,
             bytes: bytes.max(0) as usize,
-        };
+        });
         // Cached at the version read with it (the lease's, unless an item was deleted
         // since): an entry always pairs a history with the version it belongs to.
         self.cache.put(id, owner, version, history.clone());

@@ -43,30 +43,6 @@ pub struct Reply {
     pub model: Option<String>,
 }
 
-impl Reply {
-    /// A finished, non-streamed chat completion; `None` without a `choices[0].message` object.
-    pub fn from_completion(body: &[u8]) -> Option<Reply> {
-        let mut completion: Value = serde_json::from_slice(body).ok()?;
-        let choice = completion.pointer_mut("/choices/0")?;
-        let finish_reason = choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let message = choice.get_mut("message").filter(|m| m.is_object())?.take();
-        Some(Reply {
-            message,
-            finish_reason,
-            usage: completion
-                .get("usage")
-                .and_then(|u| Usage::from_shape(Shape::Chat, u)),
-            model: completion
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        })
-    }
-}
-
 /// Feed it the relayed chat-completion SSE bytes in whatever pieces they arrive; it
 /// finds where the stream ends, and (unless only the end is wanted) hands back the
 /// deltas they complete and keeps the reply assembled so far.

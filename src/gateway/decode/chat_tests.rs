@@ -163,6 +163,30 @@ fn a_finished_body_reads_like_the_same_stream() {
 }
 
 #[test]
+fn a_finished_body_is_read_for_its_first_choice_and_skips_the_rest() {
+    let body = br#"{"id":"c","object":"chat.completion","created":1,"model":"m-2","system_fingerprint":"fp","choices":[{"index":0,"logprobs":{"content":[{"token":"x","logprob":-1}]},"message":{"role":"assistant","content":"one"},"finish_reason":7},{"index":1,"message":{"role":"assistant","content":"two"},"finish_reason":"stop"}],"usage":"none","extra":[1,{"a":null}]}"#;
+    let reply = Reply::from_completion(body).unwrap();
+    assert_eq!(reply.message["content"], "one");
+    assert_eq!(reply.model.as_deref(), Some("m-2"));
+    // Members of an unexpected type read as absent, not as a broken reply.
+    assert_eq!((reply.finish_reason, reply.usage), (None, None));
+    for body in [
+        &br#"{"choices":{"0":{"message":{}}}}"#[..],
+        br#"{"choices":null}"#,
+        br#"{"choices":[]}"#,
+        br#"{"choices":["text"]}"#,
+        br#"{"choices":[{"message":"text"}]}"#,
+        br#"{"model":"m","choices":[{"message":{}}]"#,
+    ] {
+        assert!(
+            Reply::from_completion(body).is_none(),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
 fn a_summary_keeps_what_the_reply_says_about_itself_and_no_content() {
     let stream = concat!(
         "data: {\"model\":\"m-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"secret text\"}}]}\n\n",

@@ -36,6 +36,11 @@ pub enum Shape {
 }
 
 impl Usage {
+    /// A `usage` object of the given shape, taken as it is; `None` when it is not an object.
+    pub fn from_owned(shape: Shape, raw: Value) -> Option<Usage> {
+        raw.is_object().then(|| Usage::counted(shape, raw))
+    }
+
     /// A `usage` object of the given shape; `None` when it is not an object.
     pub fn from_shape(shape: Shape, raw: &Value) -> Option<Usage> {
         if !raw.is_object() {
