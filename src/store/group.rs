@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use sqlx::AnyConnection;
 use sqlx::{Any, Connection, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,11 +25,11 @@ const MAX_BATCH: usize = 256;
 const INSERT_ROWS: usize = 1000;
 
 /// One turn waiting to be committed.
-struct Job {
-    owner: String,
+pub(super) struct Job {
+    pub(super) owner: String,
     /// The leased session (id, lease token) the messages go to, if any.
-    session: Option<(String, String)>,
-    messages: Vec<String>,
+    pub(super) session: Option<(String, String)>,
+    pub(super) messages: Vec<String>,
     response: Option<ResponseRecord>,
     /// The session's version after the commit ((0, 0) without a session).
     done: oneshot::Sender<Result<Version, SessionError>>,
@@ -39,10 +40,19 @@ pub struct Committer {
     queue: mpsc::UnboundedSender<Job>,
 }
 
+/// How a batch is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// A transaction of plain statements, which both databases read the same way.
+    Portable,
+    /// PostgreSQL: a batch of chat turns in one statement (`group_pg.rs`).
+    Postgres,
+}
+
 impl Committer {
-    pub fn spawn(writer: Arc<Writer>, limits: LiveLimits) -> Self {
+    pub fn spawn(writer: Arc<Writer>, limits: LiveLimits, dialect: Dialect) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(run(writer, limits, jobs));
+        tokio::spawn(run(writer, limits, dialect, jobs));
         Committer { queue }
     }
 
@@ -71,7 +81,12 @@ impl Committer {
     }
 }
 
-async fn run(writer: Arc<Writer>, limits: LiveLimits, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    writer: Arc<Writer>,
+    limits: LiveLimits,
+    dialect: Dialect,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     let mut carried: Vec<Job> = Vec::new();
     loop {
         if carried.is_empty() {
@@ -96,16 +111,23 @@ async fn run(writer: Arc<Writer>, limits: LiveLimits, mut jobs: mpsc::UnboundedR
                 .is_none_or(|(id, _)| seen.insert(id.clone()))
         });
         carried = later;
-        commit_batch(&writer, **limits.load(), batch).await;
+        commit_batch(&writer, **limits.load(), dialect, batch).await;
     }
 }
 
-async fn commit_batch(writer: &Writer, limits: SessionLimits, batch: Vec<Job>) {
+async fn commit_batch(writer: &Writer, limits: SessionLimits, dialect: Dialect, batch: Vec<Job>) {
     let conn = writer.acquire("append").await;
+    let one_statement = dialect == Dialect::Postgres
+        && batch
+            .iter()
+            .all(|job| job.session.is_some() && job.response.is_none());
     let result = match conn {
         Err(err) => Err(err),
         Ok(mut conn) => {
             let result = async {
+                if one_statement {
+                    return super::group_pg::append_turns(&mut conn, limits, &batch).await;
+                }
                 let mut tx = conn.begin().await?;
                 let outcomes = append_all(&mut tx, limits, &batch).await?;
                 tx.commit().await?;
@@ -238,7 +260,10 @@ async fn append_all(
                 }
                 outcomes.push(Ok(total));
             }
-            None => outcomes.push(Err(refusal(tx, limits, &job.owner, id, token).await?)),
+            None => {
+                let why = refusal(&mut **tx, limits, &job.owner, id, token).await?;
+                outcomes.push(Err(why))
+            }
         }
     }
     for chunk in inserts.chunks(INSERT_ROWS) {
@@ -311,8 +336,8 @@ async fn claim_responses(
 
 /// Why a turn's conditions did not hold: its session is gone, its lease was lost, or the
 /// turn would pass the session's limits.
-async fn refusal(
-    tx: &mut Transaction<'_, Any>,
+pub(super) async fn refusal(
+    conn: &mut AnyConnection,
     limits: SessionLimits,
     owner: &str,
     id: &str,
@@ -321,7 +346,7 @@ async fn refusal(
     let seen = sqlx::query("SELECT lease_token FROM sessions WHERE id = $1 AND owner = $2")
         .bind(id)
         .bind(owner)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(conn)
         .await?;
     Ok(match seen {
         None => SessionError::NotFound,

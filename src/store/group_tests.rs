@@ -16,8 +16,19 @@ async fn run_batch(
     store: &Arc<SessionStore>,
     texts: &[&str],
 ) -> (Vec<String>, Vec<Result<Version, SessionError>>) {
+    run_batch_with(store, Dialect::Portable, texts, None).await
+}
+
+/// [`run_batch`] written in `dialect`, turn `stale` (if any) presenting a lease token
+/// that is not its session's.
+async fn run_batch_with(
+    store: &Arc<SessionStore>,
+    dialect: Dialect,
+    texts: &[&str],
+    stale: Option<usize>,
+) -> (Vec<String>, Vec<Result<Version, SessionError>>) {
     let (mut ids, mut jobs, mut answers, mut leases) = (vec![], vec![], vec![], vec![]);
-    for text in texts {
+    for (i, text) in texts.iter().enumerate() {
         let id = store
             .create("k", Default::default(), None)
             .await
@@ -27,7 +38,13 @@ async fn run_batch(
         let (done, answer) = oneshot::channel();
         jobs.push(Job {
             owner: "k".into(),
-            session: Some((id.clone(), lease.token.clone())),
+            session: Some((
+                id.clone(),
+                match stale == Some(i) {
+                    true => "not-this-lease".into(),
+                    false => lease.token.clone(),
+                },
+            )),
             messages: vec![format!("{{\"content\":\"{text}\"}}"), "{}".into()],
             response: None,
             done,
@@ -36,7 +53,7 @@ async fn run_batch(
         answers.push(answer);
         leases.push(lease);
     }
-    commit_batch(&store.writer, store.limits(), jobs).await;
+    commit_batch(&store.writer, store.limits(), dialect, jobs).await;
     let mut outcomes = Vec::new();
     for answer in answers {
         outcomes.push(answer.await.unwrap());
@@ -112,6 +129,7 @@ async fn two_turns_of_one_session_never_share_a_batch() {
     let committer = Committer::spawn(
         store.writer.clone(),
         Arc::new(arc_swap::ArcSwap::from_pointee(store.limits())),
+        Dialect::Portable,
     );
     let turn = |id: &str, token: &str, text: &str| {
         committer.commit(
@@ -147,6 +165,7 @@ async fn a_commit_with_a_foreign_token_is_a_lost_lease() {
     let committer = Committer::spawn(
         store.writer.clone(),
         Arc::new(arc_swap::ArcSwap::from_pointee(store.limits())),
+        Dialect::Portable,
     );
     let stale = committer
         .commit(
@@ -201,7 +220,7 @@ async fn a_response_over_its_quota_fails_alone_and_stores_nothing() {
         answers.push(answer);
         leases.push(lease);
     }
-    commit_batch(&store.writer, store.limits(), jobs).await;
+    commit_batch(&store.writer, store.limits(), Dialect::Portable, jobs).await;
     let mut outcomes = Vec::new();
     for answer in answers {
         outcomes.push(answer.await.unwrap());
@@ -223,4 +242,57 @@ async fn a_response_over_its_quota_fails_alone_and_stores_nothing() {
     );
     assert!(store.response("k", "r1").await.is_err());
     assert!(store.response("k", "r3").await.is_err());
+}
+
+/// PostgreSQL writes a batch of chat turns in one statement: a turn over its limit and
+/// one whose lease was lost are refused alone, the others are stored in order, and a
+/// session's next turn continues its numbering.
+#[tokio::test]
+async fn postgres_commits_a_batch_in_one_statement_and_refuses_turns_alone() {
+    let Ok(url) = std::env::var("GATEWAYD_TEST_POSTGRES_URL") else {
+        eprintln!("GATEWAYD_TEST_POSTGRES_URL not set: PostgreSQL variant not run");
+        return;
+    };
+    let limits = SessionLimits {
+        max_bytes: 64,
+        ..SessionLimits::default()
+    };
+    let store = Arc::new(SessionStore::open_postgres(&url, limits).await.unwrap());
+    let long = "x".repeat(80);
+    let texts = ["a", long.as_str(), "c", "d"];
+    let (ids, outcomes) = run_batch_with(&store, Dialect::Postgres, &texts, Some(3)).await;
+    assert!(matches!(outcomes[1], Err(SessionError::LimitExceeded(_))));
+    assert!(
+        matches!(outcomes[3], Err(SessionError::LeaseLost)),
+        "{:?}",
+        outcomes[3]
+    );
+    let (first, third) = (outcomes[0].as_ref().unwrap(), outcomes[2].as_ref().unwrap());
+    assert_eq!(
+        first, third,
+        "two fresh sessions, one turn of two messages each"
+    );
+    assert_eq!(first.1, 2);
+    for (i, expected) in [(0, 2), (1, 0), (2, 2), (3, 0)] {
+        assert_eq!(stored(&store, &ids[i]).await, expected, "session {i}");
+    }
+    let (_, _, messages) = store.get("k", &ids[2]).await.unwrap();
+    assert_eq!(messages[0].json, r#"{"content":"c"}"#);
+    // The same session again, in a batch of its own: numbered after its first turn.
+    let lease = store.lease("k", &ids[0]).await.unwrap();
+    let (done, answer) = oneshot::channel();
+    let job = Job {
+        owner: "k".into(),
+        session: Some((ids[0].clone(), lease.token.clone())),
+        messages: vec!["{\"n\":3}".into()],
+        response: None,
+        done,
+    };
+    commit_batch(&store.writer, store.limits(), Dialect::Postgres, vec![job]).await;
+    let total = answer.await.unwrap().unwrap();
+    assert_eq!((total.0 - first.0, total.1), (1, 3));
+    let (_, _, messages) = store.get("k", &ids[0]).await.unwrap();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[2].json, r#"{"n":3}"#);
+    drop(lease);
 }

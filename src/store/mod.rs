@@ -4,6 +4,7 @@ mod api_keys;
 mod cache;
 mod chain;
 mod group;
+mod group_pg;
 mod headroom;
 mod items;
 mod lease;

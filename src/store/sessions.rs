@@ -10,7 +10,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Row};
 
 use super::cache::HistoryCache;
-use super::group::Committer;
+use super::group::{Committer, Dialect};
 use super::headroom::{self, Headroom};
 use super::sqlite_files;
 use super::writer::Writer;
@@ -125,13 +125,17 @@ impl SessionStore {
     ) -> Self {
         let writer = Arc::new(Writer::new(writer, headroom));
         let cache = HistoryCache::with_budget(limits.cache_bytes);
+        let dialect = match backend {
+            "postgres" => Dialect::Postgres,
+            _ => Dialect::Portable,
+        };
         let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(limits));
         let usage = Arc::new(super::usage_write::UsageBuffer::default());
         super::usage_write::spawn_flusher(writer.clone(), Arc::downgrade(&usage));
         SessionStore {
             usage,
             pool,
-            committer: Committer::spawn(writer.clone(), limits.clone()),
+            committer: Committer::spawn(writer.clone(), limits.clone(), dialect),
             writer,
             cache,
             local_leases: None,
