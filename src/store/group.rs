@@ -261,7 +261,7 @@ async fn append_all(
                 outcomes.push(Ok(total));
             }
             None => {
-                let why = refusal(&mut **tx, limits, &job.owner, id, token).await?;
+                let why = refusal(tx, limits, &job.owner, id, token).await?;
                 outcomes.push(Err(why))
             }
         }
