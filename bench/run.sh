@@ -318,10 +318,14 @@ printf '%s' '{"model":"gpt-4o-mini","input":"hi","store":false,"stream":true}' >
 AUTH="Authorization: Bearer $KEY"
 
 # gatewayd's defaults, except: no cap on sessions per key (every round and soak
-# segment creates --sessions fresh ones) ...
+# segment creates --sessions fresh ones), and a 16 MiB history cache instead of 64 MiB:
+# it holds every history the session rounds use (1,000 sessions of about 20 turns take
+# about 4 MiB) and is full before the soak's warm-up ends, so the soak measures memory
+# once the cache is full, as operators see it after the first minutes ...
 cat > "$WORK/gatewayd.toml" <<'EOF'
 [sessions]
 max_sessions_per_key = 0
+cache_bytes = 16777216
 EOF
 # ... and, for the stream-holding instance, no per-IP connection cap (every
 # client is 127.0.0.1) and room for 2 x 10,000 connections.
@@ -386,8 +390,10 @@ start_gatewayd gw-sse "$GW_SSE" "$UP_SSE"; GWS_PID="$LAST_PID"
 GWBJ_PID="" GWBS_PID=""
 if [[ -n "$BASE_BIN" ]]; then
   log "Starting the baseline gatewayd ($BASE_BIN) on :$GWB_JSON -> :$UP_JSON and :$GWB_SSE -> :$UP_SSE"
-  start_gatewayd_bin "$BASE_BIN" gw-base-json "$GWB_JSON" "$UP_JSON"; GWBJ_PID="$LAST_PID"
-  start_gatewayd_bin "$BASE_BIN" gw-base-sse "$GWB_SSE" "$UP_SSE"; GWBS_PID="$LAST_PID"
+  # An older build may not know `cache_bytes`: the baseline gets the rest of the config.
+  grep -v '^cache_bytes' "$WORK/gatewayd.toml" > "$WORK/gatewayd-baseline.toml"
+  start_gatewayd_bin "$BASE_BIN" gw-base-json "$GWB_JSON" "$UP_JSON" "$WORK/gatewayd-baseline.toml"; GWBJ_PID="$LAST_PID"
+  start_gatewayd_bin "$BASE_BIN" gw-base-sse "$GWB_SSE" "$UP_SSE" "$WORK/gatewayd-baseline.toml"; GWBS_PID="$LAST_PID"
 fi
 
 # The hyper-floor reference: a 70-line hyper proxy with no auth, limits, metrics or logs,
