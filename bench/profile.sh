@@ -25,6 +25,8 @@ if [[ "$MODE" == floor ]]; then
 fi
 BIN="$(realpath "$BIN")"
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Where the full profiles go (git-ignored, like the bench's results).
+PROFILE_DIR="${PROFILE_DIR:-$BENCH_DIR/results/profiles}"
 PORT_BASE="${PORT_BASE:-27400}"
 UP_JSON=$PORT_BASE UP_SSE=$((PORT_BASE + 1)) UP_SLOW=$((PORT_BASE + 2)) GW=$((PORT_BASE + 10))
 REDIS_PORT=$((PORT_BASE + 20))
@@ -116,8 +118,9 @@ PY
   callgrind_annotate --threshold=100 "$WORK/$label.cg.1" 2>/dev/null \
     | awk -v n="$n" '/^ *[0-9,]+ +\( *[0-9.]+%\)/ { ir = $1; gsub(",", "", ir); if ($2 ~ /100.0%/ || $2 ~ /^\(/ && $3 ~ /100.0%/) next; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "%9.0f  %s\n", ir / n, $0 }' \
     | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | head -25 | cut -c1-170 || true  # head closes the pipe early
-  cp "$WORK/$label.cg.1" "./callgrind.$label.out"
-  echo "(full profile: ./callgrind.$label.out; callgrind_annotate --inclusive=yes it)"
+  mkdir -p "$PROFILE_DIR"
+  cp "$WORK/$label.cg.1" "$PROFILE_DIR/callgrind.$label.out"
+  echo "(full profile: $PROFILE_DIR/callgrind.$label.out; callgrind_annotate --inclusive=yes it)"
 }
 
 # Heap per open stream: N streams held through a slow upstream; DHAT's peak heap by site.
