@@ -66,7 +66,10 @@ async fn concurrent_turns_are_all_stored(backend: Backend) {
     }
 }
 
-on_both_backends!(concurrent_turns_are_all_stored);
+on_both_backends!(
+    concurrent_turns_are_all_stored,
+    the_cache_follows_the_instance_s_own_changes
+);
 
 /// Two gateways on one PostgreSQL: what one instance writes, the other's cached history
 /// of the session must not hide (a turn, and an item deleted).
@@ -116,4 +119,45 @@ async fn another_instances_writes_invalidate_the_cached_history() {
     assert!(!sent.contains(&"echo: one".to_string()), "{sent:?}");
     assert_eq!(sent.len(), 8);
     assert_eq!(sent.last().unwrap(), "five");
+}
+
+/// One instance's own changes, on both backends: on SQLite a continuation takes its
+/// session's version from the history cache, so every change made through the instance
+/// must reach the cache. An item deleted, the session deleted, and turns of another key.
+async fn the_cache_follows_the_instance_s_own_changes(backend: Backend) {
+    let (upstream, seen) = chat_upstream().await;
+    let config = config(&upstream, &keys());
+    let store = open_store(&config, matches!(backend, Backend::Postgres)).await;
+    let gw = spawn_gateway_with_store(config, store).await;
+    let id = create(&gw, KEY_A, json!({})).await;
+    let last_request = || contents_of(seen.lock().unwrap().last().unwrap());
+    assert_eq!(say(&gw, &id, "one").await, 200);
+    assert_eq!(say(&gw, &id, "two").await, 200); // cached at this version now
+    let conversation = id.replace("sess_", "conv_");
+    let deleted = client()
+        .delete(gw.url(&format!("/v1/conversations/{conversation}/items/msg_1")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_eq!(say(&gw, &id, "three").await, 200);
+    assert_eq!(
+        last_request(),
+        ["one", "two", "echo: two", "three"],
+        "the deleted item is not sent"
+    );
+    // Another key never continues it, cached or not.
+    let foreign = common::sessions::say(&gw, common::KEY_B, &id, "m", "x", false).await;
+    assert_eq!(foreign.status().as_u16(), 404);
+    let gone = client()
+        .delete(gw.url(&format!("/v1/sessions/{id}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert!(gone.status().is_success(), "{}", gone.status());
+    let calls = seen.lock().unwrap().len();
+    assert_eq!(say(&gw, &id, "four").await, 404);
+    assert_eq!(seen.lock().unwrap().len(), calls, "nothing went upstream");
 }
