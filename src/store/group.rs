@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use sqlx::AnyConnection;
 use sqlx::{Any, Connection, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::response_commit::{self, Claim};
 use super::writer::Writer;
@@ -45,8 +45,25 @@ pub struct Committer {
 pub enum Dialect {
     /// A transaction of plain statements, which both databases read the same way.
     Portable,
-    /// PostgreSQL: a batch of chat turns in one statement (`group_pg.rs`).
+    /// PostgreSQL: a batch of chat turns in one statement (`group_pg.rs`), and several
+    /// batches in flight at once.
     Postgres,
+}
+
+impl Dialect {
+    /// Batches committing at once. SQLite has one writer. PostgreSQL spends most of a
+    /// commit waiting for its log to reach the disk, and flushes the logs of commits
+    /// that wait together once: a batch that starts while others flush shares their
+    /// flush instead of queueing behind it. Rows are always locked in the same order
+    /// (owners, then sessions by id), so batches in flight together cannot deadlock on
+    /// them; a second turn of one session (only after a lost lease) is refused by its
+    /// token whichever batch it is in.
+    fn batches_in_flight(self) -> usize {
+        match self {
+            Dialect::Portable => 1,
+            Dialect::Postgres => 4,
+        }
+    }
 }
 
 impl Committer {
@@ -87,6 +104,7 @@ async fn run(
     dialect: Dialect,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
+    let writer_slots = Arc::new(Semaphore::new(dialect.batches_in_flight()));
     let mut carried: Vec<Job> = Vec::new();
     loop {
         if carried.is_empty() {
@@ -95,6 +113,10 @@ async fn run(
                 None => return,
             }
         }
+        // Waits while every slot commits: the turns arriving meanwhile join this batch.
+        let Ok(slot) = writer_slots.clone().acquire_owned().await else {
+            return;
+        };
         // Whatever queued up while the last batch committed goes into this one.
         while carried.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -111,7 +133,11 @@ async fn run(
                 .is_none_or(|(id, _)| seen.insert(id.clone()))
         });
         carried = later;
-        commit_batch(&writer, **limits.load(), dialect, batch).await;
+        let (writer, limits) = (writer.clone(), **limits.load());
+        tokio::spawn(async move {
+            commit_batch(&writer, limits, dialect, batch).await;
+            drop(slot);
+        });
     }
 }
 
