@@ -56,3 +56,5 @@ pub fn random_id(prefix: &str) -> String {
 mod tests;
 #[cfg(test)]
 mod tests_raw;
+#[cfg(test)]
+mod tests_shapes;
