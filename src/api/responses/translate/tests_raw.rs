@@ -74,9 +74,9 @@ fn passed_values_keep_the_clients_text() {
     assert!(value.get("metadata").is_none());
 
     let meta = ResponseMeta::new(&t, 1);
-    let object = response_object(&meta, &Outcome::default(), None);
-    assert!(object.get().contains(schema), "{}", object.get());
-    let object: Value = serde_json::from_str(object.get()).unwrap();
+    let object = String::from_utf8(response_object(&meta, &Outcome::default())).unwrap();
+    assert!(object.contains(schema), "{object}");
+    let object: Value = serde_json::from_str(&object).unwrap();
     assert_eq!(object["metadata"], json!({"k": "v"}));
     assert_eq!(
         object["tools"].as_array().unwrap().len(),

@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 
+use super::output::chat_messages;
 use super::responses::{translate, ToolPolicy};
-use super::responses_items::output_to_messages;
 use super::responses_reply::{outcome_from_reply, response_object, ResponseMeta};
 use super::responses_stream::StreamTranslator;
 use crate::gateway::decode::{ChatDecoder, Reply};
@@ -79,10 +79,10 @@ fn streamed(meta: ResponseMeta, upstream: &str) -> (String, Vec<String>) {
         decoder.push(piece, &mut deltas);
         out.extend(translator.push(&deltas));
     }
-    let (outcome, closing) = translator.finish(&decoder.reply());
+    let closing = translator.finish(&decoder.reply());
     out.extend(closing);
-    let object = response_object(translator.meta(), &outcome, None);
-    let stored = output_to_messages(&outcome.items).unwrap();
+    let object = response_object(translator.meta(), translator.outcome());
+    let stored = chat_messages(&translator.outcome().items);
     out.extend(translator.terminal(&object));
     (String::from_utf8(out).unwrap(), stored)
 }
@@ -103,9 +103,9 @@ fn whole(meta: ResponseMeta, completion: Value) -> (String, Vec<String>) {
     let body = serde_json::to_vec(&completion).unwrap();
     let reply = Reply::from_completion(&body).unwrap();
     let outcome = outcome_from_reply(&reply);
-    let object = response_object(&meta, &outcome, None);
-    let stored = output_to_messages(&outcome.items).unwrap();
-    (object.get().to_string(), stored)
+    let object = response_object(&meta, &outcome);
+    let stored = chat_messages(&outcome.items);
+    (String::from_utf8(object).unwrap(), stored)
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
