@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 
 use crate::api::responses::translate::output::chat_messages;
@@ -24,6 +25,10 @@ use crate::http::auth::client_headers;
 use crate::store::{History, ResponseRecord};
 use crate::wire::error::ApiError;
 use crate::wire::openai::{parse_request, Endpoint};
+
+/// How many headers a whole answer ends with, at most: its content type, the dropped
+/// tools, and those `http::edge` adds to every response.
+const ANSWER_HEADERS: usize = 12;
 
 /// Lists the tools removed before the upstream call (`[responses] unsupported_tools = "drop"`).
 pub const DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-gatewayd-dropped-tools");
@@ -167,11 +172,16 @@ impl Protocol for Responses {
         let outcome = outcome_from_reply(reply);
         let object = response_object(&recording.meta, &outcome);
         let record = recording.record(&outcome, &object)?;
-        let json = HeaderValue::from_static("application/json");
-        Ok((
-            ([(header::CONTENT_TYPE, json)], object).into_response(),
-            record,
-        ))
+        // Room for the headers every answer gets on its way out (request id, security
+        // headers, cache control): the map is not grown again for them.
+        let mut headers = HeaderMap::with_capacity(ANSWER_HEADERS);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut response = Response::new(Body::from(object));
+        *response.headers_mut() = headers;
+        Ok((response, record))
     }
 
     fn encoder(&mut self) -> Box<dyn Encoder> {

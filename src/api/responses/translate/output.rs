@@ -113,8 +113,7 @@ pub fn write_text_part(out: &mut Vec<u8>, text: &str) {
 
 /// `text` as a JSON string, escaped as serde_json escapes it.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    let plain = text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
+    if !needs_escape(text.as_bytes()) {
         out.reserve(text.len() + 2);
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
@@ -123,6 +122,28 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
         // Writing a string into a Vec cannot fail; the output stays JSON regardless.
         out.extend_from_slice(b"\"\"");
     }
+}
+
+/// Whether `bytes` hold a byte JSON escapes: a control character, `"` or `\`. Eight
+/// bytes at a time: a byte below 0x20, or equal to `"` or `\` after an XOR, leaves its
+/// high bit set in `(x - 0x01…) & !x & 0x80…` (other bytes never do).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        // An exact chunk always converts; zeros (control characters) would only send the
+        // text the slow, exact way.
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if below(x, 0x20) | below(x ^ (ONES * 0x22), 1) | below(x ^ (ONES * 0x5c), 1) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A number in decimal.

@@ -67,6 +67,7 @@ impl StreamTranslator {
             self.started = true;
             let mut response = Vec::new();
             write_response_object(&mut response, &self.meta, &[], None, &Progress::InProgress);
+            out.reserve(2 * response.len() + 160);
             self.response_event(out, "response.created", &response);
             self.response_event(out, "response.in_progress", &response);
         }
@@ -75,8 +76,7 @@ impl StreamTranslator {
     /// Consumes the deltas decoded from one upstream chunk; returns the Responses events
     /// they complete (`response.created` first).
     pub fn push(&mut self, deltas: &[Delta]) -> Vec<u8> {
-        let size: usize = deltas.iter().map(delta_size).sum();
-        let mut out = Vec::with_capacity(size + if self.started { 0 } else { 2048 });
+        let mut out = Vec::with_capacity(deltas.iter().map(delta_size).sum());
         self.start(&mut out);
         for delta in deltas {
             match delta {
@@ -371,10 +371,10 @@ fn begin(out: &mut Vec<u8>, kind: &str) {
 /// Room for the events a delta makes (an item's opening events when it starts one).
 fn delta_size(delta: &Delta) -> usize {
     match delta {
-        Delta::Text(text) | Delta::Refusal(text) => 2 * text.len() + 256,
+        Delta::Text(text) | Delta::Refusal(text) => 2 * text.len() + 640,
         Delta::ToolCall {
             name, arguments, ..
-        } => 2 * (name.len() + arguments.len()) + 512,
+        } => 2 * (name.len() + arguments.len()) + 640,
         Delta::Finish(_) | Delta::Done => 0,
     }
 }

@@ -49,6 +49,17 @@ fn strings_and_numbers_are_written_as_serde_json_writes_them() {
         write_str(&mut out, text);
         assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
     }
+    // Every byte value at every position of an 8-byte chunk and of the tail.
+    for byte in 0u8..0x80 {
+        for at in 0..11 {
+            let mut text = vec![b'a'; 11];
+            text[at] = byte;
+            let text = String::from_utf8(text).unwrap();
+            let mut out = Vec::new();
+            write_str(&mut out, &text);
+            assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
+    }
     for n in [0, 7, 10, 99, 12345, u64::MAX] {
         let mut out = Vec::new();
         write_u64(&mut out, n);
