@@ -527,3 +527,48 @@ async fn old_responses_are_purged() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// `store: false` keeps no response, but a conversation still keeps each turn's reply, whole
+/// or streamed, tool calls included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstored_turn_still_joins_its_conversation() {
+    let s = setup(Backend::Sqlite, "").await;
+    let (status, conv) = s
+        .call(KEY_A, Method::POST, "/v1/conversations", Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{conv}");
+    let conv_id = conv["id"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .respond(
+            KEY_A,
+            json!({"model": "m", "input": "one", "store": false, "conversation": conv_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = s
+        .stream(
+            KEY_A,
+            json!({"model": "tooly", "input": "two", "store": false, "stream": true,
+                "conversation": conv_id}),
+        )
+        .await;
+    assert_eq!(kinds(&events).last(), Some(&"response.completed"));
+    let (status, body) = s
+        .respond(
+            KEY_A,
+            json!({"model": "m", "input": "three", "store": false, "conversation": conv_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.last_upstream_body()["messages"],
+        json!([
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "echo: one"},
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": "echo: two", "tool_calls": [{"id": "call_9",
+                "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":1}"}}]},
+            {"role": "user", "content": "three"},
+        ])
+    );
+}

@@ -93,6 +93,15 @@ pub async fn create(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Option<Response>, ApiError> {
+    // Most configurations have no native upstream: then nothing needs reading.
+    let members = state.upstreams.members();
+    if !members
+        .iter()
+        .any(|(upstream, _)| upstream.native_responses())
+    {
+        return Ok(None);
+    }
+    drop(members);
     let Ok(request) = parse_request(body.clone(), Endpoint::Responses) else {
         return Ok(None);
     };

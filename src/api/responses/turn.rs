@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use serde_json::value::RawValue;
 
+use crate::api::responses::translate::output::chat_messages;
 use crate::api::responses::translate::responses::{chat_body, translate, Translated};
-use crate::api::responses::translate::responses_items::output_to_messages;
 use crate::api::responses::translate::responses_reply::{
     outcome_from_reply, response_object, Outcome, ResponseMeta,
 };
@@ -25,6 +25,12 @@ use crate::http::auth::client_headers;
 use crate::store::{History, ResponseRecord};
 use crate::wire::error::ApiError;
 use crate::wire::openai::{parse_request, Endpoint};
+
+/// How many headers a whole answer ends with: its content type, `vary` from the CORS
+/// layer, the five `http::edge` adds to every response (request id, three security
+/// headers, cache control), and the dropped tools. Made this size at once, the map is
+/// not grown (a reallocation and rehash) on the way out.
+const ANSWER_HEADERS: usize = 8;
 
 /// Lists the tools removed before the upstream call (`[responses] unsupported_tools = "drop"`).
 pub const DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-gatewayd-dropped-tools");
@@ -48,6 +54,7 @@ pub async fn create(
         (None, Some(conversation)) => Stored::Conversation(conversation.clone()),
         (None, None) => Stored::Nothing,
     };
+    let continues_conversation = matches!(stored, Stored::Conversation(_));
     let input = std::mem::take(&mut t.input_messages);
     let input_items = std::mem::take(&mut t.input_items);
     let max_owner_bytes = state.config.responses.max_bytes_per_key;
@@ -74,6 +81,7 @@ pub async fn create(
         input,
         input_items,
         persist: t.store,
+        continues_conversation,
         max_owner_bytes,
     };
     let protocol = Responses {
@@ -101,22 +109,32 @@ struct Recording {
     input_items: String,
     /// `store`: the response is kept for `previous_response_id` and GET.
     persist: bool,
+    /// The turn continues a conversation, whose session keeps the output as messages.
+    continues_conversation: bool,
     /// `[responses] max_bytes_per_key` when the turn arrived.
     max_owner_bytes: u64,
 }
 
 impl Recording {
-    fn record(&self, outcome: &Outcome, object: &RawValue) -> Result<Record, ApiError> {
-        let output = output_to_messages(&outcome.items).map_err(|_| ApiError::Internal)?;
-        let response = self.persist.then(|| ResponseRecord {
-            id: self.meta.id.clone(),
-            created_at: self.meta.created_at,
-            parent: self.parent.clone(),
-            context: format!("[{}]", [&self.input[..], &output[..]].concat().join(",")),
-            input_items: self.input_items.clone(),
-            response: object.get().to_string(),
-            max_owner_bytes: self.max_owner_bytes,
-        });
+    /// What the turn stores: nothing at all unless it continues a conversation or the
+    /// response is kept (`store`), so an unstored turn writes no chat messages.
+    fn record(&self, outcome: &Outcome, object: &[u8]) -> Result<Record, ApiError> {
+        if !self.persist && !self.continues_conversation {
+            return Ok(Record::default());
+        }
+        let output = chat_messages(&outcome.items);
+        let response = match self.persist {
+            true => Some(ResponseRecord {
+                id: self.meta.id.clone(),
+                created_at: self.meta.created_at,
+                parent: self.parent.clone(),
+                context: format!("[{}]", [&self.input[..], &output[..]].concat().join(",")),
+                input_items: self.input_items.clone(),
+                response: String::from_utf8(object.to_vec()).map_err(|_| ApiError::Internal)?,
+                max_owner_bytes: self.max_owner_bytes,
+            }),
+            false => None,
+        };
         Ok(Record { output, response })
     }
 }
@@ -154,14 +172,18 @@ impl Protocol for Responses {
             .zip(self.recording.as_ref())
             .ok_or(ApiError::Internal)?;
         let outcome = outcome_from_reply(reply);
-        let object = response_object(&recording.meta, &outcome, None);
+        let object = response_object(&recording.meta, &outcome);
         let record = recording.record(&outcome, &object)?;
-        let json = HeaderValue::from_static("application/json");
-        let body = String::from(Box::<str>::from(object));
-        Ok((
-            ([(header::CONTENT_TYPE, json)], body).into_response(),
-            record,
-        ))
+        // Room for the headers every answer gets on its way out (request id, security
+        // headers, cache control): the map is not grown again for them.
+        let mut headers = HeaderMap::with_capacity(ANSWER_HEADERS);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut response = Response::new(Body::from(object));
+        *response.headers_mut() = headers;
+        Ok((response, record))
     }
 
     fn encoder(&mut self) -> Box<dyn Encoder> {
@@ -171,13 +193,14 @@ impl Protocol for Responses {
             input: Vec::new(),
             input_items: String::new(),
             persist: false,
+            continues_conversation: false,
             max_owner_bytes: 0,
         });
         Box::new(ResponseEvents {
             translator: StreamTranslator::new(recording.meta.clone()),
             recording,
             closing: Vec::new(),
-            object: Box::default(),
+            object: Vec::new(),
         })
     }
 
@@ -197,7 +220,8 @@ struct ResponseEvents {
     recording: Recording,
     /// The events that close the last item, held until the turn is settled.
     closing: Vec<u8>,
-    object: Box<RawValue>,
+    /// The finished response object, for `response.completed`.
+    object: Vec<u8>,
 }
 
 impl Encoder for ResponseEvents {
@@ -206,10 +230,10 @@ impl Encoder for ResponseEvents {
     }
 
     fn record(&mut self, reply: &Reply) -> Result<Record, ApiError> {
-        let (outcome, closing) = self.translator.finish(reply);
-        self.closing = closing;
-        self.object = response_object(self.translator.meta(), &outcome, None);
-        self.recording.record(&outcome, &self.object)
+        self.closing = self.translator.finish(reply);
+        self.object = response_object(self.translator.meta(), self.translator.outcome());
+        self.recording
+            .record(self.translator.outcome(), &self.object)
     }
 
     fn done(&mut self, settled: Result<(), &ApiError>) -> Option<Bytes> {

@@ -1,5 +1,6 @@
 //! Pure translations between wire formats: no I/O, no state, unit-tested on recorded shapes.
 
+pub mod output;
 pub mod raw;
 pub mod responses;
 pub mod responses_items;
@@ -45,14 +46,26 @@ pub fn now_secs() -> i64 {
 
 /// `prefix_` + 128 random bits as 32 lowercase hex characters.
 pub fn random_id(prefix: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     // getrandom only fails without an OS entropy source; a time-seeded fallback would
     // still be unique per process, but every supported platform has one.
     let _ = getrandom::getrandom(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
+    let mut id = String::with_capacity(prefix.len() + 33);
+    id.push_str(prefix);
+    id.push('_');
+    for byte in bytes {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 15)]));
+    }
+    id
 }
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_output;
+#[cfg(test)]
 mod tests_raw;
+#[cfg(test)]
+mod tests_shapes;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::raw::{self, Members, MAX_DEPTH};
+use super::output::write_str;
+use super::raw::{self, Fields, Members, MAX_DEPTH};
 use super::responses_items::{item_members, push_listed_item, Messages};
 pub use super::responses_tools::ToolPolicy;
 use super::responses_tools::{tool_choice, tools};
@@ -40,7 +41,7 @@ pub fn translate(body: &[u8], policy: ToolPolicy) -> Result<Translated, Refusal>
             format!("The body nests arrays and objects deeper than {MAX_DEPTH} levels."),
         ));
     }
-    let Ok(mut request) = serde_json::from_slice::<Members<'_>>(body) else {
+    let Ok(mut request) = serde_json::from_slice::<Fields<'_>>(body) else {
         return Err(Refusal::new(
             "body",
             "The body must be a JSON object (Responses API request).",
@@ -291,11 +292,7 @@ fn conversation_id(value: Option<&RawValue>) -> Result<Option<String>, Refusal> 
     }
 }
 
-fn take_bool(
-    request: &mut Members<'_>,
-    name: &'static str,
-    default: bool,
-) -> Result<bool, Refusal> {
+fn take_bool(request: &mut Fields<'_>, name: &'static str, default: bool) -> Result<bool, Refusal> {
     match request.remove(name).map(RawValue::get) {
         None | Some("null") => Ok(default),
         Some("true") => Ok(true),
@@ -306,7 +303,7 @@ fn take_bool(
 
 /// A field that must be a string (or null): its raw JSON.
 fn take_string<'a>(
-    request: &mut Members<'a>,
+    request: &mut Fields<'a>,
     name: &'static str,
 ) -> Result<Option<&'a RawValue>, Refusal> {
     match request.remove(name) {
@@ -344,19 +341,26 @@ pub fn chat_body(t: &mut Translated, context: &[String], input: &[String]) -> Ve
         body.extend_from_slice(json);
     };
     if let Some(instructions) = instructions {
-        let system = format!(r#"{{"role":"system","content":{}}}"#, instructions.get());
-        message(&mut body, system.as_bytes());
+        message(&mut body, br#"{"role":"system","content":"#);
+        body.extend_from_slice(instructions.get().as_bytes());
+        body.push(b'}');
     }
     for json in context.iter().chain(input) {
         message(&mut body, json.as_bytes());
     }
     body.extend_from_slice(b"]");
     for (name, value) in std::mem::take(&mut t.chat_fields) {
-        body.extend_from_slice(format!(",\"{name}\":").as_bytes());
+        body.extend_from_slice(b",\"");
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(b"\":");
         body.extend_from_slice(value.get().as_bytes());
     }
-    let model = serde_json::to_string(&t.model).unwrap_or_else(|_| "\"\"".into());
-    body.extend_from_slice(format!(",\"model\":{model},\"stream\":{}", t.stream).as_bytes());
+    body.extend_from_slice(b",\"model\":");
+    write_str(&mut body, &t.model);
+    body.extend_from_slice(match t.stream {
+        true => b",\"stream\":true",
+        false => b",\"stream\":false",
+    });
     if t.stream {
         body.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
     }

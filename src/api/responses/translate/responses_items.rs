@@ -19,14 +19,6 @@ pub fn items_to_messages(items: &RawValue) -> Result<Vec<String>, Refusal> {
     Ok(messages.finish())
 }
 
-/// Chat messages for the output items of a finished turn (the model's reply, small next
-/// to a request).
-pub fn output_to_messages(items: &[serde_json::Value]) -> Result<Vec<String>, Refusal> {
-    let items = serde_json::value::to_raw_value(items)
-        .map_err(|_| Refusal::new("output", "The output items could not be written."))?;
-    items_to_messages(&items)
-}
-
 /// An input item's members; refused unless it is an object.
 pub fn item_members(index: usize, item: &RawValue) -> Result<Members<'_>, Refusal> {
     raw::members(item).ok_or_else(|| {

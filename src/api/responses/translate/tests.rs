@@ -34,7 +34,7 @@ fn messages(items: Value) -> Result<Vec<Value>, super::Refusal> {
 }
 
 fn object(meta: &ResponseMeta, outcome: &Outcome) -> Value {
-    serde_json::from_str(response_object(meta, outcome, None).get()).unwrap()
+    serde_json::from_slice(&response_object(meta, outcome)).unwrap()
 }
 
 #[test]
@@ -291,9 +291,9 @@ fn stream_events_in_order_across_any_split() {
         for piece in upstream.as_bytes().chunks(size) {
             out.extend(feed(&mut translator, &mut decoder, piece));
         }
-        let (outcome, closing) = translator.finish(&decoder.reply());
+        let closing = translator.finish(&decoder.reply());
         out.extend(closing);
-        let response = response_object(translator.meta(), &outcome, None);
+        let response = response_object(translator.meta(), translator.outcome());
         out.extend(translator.terminal(&response));
         let events = events(&out);
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();

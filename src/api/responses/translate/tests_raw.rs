@@ -1,8 +1,9 @@
 //! Unit tests of the raw-JSON reading: nesting, walking lists, values passed through as sent, the `input_items` list, stored messages as items.
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::raw::{for_each, nesting_within, MAX_DEPTH};
+use super::raw::{for_each, nesting_within, Fields, Members, MAX_DEPTH};
 use super::responses::{chat_body, translate, ToolPolicy, Translated};
 use super::responses_items::items_to_messages;
 use super::responses_reply::{response_object, Outcome, ResponseMeta};
@@ -74,9 +75,9 @@ fn passed_values_keep_the_clients_text() {
     assert!(value.get("metadata").is_none());
 
     let meta = ResponseMeta::new(&t, 1);
-    let object = response_object(&meta, &Outcome::default(), None);
-    assert!(object.get().contains(schema), "{}", object.get());
-    let object: Value = serde_json::from_str(object.get()).unwrap();
+    let object = String::from_utf8(response_object(&meta, &Outcome::default())).unwrap();
+    assert!(object.contains(schema), "{object}");
+    let object: Value = serde_json::from_str(&object).unwrap();
     assert_eq!(object["metadata"], json!({"k": "v"}));
     assert_eq!(
         object["tools"].as_array().unwrap().len(),
@@ -215,4 +216,27 @@ fn messages(items: Value) -> Vec<Value> {
         .iter()
         .map(|m| serde_json::from_str(m).unwrap())
         .collect()
+}
+
+/// The top level of a request reads as `Members` does: sorted by name, a repeated name's
+/// last value kept, escaped names unescaped.
+#[test]
+fn request_fields_read_as_members_do() {
+    let body = r#"{"b":1,"a":2,"b":3,"c\u0041":4,"b":5,"":6}"#;
+    let mut fields: Fields<'_> = serde_json::from_str(body).unwrap();
+    let members: Members<'_> = serde_json::from_str(body).unwrap();
+    assert_eq!(fields.remove("b").map(RawValue::get), Some("5"));
+    assert!(fields.remove("b").is_none());
+    let rest: Vec<(String, String)> = fields
+        .into_iter()
+        .map(|(name, value)| (name.into_owned(), value.get().to_string()))
+        .collect();
+    let expected: Vec<(String, String)> = members
+        .into_iter()
+        .filter(|(name, _)| name != "b")
+        .map(|(name, value)| (name, value.get().to_string()))
+        .collect();
+    assert_eq!(rest, expected);
+    assert_eq!(rest[1], ("a".to_string(), "2".to_string()));
+    assert!(serde_json::from_str::<Fields<'_>>("[1]").is_err());
 }
