@@ -342,7 +342,11 @@ pub fn respond(answer: Answer) -> Response {
                     HeaderValue::from_static("application/json"),
                 );
             }
-            (status, headers, body).into_response()
+            // The upstream's map becomes the response's own: no second map to copy into.
+            let mut response = Response::new(axum::body::Body::from(body));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
         }
         Answer::Stream(upstream) => {
             // Only reached by callers that asked for no stream; never by a turn.

@@ -34,6 +34,9 @@ const NEVER_PASS: [&str; 15] = [
 /// Headers holding a URI reference, passed on only when it is relative (no scheme, no
 /// authority): an absolute one names the upstream's host, or a host behind it.
 const URI_HEADERS: [&str; 2] = ["location", "content-location"];
+/// Headers gatewayd adds to an upstream answer on its way out: request id, three
+/// security headers, cache control, session id, and a spare.
+const ADDED_ON_THE_WAY_OUT: usize = 7;
 
 /// The upstream's request id, renamed so gatewayd's own `X-Request-Id` stays.
 pub const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -62,7 +65,9 @@ impl ResponseHeaders {
 
     /// The upstream response headers a client sees.
     pub fn pass_through(&self, upstream: &HeaderMap) -> HeaderMap {
-        let mut out = HeaderMap::with_capacity(upstream.len());
+        // Room for what is added on the way out (request id, security headers, cache
+        // control, session id): the map is not grown again.
+        let mut out = HeaderMap::with_capacity(upstream.len() + ADDED_ON_THE_WAY_OUT);
         let has_connection = upstream.contains_key(::http::header::CONNECTION);
         for (name, value) in upstream {
             let n = name.as_str();
