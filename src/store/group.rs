@@ -22,7 +22,7 @@ use super::{now, LiveLimits, ResponseRecord, SessionError, SessionLimits, Versio
 /// Turns per transaction at most (5 bind parameters each in the UPDATE).
 const MAX_BATCH: usize = 256;
 /// Message rows per INSERT statement (4 bind parameters each).
-const INSERT_ROWS: usize = 1000;
+pub(super) const INSERT_ROWS: usize = 1000;
 
 /// One turn waiting to be committed.
 pub(super) struct Job {
@@ -43,8 +43,9 @@ pub struct Committer {
 /// How a batch is written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// A transaction of plain statements, which both databases read the same way.
-    Portable,
+    /// A transaction of plain statements, which both databases read the same way; a
+    /// batch of chat turns in two trips to the connection's thread (`group_sqlite.rs`).
+    Sqlite,
     /// PostgreSQL: a batch of chat turns in one statement (`group_pg.rs`), and several
     /// batches in flight at once.
     Postgres,
@@ -60,7 +61,7 @@ impl Dialect {
     /// token whichever batch it is in.
     fn batches_in_flight(self) -> usize {
         match self {
-            Dialect::Portable => 1,
+            Dialect::Sqlite => 1,
             Dialect::Postgres => 4,
         }
     }
@@ -143,16 +144,22 @@ async fn run(
 
 async fn commit_batch(writer: &Writer, limits: SessionLimits, dialect: Dialect, batch: Vec<Job>) {
     let conn = writer.acquire("append").await;
-    let one_statement = dialect == Dialect::Postgres
-        && batch
-            .iter()
-            .all(|job| job.session.is_some() && job.response.is_none());
+    // Chat turns only: the common case, written with fewer round trips.
+    let chat_only = batch
+        .iter()
+        .all(|job| job.session.is_some() && job.response.is_none());
     let result = match conn {
         Err(err) => Err(err),
         Ok(mut conn) => {
             let result = async {
-                if one_statement {
-                    return super::group_pg::append_turns(&mut conn, limits, &batch).await;
+                match (chat_only, dialect) {
+                    (true, Dialect::Postgres) => {
+                        return super::group_pg::append_turns(&mut conn, limits, &batch).await
+                    }
+                    (true, Dialect::Sqlite) => {
+                        return super::group_sqlite::append_turns(&mut conn, limits, &batch).await
+                    }
+                    (false, _) => {}
                 }
                 let mut tx = conn.begin().await?;
                 let outcomes = append_all(&mut tx, limits, &batch).await?;
@@ -222,31 +229,7 @@ async fn append_all(
     let mut totals = std::collections::HashMap::new();
     if !leased.is_empty() {
         // One UPDATE for every session of the batch; each row's own conditions decide.
-        let rows: Vec<String> = (0..leased.len())
-            .map(|i| {
-                let p = 3 + 5 * i;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            })
-            .collect();
-        let sql = format!(
-            "UPDATE sessions SET message_count = message_count + v.column4, \
-             byte_count = byte_count + v.column5, next_seq = next_seq + v.column4, \
-             updated_at = $1, lease_token = NULL, lease_until_ms = 0 \
-             FROM (VALUES {}) AS v \
-             WHERE sessions.id = v.column1 AND sessions.owner = v.column2 \
-             AND COALESCE(sessions.lease_token, '') = v.column3 \
-             AND sessions.message_count + v.column4 <= $2 \
-             AND sessions.byte_count + v.column5 <= $3 \
-             RETURNING id, next_seq, message_count",
-            rows.join(", ")
-        );
+        let sql = update_statement(leased.len());
         let mut update = sqlx::query(&sql)
             .bind(created_at)
             .bind(limits.max_messages as i64)
@@ -293,13 +276,7 @@ async fn append_all(
         }
     }
     for chunk in inserts.chunks(INSERT_ROWS) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
-            .collect();
-        let sql = format!(
-            "INSERT INTO messages (session_id, seq, message, created_at) VALUES {}",
-            rows.join(", ")
-        );
+        let sql = insert_statement(chunk.len());
         let mut insert = sqlx::query(&sql).bind(created_at);
         for (id, seq, message) in chunk {
             insert = insert.bind(*id).bind(*seq).bind(*message);
@@ -328,6 +305,49 @@ async fn append_all(
         }
     }
     Ok(outcomes)
+}
+
+/// The UPDATE that appends `turns` turns to their sessions, each only if its lease and
+/// limits hold: `$1` the time, `$2`/`$3` the limits, then five parameters per turn (id,
+/// owner, lease token, messages, bytes). Returns the moved sessions' new versions.
+pub(super) fn update_statement(turns: usize) -> String {
+    let rows: Vec<String> = (0..turns)
+        .map(|i| {
+            let p = 3 + 5 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE sessions SET message_count = message_count + v.column4, \
+         byte_count = byte_count + v.column5, next_seq = next_seq + v.column4, \
+         updated_at = $1, lease_token = NULL, lease_until_ms = 0 \
+         FROM (VALUES {}) AS v \
+         WHERE sessions.id = v.column1 AND sessions.owner = v.column2 \
+         AND COALESCE(sessions.lease_token, '') = v.column3 \
+         AND sessions.message_count + v.column4 <= $2 \
+         AND sessions.byte_count + v.column5 <= $3 \
+         RETURNING id, next_seq, message_count",
+        rows.join(", ")
+    )
+}
+
+/// The INSERT of `rows` messages: `$1` the time, then three parameters per message
+/// (session id, seq, text).
+pub(super) fn insert_statement(rows: usize) -> String {
+    let rows: Vec<String> = (0..rows)
+        .map(|i| format!("(${}, ${}, ${}, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+        .collect();
+    format!(
+        "INSERT INTO messages (session_id, seq, message, created_at) VALUES {}",
+        rows.join(", ")
+    )
 }
 
 /// The batch's responses claimed (see [`response_commit::claim_all`]): per job, why it

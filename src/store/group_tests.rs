@@ -16,7 +16,7 @@ async fn run_batch(
     store: &Arc<SessionStore>,
     texts: &[&str],
 ) -> (Vec<String>, Vec<Result<Version, SessionError>>) {
-    run_batch_with(store, Dialect::Portable, texts, None).await
+    run_batch_with(store, Dialect::Sqlite, texts, None).await
 }
 
 /// [`run_batch`] written in `dialect`, turn `stale` (if any) presenting a lease token
@@ -129,7 +129,7 @@ async fn two_turns_of_one_session_never_share_a_batch() {
     let committer = Committer::spawn(
         store.writer.clone(),
         Arc::new(arc_swap::ArcSwap::from_pointee(store.limits())),
-        Dialect::Portable,
+        Dialect::Sqlite,
     );
     let turn = |id: &str, token: &str, text: &str| {
         committer.commit(
@@ -165,7 +165,7 @@ async fn a_commit_with_a_foreign_token_is_a_lost_lease() {
     let committer = Committer::spawn(
         store.writer.clone(),
         Arc::new(arc_swap::ArcSwap::from_pointee(store.limits())),
-        Dialect::Portable,
+        Dialect::Sqlite,
     );
     let stale = committer
         .commit(
@@ -220,7 +220,7 @@ async fn a_response_over_its_quota_fails_alone_and_stores_nothing() {
         answers.push(answer);
         leases.push(lease);
     }
-    commit_batch(&store.writer, store.limits(), Dialect::Portable, jobs).await;
+    commit_batch(&store.writer, store.limits(), Dialect::Sqlite, jobs).await;
     let mut outcomes = Vec::new();
     for answer in answers {
         outcomes.push(answer.await.unwrap());

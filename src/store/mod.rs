@@ -5,6 +5,7 @@ mod cache;
 mod chain;
 mod group;
 mod group_pg;
+mod group_sqlite;
 mod headroom;
 mod items;
 mod lease;

@@ -127,7 +127,7 @@ impl SessionStore {
         let cache = HistoryCache::with_budget(limits.cache_bytes);
         let dialect = match backend {
             "postgres" => Dialect::Postgres,
-            _ => Dialect::Portable,
+            _ => Dialect::Sqlite,
         };
         let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(limits));
         let usage = Arc::new(super::usage_write::UsageBuffer::default());
