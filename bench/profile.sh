@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Exact, load-independent profiles of gatewayd (see bench/README.md, "Profiles"):
 #   bench/profile.sh cpu  BIN [N]   instructions per proxied request (callgrind), plain and streamed
-#   bench/profile.sh heap BIN [N]   heap held per open stream, by allocation site (DHAT)
+#   bench/profile.sh heap BIN [N] [http1|h2c]  heap held per open stream, by allocation site
+#                                   (DHAT), with HTTP/1.1 (default) or h2c clients
+#   bench/profile.sh rss BIN [N]    RSS idle, then RSS per open stream with h2c and with HTTP/1.1
+#                                   clients (N streams each, a fresh gatewayd for each; no valgrind)
 #   bench/profile.sh routing BIN [N] instructions per request: one upstream, then a pool of three
 #                                   under the "ordered" and the "latency" strategy
 #   bench/profile.sh budget BIN [N]  instructions per request with the Redis limits backend: a key
@@ -16,8 +19,8 @@
 set -euo pipefail
 
 MODE="${1:-}" BIN="${2:-}"
-[[ "$MODE" =~ ^(cpu|heap|routing|budget|floor|sessions|responses)$ ]] &&
-  [[ -x "$BIN" ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[[ "$MODE" =~ ^(cpu|heap|rss|routing|budget|floor|sessions|responses)$ ]] &&
+  [[ -x "$BIN" ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
 if [[ "$MODE" == floor ]]; then
   FLOOR_BIN="${3:-}"
   [[ -x "$FLOOR_BIN" ]] || { echo "profile.sh floor: the hyper-floor binary is missing: '$FLOOR_BIN'" >&2; exit 2; }
@@ -123,21 +126,58 @@ PY
   echo "(full profile: $PROFILE_DIR/callgrind.$label.out; callgrind_annotate --inclusive=yes it)"
 }
 
+# The python that runs the h2c stream holder: one with the `h2` package (bench/run.sh
+# makes this venv; profile.sh installs nothing).
+h2_python() {
+  local py="${BENCH_VENV:-$HOME/.cache/gatewayd-bench/venv-h2}/bin/python"
+  if [[ -x "$py" ]] && "$py" -c 'import h2' 2>/dev/null; then echo "$py"; return 0; fi
+  python3 -c 'import h2' 2>/dev/null && { echo python3; return 0; }
+  echo "profile.sh: h2c clients need the Python h2 package (bench/run.sh makes a venv with it)" >&2
+  exit 1
+}
+
+# hold_streams PROTO N PID OUT: N streams (PROTO http1 or h2c) held through gatewayd on $GW,
+# hold-streams' JSON (RSS before and while holding) in OUT.
+hold_streams() {
+  local proto=$1 n=$2 pid=$3 out=$4 py=python3 h2arg=()
+  if [[ "$proto" == h2c ]]; then py="$(h2_python)"; h2arg=(--h2); fi
+  "$py" "$BENCH_DIR/bench.py" hold-streams "${h2arg[@]}" \
+    --url "http://127.0.0.1:$GW/v1/chat/completions" \
+    -H "$AUTH" -H "Content-Type: application/json" --body-file "$WORK/body-stream.json" \
+    --n "$n" --pid "$pid" --settle 3 --total-timeout $((120 + n / 20)) \
+    --upstream-count-url "http://127.0.0.1:$UP_SLOW/open-streams" >"$out"
+}
+
+streams_config() {  # no connection limit in the way of N streams from one address
+  printf '[limits]\nmax_connections = 30000\nmax_connections_per_ip = 0\n' >"$1"
+}
+
+raise_open_files() {  # two sockets per HTTP/1.1 stream
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+}
+
 # Heap per open stream: N streams held through a slow upstream; DHAT's peak heap by site.
+# The peak is taken while the streams are held, so it is the held heap (plus start-up).
 heap_run() {
-  local n=$1
+  local n=$1 proto=${2:-http1}
+  [[ "$proto" =~ ^(http1|h2c)$ ]] || { echo "profile.sh heap: the client protocol is http1 or h2c, not '$proto'" >&2; exit 2; }
+  raise_open_files
   python3 "$BENCH_DIR/bench.py" slow-upstream --port "$UP_SLOW" --hold 600 >"$WORK/slow.log" 2>&1 &
   PIDS+=("$!")
-  printf '[limits]\nmax_connections = 30000\nmax_connections_per_ip = 0\n' >"$WORK/heap.toml"
+  streams_config "$WORK/heap.toml"
   valgrind --tool=dhat --dhat-out-file="$WORK/heap.dhat" "$BIN" --config "$WORK/heap.toml" \
     --host 127.0.0.1 --port "$GW" --upstream "http://127.0.0.1:$UP_SLOW/v1" \
     --data-dir "$WORK/data-heap" >"$WORK/heap.log" 2>&1 &
   local vpid=$!
   PIDS+=("$vpid")
   wait_health "$GW"
-  python3 "$BENCH_DIR/bench.py" hold-streams --url "http://127.0.0.1:$GW/v1/chat/completions" \
-    -H "$AUTH" -H "Content-Type: application/json" --body-file "$WORK/body-stream.json" \
-    --n "$n" --pid "$vpid" --settle 3 >"$WORK/hold.json"
+  hold_streams "$proto" "$n" "$vpid" "$WORK/hold.json"
+  python3 - "$WORK/hold.json" "$proto" <<'PY'
+import json, sys
+h = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]} clients: {h['established']} of {h['requested']} streams held "
+      f"(upstream holding {h['upstream_open_streams']}); failures: {h['failures'] or 'none'}")
+PY
   kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true
   python3 - "$WORK/heap.dhat" "$n" <<'PY'
 import json, re, sys
@@ -156,6 +196,40 @@ for per_stream, blocks, names in sorted(sites, key=lambda s: -s[0])[:20]:
     for name in names:
         print('          ' + re.sub(r'0x[0-9A-F]+: |/root/.cargo/registry/src/[^/]+/', '', name)[:150])
 PY
+  cp "$WORK/heap.dhat" "./dhat.heap-$proto.out"
+  echo "(full profile: ./dhat.heap-$proto.out; valgrind's dh_view.html reads it)"
+}
+
+# RSS per open stream: gatewayd runs natively (RSS is the allocator's real footprint,
+# which DHAT does not see: page rounding, arenas, per-thread caches). For each client
+# protocol a fresh slow upstream and gatewayd, N streams held, (RSS holding - RSS before) / N.
+rss_run() {
+  local n=$1 proto
+  raise_open_files
+  streams_config "$WORK/rss.toml"
+  for proto in h2c http1; do
+    python3 "$BENCH_DIR/bench.py" slow-upstream --port "$UP_SLOW" --hold 600 >"$WORK/slow-$proto.log" 2>&1 &
+    local upid=$!
+    PIDS+=("$upid")
+    "$BIN" --config "$WORK/rss.toml" --host 127.0.0.1 --port "$GW" \
+      --upstream "http://127.0.0.1:$UP_SLOW/v1" --data-dir "$WORK/data-rss-$proto" >"$WORK/rss-$proto.log" 2>&1 &
+    local gpid=$!
+    PIDS+=("$gpid")
+    wait_health "$GW"
+    sleep 1
+    hold_streams "$proto" "$n" "$gpid" "$WORK/rss-$proto.json"
+    kill -INT "$gpid"; wait "$gpid" 2>/dev/null || true
+    kill "$upid"; wait "$upid" 2>/dev/null || true
+    python3 - "$WORK/rss-$proto.json" "$proto" <<'PY'
+import json, sys
+h, proto = json.load(open(sys.argv[1])), sys.argv[2]
+held = h["established"]
+per = (h["rss_holding_kb"] - h["rss_before_kb"]) / held if held else float("nan")
+print(f"{proto}: RSS {h['rss_before_kb']} kB before, {h['rss_holding_kb']} kB holding {held} of "
+      f"{h['requested']} streams (upstream holding {h['upstream_open_streams']}); "
+      f"{per:.1f} kB per stream; failures: {h['failures'] or 'none'}")
+PY
+  done
 }
 
 start_upstream() {
@@ -250,5 +324,6 @@ case "$MODE" in
     ROUTE=/v1/responses cpu_run responses "$UP_JSON" "$WORK/body-resp.json" "$N"
     ROUTE=/v1/responses cpu_run responses-stream "$UP_SSE" "$WORK/body-resp-stream.json" "$N"
     ;;
-  heap) heap_run "${3:-400}" ;;
+  heap) heap_run "${3:-400}" "${4:-http1}" ;;
+  rss) rss_run "${3:-2000}" ;;
 esac

@@ -1,6 +1,7 @@
 //! A chat stream ends for the client at the upstream's `data: [DONE]`: nothing after it is
 //! forwarded or stored (even in the same chunk), and an upstream that keeps its body open
-//! afterwards does not hold the client's response open.
+//! afterwards does not hold the client's response open. HTTP/1.1 and h2c clients get the
+//! same stream from one listener.
 // Tests fail by panicking; unwrap/expect here are assertions, not error handling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -91,6 +92,46 @@ async fn the_stream_ends_at_done_even_if_the_upstream_body_stays_open() {
             let stored = common::sessions::messages(&gw, KEY_A, &session).await;
             assert_eq!(stored.len(), 2, "{stored:?}");
             assert_eq!(stored[1]["content"], "hi");
+        }
+    }
+}
+
+/// One plain listener serves HTTP/1.1 and h2c (HTTP/2 with prior knowledge), told apart
+/// by the connection's first bytes: both get the same stream, ended at `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_clients_on_one_listener_get_the_same_stream() {
+    let url = upstream().await;
+    let config = config_from_toml(&format!(
+        "{}\n[[upstreams]]\nname = \"open\"\nbase_url = \"{url}\"\nmodels = [\"*\"]\n",
+        two_keys_toml()
+    ));
+    let gw = spawn_gateway(config).await;
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (h1, reqwest::Version::HTTP_11),
+        (h2c, reqwest::Version::HTTP_2),
+    ] {
+        // Twice on the same connection: the first request's bytes were the sniffed ones.
+        for _ in 0..2 {
+            let response = client
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(KEY_A)
+                .json(&json!({"model": "m", "stream": true,
+                    "messages": [{"role": "user", "content": "hello"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.version(), version);
+            let body = tokio::time::timeout(Duration::from_secs(20), response.bytes())
+                .await
+                .expect("the client's stream did not end after [DONE]")
+                .unwrap();
+            assert_eq!(std::str::from_utf8(&body).unwrap(), EVENTS, "{version:?}");
         }
     }
 }

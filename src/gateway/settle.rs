@@ -60,14 +60,16 @@ pub struct Settler {
     decoder: ChatDecoder,
     deltas: Vec<Delta>,
     encoder: Box<dyn Encoder>,
-    settlement: Option<Settlement>,
+    /// Boxed, as `observer` and `native` are: most streams have none, and the tap is
+    /// held for as long as the stream is open (each inline costs every open stream).
+    settlement: Option<Box<Settlement>>,
     /// The upstream's own ending (`data: [DONE]…`), held until the turn is settled.
     held: Bytes,
     /// The `[DONE]` line began in an earlier chunk, so part of it was sent already.
     split_end: bool,
     /// With traces on, a stream nobody decodes is read once more for its model, usage
     /// and finish reason only (the client's bytes are unaffected; no content is kept).
-    observer: Option<ChatDecoder>,
+    observer: Option<Box<ChatDecoder>>,
     /// The reply must be whole to be used (a translating protocol, or a turn that
     /// stores): an error inside the stream then ends it with an error.
     checks: bool,
@@ -75,7 +77,7 @@ pub struct Settler {
     /// this tap when the stream fails or the client leaves) estimated from what was seen.
     meter: Option<Meter>,
     /// A native stream's usage and output text (its events are not chat chunks).
-    native: Option<NativeUsage>,
+    native: Option<Box<NativeUsage>>,
     /// Removes the usage chunk gatewayd asked for from a chat client's stream when the
     /// client did not ask for it.
     strip: Option<UsageChunkStrip>,
@@ -93,7 +95,7 @@ impl Settler {
         let checks = translates || settlement.is_some();
         // Metering a chat stream reads its usage chunk and its deltas (for an estimate).
         let decode = checks || (meter.is_some() && native.is_none());
-        let observer = (!decode && traces::enabled()).then(ChatDecoder::summary);
+        let observer = (!decode && traces::enabled()).then(|| Box::new(ChatDecoder::summary()));
         Box::new(Settler {
             decoder: match decode {
                 true => ChatDecoder::default(),
@@ -101,12 +103,14 @@ impl Settler {
             },
             deltas: Vec::new(),
             encoder,
-            settlement,
+            settlement: settlement.map(Box::new),
             held: Bytes::new(),
             split_end: false,
             observer,
             checks,
-            native: native.filter(|_| meter.is_some()).map(NativeUsage::new),
+            native: native
+                .filter(|_| meter.is_some())
+                .map(|shape| Box::new(NativeUsage::new(shape))),
             meter,
             strip: None,
         })
@@ -192,7 +196,7 @@ impl StreamTap for Settler {
                 // Decoded for the meter only: the trace reads the same reply.
                 trace_reply(&decoder.reply());
             }
-            settle_meter(meter, native.as_ref(), &decoder);
+            settle_meter(meter, native.as_deref(), &decoder);
             let made = match (checks, decoder.incomplete()) {
                 (true, true) => Err(incomplete_reply()),
                 (true, false) => {
@@ -218,7 +222,7 @@ impl StreamTap for Settler {
                     strip,
                     ..
                 } = *self;
-                settle_meter(meter, native.as_ref(), &decoder);
+                settle_meter(meter, native.as_deref(), &decoder);
                 let settled = match settlement {
                     None => Ok(()),
                     // The upstream reported an error, or a line was lost: not stored.

@@ -14,6 +14,7 @@ pub mod hardening;
 pub mod hold;
 pub mod listener;
 pub mod peer;
+pub mod preface;
 pub mod relief;
 pub mod server;
 pub mod state;
