@@ -196,8 +196,9 @@ for per_stream, blocks, names in sorted(sites, key=lambda s: -s[0])[:20]:
     for name in names:
         print('          ' + re.sub(r'0x[0-9A-F]+: |/root/.cargo/registry/src/[^/]+/', '', name)[:150])
 PY
-  cp "$WORK/heap.dhat" "./dhat.heap-$proto.out"
-  echo "(full profile: ./dhat.heap-$proto.out; valgrind's dh_view.html reads it)"
+  mkdir -p "$PROFILE_DIR"
+  cp "$WORK/heap.dhat" "$PROFILE_DIR/dhat.heap-$proto.out"
+  echo "(full profile: $PROFILE_DIR/dhat.heap-$proto.out; valgrind's dh_view.html reads it)"
 }
 
 # RSS per open stream: gatewayd runs natively (RSS is the allocator's real footprint,
