@@ -15,11 +15,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::{AnyConnection, AnyPool, Row};
-use tokio::sync::Notify;
+use sqlx::{AnyConnection, Row};
 
 use super::sqlite_files::private_file;
 use super::SessionError;
@@ -42,22 +41,12 @@ const SPARE_RETRY: Duration = Duration::from_secs(10);
 /// reader holding the log cannot make every write wait out the busy timeout.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
-/// The PRAGMAs that keep the log small, for every SQLite connection. The writer's
-/// commits never checkpoint (`writer`): the checkpointer does, beside them (see
-/// [`Headroom::spawn_checkpointer`]).
-pub fn pragmas(writer: bool) -> [String; 2] {
-    let autocheckpoint = if writer { 0 } else { AUTOCHECKPOINT_PAGES };
+/// The PRAGMAs that keep the log small, for every SQLite connection.
+pub fn pragmas() -> [String; 2] {
     [
-        format!("PRAGMA wal_autocheckpoint = {autocheckpoint}"),
+        format!("PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}"),
         format!("PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}"),
     ]
-}
-
-/// Wakes the checkpointer after a write; tells it to stop when the store closes.
-#[derive(Default)]
-struct Wakeup {
-    notify: Notify,
-    closed: AtomicBool,
 }
 
 /// The log's size bound and the spare file of one SQLite data dir.
@@ -71,14 +60,6 @@ pub struct Headroom {
     spare_tried: Mutex<Option<Instant>>,
     /// When a checkpoint of the outgrown log last failed.
     checkpoint_failed: Mutex<Option<Instant>>,
-    wakeup: Arc<Wakeup>,
-}
-
-impl Drop for Headroom {
-    fn drop(&mut self) {
-        self.wakeup.closed.store(true, Ordering::Relaxed);
-        self.wakeup.notify.notify_one();
-    }
 }
 
 impl Headroom {
@@ -96,42 +77,7 @@ impl Headroom {
             spare,
             spare_tried: Mutex::new(None),
             checkpoint_failed: Mutex::new(None),
-            wakeup: Arc::default(),
         }
-    }
-
-    /// After a write: the checkpointer looks at the log's size.
-    pub fn wrote(&self) {
-        self.wakeup.notify.notify_one();
-    }
-
-    /// Checkpoints the log on one of `readers` whenever a write left it over
-    /// `AUTOCHECKPOINT_PAGES`, until the store closes. A checkpoint waits for the disk
-    /// (two flushes on this project's machine, 3 ms each); done inside the writer's
-    /// commit, as SQLite's own automatic checkpoint is, it held up every turn behind it.
-    /// Here commits go on while it runs; a log that still outgrows it is truncated
-    /// before the next write ([`Headroom::before_write`]).
-    pub fn spawn_checkpointer(&self, readers: AnyPool) {
-        let (wal, wakeup) = (self.wal.clone(), self.wakeup.clone());
-        tokio::spawn(async move {
-            loop {
-                wakeup.notify.notified().await;
-                if wakeup.closed.load(Ordering::Relaxed) {
-                    return;
-                }
-                let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
-                if wal_bytes <= AUTOCHECKPOINT_PAGES * PAGE_BYTES {
-                    continue;
-                }
-                // PASSIVE: copies what no reader still needs, and never waits.
-                let done = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&readers)
-                    .await;
-                if let Err(err) = done {
-                    tracing::debug!(error = %err, "write-ahead log checkpoint failed");
-                }
-            }
-        });
     }
 
     /// Deletes the spare, giving its room back to the disk. True when there was one.

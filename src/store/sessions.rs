@@ -64,8 +64,8 @@ impl SessionStore {
         let url = format!("sqlite://{}?mode=rwc", database.display());
         sqlx::any::install_default_drivers();
         let max_pages = limits.max_database_bytes / SQLITE_PAGE_BYTES;
-        let pool = sqlite_pool(&url, 8, max_pages, false).await?;
-        let writer = sqlite_pool(&url, 1, max_pages, true).await?;
+        let pool = sqlite_pool(&url, 8, max_pages).await?;
+        let writer = sqlite_pool(&url, 1, max_pages).await?;
         MIGRATIONS.run(&writer).await?;
         // This process is the file's only user (the lock above), so every lease in it
         // belongs to a previous run that crashed mid-turn: none is live.
@@ -79,7 +79,6 @@ impl SessionStore {
             }
         }
         headroom.make_spare(lent).await;
-        headroom.spawn_checkpointer(pool.clone());
         let mut store = Self::with_pools(pool, writer, limits, "sqlite", Some(headroom));
         store._owner_lock = Some(owner_lock);
         store.local_leases = Some(Default::default());
@@ -368,13 +367,7 @@ impl SessionStore {
     }
 }
 
-/// A pool of SQLite connections; `writer`: the one connection that writes.
-async fn sqlite_pool(
-    url: &str,
-    connections: u32,
-    max_pages: u64,
-    writer: bool,
-) -> Result<AnyPool, SessionError> {
+async fn sqlite_pool(url: &str, connections: u32, max_pages: u64) -> Result<AnyPool, SessionError> {
     Ok(AnyPoolOptions::new()
         .max_connections(connections)
         // A SQLite connection is a file handle in this process: nothing to ping.
@@ -401,7 +394,7 @@ async fn sqlite_pool(
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
                 // A small write-ahead log, checkpointed often (see `headroom.rs`).
-                for pragma in headroom::pragmas(writer) {
+                for pragma in headroom::pragmas() {
                     sqlx::query(&pragma).execute(&mut *conn).await?;
                 }
                 Ok(())

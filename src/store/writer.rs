@@ -88,9 +88,6 @@ impl Writer {
                 if !matches!(op, "lease" | "delete" | "purge") {
                     self.writable.store(true, Ordering::Relaxed);
                 }
-                if let Some(headroom) = &self.headroom {
-                    headroom.wrote();
-                }
                 Ok(value)
             }
             Err(err) if err.is_storage_failure() => {
