@@ -336,16 +336,11 @@ pub fn respond(answer: Answer) -> Response {
             content_type: mut headers,
             body,
         } => {
-            if !headers.contains_key(header::CONTENT_TYPE) {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-            }
+            let json = HeaderValue::from_static("application/json");
+            headers.entry(header::CONTENT_TYPE).or_insert(json);
             // The upstream's map becomes the response's own: no second map to copy into.
             let mut response = Response::new(axum::body::Body::from(body));
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
+            (*response.status_mut(), *response.headers_mut()) = (status, headers);
             response
         }
         Answer::Stream(upstream) => {

@@ -11,29 +11,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sqlx::AnyConnection;
 use sqlx::{Any, Connection, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::group_sql::{insert_statement, refusal, update_statement, Job, INSERT_ROWS};
 use super::response_commit::{self, Claim};
 use super::writer::Writer;
 use super::{now, LiveLimits, ResponseRecord, SessionError, SessionLimits, Version};
 
 /// Turns per transaction at most (5 bind parameters each in the UPDATE).
 const MAX_BATCH: usize = 256;
-/// Message rows per INSERT statement (4 bind parameters each).
-pub(super) const INSERT_ROWS: usize = 1000;
-
-/// One turn waiting to be committed.
-pub(super) struct Job {
-    pub(super) owner: String,
-    /// The leased session (id, lease token) the messages go to, if any.
-    pub(super) session: Option<(String, String)>,
-    pub(super) messages: Vec<String>,
-    response: Option<ResponseRecord>,
-    /// The session's version after the commit ((0, 0) without a session).
-    done: oneshot::Sender<Result<Version, SessionError>>,
-}
 
 /// The queue in front of the committing task. The task ends when this is dropped.
 pub struct Committer {
@@ -246,7 +233,7 @@ async fn append_all(
         for row in update.fetch_all(&mut **tx).await? {
             totals.insert(
                 row.try_get::<String, _>("id")?,
-                super::lease::version_of(&row)?,
+                super::group_sql::version_of(&row)?,
             );
         }
     }
@@ -307,49 +294,6 @@ async fn append_all(
     Ok(outcomes)
 }
 
-/// The UPDATE that appends `turns` turns to their sessions, each only if its lease and
-/// limits hold: `$1` the time, `$2`/`$3` the limits, then five parameters per turn (id,
-/// owner, lease token, messages, bytes). Returns the moved sessions' new versions.
-pub(super) fn update_statement(turns: usize) -> String {
-    let rows: Vec<String> = (0..turns)
-        .map(|i| {
-            let p = 3 + 5 * i;
-            format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            )
-        })
-        .collect();
-    format!(
-        "UPDATE sessions SET message_count = message_count + v.column4, \
-         byte_count = byte_count + v.column5, next_seq = next_seq + v.column4, \
-         updated_at = $1, lease_token = NULL, lease_until_ms = 0 \
-         FROM (VALUES {}) AS v \
-         WHERE sessions.id = v.column1 AND sessions.owner = v.column2 \
-         AND COALESCE(sessions.lease_token, '') = v.column3 \
-         AND sessions.message_count + v.column4 <= $2 \
-         AND sessions.byte_count + v.column5 <= $3 \
-         RETURNING id, next_seq, message_count",
-        rows.join(", ")
-    )
-}
-
-/// The INSERT of `rows` messages: `$1` the time, then three parameters per message
-/// (session id, seq, text).
-pub(super) fn insert_statement(rows: usize) -> String {
-    let rows: Vec<String> = (0..rows)
-        .map(|i| format!("(${}, ${}, ${}, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
-        .collect();
-    format!(
-        "INSERT INTO messages (session_id, seq, message, created_at) VALUES {}",
-        rows.join(", ")
-    )
-}
-
 /// The batch's responses claimed (see [`response_commit::claim_all`]): per job, why it
 /// is refused, if it is.
 async fn claim_responses(
@@ -378,30 +322,6 @@ async fn claim_responses(
         }
     }
     Ok(refusals)
-}
-
-/// Why a turn's conditions did not hold: its session is gone, its lease was lost, or the
-/// turn would pass the session's limits.
-pub(super) async fn refusal(
-    conn: &mut AnyConnection,
-    limits: SessionLimits,
-    owner: &str,
-    id: &str,
-    token: &str,
-) -> Result<SessionError, SessionError> {
-    let seen = sqlx::query("SELECT lease_token FROM sessions WHERE id = $1 AND owner = $2")
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(conn)
-        .await?;
-    Ok(match seen {
-        None => SessionError::NotFound,
-        // An in-memory (SQLite) lease presents '' and leaves the row's token NULL.
-        Some(row) => match row.try_get::<Option<String>, _>("lease_token")? {
-            held if held.as_deref().unwrap_or_default() == token => super::limit_error(limits),
-            _ => SessionError::LeaseLost,
-        },
-    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::group::{refusal, Job};
+use super::group_sql::{refusal, Job};
 use super::{now, SessionError, SessionLimits, Version};
 
 /// Appends every turn of `batch` (each with a session and no response) in one
@@ -52,7 +52,7 @@ pub(super) async fn append_turns(
     }
     let mut totals = HashMap::new();
     for row in query.fetch_all(&mut *conn).await? {
-        let version = super::lease::version_of(&row)?;
+        let version = super::group_sql::version_of(&row)?;
         totals.insert(row.try_get::<String, _>("id")?, version);
     }
     let mut outcomes = Vec::with_capacity(batch.len());

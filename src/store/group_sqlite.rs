@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use sqlx::{AnyConnection, Row};
 
-use super::group::{insert_statement, refusal, update_statement, Job, INSERT_ROWS};
+use super::group_sql::{insert_statement, refusal, update_statement, Job, INSERT_ROWS};
 use super::{now, SessionError, SessionLimits, Version};
 
 /// Appends every turn of `batch` (each with a session and no response) in one
@@ -45,7 +45,7 @@ pub(super) async fn append_turns(
     }
     let mut totals = HashMap::new();
     for row in update.fetch_all(&mut *conn).await? {
-        let version = super::lease::version_of(&row)?;
+        let version = super::group_sql::version_of(&row)?;
         totals.insert(row.try_get::<String, _>("id")?, version);
     }
     let mut outcomes = Vec::with_capacity(batch.len());

@@ -18,6 +18,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::group_sql::version_of;
 use super::local_leases::LocalLeases;
 use super::{random_hex, SessionError, SessionStore, Version};
 
@@ -307,9 +308,4 @@ impl Drop for SessionLease {
             });
         }
     }
-}
-
-/// The version columns of a session row (`next_seq`, `message_count`).
-pub(super) fn version_of(row: &sqlx::any::AnyRow) -> Result<Version, SessionError> {
-    Ok((row.try_get("next_seq")?, row.try_get("message_count")?))
 }

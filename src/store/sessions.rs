@@ -11,8 +11,9 @@ use sqlx::{AnyPool, Connection, Row};
 
 use super::cache::HistoryCache;
 use super::group::{Committer, Dialect};
-use super::headroom::{self, Headroom};
+use super::headroom::Headroom;
 use super::sqlite_files;
+use super::sqlite_pool::sqlite_pool;
 use super::writer::Writer;
 use super::{new_session_id, now, LiveLimits, Session, SessionError, SessionLimits};
 
@@ -365,43 +366,6 @@ impl SessionStore {
             .await?;
         Ok(row.try_get("n")?)
     }
-}
-
-async fn sqlite_pool(url: &str, connections: u32, max_pages: u64) -> Result<AnyPool, SessionError> {
-    Ok(AnyPoolOptions::new()
-        .max_connections(connections)
-        // A SQLite connection is a file handle in this process: nothing to ping.
-        .test_before_acquire(false)
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if max_pages > 0 {
-                    // `max_database_bytes`: the file stops growing here, and writes that
-                    // need more room fail exactly as on a full disk.
-                    sqlx::query(&format!("PRAGMA max_page_count = {max_pages}"))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                // WAL + NORMAL: a committed turn survives a process crash (SIGKILL);
-                // the busy timeout covers other processes touching the file.
-                for pragma in [
-                    "PRAGMA journal_mode = WAL",
-                    "PRAGMA synchronous = NORMAL",
-                    "PRAGMA busy_timeout = 5000",
-                    "PRAGMA foreign_keys = ON",
-                    // No mmap: mapped database pages would count as gatewayd's RSS and
-                    // grow with the file (measured in the soak), hiding real leaks.
-                ] {
-                    sqlx::query(pragma).execute(&mut *conn).await?;
-                }
-                // A small write-ahead log, checkpointed often (see `headroom.rs`).
-                for pragma in headroom::pragmas() {
-                    sqlx::query(&pragma).execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await?)
 }
 
 fn session_from_row(row: &AnyRow) -> Result<Session, SessionError> {

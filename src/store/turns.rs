@@ -28,7 +28,7 @@ impl SessionStore {
         .map_err(|e| self.writer.failed("read", e.into()))?;
         let first = rows.first().ok_or(SessionError::NotFound)?;
         let bytes: i64 = first.try_get("byte_count")?;
-        let version = super::lease::version_of(first)?;
+        let version = super::group_sql::version_of(first)?;
         let system: Option<String> = first.try_get("system_prompt")?;
         let mut messages = Vec::with_capacity(rows.len());
         for row in &rows {
