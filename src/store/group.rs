@@ -11,10 +11,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sqlx::{Any, Connection, Row, Transaction};
+use sqlx::{Any, Connection, Transaction};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::group_sql::{insert_statement, refusal, update_statement, Job, INSERT_ROWS};
+use super::group_sql::{
+    bind_turns, insert_statement, leased_in_id_order, moved, queue_messages, refusal,
+    update_statement, Job, INSERT_ROWS,
+};
 use super::response_commit::{self, Claim};
 use super::writer::Writer;
 use super::{now, LiveLimits, ResponseRecord, SessionError, SessionLimits, Version};
@@ -199,43 +202,14 @@ async fn append_all(
         .zip(&refusals)
         .map(|(job, refusal)| job.response.is_some() && refusal.is_none())
         .collect();
-    // In id order: PostgreSQL's plan for this UPDATE (a nested loop over the VALUES, as
-    // EXPLAIN shows) locks the rows in this order, so two instances' batches that meet on
-    // a row (possible only after a lost lease) lock in the same order. Should they still
-    // deadlock, PostgreSQL aborts one transaction and its turns get 503: nothing is lost.
-    let mut leased: Vec<(&Job, &str, &str)> = batch
-        .iter()
-        .zip(&refusals)
-        .filter(|(_, refusal)| refusal.is_none())
-        .filter_map(|(job, _)| {
-            let (id, token) = job.session.as_ref()?;
-            Some((job, id.as_str(), token.as_str()))
-        })
-        .collect();
-    leased.sort_by_key(|&(_, id, _)| id);
+    let unrefused = batch.iter().zip(&refusals).filter(|(_, r)| r.is_none());
+    let leased = leased_in_id_order(unrefused.map(|(job, _)| job));
     let mut totals = std::collections::HashMap::new();
     if !leased.is_empty() {
         // One UPDATE for every session of the batch; each row's own conditions decide.
         let sql = update_statement(leased.len());
-        let mut update = sqlx::query(&sql)
-            .bind(created_at)
-            .bind(limits.max_messages as i64)
-            .bind(limits.max_bytes as i64);
-        for &(job, id, token) in &leased {
-            let bytes: i64 = job.messages.iter().map(|m| m.len() as i64).sum();
-            update = update
-                .bind(id)
-                .bind(job.owner.as_str())
-                .bind(token)
-                .bind(job.messages.len() as i64)
-                .bind(bytes);
-        }
-        for row in update.fetch_all(&mut **tx).await? {
-            totals.insert(
-                row.try_get::<String, _>("id")?,
-                super::group_sql::version_of(&row)?,
-            );
-        }
+        let update = bind_turns(sqlx::query(&sql), created_at, limits, &leased);
+        totals = moved(&update.fetch_all(&mut **tx).await?)?;
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut inserts: Vec<(&str, i64, &str)> = Vec::new();
@@ -250,10 +224,7 @@ async fn append_all(
         };
         match totals.get(id) {
             Some(&total) => {
-                let first = total.0 - job.messages.len() as i64;
-                for (offset, message) in job.messages.iter().enumerate() {
-                    inserts.push((id.as_str(), first + offset as i64, message.as_str()));
-                }
+                queue_messages(job, id, total, &mut inserts);
                 outcomes.push(Ok(total));
             }
             None => {

@@ -6,12 +6,9 @@
 //! data-modifying `WITH`, which PostgreSQL runs atomically as one statement). A turn whose
 //! conditions do not hold changes nothing and is told why afterwards, by a read.
 
-use std::collections::HashMap;
-
 use sqlx::AnyConnection;
-use sqlx::Row;
 
-use super::group_sql::{refusal, Job};
+use super::group_sql::{bind_turns, leased_in_id_order, moved, refusal, Job, Leased};
 use super::{now, SessionError, SessionLimits, Version};
 
 /// Appends every turn of `batch` (each with a session and no response) in one
@@ -22,39 +19,15 @@ pub(super) async fn append_turns(
     batch: &[Job],
 ) -> Result<Vec<Result<Version, SessionError>>, SessionError> {
     let (created_at, _, _) = now();
-    // In id order, so two instances' batches that meet on a row lock in the same order.
-    let mut leased: Vec<(&Job, &str, &str)> = batch
-        .iter()
-        .filter_map(|job| {
-            let (id, token) = job.session.as_ref()?;
-            Some((job, id.as_str(), token.as_str()))
-        })
-        .collect();
-    leased.sort_by_key(|&(_, id, _)| id);
+    let leased = leased_in_id_order(batch.iter());
     let sql = statement(&leased);
-    let mut query = sqlx::query(&sql)
-        .bind(created_at)
-        .bind(limits.max_messages as i64)
-        .bind(limits.max_bytes as i64);
-    for &(job, id, token) in &leased {
-        let bytes: i64 = job.messages.iter().map(|m| m.len() as i64).sum();
-        query = query
-            .bind(id)
-            .bind(job.owner.as_str())
-            .bind(token)
-            .bind(job.messages.len() as i64)
-            .bind(bytes);
-    }
+    let mut query = bind_turns(sqlx::query(&sql), created_at, limits, &leased);
     for &(job, id, _) in &leased {
         for (offset, message) in job.messages.iter().enumerate() {
             query = query.bind(id).bind(offset as i64).bind(message.as_str());
         }
     }
-    let mut totals = HashMap::new();
-    for row in query.fetch_all(&mut *conn).await? {
-        let version = super::group_sql::version_of(&row)?;
-        totals.insert(row.try_get::<String, _>("id")?, version);
-    }
+    let totals = moved(&query.fetch_all(&mut *conn).await?)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
         let Some((id, token)) = &job.session else {
@@ -71,7 +44,7 @@ pub(super) async fn append_turns(
 
 /// The statement for `leased` turns: `$1` the time, `$2`/`$3` the limits, then five
 /// parameters per turn, then three per message (session, offset in its turn, text).
-fn statement(leased: &[(&Job, &str, &str)]) -> String {
+fn statement(leased: &[Leased]) -> String {
     let mut turns = Vec::with_capacity(leased.len());
     let mut messages = Vec::new();
     let mut p = 3;

@@ -1,6 +1,10 @@
 //! What a batch commit writes and reads: the turn it carries, the SQL of its UPDATE and INSERT, a session row's version, and why a turn was refused.
 
-use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
+
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, Row};
 use tokio::sync::oneshot;
 
 use super::{ResponseRecord, SessionError, SessionLimits, Version};
@@ -17,6 +21,70 @@ pub(super) struct Job {
     pub(super) response: Option<ResponseRecord>,
     /// The session's version after the commit ((0, 0) without a session).
     pub(super) done: oneshot::Sender<Result<Version, SessionError>>,
+}
+
+/// A turn of a batch that goes to a session: its job, the session's id and lease token.
+pub(super) type Leased<'a> = (&'a Job, &'a str, &'a str);
+
+/// The turns of `jobs` that go to a session, in session id order: PostgreSQL's plan for
+/// the UPDATE (a nested loop over the VALUES, as EXPLAIN shows) locks the rows in this
+/// order, so two batches that meet on a row (possible only after a lost lease) lock in
+/// the same order. Should they still deadlock, PostgreSQL aborts one transaction and its
+/// turns get 503: nothing is lost.
+pub(super) fn leased_in_id_order<'a>(jobs: impl Iterator<Item = &'a Job>) -> Vec<Leased<'a>> {
+    let mut leased: Vec<Leased<'a>> = jobs
+        .filter_map(|job| {
+            let (id, token) = job.session.as_ref()?;
+            Some((job, id.as_str(), token.as_str()))
+        })
+        .collect();
+    leased.sort_by_key(|&(_, id, _)| id);
+    leased
+}
+
+/// Binds the parameters [`update_statement`] numbers first: the time, the limits, then
+/// five per turn (id, owner, lease token, messages, bytes).
+pub(super) fn bind_turns<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    created_at: i64,
+    limits: SessionLimits,
+    leased: &[Leased<'q>],
+) -> Query<'q, Any, AnyArguments<'q>> {
+    let mut query = query
+        .bind(created_at)
+        .bind(limits.max_messages as i64)
+        .bind(limits.max_bytes as i64);
+    for &(job, id, token) in leased {
+        let bytes: i64 = job.messages.iter().map(|m| m.len() as i64).sum();
+        query = query
+            .bind(id)
+            .bind(job.owner.as_str())
+            .bind(token)
+            .bind(job.messages.len() as i64)
+            .bind(bytes);
+    }
+    query
+}
+
+/// The sessions the UPDATE moved (its `RETURNING` rows), each with its new version.
+pub(super) fn moved(rows: &[AnyRow]) -> Result<HashMap<String, Version>, SessionError> {
+    rows.iter()
+        .map(|row| Ok((row.try_get::<String, _>("id")?, version_of(row)?)))
+        .collect()
+}
+
+/// Queues the rows of `job`'s messages for the INSERT, numbered up to the session's new
+/// `total` version.
+pub(super) fn queue_messages<'a>(
+    job: &'a Job,
+    id: &'a str,
+    total: Version,
+    rows: &mut Vec<(&'a str, i64, &'a str)>,
+) {
+    let first = total.0 - job.messages.len() as i64;
+    for (offset, message) in job.messages.iter().enumerate() {
+        rows.push((id, first + offset as i64, message.as_str()));
+    }
 }
 
 /// The version columns of a session row (`next_seq`, `message_count`).

@@ -6,11 +6,12 @@
 //! statement fails, the rest of its trip does not run and the transaction is left open;
 //! the writer then closes the connection (`Writer::finish`), and closing rolls it back.
 
-use std::collections::HashMap;
+use sqlx::AnyConnection;
 
-use sqlx::{AnyConnection, Row};
-
-use super::group_sql::{insert_statement, refusal, update_statement, Job, INSERT_ROWS};
+use super::group_sql::{
+    bind_turns, insert_statement, leased_in_id_order, moved, queue_messages, refusal,
+    update_statement, Job, INSERT_ROWS,
+};
 use super::{now, SessionError, SessionLimits, Version};
 
 /// Appends every turn of `batch` (each with a session and no response) in one
@@ -21,33 +22,10 @@ pub(super) async fn append_turns(
     batch: &[Job],
 ) -> Result<Vec<Result<Version, SessionError>>, SessionError> {
     let (created_at, _, _) = now();
-    let mut leased: Vec<(&Job, &str, &str)> = batch
-        .iter()
-        .filter_map(|job| {
-            let (id, token) = job.session.as_ref()?;
-            Some((job, id.as_str(), token.as_str()))
-        })
-        .collect();
-    leased.sort_by_key(|&(_, id, _)| id);
+    let leased = leased_in_id_order(batch.iter());
     let sql = format!("BEGIN; {}", update_statement(leased.len()));
-    let mut update = sqlx::query(&sql)
-        .bind(created_at)
-        .bind(limits.max_messages as i64)
-        .bind(limits.max_bytes as i64);
-    for &(job, id, token) in &leased {
-        let bytes: i64 = job.messages.iter().map(|m| m.len() as i64).sum();
-        update = update
-            .bind(id)
-            .bind(job.owner.as_str())
-            .bind(token)
-            .bind(job.messages.len() as i64)
-            .bind(bytes);
-    }
-    let mut totals = HashMap::new();
-    for row in update.fetch_all(&mut *conn).await? {
-        let version = super::group_sql::version_of(&row)?;
-        totals.insert(row.try_get::<String, _>("id")?, version);
-    }
+    let update = bind_turns(sqlx::query(&sql), created_at, limits, &leased);
+    let totals = moved(&update.fetch_all(&mut *conn).await?)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut inserts: Vec<(&str, i64, &str)> = Vec::new();
     for job in batch {
@@ -57,10 +35,7 @@ pub(super) async fn append_turns(
         };
         match totals.get(id) {
             Some(&total) => {
-                let first = total.0 - job.messages.len() as i64;
-                for (offset, message) in job.messages.iter().enumerate() {
-                    inserts.push((id.as_str(), first + offset as i64, message.as_str()));
-                }
+                queue_messages(job, id, total, &mut inserts);
                 outcomes.push(Ok(total));
             }
             None => outcomes.push(Err(refusal(conn, limits, &job.owner, id, token).await?)),

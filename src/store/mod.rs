@@ -62,9 +62,7 @@ impl History {
     /// The history as chat messages (JSON text), the system prompt first.
     pub fn to_messages(&self) -> Vec<String> {
         let mut parts = Vec::with_capacity(self.messages.len() + 1);
-        if let Some(system) = &self.system {
-            parts.push(serde_json::json!({"role": "system", "content": system}).to_string());
-        }
+        parts.extend(self.system_message());
         parts.extend(self.messages.iter().cloned());
         parts
     }
@@ -72,10 +70,7 @@ impl History {
     /// The history as a comma-separated list of JSON message objects, system first,
     /// written once into a string of the right size.
     pub fn to_json_list(&self) -> String {
-        let system = self
-            .system
-            .as_ref()
-            .map(|system| serde_json::json!({"role": "system", "content": system}).to_string());
+        let system = self.system_message();
         let parts = system.iter().chain(self.messages.iter());
         let size = parts.clone().map(|m| m.len() + 1).sum::<usize>();
         let mut list = String::with_capacity(size);
@@ -86,6 +81,12 @@ impl History {
             list.push_str(message);
         }
         list
+    }
+
+    /// The system prompt as a chat message (JSON text), if there is one.
+    fn system_message(&self) -> Option<String> {
+        let system = self.system.as_ref()?;
+        Some(serde_json::json!({"role": "system", "content": system}).to_string())
     }
 
     /// No system prompt and no messages: nothing to continue.
